@@ -1,0 +1,236 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Op names a command.
+type Op byte
+
+// The commands. Their byte values are written into the raft log and must
+// never change meaning.
+const (
+	// OpSave replaces a whole session.
+	OpSave Op = 1
+	// OpPatch sets and deletes individual keys of one session atomically,
+	// creating the session when it does not exist.
+	OpPatch Op = 2
+	// OpDelete removes a session.
+	OpDelete Op = 3
+	// OpTouch renews a session's Written time without changing its data.
+	OpTouch Op = 4
+	// OpPrune removes every session whose Written+Duration is at or before
+	// the command's Time.
+	OpPrune Op = 5
+	// OpBatch carries many commands in one log entry (group commit).
+	OpBatch Op = 6
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpSave:
+		return "save"
+	case OpPatch:
+		return "patch"
+	case OpDelete:
+		return "delete"
+	case OpTouch:
+		return "touch"
+	case OpPrune:
+		return "prune"
+	case OpBatch:
+		return "batch"
+	}
+	return fmt.Sprintf("op(%d)", byte(o))
+}
+
+// Command is one change to the state. Time is stamped by the leader (ms since
+// the epoch); Apply never reads a clock.
+type Command struct {
+	Op   Op
+	Time int64
+	SID  string
+	// Data is the session for OpSave, a compact JSON object without
+	// WrittenKey (see NormalizeObject).
+	Data []byte
+	// Set and Del are the changes of an OpPatch.
+	Set []Field
+	Del []string
+	// Duration is the session lifetime in ms for OpPrune, and for OpPatch the
+	// lifetime after which the existing record counts as gone. Zero means
+	// sessions never expire.
+	Duration int64
+	// MaxSize bounds the data an OpPatch may grow a session to (0: no bound).
+	MaxSize int64
+	// Batch holds the commands of an OpBatch.
+	Batch []Command
+}
+
+// Encode appends the command's log encoding to dst.
+func (c *Command) Encode(dst []byte) []byte {
+	dst = append(dst, byte(c.Op))
+	dst = binary.AppendVarint(dst, c.Time)
+	switch c.Op {
+	case OpSave:
+		dst = appendBytes(dst, []byte(c.SID))
+		dst = appendBytes(dst, c.Data)
+	case OpPatch:
+		dst = appendBytes(dst, []byte(c.SID))
+		dst = binary.AppendVarint(dst, c.Duration)
+		dst = binary.AppendVarint(dst, c.MaxSize)
+		dst = binary.AppendUvarint(dst, uint64(len(c.Set)))
+		for _, f := range c.Set {
+			dst = appendBytes(dst, []byte(f.Key))
+			dst = appendBytes(dst, f.Value)
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(c.Del)))
+		for _, k := range c.Del {
+			dst = appendBytes(dst, []byte(k))
+		}
+	case OpDelete, OpTouch:
+		dst = appendBytes(dst, []byte(c.SID))
+	case OpPrune:
+		dst = binary.AppendVarint(dst, c.Duration)
+	case OpBatch:
+		dst = binary.AppendUvarint(dst, uint64(len(c.Batch)))
+		var sub []byte
+		for i := range c.Batch {
+			sub = c.Batch[i].Encode(sub[:0])
+			dst = appendBytes(dst, sub)
+		}
+	}
+	return dst
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+// DecodeCommand decodes one log entry. An error means the entry is not one
+// this package wrote; it wraps ErrCorrupt.
+func DecodeCommand(b []byte) (Command, error) {
+	d := decoder{b: b}
+	c := d.command(0)
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	if d.err != nil {
+		return Command{}, d.err
+	}
+	return c, nil
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: command: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+	}
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad uvarint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail("length %d exceeds the %d bytes left", n, len(d.b))
+		return nil
+	}
+	out := d.b[:n:n]
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *decoder) count() int {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) { // every element takes at least one byte
+		d.fail("count %d exceeds the %d bytes left", n, len(d.b))
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) command(depth int) Command {
+	if len(d.b) == 0 {
+		d.fail("empty")
+		return Command{}
+	}
+	c := Command{Op: Op(d.b[0])}
+	d.b = d.b[1:]
+	c.Time = d.varint()
+	switch c.Op {
+	case OpSave:
+		c.SID = string(d.bytes())
+		c.Data = d.bytes()
+	case OpPatch:
+		c.SID = string(d.bytes())
+		c.Duration = d.varint()
+		c.MaxSize = d.varint()
+		n := d.count()
+		c.Set = make([]Field, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			k := string(d.bytes())
+			c.Set = append(c.Set, Field{Key: k, Value: d.bytes()})
+		}
+		n = d.count()
+		c.Del = make([]string, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c.Del = append(c.Del, string(d.bytes()))
+		}
+	case OpDelete, OpTouch:
+		c.SID = string(d.bytes())
+	case OpPrune:
+		c.Duration = d.varint()
+	case OpBatch:
+		if depth > 0 {
+			d.fail("nested batch")
+			return c
+		}
+		n := d.count()
+		c.Batch = make([]Command, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			sub := decoder{b: d.bytes()}
+			if d.err != nil {
+				break
+			}
+			cmd := sub.command(depth + 1)
+			if sub.err == nil && len(sub.b) != 0 {
+				sub.fail("%d trailing bytes in batch element %d", len(sub.b), i)
+			}
+			if sub.err != nil {
+				d.err = sub.err
+				break
+			}
+			c.Batch = append(c.Batch, cmd)
+		}
+	default:
+		d.fail("unknown op %d", byte(c.Op))
+	}
+	return c
+}

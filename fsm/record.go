@@ -1,0 +1,221 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// Limits bound what one session may hold. They are enforced when a command is
+// built (so a client gets a clear error) and again when it is applied.
+const (
+	// MaxSIDLen is the longest session id accepted, in bytes.
+	MaxSIDLen = 512
+	// MaxKeyLen is the longest data key accepted, in bytes.
+	MaxKeyLen = 1024
+	// DefaultMaxSessionSize is the default bound on one session's encoded data.
+	DefaultMaxSessionSize = 1 << 20
+)
+
+// WrittenKey is the reserved data key that carries a record's last-save time
+// (milliseconds since the Unix epoch) in the save file, as in Kado.
+const WrittenKey = "_written"
+
+// Errors returned by this package. Callers compare them with errors.Is.
+var (
+	// ErrBadSID means a session id is empty, too long or not valid UTF-8.
+	ErrBadSID = errors.New("invalid session id")
+	// ErrBadData means session data is not a JSON object.
+	ErrBadData = errors.New("session data must be a JSON object")
+	// ErrBadKey means a data key is empty, too long or reserved.
+	ErrBadKey = errors.New("invalid session key")
+	// ErrSessionTooLarge means a session's data would exceed the size limit.
+	ErrSessionTooLarge = errors.New("session too large")
+	// ErrCorrupt means a save file, snapshot or log entry could not be decoded.
+	ErrCorrupt = errors.New("corrupt session data")
+)
+
+// Record is one stored session. Records are immutable once stored: every
+// change builds a new Record, which is what lets a snapshot share them with
+// the live state without copying their bytes.
+type Record struct {
+	// Data is the session's data as a compact JSON object, keys in the order
+	// they were first written, never containing WrittenKey.
+	Data []byte
+	// Written is the leader's time of the last save, in ms since the epoch.
+	Written int64
+}
+
+// Expired reports whether the record has expired at now for the given
+// lifetime (both in milliseconds). A lifetime of zero or less never expires.
+func (r *Record) Expired(now, duration int64) bool {
+	return duration > 0 && r.Written+duration <= now
+}
+
+// ValidateSID checks a session id against the rules every entry point shares.
+func ValidateSID(sid string) error {
+	if sid == "" {
+		return fmt.Errorf("%w: sid is empty", ErrBadSID)
+	}
+	if len(sid) > MaxSIDLen {
+		return fmt.Errorf("%w: sid is %d bytes, the limit is %d", ErrBadSID, len(sid), MaxSIDLen)
+	}
+	if !utf8.ValidString(sid) {
+		return fmt.Errorf("%w: sid is not valid UTF-8", ErrBadSID)
+	}
+	return nil
+}
+
+// ValidateKey checks one data key.
+func ValidateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: key is empty", ErrBadKey)
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("%w: key is %d bytes, the limit is %d", ErrBadKey, len(key), MaxKeyLen)
+	case key == WrittenKey:
+		return fmt.Errorf("%w: %q is reserved for the save time", ErrBadKey, WrittenKey)
+	}
+	return nil
+}
+
+// Field is one key and its JSON-encoded value.
+type Field struct {
+	Key   string
+	Value json.RawMessage
+}
+
+// NormalizeObject validates that data is one JSON object, compacts it, and
+// drops any WrittenKey member, keeping the order of the other keys. The
+// result is what a Record's Data holds.
+func NormalizeObject(data []byte) ([]byte, error) {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(data))
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(data))
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+	}
+	out := buf.Bytes()
+	if bytes.Contains(out, []byte(`"`+WrittenKey+`"`)) {
+		fields, err := ParseObject(out)
+		if err != nil {
+			return nil, err
+		}
+		kept := fields[:0]
+		for _, f := range fields {
+			if f.Key != WrittenKey {
+				kept = append(kept, f)
+			}
+		}
+		out = EncodeObject(kept)
+	}
+	return out, nil
+}
+
+// describeJSON names the kind of a JSON value for error messages.
+func describeJSON(b []byte) string {
+	if len(b) == 0 {
+		return "nothing"
+	}
+	switch b[0] {
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 'n':
+		return "null"
+	case 't', 'f':
+		return "a boolean"
+	default:
+		if b[0] == '-' || (b[0] >= '0' && b[0] <= '9') {
+			return "a number"
+		}
+		return "invalid JSON"
+	}
+}
+
+// ParseObject splits a JSON object into its members in order. Duplicate keys
+// keep the position of their first occurrence and the value of their last,
+// as JavaScript's JSON.parse does.
+func ParseObject(data []byte) ([]Field, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(bytes.TrimSpace(data)))
+	}
+	var fields []Field
+	index := map[string]int{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+		}
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+		}
+		if i, ok := index[key]; ok {
+			fields[i].Value = raw
+			continue
+		}
+		index[key] = len(fields)
+		fields = append(fields, Field{Key: key, Value: raw})
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the object", ErrBadData)
+	}
+	return fields, nil
+}
+
+// EncodeObject writes fields as one compact JSON object.
+func EncodeObject(fields []Field) []byte {
+	n := 2
+	for _, f := range fields {
+		n += len(f.Key) + len(f.Value) + 4
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '{')
+	for i, f := range fields {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = appendJSONString(out, f.Key)
+		out = append(out, ':')
+		out = append(out, f.Value...)
+	}
+	return append(out, '}')
+}
+
+// appendJSONString appends s as a JSON string without HTML escaping.
+func appendJSONString(dst []byte, s string) []byte {
+	plain := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		dst = append(dst, '"')
+		dst = append(dst, s...)
+		return append(dst, '"')
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return append(dst, bytes.TrimRight(buf.Bytes(), "\n")...)
+}

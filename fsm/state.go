@@ -1,0 +1,240 @@
+package fsm
+
+import (
+	"fmt"
+	"hash/maphash"
+	"maps"
+	"sync"
+	"sync/atomic"
+)
+
+const shardCount = 64
+
+var shardSeed = maphash.MakeSeed()
+
+// State is the set of sessions. Apply must be called from one goroutine at a
+// time (raft guarantees it); Get, Len and Capture are safe concurrently with
+// Apply and with each other.
+//
+// The sessions are split over shards, each behind its own lock, and records
+// are immutable, so a Capture copies only the shards' maps of pointers one
+// shard at a time: Apply waits for at most one shard's copy, never for a
+// snapshot to be written.
+type State struct {
+	shards  [shardCount]shard
+	version atomic.Uint64
+}
+
+type shard struct {
+	mu       sync.RWMutex
+	sessions map[string]*Record
+}
+
+// NewState returns an empty State.
+func NewState() *State {
+	s := &State{}
+	for i := range s.shards {
+		s.shards[i].sessions = make(map[string]*Record)
+	}
+	return s
+}
+
+func shardIndex(sid string) uint64 { return maphash.String(shardSeed, sid) % shardCount }
+
+func (s *State) shard(sid string) *shard { return &s.shards[shardIndex(sid)] }
+
+// Result is the outcome of applying one command.
+type Result struct {
+	// Err is a business error (an invalid patch, a session over its size
+	// limit); the state is unchanged when it is set.
+	Err error
+	// Count is how many sessions the command removed (OpDelete, OpPrune) or
+	// changed (OpTouch: 1 if the session existed).
+	Count int
+}
+
+// Get returns the session sid unless it is missing or expired at now for the
+// given lifetime (both in ms; duration <= 0 means never expire).
+func (s *State) Get(sid string, now, duration int64) (*Record, bool) {
+	sh := s.shard(sid)
+	sh.mu.RLock()
+	r, ok := sh.sessions[sid]
+	sh.mu.RUnlock()
+	if !ok || r.Expired(now, duration) {
+		return nil, false
+	}
+	return r, true
+}
+
+// Len returns the number of stored sessions, expired ones not yet pruned
+// included.
+func (s *State) Len() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		n += len(sh.sessions)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// Apply applies one command and returns its result. A batch returns the
+// results of its commands in BatchResults order through ApplyBatch; calling
+// Apply on a batch applies every element and returns the total count.
+func (s *State) Apply(c *Command) Result {
+	s.version.Add(1)
+	switch c.Op {
+	case OpSave:
+		s.put(c.SID, &Record{Data: c.Data, Written: c.Time})
+		return Result{}
+	case OpPatch:
+		return s.patch(c)
+	case OpDelete:
+		sh := s.shard(c.SID)
+		sh.mu.Lock()
+		_, ok := sh.sessions[c.SID]
+		delete(sh.sessions, c.SID)
+		sh.mu.Unlock()
+		if ok {
+			return Result{Count: 1}
+		}
+		return Result{}
+	case OpTouch:
+		sh := s.shard(c.SID)
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		if r, ok := sh.sessions[c.SID]; ok {
+			sh.sessions[c.SID] = &Record{Data: r.Data, Written: c.Time}
+			return Result{Count: 1}
+		}
+		return Result{}
+	case OpPrune:
+		return Result{Count: s.prune(c.Time, c.Duration)}
+	case OpBatch:
+		total := 0
+		for _, r := range s.ApplyBatch(c.Batch) {
+			total += r.Count
+		}
+		return Result{Count: total}
+	}
+	return Result{Err: fmt.Errorf("%w: unknown op %d", ErrCorrupt, byte(c.Op))}
+}
+
+// ApplyBatch applies commands in order and returns one result for each.
+func (s *State) ApplyBatch(cmds []Command) []Result {
+	out := make([]Result, len(cmds))
+	for i := range cmds {
+		if cmds[i].Op == OpBatch {
+			out[i] = Result{Err: fmt.Errorf("%w: nested batch", ErrCorrupt)}
+			continue
+		}
+		out[i] = s.Apply(&cmds[i])
+	}
+	return out
+}
+
+func (s *State) put(sid string, r *Record) {
+	sh := s.shard(sid)
+	sh.mu.Lock()
+	sh.sessions[sid] = r
+	sh.mu.Unlock()
+}
+
+func (s *State) patch(c *Command) Result {
+	sh := s.shard(c.SID)
+	sh.mu.RLock()
+	old, ok := sh.sessions[c.SID]
+	sh.mu.RUnlock()
+	var fields []Field
+	if ok && !old.Expired(c.Time, c.Duration) {
+		var err error
+		if fields, err = ParseObject(old.Data); err != nil {
+			return Result{Err: err}
+		}
+	}
+	for _, set := range c.Set {
+		replaced := false
+		for i := range fields {
+			if fields[i].Key == set.Key {
+				fields[i].Value = set.Value
+				replaced = true
+				break
+			}
+		}
+		if !replaced {
+			fields = append(fields, set)
+		}
+	}
+	for _, del := range c.Del {
+		for i := range fields {
+			if fields[i].Key == del {
+				fields = append(fields[:i], fields[i+1:]...)
+				break
+			}
+		}
+	}
+	data := EncodeObject(fields)
+	if c.MaxSize > 0 && int64(len(data)) > c.MaxSize {
+		return Result{Err: fmt.Errorf("%w: the patch makes session data %d bytes, the limit is %d",
+			ErrSessionTooLarge, len(data), c.MaxSize)}
+	}
+	s.put(c.SID, &Record{Data: data, Written: c.Time})
+	return Result{}
+}
+
+func (s *State) prune(now, duration int64) int {
+	if duration <= 0 {
+		return 0
+	}
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for sid, r := range sh.sessions {
+			if r.Expired(now, duration) {
+				delete(sh.sessions, sid)
+				n++
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// Version counts applied commands (and Replace calls); a saver compares it
+// with the version it last wrote to know whether anything changed.
+func (s *State) Version() uint64 { return s.version.Load() }
+
+// Capture returns a point-in-time view of every session. It copies only the
+// shards' maps of (immutable) record pointers, one shard at a time, so the
+// cost to concurrent Apply calls is one shard's copy at most.
+func (s *State) Capture() *View {
+	v := &View{shards: make([]map[string]*Record, shardCount)}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		v.shards[i] = maps.Clone(sh.sessions)
+		sh.mu.RUnlock()
+	}
+	return v
+}
+
+// Replace swaps the whole state for the sessions in m (a restored snapshot or
+// an imported save file). It takes every shard's lock in turn.
+func (s *State) Replace(m map[string]*Record) {
+	fresh := make([]map[string]*Record, shardCount)
+	for i := range fresh {
+		fresh[i] = make(map[string]*Record, len(m)/shardCount+1)
+	}
+	for sid, r := range m {
+		fresh[shardIndex(sid)][sid] = r
+	}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		sh.sessions = fresh[i]
+		sh.mu.Unlock()
+	}
+	s.version.Add(1)
+}

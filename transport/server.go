@@ -1,0 +1,273 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Handler serves decoded requests. Its methods are called concurrently, each
+// with a context that ends at the request's deadline. A returned *Error (or
+// one wrapped with %w) keeps its code on the wire; any other error is sent
+// as CodeInternal with its text.
+type Handler interface {
+	// Restore returns the session's data as a JSON object; found is false
+	// (and data nil) for an unknown or expired session.
+	Restore(ctx context.Context, sid string, c Consistency) (data []byte, found bool, err error)
+	// Save replaces the session with data, a JSON object.
+	Save(ctx context.Context, sid string, data []byte) error
+	// Patch sets and deletes keys of one session atomically.
+	Patch(ctx context.Context, sid string, set []KV, del []string) error
+	// Delete removes a session.
+	Delete(ctx context.Context, sid string) error
+	// Touch renews a session.
+	Touch(ctx context.Context, sid string) error
+	// Admin serves a cluster administration request with a JSON body.
+	Admin(ctx context.Context, body []byte) ([]byte, error)
+	// Authorize checks a Kado JSON request's token ("" when absent); it
+	// returns nil when no token is required.
+	Authorize(token string) error
+}
+
+// ServerConfig holds a Server's limits. Zero values take the defaults.
+type ServerConfig struct {
+	// MaxFrame bounds one native frame or Kado JSON document (1 MiB).
+	MaxFrame int
+	// ReadTimeout bounds how long a started request may take to arrive
+	// completely, and how long a new connection may take to send its first
+	// byte (10 s).
+	ReadTimeout time.Duration
+	// IdleTimeout closes a native connection with nothing in flight that has
+	// sent nothing for this long (5 min).
+	IdleTimeout time.Duration
+	// RequestTimeout is the deadline given to the Handler per request (10 s).
+	RequestTimeout time.Duration
+	// MaxConns bounds open connections of every kind together (4096).
+	MaxConns int
+	// MaxInflight bounds requests in flight on one native connection (256).
+	MaxInflight int
+	// Routes hands connections whose first byte is a key to its function
+	// (raft's stream layer). The function owns the connection; the byte has
+	// been consumed.
+	Routes map[byte]func(net.Conn)
+	// Logger receives connection-level problems; nil discards them.
+	Logger hclog.Logger
+}
+
+func (c *ServerConfig) withDefaults() ServerConfig {
+	out := *c
+	if out.MaxFrame <= 0 {
+		out.MaxFrame = DefaultMaxFrame
+	}
+	if out.ReadTimeout <= 0 {
+		out.ReadTimeout = 10 * time.Second
+	}
+	if out.IdleTimeout <= 0 {
+		out.IdleTimeout = 5 * time.Minute
+	}
+	if out.RequestTimeout <= 0 {
+		out.RequestTimeout = 10 * time.Second
+	}
+	if out.MaxConns <= 0 {
+		out.MaxConns = 4096
+	}
+	if out.MaxInflight <= 0 {
+		out.MaxInflight = 256
+	}
+	if out.Logger == nil {
+		out.Logger = hclog.NewNullLogger()
+	}
+	return out
+}
+
+// Server accepts connections and serves both client protocols, handing
+// other first bytes to Routes. It is safe for concurrent use; Close stops it.
+type Server struct {
+	h     Handler
+	cfg   ServerConfig
+	slots chan struct{}
+
+	mu       sync.Mutex
+	closed   bool
+	lns      map[net.Listener]struct{}
+	conns    map[net.Conn]struct{}
+	ctx      context.Context
+	cancel   context.CancelFunc
+	handlers sync.WaitGroup
+}
+
+// NewServer returns a Server for h.
+func NewServer(h Handler, cfg ServerConfig) *Server {
+	cfg = cfg.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		h: h, cfg: cfg,
+		slots:  make(chan struct{}, cfg.MaxConns),
+		lns:    map[net.Listener]struct{}{},
+		conns:  map[net.Conn]struct{}{},
+		ctx:    ctx,
+		cancel: cancel,
+	}
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("transport: server closed")
+
+// Serve accepts connections on l until Close or a listener error.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.lns[l] = struct{}{}
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed; retrying", "error", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.refuse(c)
+			continue
+		}
+		if !s.track(c) {
+			<-s.slots
+			c.Close()
+			return ErrServerClosed
+		}
+		go s.serveConn(c)
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// refuse answers a connection over MaxConns in whichever protocol it speaks,
+// if it speaks within a short time, and closes it.
+func (s *Server) refuse(c net.Conn) {
+	go func() {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return
+		}
+		msg := fmt.Sprintf("too many connections: the node's limit is %d", s.cfg.MaxConns)
+		switch {
+		case isJSONStart(b[0]):
+			_, _ = c.Write(KadoError(msg))
+		case b[0] == MagicNative:
+			_, _ = c.Write(AppendResponse(nil, OpPing, &Response{Err: &Error{Code: CodeOverloaded, Message: msg}}))
+		}
+	}()
+	s.cfg.Logger.Warn("connection refused: too many connections", "remote", c.RemoteAddr(), "limit", s.cfg.MaxConns)
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.handlers.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	<-s.slots
+	s.handlers.Done()
+}
+
+// Close stops accepting, closes every connection this server is serving and
+// waits for their handlers to return. Connections handed to Routes are
+// their owners' to close.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for l := range s.lns {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.handlers.Wait()
+	return nil
+}
+
+// isJSONStart reports whether b can start a Kado JSON request.
+func isJSONStart(b byte) bool {
+	return b == '{' || b == ' ' || b == '\t' || b == '\n' || b == '\r'
+}
+
+func (s *Server) serveConn(c net.Conn) {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			c.Close()
+		}
+		s.untrack(c)
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	var first [1]byte
+	if _, err := io.ReadFull(c, first[:]); err != nil {
+		return
+	}
+	switch {
+	case isJSONStart(first[0]):
+		s.serveKado(c, first[0])
+	case first[0] == MagicNative:
+		s.serveNative(c)
+	default:
+		if route, ok := s.cfg.Routes[first[0]]; ok {
+			_ = c.SetReadDeadline(time.Time{})
+			s.mu.Lock()
+			delete(s.conns, c) // the route owns it now
+			s.mu.Unlock()
+			handedOff = true
+			route(c)
+			return
+		}
+		// Not a protocol we speak: answer in the one a stranger most
+		// likely tried (Kado JSON is text), then close.
+		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		_, _ = c.Write(KadoError(fmt.Sprintf("unknown protocol: first byte 0x%02x is neither a JSON request nor a known protocol", first[0])))
+		s.cfg.Logger.Debug("unknown protocol", "remote", c.RemoteAddr(), "first_byte", first[0])
+	}
+}
