@@ -180,11 +180,10 @@ func (s *Server) refuse(c net.Conn) {
 			return
 		}
 		msg := fmt.Sprintf("too many connections: the node's limit is %d", s.cfg.MaxConns)
-		switch {
-		case isJSONStart(b[0]):
-			_, _ = c.Write(KadoError(msg))
-		case b[0] == MagicNative:
+		if b[0] == MagicNative {
 			_, _ = c.Write(AppendResponse(nil, OpPing, &Response{Err: &Error{Code: CodeOverloaded, Message: msg}}))
+		} else {
+			_, _ = c.Write(KadoError(msg))
 		}
 	}()
 	s.cfg.Logger.Warn("connection refused: too many connections", "remote", c.RemoteAddr(), "limit", s.cfg.MaxConns)
@@ -231,11 +230,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// isJSONStart reports whether b can start a Kado JSON request.
-func isJSONStart(b byte) bool {
-	return b == '{' || b == ' ' || b == '\t' || b == '\n' || b == '\r'
-}
-
 func (s *Server) serveConn(c net.Conn) {
 	handedOff := false
 	defer func() {
@@ -250,24 +244,19 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	switch {
-	case isJSONStart(first[0]):
-		s.serveKado(c, first[0])
 	case first[0] == MagicNative:
 		s.serveNative(c)
+	case s.cfg.Routes[first[0]] != nil:
+		_ = c.SetReadDeadline(time.Time{})
+		s.mu.Lock()
+		delete(s.conns, c) // the route owns it now
+		s.mu.Unlock()
+		handedOff = true
+		s.cfg.Routes[first[0]](c)
 	default:
-		if route, ok := s.cfg.Routes[first[0]]; ok {
-			_ = c.SetReadDeadline(time.Time{})
-			s.mu.Lock()
-			delete(s.conns, c) // the route owns it now
-			s.mu.Unlock()
-			handedOff = true
-			route(c)
-			return
-		}
-		// Not a protocol we speak: answer in the one a stranger most
-		// likely tried (Kado JSON is text), then close.
-		_ = c.SetWriteDeadline(time.Now().Add(s.cfg.ReadTimeout))
-		_, _ = c.Write(KadoError(fmt.Sprintf("unknown protocol: first byte 0x%02x is neither a JSON request nor a known protocol", first[0])))
-		s.cfg.Logger.Debug("unknown protocol", "remote", c.RemoteAddr(), "first_byte", first[0])
+		// Kado JSON, or something that is not a request at all (null,
+		// garbage): the Kado handler reads it to the end and answers with a
+		// JSON error saying what was wrong.
+		s.serveKado(c, first[0])
 	}
 }

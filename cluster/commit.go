@@ -1,0 +1,206 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
+)
+
+// committer is the group commit: it packs the session writes that arrive
+// while earlier ones are being replicated into one OpBatch log entry, so one
+// fsync and one round of replication serve many clients. Commands keep their
+// arrival order. The leader's time is stamped here, when a batch is formed.
+type committer struct {
+	raft     *raft.Raft
+	queue    chan *pendingWrite
+	inflight chan struct{}
+	maxBytes int
+	maxCount int
+	timeout  time.Duration
+
+	mu       sync.Mutex
+	lastTime int64
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+type pendingWrite struct {
+	cmd  fsm.Command
+	size int
+	done chan fsm.Result
+}
+
+func newCommitter(r *raft.Raft, timeout time.Duration) *committer {
+	c := &committer{
+		raft:     r,
+		queue:    make(chan *pendingWrite, 4096),
+		inflight: make(chan struct{}, 8),
+		maxBytes: 4 << 20,
+		maxCount: 1024,
+		timeout:  timeout,
+		stop:     make(chan struct{}),
+	}
+	c.wg.Add(1)
+	go c.loop()
+	return c
+}
+
+// errCommitterStopped is returned for writes submitted after close.
+var errCommitterStopped = transport.Errorf(transport.CodeUnavailable, "node is shutting down")
+
+// submit queues cmd and waits for its result. It fails fast when the node is
+// not the leader, and the caller's ctx bounds the wait; a write whose ctx
+// ends after it was queued may still be applied (the caller reports a
+// timeout, and retrying it is safe because every command is idempotent).
+func (c *committer) submit(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	p := &pendingWrite{cmd: cmd, size: approxSize(&cmd), done: make(chan fsm.Result, 1)}
+	select {
+	case c.queue <- p:
+	case <-c.stop:
+		return fsm.Result{}, errCommitterStopped
+	case <-ctx.Done():
+		return fsm.Result{}, ctx.Err()
+	}
+	select {
+	case r := <-p.done:
+		return r, r.Err
+	case <-ctx.Done():
+		return fsm.Result{}, ctx.Err()
+	case <-c.stop:
+		// The write may still be applied: like a timeout, its outcome is
+		// unknown, and retrying it elsewhere is safe.
+		select {
+		case r := <-p.done:
+			return r, r.Err
+		case <-time.After(c.timeout):
+			return fsm.Result{}, errCommitterStopped
+		}
+	}
+}
+
+func approxSize(c *fsm.Command) int {
+	n := 32 + len(c.SID) + len(c.Data)
+	for _, f := range c.Set {
+		n += len(f.Key) + len(f.Value) + 8
+	}
+	for _, k := range c.Del {
+		n += len(k) + 4
+	}
+	return n
+}
+
+// stamp returns the leader's time in ms, never going backwards.
+func (c *committer) stamp() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now().UnixMilli()
+	if now < c.lastTime {
+		now = c.lastTime
+	}
+	c.lastTime = now
+	return now
+}
+
+func (c *committer) loop() {
+	defer c.wg.Done()
+	var buf []byte
+	for {
+		var first *pendingWrite
+		select {
+		case first = <-c.queue:
+		case <-c.stop:
+			c.drain(errCommitterStopped)
+			return
+		}
+		batch := []*pendingWrite{first}
+		size := first.size
+	fill:
+		for len(batch) < c.maxCount && size < c.maxBytes {
+			select {
+			case p := <-c.queue:
+				batch = append(batch, p)
+				size += p.size
+			default:
+				break fill
+			}
+		}
+		now := c.stamp()
+		cmd := fsm.Command{Op: fsm.OpBatch, Time: now, Batch: make([]fsm.Command, len(batch))}
+		for i, p := range batch {
+			p.cmd.Time = now
+			cmd.Batch[i] = p.cmd
+		}
+		buf = cmd.Encode(buf[:0])
+		data := append([]byte(nil), buf...)
+		c.inflight <- struct{}{}
+		f := c.raft.Apply(data, c.timeout)
+		c.wg.Add(1)
+		go c.await(f, batch)
+	}
+}
+
+func (c *committer) await(f raft.ApplyFuture, batch []*pendingWrite) {
+	defer c.wg.Done()
+	err := f.Error()
+	<-c.inflight
+	if err != nil {
+		werr := applyError(err, c.raft)
+		for _, p := range batch {
+			p.done <- fsm.Result{Err: werr}
+		}
+		return
+	}
+	results, ok := f.Response().([]fsm.Result)
+	if !ok || len(results) != len(batch) {
+		for _, p := range batch {
+			p.done <- fsm.Result{Err: fmt.Errorf("internal error: batch response %T does not match its %d writes", f.Response(), len(batch))}
+		}
+		return
+	}
+	for i, p := range batch {
+		p.done <- results[i]
+	}
+}
+
+// applyError turns raft's apply errors into errors for the wire.
+func applyError(err error, r *raft.Raft) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		addr, _ := r.LeaderWithID()
+		return &transport.Error{Code: transport.CodeNotLeader, Message: "this node is not the leader: " + err.Error(), Leader: string(addr)}
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return errCommitterStopped
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return transport.Errorf(transport.CodeTimeout, "write not accepted by raft in time: %v", err)
+	}
+	return transport.Errorf(transport.CodeUnavailable, "write failed: %v", err)
+}
+
+func (c *committer) drain(err error) {
+	for {
+		select {
+		case p := <-c.queue:
+			p.done <- fsm.Result{Err: err}
+		default:
+			return
+		}
+	}
+}
+
+// close stops taking writes, fails queued ones and waits for those already
+// handed to raft.
+func (c *committer) close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.wg.Wait()
+}

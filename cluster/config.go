@@ -1,0 +1,148 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// Config configures a Node. Zero values take the defaults documented on each
+// field; Validate reports what is wrong with the rest.
+type Config struct {
+	// ID is the node's raft id. Empty: generated once and kept in DataDir.
+	ID string
+	// Listen is the address of the node's one port (127.0.0.1:3001).
+	Listen string
+	// Advertise is the address peers and clients are told (Listen when
+	// empty). It must name a host others can reach, never 0.0.0.0.
+	Advertise string
+	// DataDir holds the raft log, snapshots and node id (./kadosession-data).
+	DataDir string
+	// SaveFile is the Kado-format save file (DataDir/sessions.json).
+	SaveFile string
+	// SaveFrequency is how often the save file is rewritten while anything
+	// changed (15 s).
+	SaveFrequency time.Duration
+	// Duration is how long a session lives after its last save (6 h).
+	Duration time.Duration
+	// PruneFrequency is how often the leader prunes expired sessions (1 min).
+	PruneFrequency time.Duration
+	// Join lists nodes of an existing cluster to join (cluster issue).
+	Join []string
+	// MaxSessionSize bounds one session's data in bytes (1 MiB).
+	MaxSessionSize int
+	// Server holds the connection limits (frame size, deadlines, counts).
+	Server transport.ServerConfig
+	// Raft timeouts (LAN defaults: 250 ms heartbeat and election, 125 ms
+	// lease, 10 ms commit).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot (8192).
+	SnapshotThreshold uint64
+	// Logger receives every log line; nil writes at info level to stderr.
+	Logger hclog.Logger
+}
+
+// Defaults used for zero Config fields.
+const (
+	DefaultListen         = "127.0.0.1:3001"
+	DefaultDataDir        = "kadosession-data"
+	DefaultSaveFrequency  = 15 * time.Second
+	DefaultDuration       = 6 * time.Hour
+	DefaultPruneFrequency = time.Minute
+)
+
+func (c *Config) withDefaults() Config {
+	out := *c
+	if out.Listen == "" {
+		out.Listen = DefaultListen
+	}
+	if out.Advertise == "" {
+		out.Advertise = out.Listen
+	}
+	if out.DataDir == "" {
+		out.DataDir = DefaultDataDir
+	}
+	if out.SaveFile == "" {
+		out.SaveFile = filepath.Join(out.DataDir, "sessions.json")
+	}
+	if out.SaveFrequency == 0 {
+		out.SaveFrequency = DefaultSaveFrequency
+	}
+	if out.Duration == 0 {
+		out.Duration = DefaultDuration
+	}
+	if out.PruneFrequency == 0 {
+		out.PruneFrequency = DefaultPruneFrequency
+	}
+	if out.MaxSessionSize == 0 {
+		out.MaxSessionSize = transport.DefaultMaxFrame
+	}
+	if out.HeartbeatTimeout == 0 {
+		out.HeartbeatTimeout = 250 * time.Millisecond
+	}
+	if out.ElectionTimeout == 0 {
+		out.ElectionTimeout = 250 * time.Millisecond
+	}
+	if out.LeaderLeaseTimeout == 0 {
+		out.LeaderLeaseTimeout = 125 * time.Millisecond
+	}
+	if out.CommitTimeout == 0 {
+		out.CommitTimeout = 10 * time.Millisecond
+	}
+	if out.SnapshotThreshold == 0 {
+		out.SnapshotThreshold = 8192
+	}
+	if out.Logger == nil {
+		out.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: hclog.Info})
+	}
+	return out
+}
+
+// Validate reports every problem with the configuration (after defaults).
+func (c *Config) Validate() error {
+	d := c.withDefaults()
+	var errs []error
+	if _, _, err := net.SplitHostPort(d.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen address %q: %v (want HOST:PORT)", d.Listen, err))
+	}
+	if host, port, err := net.SplitHostPort(d.Advertise); err != nil {
+		errs = append(errs, fmt.Errorf("advertise address %q: %v (want HOST:PORT)", d.Advertise, err))
+	} else if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		errs = append(errs, fmt.Errorf("advertise address %q names no reachable host: set --advertise to an address peers and clients can reach", d.Advertise))
+	} else if port == "0" {
+		errs = append(errs, fmt.Errorf("advertise address %q has port 0: give the real port", d.Advertise))
+	}
+	for name, v := range map[string]time.Duration{
+		"save frequency": d.SaveFrequency, "duration": d.Duration, "prune frequency": d.PruneFrequency,
+		"heartbeat timeout": d.HeartbeatTimeout, "election timeout": d.ElectionTimeout,
+		"leader lease timeout": d.LeaderLeaseTimeout, "commit timeout": d.CommitTimeout,
+	} {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("%s is negative (%s)", name, v))
+		}
+	}
+	if d.LeaderLeaseTimeout > d.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("leader lease timeout (%s) must not exceed the heartbeat timeout (%s)", d.LeaderLeaseTimeout, d.HeartbeatTimeout))
+	}
+	if d.ElectionTimeout < d.HeartbeatTimeout {
+		errs = append(errs, fmt.Errorf("election timeout (%s) must be at least the heartbeat timeout (%s)", d.ElectionTimeout, d.HeartbeatTimeout))
+	}
+	if d.ID != "" {
+		if err := validateID(d.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.MaxSessionSize < 0 {
+		errs = append(errs, fmt.Errorf("max session size is negative (%d)", d.MaxSessionSize))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,202 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
+)
+
+var _ transport.Handler = (*Node)(nil)
+
+// errStarting is answered while the node imports its save file or waits for
+// its first leader.
+var errStarting = transport.Errorf(transport.CodeUnavailable, "node is starting: retry shortly")
+
+// wireError classifies fsm validation errors for the wire.
+func wireError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fsm.ErrSessionTooLarge):
+		return &transport.Error{Code: transport.CodeTooLarge, Message: err.Error()}
+	case errors.Is(err, fsm.ErrBadSID), errors.Is(err, fsm.ErrBadData), errors.Is(err, fsm.ErrBadKey):
+		return &transport.Error{Code: transport.CodeBadRequest, Message: err.Error()}
+	}
+	return err
+}
+
+// write validates nothing further: it submits cmd through the group
+// committer on the leader.
+func (n *Node) write(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if !n.ready.Load() {
+		return fsm.Result{}, errStarting
+	}
+	if n.raft.State() != raft.Leader {
+		return fsm.Result{}, notLeader(n.raft)
+	}
+	r, err := n.commit.submit(ctx, cmd)
+	return r, wireError(err)
+}
+
+// Save replaces a session. data must be a JSON object.
+func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
+	if err := fsm.ValidateSID(sid); err != nil {
+		return wireError(err)
+	}
+	norm, err := fsm.NormalizeObject(data)
+	if err != nil {
+		return wireError(err)
+	}
+	if len(norm) > n.cfg.MaxSessionSize {
+		return transport.Errorf(transport.CodeTooLarge, "session data is %d bytes, the limit is %d", len(norm), n.cfg.MaxSessionSize)
+	}
+	_, err = n.write(ctx, fsm.Command{Op: fsm.OpSave, SID: sid, Data: norm})
+	return err
+}
+
+// Patch sets and deletes keys of one session atomically.
+func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []string) error {
+	if err := fsm.ValidateSID(sid); err != nil {
+		return wireError(err)
+	}
+	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize)}
+	for _, kv := range set {
+		if err := fsm.ValidateKey(kv.Key); err != nil {
+			return wireError(err)
+		}
+		v, err := compactJSON(kv.Value)
+		if err != nil {
+			return transport.Errorf(transport.CodeBadRequest, "value of key %q: %v", kv.Key, err)
+		}
+		cmd.Set = append(cmd.Set, fsm.Field{Key: kv.Key, Value: v})
+	}
+	for _, k := range del {
+		if err := fsm.ValidateKey(k); err != nil {
+			return wireError(err)
+		}
+	}
+	cmd.Del = del
+	_, err := n.write(ctx, cmd)
+	return err
+}
+
+// Delete removes a session; deleting an unknown session succeeds.
+func (n *Node) Delete(ctx context.Context, sid string) error {
+	if err := fsm.ValidateSID(sid); err != nil {
+		return wireError(err)
+	}
+	_, err := n.write(ctx, fsm.Command{Op: fsm.OpDelete, SID: sid})
+	return err
+}
+
+// Touch renews a session; touching an unknown session succeeds.
+func (n *Node) Touch(ctx context.Context, sid string) error {
+	if err := fsm.ValidateSID(sid); err != nil {
+		return wireError(err)
+	}
+	_, err := n.write(ctx, fsm.Command{Op: fsm.OpTouch, SID: sid})
+	return err
+}
+
+// Restore returns a session's data with the requested consistency
+// (transport.Default means linearizable).
+func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency) ([]byte, bool, error) {
+	if err := fsm.ValidateSID(sid); err != nil {
+		return nil, false, wireError(err)
+	}
+	if !n.ready.Load() {
+		return nil, false, errStarting
+	}
+	switch c {
+	case transport.Default, transport.Linearizable:
+		if err := n.reads.wait(ctx); err != nil {
+			return nil, false, err
+		}
+	case transport.Leader:
+		if n.raft.State() != raft.Leader {
+			return nil, false, notLeader(n.raft)
+		}
+	case transport.Stale:
+	default:
+		return nil, false, transport.Errorf(transport.CodeBadRequest, "unknown consistency %d", byte(c))
+	}
+	r, ok := n.fsm.State.Get(sid, time.Now().UnixMilli(), n.cfg.Duration.Milliseconds())
+	if !ok {
+		return nil, false, nil
+	}
+	return r.Data, true, nil
+}
+
+// Authorize accepts every request: client tokens come with the security issue.
+func (n *Node) Authorize(token string) error { return nil }
+
+// adminRequest is the JSON body of a transport.OpAdmin request.
+type adminRequest struct {
+	Op string `json:"op"`
+}
+
+// Status is a node's view of itself, answered to {"op":"status"}.
+type Status struct {
+	ID          string `json:"id"`
+	Address     string `json:"address"`
+	State       string `json:"state"`
+	LeaderID    string `json:"leader_id"`
+	LeaderAddr  string `json:"leader_address"`
+	Term        uint64 `json:"term"`
+	CommitIndex uint64 `json:"commit_index"`
+	Applied     uint64 `json:"applied_index"`
+	Sessions    int    `json:"sessions"`
+	Ready       bool   `json:"ready"`
+}
+
+// Status returns the node's view of itself.
+func (n *Node) Status() Status {
+	addr, id := n.raft.LeaderWithID()
+	return Status{
+		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
+		LeaderID: string(id), LeaderAddr: string(addr),
+		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: max(n.fsm.applied.get(), n.raft.AppliedIndex()),
+		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(),
+	}
+}
+
+func stateName(s raft.RaftState) string {
+	switch s {
+	case raft.Leader:
+		return "leader"
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	}
+	return "shutdown"
+}
+
+// Admin serves cluster administration requests: {"op":"status"}.
+func (n *Node) Admin(ctx context.Context, body []byte) ([]byte, error) {
+	var req adminRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, transport.Errorf(transport.CodeBadRequest, "admin request is not a JSON object with an \"op\": %v", err)
+	}
+	switch req.Op {
+	case "status":
+		return json.Marshal(n.Status())
+	}
+	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q", req.Op)
+}
+
+func compactJSON(v []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, v); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %v", err)
+	}
+	return buf.Bytes(), nil
+}

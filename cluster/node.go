@@ -1,0 +1,392 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
+)
+
+// Node is one running kadosession node. Its methods are safe for concurrent
+// use. Open starts it; Close stops it.
+type Node struct {
+	cfg    Config
+	id     string
+	log    hclog.Logger
+	fsm    *trackedFSM
+	raft   *raft.Raft
+	bolt   *raftboltdb.BoltStore
+	trans  *raft.NetworkTransport
+	stream *streamLayer
+	server *transport.Server
+	ln     net.Listener
+	commit *committer
+	reads  *readIndex
+
+	ready     atomic.Bool
+	stop      chan struct{}
+	bg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// trackedFSM is the fsm.FSM raft applies to, noting the applied index.
+type trackedFSM struct {
+	*fsm.FSM
+	applied *appliedIndex
+}
+
+func (t *trackedFSM) Apply(l *raft.Log) any {
+	r := t.FSM.Apply(l)
+	t.applied.set(l.Index)
+	return r
+}
+
+func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
+	r := t.FSM.ApplyBatch(logs)
+	if len(logs) > 0 {
+		t.applied.set(logs[len(logs)-1].Index)
+	}
+	return r
+}
+
+var _ raft.BatchingFSM = (*trackedFSM)(nil)
+
+const importMarker = "save-file-imported"
+
+// Open validates cfg, opens (or creates) the node's data directory, starts
+// raft and serves the node's port. A new data directory without Join
+// bootstraps a single-node cluster; its save file, if any, is imported
+// before client requests are served. Errors say what to do.
+func Open(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	cfg = cfg.withDefaults()
+	log := cfg.Logger
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	id, err := loadNodeID(cfg.DataDir, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	// The save file is read first: a corrupt one stops start-up before
+	// anything else is touched.
+	imported, err := readSaveFile(cfg.SaveFile, time.Now().UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			n.teardown()
+		}
+	}()
+	n.bolt, err = raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.DataDir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: time.Second},
+	})
+	if err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return nil, fmt.Errorf("data directory %s is in use by another kadosession process", cfg.DataDir)
+		}
+		return nil, fmt.Errorf("open raft log: %w", err)
+	}
+	logs, err := raft.NewLogCache(512, n.bolt)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, log.Named("snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot store: %w", err)
+	}
+	hasState, err := raft.HasExistingState(logs, n.bolt, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("read raft state: %w", err)
+	}
+
+	n.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise))
+	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  n.stream,
+		MaxPool: 4,
+		Timeout: 5 * time.Second,
+		Logger:  log.Named("raft-net"),
+	})
+	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex()}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(id)
+	rc.Logger = log.Named("raft")
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.TrailingLogs = 4096
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, snaps, n.trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	bootstrapped := false
+	if !hasState && len(cfg.Join) == 0 {
+		conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(id), Address: raft.ServerAddress(cfg.Advertise)}}}
+		if err := n.raft.BootstrapCluster(conf).Error(); err != nil {
+			return nil, fmt.Errorf("bootstrap single-node cluster: %w", err)
+		}
+		bootstrapped = true
+		log.Info("bootstrapped a new single-node cluster", "id", id, "address", cfg.Advertise)
+	}
+	markerPath := filepath.Join(cfg.DataDir, importMarker)
+	_, markerErr := os.Stat(markerPath)
+	needImport := errors.Is(markerErr, os.ErrNotExist) && (bootstrapped || hasState)
+	if !needImport && errors.Is(markerErr, os.ErrNotExist) {
+		// A joining node takes its state from the cluster, never from a file.
+		_ = writeFileAtomic(markerPath, []byte("joined\n"))
+	}
+
+	n.commit = newCommitter(n.raft, 10*time.Second)
+	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied}
+	scfg := cfg.Server
+	scfg.Logger = log.Named("server")
+	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}
+	n.server = transport.NewServer(n, scfg)
+	go func() {
+		if err := n.server.Serve(n.ln); err != nil && !errors.Is(err, transport.ErrServerClosed) {
+			log.Error("serving stopped", "error", err)
+		}
+	}()
+	n.bg.Add(1)
+	go n.startup(needImport, imported, markerPath)
+	ok = true
+	log.Info("node started", "id", id, "listen", n.ln.Addr().String(), "advertise", cfg.Advertise, "data", cfg.DataDir)
+	return n, nil
+}
+
+// startup waits for a leader, imports the save file when this is the node's
+// first start, then lets client requests in and starts the timers.
+func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string) {
+	defer n.bg.Done()
+	if needImport {
+		if !n.waitLeader() {
+			return
+		}
+		if err := n.importRecords(records); err != nil {
+			n.log.Error("import of the save file failed; the node will not serve clients until restarted", "file", n.cfg.SaveFile, "error", err)
+			return
+		}
+		if err := writeFileAtomic(markerPath, []byte("imported\n")); err != nil {
+			n.log.Error("cannot record the save-file import", "error", err)
+		}
+		if len(records) > 0 {
+			n.log.Info("imported the save file", "file", n.cfg.SaveFile, "sessions", len(records))
+		}
+	}
+	n.ready.Store(true)
+	n.bg.Add(2)
+	go n.saveLoop()
+	go n.pruneLoop()
+}
+
+func (n *Node) waitLeader() bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if n.raft.State() == raft.Leader {
+			return true
+		}
+		select {
+		case <-n.stop:
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// importRecords replicates records in batches of about 1 MiB, each keeping
+// its own save time.
+func (n *Node) importRecords(records map[string]*fsm.Record) error {
+	batch := fsm.Command{Op: fsm.OpBatch}
+	size := 0
+	flush := func() error {
+		if len(batch.Batch) == 0 {
+			return nil
+		}
+		err := n.raft.Apply(batch.Encode(nil), 30*time.Second).Error()
+		batch.Batch, size = batch.Batch[:0], 0
+		return err
+	}
+	for sid, r := range records {
+		batch.Batch = append(batch.Batch, fsm.Command{Op: fsm.OpSave, Time: r.Written, SID: sid, Data: r.Data})
+		if size += len(sid) + len(r.Data) + 16; size >= 1<<20 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// ID returns the node's raft id.
+func (n *Node) ID() string { return n.id }
+
+// Addr returns the address the node's port is bound to.
+func (n *Node) Addr() string { return n.ln.Addr().String() }
+
+// Ready reports whether the node serves client requests.
+func (n *Node) Ready() bool { return n.ready.Load() }
+
+// State returns the node's state machine (for tests and status).
+func (n *Node) State() *fsm.State { return n.fsm.State }
+
+// Raft returns the node's raft instance (for tests and status).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// SaveNow writes the save file if anything changed since the last write.
+func (n *Node) SaveNow() error {
+	_, err := n.saveIfChanged(0)
+	return err
+}
+
+func (n *Node) saveIfChanged(last uint64) (uint64, error) {
+	v := n.fsm.State.Version()
+	if v == last && last != 0 {
+		return last, nil
+	}
+	if err := writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()); err != nil {
+		return last, fmt.Errorf("write save file %s: %w (the previous save file is intact)", n.cfg.SaveFile, err)
+	}
+	return v, nil
+}
+
+func (n *Node) saveLoop() {
+	defer n.bg.Done()
+	t := time.NewTicker(n.cfg.SaveFrequency)
+	defer t.Stop()
+	var last uint64
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			v, err := n.saveIfChanged(last)
+			if err != nil {
+				n.log.Error("save file not written; still serving", "error", err)
+				continue
+			}
+			last = v
+		}
+	}
+}
+
+func (n *Node) pruneLoop() {
+	defer n.bg.Done()
+	t := time.NewTicker(n.cfg.PruneFrequency)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			if n.raft.State() != raft.Leader {
+				continue
+			}
+			if _, err := n.Prune(context.Background()); err != nil {
+				n.log.Warn("prune failed", "error", err)
+			}
+		}
+	}
+}
+
+// Prune replicates a prune command stamped with this leader's time and
+// returns how many sessions it removed.
+func (n *Node) Prune(ctx context.Context) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpPrune, Duration: n.cfg.Duration.Milliseconds()})
+	if err == nil && r.Count > 0 {
+		n.log.Debug("pruned expired sessions", "count", r.Count)
+	}
+	return r.Count, err
+}
+
+// Close stops the node: it stops accepting connections, hands leadership to
+// a peer when it leads a multi-node cluster, writes the save file, shuts raft
+// down and closes the stores. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.log.Info("shutting down")
+		close(n.stop)
+		if n.raft.State() == raft.Leader && n.voters() > 1 {
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				n.log.Warn("leadership transfer failed", "error", err)
+			}
+		}
+		n.server.Close()
+		n.commit.close()
+		n.bg.Wait()
+		if _, err := n.saveIfChanged(0); err != nil {
+			n.log.Error("final save file not written", "error", err)
+			n.closeErr = err
+		}
+		n.teardown()
+		n.log.Info("stopped")
+	})
+	return n.closeErr
+}
+
+func (n *Node) voters() int {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	c := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			c++
+		}
+	}
+	return c
+}
+
+// teardown releases whatever Open managed to open.
+func (n *Node) teardown() {
+	if n.server != nil {
+		n.server.Close()
+	} else if n.ln != nil {
+		n.ln.Close()
+	}
+	if n.raft != nil {
+		if err := n.raft.Shutdown().Error(); err != nil {
+			n.log.Warn("raft shutdown", "error", err)
+		}
+	}
+	if n.stream != nil {
+		n.stream.Close()
+	}
+	if n.trans != nil {
+		n.trans.Close()
+	}
+	if n.bolt != nil {
+		n.bolt.Close()
+	}
+}

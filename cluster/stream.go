@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// streamLayer carries raft's traffic on the node's one port: outgoing
+// connections announce themselves with transport.MagicRaft, and the
+// transport.Server routes incoming connections that start with it here.
+type streamLayer struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	dialer func(address string, timeout time.Duration) (net.Conn, error)
+}
+
+var _ raft.StreamLayer = (*streamLayer)(nil)
+
+func newStreamLayer(addr net.Addr) *streamLayer {
+	return &streamLayer{
+		addr:  addr,
+		conns: make(chan net.Conn, 64),
+		done:  make(chan struct{}),
+		dialer: func(address string, timeout time.Duration) (net.Conn, error) {
+			return net.DialTimeout("tcp", address, timeout)
+		},
+	}
+}
+
+// handoff is the transport.Server route for MagicRaft connections.
+func (s *streamLayer) handoff(c net.Conn) {
+	select {
+	case s.conns <- c:
+	case <-s.done:
+		c.Close()
+	}
+}
+
+// Accept returns the next incoming raft connection.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.done:
+		return nil, errors.New("raft stream layer closed")
+	}
+}
+
+// Close stops Accept; connections already handed out stay open.
+func (s *streamLayer) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
+
+// Addr is the node's advertised address.
+func (s *streamLayer) Addr() net.Addr { return s.addr }
+
+// Dial opens a raft connection to a peer's one port.
+func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	c, err := s.dialer(string(address), timeout)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte{transport.MagicRaft}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetWriteDeadline(time.Time{})
+	return c, nil
+}
+
+// advertisedAddr is a net.Addr for the advertised host:port, which may be a
+// name rather than an IP.
+type advertisedAddr string
+
+func (a advertisedAddr) Network() string { return "tcp" }
+func (a advertisedAddr) String() string  { return string(a) }

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/cluster"
+	"github.com/kadosession/kadosession/transport"
+)
+
+func serve(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg      cluster.Config
+		join     string
+		logLevel string
+		logJSON  bool
+	)
+	fs.StringVar(&cfg.ID, "id", "", "node id (letters, digits, - _ .); generated once and kept in the data directory when empty")
+	fs.StringVar(&cfg.Listen, "listen", cluster.DefaultListen, "`HOST:PORT` of the node's one port (clients, Kado JSON and raft)")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "`HOST:PORT` peers and clients are told to use (default: --listen; never 0.0.0.0)")
+	fs.StringVar(&cfg.DataDir, "data", cluster.DefaultDataDir, "data `DIR`: raft log, snapshots, node id, save file")
+	fs.StringVar(&cfg.SaveFile, "save-file", "", "Kado-format save file `PATH` (default DIR/sessions.json); imported at first start")
+	fs.DurationVar(&cfg.SaveFrequency, "save-frequency", cluster.DefaultSaveFrequency, "how often the save file is rewritten while anything changed")
+	fs.DurationVar(&cfg.Duration, "duration", cluster.DefaultDuration, "how long a session lives after its last save")
+	fs.DurationVar(&cfg.PruneFrequency, "prune-frequency", cluster.DefaultPruneFrequency, "how often the leader prunes expired sessions")
+	fs.StringVar(&join, "join", "", "`HOST:PORT[,HOST:PORT…]` of an existing cluster to join (instead of starting a new one)")
+	fs.IntVar(&cfg.MaxSessionSize, "max-session-size", transport.DefaultMaxFrame, "largest session data in bytes")
+	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", transport.DefaultMaxFrame, "largest native frame or Kado JSON request in bytes")
+	fs.DurationVar(&cfg.Server.ReadTimeout, "read-timeout", 10*time.Second, "time a client has to finish sending a request it started")
+	fs.DurationVar(&cfg.Server.IdleTimeout, "idle-timeout", 5*time.Minute, "close native connections idle this long")
+	fs.DurationVar(&cfg.Server.RequestTimeout, "request-timeout", 10*time.Second, "deadline for serving one request")
+	fs.IntVar(&cfg.Server.MaxConns, "max-conns", 4096, "most connections open at once; more are refused with an error")
+	fs.IntVar(&cfg.Server.MaxInflight, "max-inflight", 256, "most requests in flight on one native connection")
+	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 250*time.Millisecond, "raft heartbeat timeout (raise for WAN links, e.g. 1s)")
+	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", 250*time.Millisecond, "raft election timeout (raise for WAN links, e.g. 1s)")
+	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease-timeout", 125*time.Millisecond, "raft leader lease (at most the heartbeat timeout)")
+	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", 10*time.Millisecond, "raft commit timeout")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
+	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
+		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+
+			"serving Kado's JSON protocol (SessionStoreLocal) and the native protocol (the Go client) on that one port.")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	level := hclog.LevelFromString(logLevel)
+	if level == hclog.NoLevel {
+		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)
+	}
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: level, Output: stderr, JSONFormat: logJSON})
+	for _, a := range strings.Split(join, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.Join = append(cfg.Join, a)
+		}
+	}
+	node, err := cluster.Open(cfg)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-sigs
+	cfg.Logger.Info("signal received; stopping", "signal", sig.String())
+	signal.Stop(sigs)
+	return node.Close()
+}
