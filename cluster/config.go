@@ -19,8 +19,9 @@ type Config struct {
 	ID string
 	// Listen is the address of the node's one port (127.0.0.1:3001).
 	Listen string
-	// Advertise is the address peers and clients are told (Listen when
-	// empty). It must name a host others can reach, never 0.0.0.0.
+	// Advertise is the address peers and clients are told (the bound Listen
+	// address when empty). It must name a host others can reach, never
+	// 0.0.0.0.
 	Advertise string
 	// DataDir holds the raft log, snapshots and node id (./kadosession-data).
 	DataDir string
@@ -64,9 +65,6 @@ func (c *Config) withDefaults() Config {
 	out := *c
 	if out.Listen == "" {
 		out.Listen = DefaultListen
-	}
-	if out.Advertise == "" {
-		out.Advertise = out.Listen
 	}
 	if out.DataDir == "" {
 		out.DataDir = DefaultDataDir
@@ -114,7 +112,9 @@ func (c *Config) Validate() error {
 	if _, _, err := net.SplitHostPort(d.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("listen address %q: %v (want HOST:PORT)", d.Listen, err))
 	}
-	if host, port, err := net.SplitHostPort(d.Advertise); err != nil {
+	if d.Advertise == "" {
+		// Derived from the bound listener at Open.
+	} else if host, port, err := net.SplitHostPort(d.Advertise); err != nil {
 		errs = append(errs, fmt.Errorf("advertise address %q: %v (want HOST:PORT)", d.Advertise, err))
 	} else if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
 		errs = append(errs, fmt.Errorf("advertise address %q names no reachable host: set --advertise to an address peers and clients can reach", d.Advertise))

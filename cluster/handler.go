@@ -33,11 +33,39 @@ func wireError(err error) error {
 	return err
 }
 
+// awaitLeader waits, within ctx, until the node is ready and some leader is
+// known, so that a request arriving during an election or at start-up is
+// served when it ends instead of failing at once.
+func (n *Node) awaitLeader(ctx context.Context) error {
+	if n.ready.Load() && n.raft.State() == raft.Leader {
+		return nil
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if n.ready.Load() {
+			if addr, _ := n.raft.LeaderWithID(); addr != "" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if !n.ready.Load() {
+				return errStarting
+			}
+			return notLeader(n.raft)
+		case <-n.stop:
+			return errCommitterStopped
+		case <-t.C:
+		}
+	}
+}
+
 // write validates nothing further: it submits cmd through the group
 // committer on the leader.
 func (n *Node) write(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
-	if !n.ready.Load() {
-		return fsm.Result{}, errStarting
+	if err := n.awaitLeader(ctx); err != nil {
+		return fsm.Result{}, err
 	}
 	if n.raft.State() != raft.Leader {
 		return fsm.Result{}, notLeader(n.raft)
@@ -112,7 +140,11 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 	if err := fsm.ValidateSID(sid); err != nil {
 		return nil, false, wireError(err)
 	}
-	if !n.ready.Load() {
+	if c != transport.Stale {
+		if err := n.awaitLeader(ctx); err != nil {
+			return nil, false, err
+		}
+	} else if !n.ready.Load() {
 		return nil, false, errStarting
 	}
 	switch c {

@@ -124,6 +124,13 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = n.ln.Addr().String()
+		if ip := n.ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
+			return nil, fmt.Errorf("listening on %s (every interface) needs --advertise HOST:PORT: the address peers and clients should use", cfg.Listen)
+		}
+		n.cfg.Advertise = cfg.Advertise
+	}
 	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise))
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,

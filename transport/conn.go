@@ -25,6 +25,12 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 	switch {
 	case errors.Is(err, errDocTooLarge):
 		reply(KadoError(fmt.Sprintf("request too large: the limit is %d bytes", s.cfg.MaxFrame)))
+		// Let the client finish sending so it reads the reply rather than a
+		// reset; the read deadline still bounds how long this takes.
+		if tc, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = tc.CloseWrite()
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<20))
 		return
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		reply(KadoError(fmt.Sprintf("incomplete request: no end of request within %s (send one JSON document, then half-close the connection)", s.cfg.ReadTimeout)))

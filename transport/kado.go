@@ -17,6 +17,8 @@ import (
 // Kado 4.4 adds "ip", "agent" and "uid" beside "sid" in a save; they are
 // accepted and ignored, as is "_written" on the envelope.
 
+const emptyRequest = `empty request: send one JSON object such as {"restore":{"sid":"…"}}, then half-close`
+
 // KadoRequest is a decoded Kado JSON request: Op is OpSave or OpRestore.
 type KadoRequest struct {
 	Op    Op
@@ -30,7 +32,7 @@ type KadoRequest struct {
 func DecodeKado(doc []byte) (KadoRequest, error) {
 	var req KadoRequest
 	if len(bytes.TrimSpace(doc)) == 0 {
-		return req, Errorf(CodeBadRequest, "empty request: send one JSON object such as {\"restore\":{\"sid\":\"…\"}}, then half-close")
+		return req, Errorf(CodeBadRequest, emptyRequest)
 	}
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.UseNumber()

@@ -241,6 +241,10 @@ func (s *Server) serveConn(c net.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 	var first [1]byte
 	if _, err := io.ReadFull(c, first[:]); err != nil {
+		if errors.Is(err, io.EOF) { // half-closed without a byte
+			_ = c.SetWriteDeadline(time.Now().Add(s.cfg.ReadTimeout))
+			_, _ = c.Write(KadoError(emptyRequest))
+		}
 		return
 	}
 	switch {

@@ -1,0 +1,152 @@
+package cluster
+
+import (
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// The bytes the real Kado 4.0 SessionStoreLocal sends, captured on the wire.
+const (
+	kadoSave    = `{"save":{"sid":"sid1","data":{"a":1},"_written":1795629654509}}`
+	kadoRestore = `{"restore":{"sid":"sid1","_written":1795629654515}}`
+)
+
+func TestKadoProtocolCapturedBytes(t *testing.T) {
+	n := startNode(t, Config{})
+	addr := n.Addr()
+	if got := kadoRequest(t, addr, []byte(kadoSave)); got != `{"status":"ok"}` {
+		t.Fatalf("save reply = %s", got)
+	}
+	if got := kadoRequest(t, addr, []byte(kadoRestore)); got != `{"status":"ok","result":{"a":1}}` {
+		t.Fatalf("restore reply = %s", got)
+	}
+	if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"unknown","_written":1}}`)); got != `{"status":"ok","result":{}}` {
+		t.Fatalf("restore of unknown sid = %s", got)
+	}
+	// Kado 4.4's save shape: extra members beside sid, data stored.
+	save44 := `{"save":{"sid":"s44","ip":"10.0.0.1","agent":"Mozilla/5.0","uid":42,"data":{"user":"alice","n":[1,2,{"x":null}]}}}`
+	if got := kadoRequest(t, addr, []byte(save44)); got != `{"status":"ok"}` {
+		t.Fatalf("4.4 save reply = %s", got)
+	}
+	if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"s44"}}`)); got != `{"status":"ok","result":{"user":"alice","n":[1,2,{"x":null}]}}` {
+		t.Fatalf("4.4 restore reply = %s", got)
+	}
+	// A legacy save replaces the whole session.
+	kadoRequest(t, addr, []byte(`{"save":{"sid":"s44","data":{"only":true}}}`))
+	if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"s44"}}`)); got != `{"status":"ok","result":{"only":true}}` {
+		t.Fatalf("restore after replacing save = %s", got)
+	}
+}
+
+func TestKadoProtocolBadInputs(t *testing.T) {
+	n := startNode(t, Config{Server: transport.ServerConfig{ReadTimeout: 300 * time.Millisecond}})
+	addr := n.Addr()
+	cases := []struct {
+		name, req, want string
+	}{
+		{"null", `null`, "got null"},
+		{"restore without sid", `{"restore":{}}`, "restore.sid is missing"},
+		{"save without data", `{"save":{"sid":"a"}}`, "save.data is missing"},
+		{"non-string sid", `{"restore":{"sid":5}}`, "sid must be a string"},
+		{"array data", `{"save":{"sid":"a","data":[1,2]}}`, "must be a JSON object, got an array"},
+		{"null data", `{"save":{"sid":"a","data":null}}`, "got null"},
+		{"two documents", `{"restore":{"sid":"a"}}{"restore":{"sid":"a"}}`, "more than one JSON document"},
+		{"binary garbage", "\x00\xff\xfe\x01garbage", "not valid JSON"},
+		{"array request", `[1,2,3]`, "must be a JSON object"},
+		{"no action", `{"delete":{"sid":"a"}}`, "no action"},
+		{"empty sid", `{"restore":{"sid":""}}`, "sid is empty"},
+		{"truncated", `{"save":{"sid":"a","data":{"x":`, "not valid JSON"},
+		{"empty request", ``, "empty request"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := kadoRequest(t, addr, []byte(tc.req))
+			if !strings.HasPrefix(got, `{"status":"error","message":"`) || !strings.Contains(got, tc.want) {
+				t.Fatalf("reply = %s, want an error mentioning %q", got, tc.want)
+			}
+		})
+	}
+	// Kado's prototype-polluting sids are ordinary sessions here.
+	for _, sid := range []string{"__proto__", "constructor", "hasOwnProperty"} {
+		if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"`+sid+`"}}`)); got != `{"status":"ok","result":{}}` {
+			t.Fatalf("restore %s before save = %s", sid, got)
+		}
+		kadoRequest(t, addr, []byte(`{"save":{"sid":"`+sid+`","data":{"v":"`+sid+`"}}}`))
+		if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"`+sid+`"}}`)); got != `{"status":"ok","result":{"v":"`+sid+`"}}` {
+			t.Fatalf("restore %s = %s", sid, got)
+		}
+	}
+	// After all that the node still serves.
+	if got := kadoRequest(t, addr, []byte(kadoSave)); got != `{"status":"ok"}` {
+		t.Fatalf("save after bad inputs = %s", got)
+	}
+}
+
+func TestKadoProtocolSplitWritesAndSlowClients(t *testing.T) {
+	n := startNode(t, Config{Server: transport.ServerConfig{ReadTimeout: 500 * time.Millisecond}})
+	addr := n.Addr()
+
+	// A client that never half-closes holds nothing for long and does not
+	// stop others from being served meanwhile.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var stuckReply string
+	go func() {
+		defer wg.Done()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte(kadoSave))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		stuckReply = string(b)
+	}()
+
+	// One request split across many small TCP writes, one byte at a time.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).SetNoDelay(true)
+	for i := 0; i < len(kadoSave); i++ {
+		if _, err := c.Write([]byte{kadoSave[i]}); err != nil {
+			t.Fatal(err)
+		}
+		if i%16 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	c.(*net.TCPConn).CloseWrite()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, _ := io.ReadAll(c)
+	c.Close()
+	if string(b) != `{"status":"ok"}` {
+		t.Fatalf("split save reply = %s", b)
+	}
+	if got := kadoRequest(t, addr, []byte(kadoRestore)); got != `{"status":"ok","result":{"a":1}}` {
+		t.Fatalf("restore = %s", got)
+	}
+	wg.Wait()
+	if !strings.Contains(stuckReply, "incomplete request") {
+		t.Fatalf("client that never half-closed got %q, want an incomplete-request error", stuckReply)
+	}
+}
+
+func TestKadoProtocolTooLarge(t *testing.T) {
+	n := startNode(t, Config{Server: transport.ServerConfig{MaxFrame: 4096}})
+	big := `{"save":{"sid":"big","data":{"x":"` + strings.Repeat("a", 8192) + `"}}}`
+	if got := kadoRequest(t, n.Addr(), []byte(big)); !strings.Contains(got, "too large") {
+		t.Fatalf("oversized request reply = %s", got)
+	}
+	if got := kadoRequest(t, n.Addr(), []byte(kadoSave)); got != `{"status":"ok"}` {
+		t.Fatalf("save after oversized = %s", got)
+	}
+}

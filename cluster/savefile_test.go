@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+func TestImportsKadoSaveFileAtFirstStart(t *testing.T) {
+	dir := t.TempDir()
+	// What Kado's SessionStorage writes: sessions without _written.
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"foo":"bar"},"old":{"x":1,"_written":1000}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, Config{DataDir: dir})
+	if got := kadoRequest(t, n.Addr(), []byte(`{"restore":{"sid":"abc"}}`)); got != `{"status":"ok","result":{"foo":"bar"}}` {
+		t.Fatalf("imported session = %s", got)
+	}
+	// A record whose _written is long past has expired, as in Kado.
+	if got := kadoRequest(t, n.Addr(), []byte(`{"restore":{"sid":"old"}}`)); got != `{"status":"ok","result":{}}` {
+		t.Fatalf("expired imported session = %s", got)
+	}
+	// A second start does not import again: a session deleted since stays gone.
+	if err := n.Delete(context.Background(), "abc"); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	// Put the old file back as if someone restored it by hand.
+	os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"foo":"bar"}}`), 0o600)
+	n2 := startNode(t, Config{DataDir: dir})
+	if got := kadoRequest(t, n2.Addr(), []byte(`{"restore":{"sid":"abc"}}`)); got != `{"status":"ok","result":{}}` {
+		t.Fatalf("after restart, deleted session came back from the save file: %s", got)
+	}
+}
+
+func TestCorruptSaveFileStopsStartUntouched(t *testing.T) {
+	cases := []struct{ name, content, want string }{
+		{"truncated", `{"abc":{"foo":"ba`, "save file"},
+		{"not an object", `[1,2]`, "JSON object of sessions"},
+		{"record not an object", `{"abc":[1]}`, "abc"},
+		{"bad _written", `{"abc":{"_written":"yesterday"}}`, "_written"},
+		{"empty file", ``, "empty"},
+		{"trailing garbage", `{"abc":{}} xyz`, "trailing"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "sessions.json")
+			os.WriteFile(path, []byte(tc.content), 0o600)
+			_, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger()})
+			if err == nil {
+				t.Fatal("Open succeeded with a corrupt save file")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, path) || !strings.Contains(msg, "untouched") || !strings.Contains(msg, tc.want) {
+				t.Fatalf("error %q should name the file, say it is untouched and mention %q", msg, tc.want)
+			}
+			got, _ := os.ReadFile(path)
+			if string(got) != tc.content {
+				t.Fatalf("save file changed: %q", got)
+			}
+		})
+	}
+}
+
+func TestSaveFileShapeAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: 50 * time.Millisecond})
+	ctx := context.Background()
+	for _, sid := range []string{"s1", "s2", `we"ird ü`} {
+		user, _ := json.Marshal(sid)
+		if err := n.Save(ctx, sid, []byte(`{"user":`+string(user)+`,"n":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "sessions.json")
+	poll(t, func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && bytes.Contains(b, []byte(`"s2"`))
+	}, 5*time.Second, "save file written by the timer")
+	b, _ := os.ReadFile(path)
+	var doc map[string]map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("save file is not a JSON object of objects: %v\n%s", err, b)
+	}
+	if len(doc) != 3 || doc["s1"]["user"] != "s1" || doc[`we"ird ü`]["user"] != `we"ird ü` {
+		t.Fatalf("save file = %s", b)
+	}
+	for sid, rec := range doc {
+		w, ok := rec["_written"].(float64)
+		if !ok || time.Since(time.UnixMilli(int64(w))) > time.Minute {
+			t.Fatalf("record %s has _written %v", sid, rec["_written"])
+		}
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, Config{DataDir: dir})
+	data, found, err := n2.Restore(ctx, "s1", transport.Default)
+	if err != nil || !found || string(data) != `{"user":"s1","n":1}` {
+		t.Fatalf("after restart: %s %v %v", data, found, err)
+	}
+}
+
+func TestExpiryAndReplicatedPrune(t *testing.T) {
+	n := startNode(t, Config{Duration: 300 * time.Millisecond, PruneFrequency: time.Hour})
+	ctx := context.Background()
+	n.Save(ctx, "short", []byte(`{"a":1}`))
+	if _, found, _ := n.Restore(ctx, "short", transport.Default); !found {
+		t.Fatal("fresh session not found")
+	}
+	time.Sleep(350 * time.Millisecond)
+	if _, found, _ := n.Restore(ctx, "short", transport.Default); found {
+		t.Fatal("expired session returned before the prune")
+	}
+	if n.State().Len() != 1 {
+		t.Fatalf("expired session should still be stored until the prune, have %d", n.State().Len())
+	}
+	count, err := n.Prune(ctx)
+	if err != nil || count != 1 || n.State().Len() != 0 {
+		t.Fatalf("prune removed %d (err %v), %d left", count, err, n.State().Len())
+	}
+}
+
+func TestPatchTouchDeleteThroughNode(t *testing.T) {
+	n := startNode(t, Config{MaxSessionSize: 64})
+	ctx := context.Background()
+	if err := n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(` 1 `)}, {Key: "b", Value: []byte(`"x"`)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Patch(ctx, "p", []transport.KV{{Key: "c", Value: []byte(`true`)}}, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	data, _, _ := n.Restore(ctx, "p", transport.Default)
+	if string(data) != `{"b":"x","c":true}` {
+		t.Fatalf("after patches: %s", data)
+	}
+	cases := []struct {
+		name string
+		err  error
+		code transport.Code
+	}{
+		{"bad json value", n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(`{`)}}, nil), transport.CodeBadRequest},
+		{"reserved key", n.Patch(ctx, "p", []transport.KV{{Key: "_written", Value: []byte(`1`)}}, nil), transport.CodeBadRequest},
+		{"too large", n.Patch(ctx, "p", []transport.KV{{Key: "big", Value: []byte(`"` + strings.Repeat("z", 80) + `"`)}}, nil), transport.CodeTooLarge},
+		{"save too large", n.Save(ctx, "q", []byte(`{"big":"`+strings.Repeat("z", 80)+`"}`)), transport.CodeTooLarge},
+		{"empty sid", n.Save(ctx, "", []byte(`{}`)), transport.CodeBadRequest},
+		{"array data", n.Save(ctx, "q", []byte(`[]`)), transport.CodeBadRequest},
+	}
+	for _, tc := range cases {
+		var te *transport.Error
+		if !asError(tc.err, &te) || te.Code != tc.code {
+			t.Errorf("%s: err = %v, want code %v", tc.name, tc.err, tc.code)
+		}
+	}
+	before, _ := n.State().Get("p", 0, 0)
+	time.Sleep(5 * time.Millisecond)
+	if err := n.Touch(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := n.State().Get("p", 0, 0)
+	if after.Written <= before.Written || string(after.Data) != string(before.Data) {
+		t.Fatalf("touch: written %d -> %d, data %s -> %s", before.Written, after.Written, before.Data, after.Data)
+	}
+	if err := n.Delete(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := n.Restore(ctx, "p", transport.Default); found {
+		t.Fatal("deleted session found")
+	}
+}

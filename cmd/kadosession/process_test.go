@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests run the built binary as a real OS process: the path users take.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kadosession-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "kadosession")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	mu     sync.Mutex
+	done   chan struct{}
+}
+
+// startServe runs `kadosession serve` with args; the process is killed when
+// the test ends if it is still running.
+func startServe(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{stderr: &bytes.Buffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binary(t), append([]string{"serve"}, args...)...)
+	p.cmd.Stderr = lockedWriter{p}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+type lockedWriter struct{ p *proc }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	return w.p.stderr.Write(b)
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+// kado sends one Kado JSON request and returns the reply ("" when the
+// connection failed).
+func kado(addr, req string) string {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		return ""
+	}
+	c.(*net.TCPConn).CloseWrite()
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+func waitServing(t *testing.T, p *proc, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for kado(addr, `{"restore":{"sid":"probe"}}`) != `{"status":"ok","result":{}}` {
+		select {
+		case <-p.done:
+			t.Fatalf("node exited before serving:\n%s", p.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node at %s not serving after 20s:\n%s", addr, p.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestProcessKill9KeepsAcknowledgedSaves(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	args := []string{"--listen", addr, "--data", dir, "--log-level", "warn"}
+	acked := map[string]string{}
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 3; round++ {
+		p := startServe(t, args...)
+		waitServing(t, p, addr)
+		// Everything acknowledged so far is still there.
+		mu.Lock()
+		for sid, data := range acked {
+			if got := kado(addr, `{"restore":{"sid":"`+sid+`"}}`); got != `{"status":"ok","result":`+data+`}` {
+				t.Fatalf("round %d: acknowledged save %s lost after kill -9: got %s", round, sid, got)
+			}
+		}
+		mu.Unlock()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for w := 0; w < 8; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					sid := fmt.Sprintf("r%d-w%d-%d", round, w, i)
+					data := fmt.Sprintf(`{"user":"u%d","i":%d}`, w, i)
+					if kado(addr, `{"save":{"sid":"`+sid+`","data":`+data+`}}`) == `{"status":"ok"}` {
+						mu.Lock()
+						acked[sid] = data
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+		p.cmd.Process.Signal(syscall.SIGKILL) // while writes are in flight
+		<-p.done
+		close(stop)
+		wg.Wait()
+	}
+	if len(acked) < 100 {
+		t.Fatalf("only %d saves acknowledged: the test did not exercise the node", len(acked))
+	}
+	p := startServe(t, args...)
+	waitServing(t, p, addr)
+	for sid, data := range acked {
+		if got := kado(addr, `{"restore":{"sid":"`+sid+`"}}`); got != `{"status":"ok","result":`+data+`}` {
+			t.Fatalf("acknowledged save %s lost: got %s", sid, got)
+		}
+	}
+	// A clean stop writes the save file: valid JSON of the documented shape.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("node did not stop on SIGTERM")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "sessions.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("save file is not {sid: {…}}: %v", err)
+	}
+	for sid, data := range acked {
+		rec, ok := doc[sid]
+		if !ok {
+			t.Fatalf("save file lacks %s", sid)
+		}
+		if _, ok := rec["_written"]; !ok {
+			t.Fatalf("record %s lacks _written", sid)
+		}
+		var want map[string]json.RawMessage
+		json.Unmarshal([]byte(data), &want)
+		for k, v := range want {
+			if string(rec[k]) != string(v) {
+				t.Fatalf("record %s key %s = %s, want %s", sid, k, rec[k], v)
+			}
+		}
+	}
+	t.Logf("%d acknowledged saves survived 3 kill -9s", len(acked))
+}
+
+func TestProcessImportsKadoSaveFile(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"foo":"bar"}}`), 0o600)
+	addr := freeAddr(t)
+	p := startServe(t, "--listen", addr, "--data", dir)
+	waitServing(t, p, addr)
+	if got := kado(addr, `{"restore":{"sid":"abc"}}`); got != `{"status":"ok","result":{"foo":"bar"}}` {
+		t.Fatalf("imported session = %s", got)
+	}
+}
+
+func TestProcessRefusesCorruptSaveFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kado-sessions.json")
+	corrupt := []byte(`{"abc":{"foo":"bar"},"def":{"x":`)
+	os.WriteFile(path, corrupt, 0o600)
+	p := startServe(t, "--listen", freeAddr(t), "--data", dir, "--save-file", path)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("node started with a corrupt save file")
+	}
+	if p.cmd.ProcessState.ExitCode() == 0 {
+		t.Fatal("exit code 0 with a corrupt save file")
+	}
+	msg := p.log()
+	if !strings.Contains(msg, path) || !strings.Contains(msg, "cannot be read") || !strings.Contains(msg, "untouched") {
+		t.Fatalf("start-up message does not explain the corrupt save file:\n%s", msg)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, corrupt) {
+		t.Fatalf("corrupt save file was changed: %q", got)
+	}
+}
+
+func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cmd := exec.Command(binary(t), "serve")
+	cmd.Env = append(os.Environ(), "KADOSESSION_LISTEN="+addr, "KADOSESSION_DATA="+dir, "KADOSESSION_LOG_LEVEL=warn")
+	p := &proc{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan struct{})}
+	cmd.Stderr = lockedWriter{p}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.done })
+	waitServing(t, p, addr)
+	if _, err := os.Stat(filepath.Join(dir, "node-id")); err != nil {
+		t.Fatalf("data directory from KADOSESSION_DATA not used: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  string
+		want string
+	}{
+		{"bad duration", []string{"--duration", "forever"}, "", "invalid value"},
+		{"bad env duration", nil, "KADOSESSION_SAVE_FREQUENCY=soon", "KADOSESSION_SAVE_FREQUENCY"},
+		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
+		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},
+		{"lease over heartbeat", []string{"--leader-lease-timeout", "2s"}, "", "lease"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(binary(t), append([]string{"serve", "--data", t.TempDir()}, tc.args...)...)
+			cmd.Env = os.Environ()
+			if tc.env != "" {
+				cmd.Env = append(cmd.Env, tc.env)
+			}
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("err %v, output %s; want a failure mentioning %q", err, out, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,82 @@
+package middleware
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+func TestCookieAttributes(t *testing.T) {
+	tests := []struct {
+		name  string
+		opts  Options
+		check func(t *testing.T, c *http.Cookie)
+	}{
+		{"defaults", Options{}, func(t *testing.T, c *http.Cookie) {
+			if c.Name != "session" || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" ||
+				c.Secure || c.Domain != "" || c.MaxAge != 0 || !hex40.MatchString(c.Value) {
+				t.Fatalf("default cookie %s", c)
+			}
+		}},
+		{"custom", Options{Name: "sid", Secure: true, Domain: "example.com", Path: "/app",
+			SameSite: http.SameSiteStrictMode, DisableHTTPOnly: true, MaxAge: 2 * time.Hour},
+			func(t *testing.T, c *http.Cookie) {
+				if c.Name != "sid" || c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/app" ||
+					!c.Secure || c.Domain != "example.com" || c.MaxAge != 7200 {
+					t.Fatalf("custom cookie %s", c)
+				}
+			}},
+		{"SameSite=None with Secure", Options{SameSite: http.SameSiteNoneMode, Secure: true}, func(t *testing.T, c *http.Cookie) {
+			if c.SameSite != http.SameSiteNoneMode || !c.Secure {
+				t.Fatalf("cookie %s", c)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := newStore(t)
+			tt.opts.Store = store
+			resp := serve(tt.opts, setHandler("k", "v"), httptest.NewRequest("GET", "/app/x", nil))
+			cookies := resp.Cookies()
+			if len(cookies) != 1 {
+				t.Fatalf("Set-Cookie headers: %q, want one", resp.Header.Values("Set-Cookie"))
+			}
+			tt.check(t, cookies[0])
+			if got := restoreString(t, store, cookies[0].Value, "k"); got != "v" {
+				t.Fatalf("the cookie names a session holding k=%q", got)
+			}
+			if resp.Header.Get("Vary") != "Cookie" {
+				t.Fatalf("Vary = %q, want Cookie", resp.Header.Get("Vary"))
+			}
+		})
+	}
+}
+
+func TestMaxAgeSlidesWithSaves(t *testing.T) {
+	store := newStore(t)
+	opts := Options{Store: store, MaxAge: time.Hour}
+	first := serve(opts, setHandler("a", "1"), httptest.NewRequest("GET", "/", nil)).Cookies()[0]
+
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		want    int // Set-Cookie headers
+	}{
+		{"modified: cookie sent again", setHandler("b", "2"), 1},
+		{"only read: no cookie", getHandler("a"), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/", nil)
+			req.AddCookie(first)
+			resp := serve(opts, tt.handler, req)
+			if got := len(resp.Cookies()); got != tt.want {
+				t.Fatalf("%d cookies, want %d", got, tt.want)
+			}
+			if tt.want == 1 && (resp.Cookies()[0].Value != first.Value || resp.Cookies()[0].MaxAge != 3600) {
+				t.Fatalf("cookie %s, want the same id with Max-Age=3600", resp.Cookies()[0])
+			}
+		})
+	}
+}

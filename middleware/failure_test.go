@@ -1,0 +1,212 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStoreFailureAnswers500(t *testing.T) {
+	tests := []struct {
+		name        string
+		failRestore bool
+		failWrite   bool
+		withCookie  bool
+		handler     http.HandlerFunc
+		wantBody    string
+		wantLog     string
+	}{
+		{
+			name: "restore fails on read", failRestore: true, withCookie: true,
+			handler:  getHandler("user"),
+			wantBody: "session store unavailable", wantLog: "store is down",
+		},
+		{
+			name: "save of a new session fails", failWrite: true,
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				FromContext(r.Context()).Set("user", "alice")
+				http.Redirect(w, r, "/home", http.StatusFound)
+			},
+			wantBody: "session store unavailable", wantLog: "store is down",
+		},
+		{
+			name: "patch fails", failWrite: true, withCookie: true,
+			handler:  setHandler("b", "2"),
+			wantBody: "session store unavailable", wantLog: "store is down",
+		},
+		{
+			name: "handler writes nothing", failWrite: true,
+			handler:  func(w http.ResponseWriter, r *http.Request) { FromContext(r.Context()).Set("a", 1) },
+			wantBody: "session store unavailable", wantLog: "store is down",
+		},
+		{
+			name: "unencodable value",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				FromContext(r.Context()).Set("ch", make(chan int))
+				fmt.Fprint(w, "ok")
+			},
+			wantBody: "session data could not be saved", wantLog: "unsupported type",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := newStore(t)
+			store := &countingStore{Store: mem}
+			req := httptest.NewRequest("GET", "/", nil)
+			if tt.withCookie {
+				sid := GenerateID("", "")
+				if err := mem.Save(context.Background(), sid, map[string]json.RawMessage{"a": json.RawMessage(`1`)}); err != nil {
+					t.Fatal(err)
+				}
+				req.AddCookie(&http.Cookie{Name: "session", Value: sid})
+			}
+			store.failRestore.Store(tt.failRestore)
+			store.failWrite.Store(tt.failWrite)
+			var logs lockedBuffer
+			resp := serve(Options{Store: store, Logger: testLogger(&logs)}, tt.handler, req)
+
+			body := mustRead(t, resp)
+			if resp.StatusCode != http.StatusInternalServerError || strings.TrimSpace(body) != tt.wantBody {
+				t.Fatalf("got %d %q, want 500 %q", resp.StatusCode, body, tt.wantBody)
+			}
+			if loc := resp.Header.Get("Location"); loc != "" {
+				t.Fatalf("the handler's Location %q leaked into the 500", loc)
+			}
+			if c := resp.Header.Values("Set-Cookie"); len(c) != 0 {
+				t.Fatalf("Set-Cookie %q on a failed save", c)
+			}
+			if !strings.Contains(logs.String(), tt.wantLog) || !strings.Contains(logs.String(), "level=ERROR") {
+				t.Fatalf("log %q, want an error mentioning %q", logs.String(), tt.wantLog)
+			}
+		})
+	}
+}
+
+// mustRead returns the response's body.
+func mustRead(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestWriteAfterFailureReportsIt(t *testing.T) {
+	store := &countingStore{Store: newStore(t)}
+	store.failWrite.Store(true)
+	var writeErr error
+	resp := serve(Options{Store: store, Logger: testLogger(new(lockedBuffer))}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		FromContext(r.Context()).Set("a", 1)
+		_, writeErr = w.Write([]byte("secret page"))
+	}), httptest.NewRequest("GET", "/", nil))
+	if body := mustRead(t, resp); strings.Contains(body, "secret") {
+		t.Fatalf("the handler's body reached the client: %q", body)
+	}
+	if writeErr == nil || !strings.Contains(writeErr.Error(), "store is down") {
+		t.Fatalf("Write after a failed save returned %v", writeErr)
+	}
+}
+
+func TestFailureAfterHeadersIsLogged(t *testing.T) {
+	tests := []struct {
+		name     string
+		existing bool
+		handler  func(s *Session, store *countingStore, w http.ResponseWriter)
+		wantLog  string
+		wantSave bool
+	}{
+		{
+			name: "save fails after the first byte", existing: true,
+			handler: func(s *Session, store *countingStore, w http.ResponseWriter) {
+				_ = s.Get("a")
+				fmt.Fprint(w, "ok")
+				store.failWrite.Store(true)
+				s.Set("late", 1)
+			},
+			wantLog: "level=ERROR",
+		},
+		{
+			name: "changes after the first byte are saved", existing: true,
+			handler: func(s *Session, store *countingStore, w http.ResponseWriter) {
+				fmt.Fprint(w, "ok")
+				s.Set("late", 1)
+			},
+			wantSave: true,
+		},
+		{
+			name: "new session after the first byte is not saved",
+			handler: func(s *Session, store *countingStore, w http.ResponseWriter) {
+				fmt.Fprint(w, "ok")
+				s.Set("late", 1)
+			},
+			wantLog: "cookie could not be set",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := newStore(t)
+			store := &countingStore{Store: mem}
+			req := httptest.NewRequest("GET", "/", nil)
+			sid := GenerateID("", "")
+			if tt.existing {
+				if err := mem.Save(context.Background(), sid, map[string]json.RawMessage{"a": json.RawMessage(`1`)}); err != nil {
+					t.Fatal(err)
+				}
+				req.AddCookie(&http.Cookie{Name: "session", Value: sid})
+			}
+			var logs lockedBuffer
+			resp := serve(Options{Store: store, Logger: testLogger(&logs)}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				tt.handler(FromContext(r.Context()), store, w)
+			}), req)
+			if resp.StatusCode != http.StatusOK || mustRead(t, resp) != "ok" {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if tt.wantLog != "" && !strings.Contains(logs.String(), tt.wantLog) {
+				t.Fatalf("log %q, want %q", logs.String(), tt.wantLog)
+			}
+			if tt.wantLog == "" && logs.String() != "" {
+				t.Fatalf("unexpected log %q", logs.String())
+			}
+			data, _, _ := mem.Restore(context.Background(), sid)
+			if _, saved := data["late"]; saved != tt.wantSave {
+				t.Fatalf("late key saved = %v, want %v", saved, tt.wantSave)
+			}
+			if !tt.existing && mem.Len() != 0 {
+				t.Fatalf("an unreachable new session was stored")
+			}
+		})
+	}
+}
+
+// blockingStore never answers until its context ends.
+type blockingStore struct{ Store }
+
+func (blockingStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
+	<-ctx.Done()
+	return nil, false, ctx.Err()
+}
+
+func TestStoreCallsAreBounded(t *testing.T) {
+	var logs lockedBuffer
+	srv := newServer(t, Options{Store: blockingStore{newStore(t)}, Timeout: 50 * time.Millisecond, Logger: testLogger(&logs)}, getHandler("a"))
+	srv.setSID(t, "session", GenerateID("", ""))
+	start := time.Now()
+	resp, body := srv.get(t, "/")
+	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(body, "session store unavailable") {
+		t.Fatalf("got %d %q, want 500", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the request took %v despite a 50ms timeout", d)
+	}
+	if !strings.Contains(logs.String(), "deadline exceeded") {
+		t.Fatalf("log %q, want the deadline", logs.String())
+	}
+}

@@ -1,0 +1,253 @@
+package middleware
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kadosession/kadosession/fsm"
+)
+
+// Defaults for MemoryOptions, Kado's SessionStore defaults.
+const (
+	// DefaultDuration is how long a session lasts after its last save.
+	DefaultDuration = 6 * time.Hour
+	// DefaultPruneFrequency is how often a MemoryStore prunes expired sessions.
+	DefaultPruneFrequency = time.Minute
+)
+
+// MemoryOptions configures a MemoryStore. The zero value gives Kado's
+// defaults.
+type MemoryOptions struct {
+	// Duration is how long a session lasts after its last save; 0 means
+	// DefaultDuration (6h), a negative value means sessions never expire.
+	Duration time.Duration
+	// PruneFrequency is how often expired sessions are removed; 0 means
+	// DefaultPruneFrequency (1m), a negative value disables the background
+	// pruning (call Prune yourself).
+	PruneFrequency time.Duration
+	// MaxSessionSize bounds one session's encoded data in bytes; 0 means
+	// fsm.DefaultMaxSessionSize (1 MiB), a negative value means no bound.
+	MaxSessionSize int64
+	// Now is the clock; nil means time.Now. Tests inject a fake one.
+	Now func() time.Time
+}
+
+// MemoryStore keeps sessions in this process's memory: Kado's
+// SessionStoreMemory. It applies the same commands, with the same semantics,
+// as the replicated store (it reuses fsm.State and plays the leader that
+// stamps time into each command), so a program can switch between the two
+// without behaving differently.
+//
+// A MemoryStore is safe for concurrent use. Its methods fail only on a
+// cancelled context, an invalid sid, key or value, or a session over the
+// size limit (fsm.ErrSessionTooLarge); reads never return an expired session.
+type MemoryStore struct {
+	mu       sync.Mutex // serializes Apply, as fsm.State requires
+	state    *fsm.State
+	duration int64 // ms; <= 0 never expires
+	maxSize  int64 // bytes; <= 0 no bound
+	now      func() time.Time
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+// NewMemoryStore returns an empty MemoryStore and, unless opts disables it,
+// starts the goroutine that prunes expired sessions every PruneFrequency;
+// Close stops it.
+func NewMemoryStore(opts MemoryOptions) *MemoryStore {
+	if opts.Duration == 0 {
+		opts.Duration = DefaultDuration
+	}
+	if opts.PruneFrequency == 0 {
+		opts.PruneFrequency = DefaultPruneFrequency
+	}
+	if opts.MaxSessionSize == 0 {
+		opts.MaxSessionSize = fsm.DefaultMaxSessionSize
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m := &MemoryStore{
+		state:    fsm.NewState(),
+		duration: opts.Duration.Milliseconds(),
+		maxSize:  opts.MaxSessionSize,
+		now:      opts.Now,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if opts.PruneFrequency > 0 {
+		go m.pruneLoop(opts.PruneFrequency)
+	} else {
+		close(m.done)
+	}
+	return m
+}
+
+func (m *MemoryStore) pruneLoop(every time.Duration) {
+	defer close(m.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			m.Prune()
+		case <-m.stop:
+			return
+		}
+	}
+}
+
+// Close stops the background pruning and waits for it to finish. It is
+// idempotent and safe to call concurrently; it always returns nil. The store
+// stays usable afterwards: reads still hide expired sessions, which are
+// removed only by explicit Prune calls.
+func (m *MemoryStore) Close() error {
+	m.closeOnce.Do(func() { close(m.stop) })
+	<-m.done
+	return nil
+}
+
+func (m *MemoryStore) nowMs() int64 { return m.now().UnixMilli() }
+
+// Restore implements Store: found is false for an unknown or expired sid.
+func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return nil, false, err
+	}
+	rec, ok := m.state.Get(sid, m.nowMs(), m.duration)
+	if !ok {
+		return nil, false, nil
+	}
+	data := make(map[string]json.RawMessage)
+	if err := json.Unmarshal(rec.Data, &data); err != nil {
+		// Records are validated on the way in; this is a bug.
+		return nil, false, fmt.Errorf("%w: session data: %v", fsm.ErrCorrupt, err)
+	}
+	return data, true, nil
+}
+
+// Save implements Store: it replaces the whole session and renews it.
+func (m *MemoryStore) Save(ctx context.Context, sid string, data map[string]json.RawMessage) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return err
+	}
+	fields, err := encodeFields(data)
+	if err != nil {
+		return err
+	}
+	obj := fsm.EncodeObject(fields)
+	if m.maxSize > 0 && int64(len(obj)) > m.maxSize {
+		return fmt.Errorf("%w: session data is %d bytes, the limit is %d", fsm.ErrSessionTooLarge, len(obj), m.maxSize)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state.Apply(&fsm.Command{Op: fsm.OpSave, Time: m.nowMs(), SID: sid, Data: obj}).Err
+}
+
+// Patch implements Store: it sets and deletes keys atomically, creating the
+// session if absent (an expired session counts as absent) and renewing it.
+func (m *MemoryStore) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return err
+	}
+	fields, err := encodeFields(set)
+	if err != nil {
+		return err
+	}
+	for _, k := range del {
+		if err := fsm.ValidateKey(k); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state.Apply(&fsm.Command{
+		Op: fsm.OpPatch, Time: m.nowMs(), SID: sid,
+		Set: fields, Del: del, Duration: m.duration, MaxSize: m.maxSize,
+	}).Err
+}
+
+// Delete implements Store: it removes the session; an absent one is not an
+// error.
+func (m *MemoryStore) Delete(ctx context.Context, sid string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state.Apply(&fsm.Command{Op: fsm.OpDelete, Time: m.nowMs(), SID: sid}).Err
+}
+
+// Touch implements Store: it renews a live session; an absent or expired one
+// is left alone and is not an error.
+func (m *MemoryStore) Touch(ctx context.Context, sid string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.nowMs()
+	if _, ok := m.state.Get(sid, now, m.duration); !ok {
+		return nil // an expired session must not come back to life
+	}
+	return m.state.Apply(&fsm.Command{Op: fsm.OpTouch, Time: now, SID: sid}).Err
+}
+
+// Prune removes every session whose last save plus the duration is at or
+// before now (Kado: _written + duration <= now) and returns how many it
+// removed. It is safe for concurrent use.
+func (m *MemoryStore) Prune() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state.Apply(&fsm.Command{Op: fsm.OpPrune, Time: m.nowMs(), Duration: m.duration}).Count
+}
+
+// Len returns the number of stored sessions, expired ones not yet pruned
+// included. It is safe for concurrent use.
+func (m *MemoryStore) Len() int { return m.state.Len() }
+
+// encodeFields validates and compacts data into fields sorted by key, so
+// equal maps always encode to equal bytes.
+func encodeFields(data map[string]json.RawMessage) ([]fsm.Field, error) {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	fields := make([]fsm.Field, 0, len(keys))
+	for _, k := range keys {
+		if err := fsm.ValidateKey(k); err != nil {
+			return nil, err
+		}
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, data[k]); err != nil {
+			return nil, fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, k, err)
+		}
+		fields = append(fields, fsm.Field{Key: k, Value: buf.Bytes()})
+	}
+	return fields, nil
+}

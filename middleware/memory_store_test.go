@@ -1,0 +1,237 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kadosession/kadosession/fsm"
+)
+
+func raw(s string) json.RawMessage { return json.RawMessage(s) }
+
+func TestMemoryStoreOperations(t *testing.T) {
+	ctx := context.Background()
+	m := newStore(t)
+	const sid = "sid1"
+
+	if data, found, err := m.Restore(ctx, sid); err != nil || found || data != nil {
+		t.Fatalf("Restore(unknown) = %v, %v, %v; want nil, false, nil", data, found, err)
+	}
+	if err := m.Save(ctx, sid, map[string]json.RawMessage{"a": raw(`1`), "b": raw(` { "x" : [1, 2] } `)}); err != nil {
+		t.Fatal(err)
+	}
+	data, found, err := m.Restore(ctx, sid)
+	if err != nil || !found || string(data["a"]) != "1" || string(data["b"]) != `{"x":[1,2]}` {
+		t.Fatalf("Restore after Save = %s, %v, %v", data, found, err)
+	}
+	// The caller owns the returned map.
+	data["a"] = raw(`99`)
+
+	if err := m.Patch(ctx, sid, map[string]json.RawMessage{"c": raw(`"x"`)}, []string{"b", "absent"}); err != nil {
+		t.Fatal(err)
+	}
+	data, _, _ = m.Restore(ctx, sid)
+	if len(data) != 2 || string(data["a"]) != "1" || string(data["c"]) != `"x"` {
+		t.Fatalf("after Patch: %s, want a=1 c=\"x\"", data)
+	}
+
+	if err := m.Patch(ctx, "sid2", map[string]json.RawMessage{"n": raw(`2`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := m.Restore(ctx, "sid2"); !found || m.Len() != 2 {
+		t.Fatalf("Patch did not create sid2 (found %v, Len %d)", found, m.Len())
+	}
+
+	for _, sid := range []string{sid, sid, "never"} { // absent is not an error
+		if err := m.Delete(ctx, sid); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Touch(ctx, sid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, found, _ := m.Restore(ctx, sid); found || m.Len() != 1 {
+		t.Fatalf("after Delete: found %v, Len %d", found, m.Len())
+	}
+}
+
+func TestMemoryStoreRejects(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1, MaxSessionSize: 64})
+	defer m.Close()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	big := raw(`"` + strings.Repeat("x", 64) + `"`)
+
+	tests := []struct {
+		name string
+		call func() error
+		want error
+	}{
+		{"empty sid", func() error { return m.Save(ctx, "", nil) }, fsm.ErrBadSID},
+		{"reserved key", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"_written": raw(`1`)}) }, fsm.ErrBadKey},
+		{"not JSON", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"a": raw(`{`)}) }, fsm.ErrBadData},
+		{"nil value", func() error { return m.Patch(ctx, "s", map[string]json.RawMessage{"a": nil}, nil) }, fsm.ErrBadData},
+		{"bad delete key", func() error { return m.Patch(ctx, "s", nil, []string{""}) }, fsm.ErrBadKey},
+		{"save too large", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"a": big}) }, fsm.ErrSessionTooLarge},
+		{"patch too large", func() error { return m.Patch(ctx, "s", map[string]json.RawMessage{"a": big}, nil) }, fsm.ErrSessionTooLarge},
+		{"cancelled", func() error { _, _, err := m.Restore(cancelled, "s"); return err }, context.Canceled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.call(); !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if m.Len() != 0 {
+				t.Fatalf("a rejected call stored a session")
+			}
+		})
+	}
+}
+
+func TestMemoryStoreExpiry(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	m := NewMemoryStore(MemoryOptions{Duration: time.Hour, PruneFrequency: -1, Now: clock.Now})
+	defer m.Close()
+	for _, sid := range []string{"a", "b", "c"} {
+		if err := m.Save(ctx, sid, map[string]json.RawMessage{"k": raw(`1`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(30 * time.Minute)
+	if err := m.Touch(ctx, "c"); err != nil { // c now lasts until 1h30
+		t.Fatal(err)
+	}
+	if err := m.Patch(ctx, "b", map[string]json.RawMessage{"k": raw(`2`)}, nil); err != nil { // so does b
+		t.Fatal(err)
+	}
+
+	clock.Advance(30*time.Minute - time.Millisecond)
+	if _, found, _ := m.Restore(ctx, "a"); !found {
+		t.Fatal("a expired a millisecond early")
+	}
+	clock.Advance(time.Millisecond) // exactly Written + Duration: expired (Kado's <=)
+	if _, found, _ := m.Restore(ctx, "a"); found {
+		t.Fatal("Restore returned an expired session")
+	}
+	if err := m.Touch(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := m.Restore(ctx, "a"); found {
+		t.Fatal("Touch brought an expired session back")
+	}
+	if err := m.Patch(ctx, "a", map[string]json.RawMessage{"new": raw(`1`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if data, _, _ := m.Restore(ctx, "a"); len(data) != 1 || data["k"] != nil {
+		t.Fatalf("Patch on an expired session kept its old data: %s", data)
+	}
+	if err := m.Delete(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+
+	if m.Len() != 2 {
+		t.Fatalf("Len = %d, want 2", m.Len())
+	}
+	if n := m.Prune(); n != 0 {
+		t.Fatalf("Prune = %d before anything expired, want 0", n)
+	}
+	clock.Advance(30 * time.Minute)
+	if n := m.Prune(); n != 2 {
+		t.Fatalf("Prune = %d, want 2", n)
+	}
+	if m.Len() != 0 {
+		t.Fatalf("Len after Prune = %d", m.Len())
+	}
+}
+
+func TestMemoryStoreDefaults(t *testing.T) {
+	m := NewMemoryStore(MemoryOptions{})
+	defer m.Close()
+	if m.duration != DefaultDuration.Milliseconds() || m.maxSize != fsm.DefaultMaxSessionSize {
+		t.Fatalf("defaults: duration %d ms, max size %d", m.duration, m.maxSize)
+	}
+}
+
+func TestMemoryStoreNeverExpires(t *testing.T) {
+	clock := newFakeClock()
+	m := NewMemoryStore(MemoryOptions{Duration: -1, PruneFrequency: -1, Now: clock.Now})
+	defer m.Close()
+	if err := m.Save(context.Background(), "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(100 * 365 * 24 * time.Hour)
+	if _, found, _ := m.Restore(context.Background(), "s"); !found || m.Prune() != 0 {
+		t.Fatal("a store with a negative Duration expired a session")
+	}
+}
+
+func TestMemoryStorePruneTickerAndClose(t *testing.T) {
+	clock := newFakeClock()
+	m := NewMemoryStore(MemoryOptions{Duration: time.Second, PruneFrequency: time.Millisecond, Now: clock.Now})
+	if err := m.Save(context.Background(), "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for m.Len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the prune ticker did not remove the expired session")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	// Close is idempotent and safe from many goroutines at once.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if err := m.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// After Close nothing prunes in the background, but reads still hide
+	// expired sessions and Prune still works.
+	if err := m.Save(context.Background(), "t", nil); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	if m.Len() != 1 { // Close returned: the ticker goroutine has exited
+		t.Fatal("something pruned after Close")
+	}
+	if _, found, _ := m.Restore(context.Background(), "t"); found {
+		t.Fatal("an expired session was returned after Close")
+	}
+	if n := m.Prune(); n != 1 {
+		t.Fatalf("Prune after Close = %d, want 1", n)
+	}
+}
+
+func TestMemoryStoreConcurrentPatches(t *testing.T) {
+	ctx := context.Background()
+	m := newStore(t)
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Go(func() {
+			key := string(rune('a'+i%26)) + string(rune('a'+i/26))
+			if err := m.Patch(ctx, "s", map[string]json.RawMessage{key: raw(`1`)}, nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if data, _, _ := m.Restore(ctx, "s"); len(data) != 32 {
+		t.Fatalf("%d keys survived 32 concurrent patches", len(data))
+	}
+}

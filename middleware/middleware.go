@@ -1,0 +1,151 @@
+package middleware
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+)
+
+type ctxKey struct{}
+
+// FromContext returns the request's Session, or nil when the request did not
+// pass through the middleware. The Session is safe for concurrent use by the
+// request's goroutines and must not outlive the request.
+func FromContext(ctx context.Context) *Session {
+	s, _ := ctx.Value(ctxKey{}).(*Session)
+	return s
+}
+
+// New returns the session middleware: Kado's getMiddleware. It panics when
+// opts.Store is nil or the cookie options are invalid. The returned function
+// and the handlers it makes are safe for concurrent use.
+//
+// Each request gets a Session (see FromContext) that loads itself on first
+// use. A modified session is saved before the response's first byte — when
+// the handler calls WriteHeader, Write or Flush, or returns without writing —
+// and a new session's cookie is set then; changes made after the first byte
+// are saved when the handler returns. A store failure replaces the response
+// with HTTP 500 "session store unavailable" (or is logged, when the headers
+// already went out). A handler that panics saves nothing. A session that is
+// only read is not written, so not renewed: it expires the store's duration
+// after its last change.
+func New(opts Options) func(http.Handler) http.Handler {
+	cfg := newConfig(opts)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s := cfg.newSession(r)
+			rw := &responseWriter{ResponseWriter: w, s: s}
+			next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s)))
+			rw.finish()
+		})
+	}
+}
+
+// cookieOp is what the response must do with the session cookie.
+type cookieOp int
+
+const (
+	cookieKeep   cookieOp = iota // send nothing
+	cookieSet                    // send a cookie naming the session's id
+	cookieExpire                 // make the browser drop its cookie
+)
+
+// webRequest is a Session's middleware bookkeeping; it is guarded by the
+// Session's lock.
+type webRequest struct {
+	cfg         *config
+	req         *http.Request
+	ip, agent   string
+	hadCookie   bool // the request carried a cookie of our name
+	headersSent bool
+	cookie      cookieOp
+}
+
+func (c *config) newSession(r *http.Request) *Session {
+	web := &webRequest{cfg: c, req: r, ip: r.RemoteAddr, agent: r.UserAgent()}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		web.ip = host
+	}
+	s := &Session{
+		store:   c.Store,
+		base:    context.WithoutCancel(r.Context()), // a save that started must finish even if the client left
+		timeout: c.Timeout,
+		web:     web,
+	}
+	for _, ck := range r.CookiesNamed(c.Name) {
+		web.hadCookie = true
+		if validID(ck.Value) {
+			s.id = ck.Value
+			break
+		}
+	}
+	return s
+}
+
+// saved records that the session was written to the store.
+func (w *webRequest) saved(wasNew bool) {
+	if !wasNew && w.cfg.MaxAge <= 0 {
+		return
+	}
+	w.cookie = cookieSet
+	if wasNew && w.headersSent {
+		w.log(slog.LevelWarn, "session: a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
+	}
+}
+
+// destroyed records that the session was deleted.
+func (w *webRequest) destroyed() {
+	w.cookie = cookieKeep
+	if w.hadCookie {
+		w.cookie = cookieExpire
+	}
+}
+
+func (w *webRequest) log(level slog.Level, msg string, err error) {
+	attrs := []slog.Attr{slog.String("method", w.req.Method), slog.String("path", w.req.URL.Path)}
+	if err != nil {
+		attrs = append(attrs, slog.Any("err", err))
+	}
+	w.cfg.Logger.LogAttrs(context.WithoutCancel(w.req.Context()), level, msg, attrs...)
+}
+
+// beforeHeaders saves a modified session and returns the cookie the
+// response must carry, if any. Called once, before the first byte.
+func (s *Session) beforeHeaders() (*http.Cookie, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.saveLocked(s.base, false)
+	w := s.web
+	w.headersSent = true
+	if err != nil {
+		return nil, err
+	}
+	op := w.cookie
+	w.cookie = cookieKeep
+	switch op {
+	case cookieSet:
+		return w.cfg.cookie(s.id), nil
+	case cookieExpire:
+		return w.cfg.expiredCookie(), nil
+	}
+	return nil, nil
+}
+
+// afterHandler saves what changed after the first byte, logging failures the
+// response can no longer report.
+func (s *Session) afterHandler() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.loaded {
+		return
+	}
+	if s.isNew && len(s.dirty) > 0 && s.loadErr == nil {
+		// Nobody could ever read it: its id reached no client.
+		s.web.log(slog.LevelWarn, "session: a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
+		return
+	}
+	if err := s.saveLocked(s.base, false); err != nil {
+		s.web.log(slog.LevelError, "session: failure after the response headers were sent; the response could not report it", err)
+	}
+}

@@ -1,0 +1,343 @@
+package middleware
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// setHandler sets key=value in the session and answers "ok".
+func setHandler(key, value string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		FromContext(r.Context()).Set(key, value)
+		fmt.Fprint(w, "ok")
+	}
+}
+
+// getHandler answers the session's value of key.
+func getHandler(key string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, FromContext(r.Context()).Get(key))
+	}
+}
+
+// serve runs one request through the middleware with a recorder.
+func serve(opts Options, h http.Handler, req *http.Request) *http.Response {
+	rec := httptest.NewRecorder()
+	New(opts)(h).ServeHTTP(rec, req)
+	return rec.Result()
+}
+
+func TestNoCookieForUntouchedSession(t *testing.T) {
+	mem := newStore(t)
+	store := &countingStore{Store: mem}
+	known := serve(Options{Store: store}, setHandler("a", "1"), httptest.NewRequest("GET", "/", nil)).Cookies()[0]
+	store.saves.Store(0)
+
+	tests := []struct {
+		name         string
+		cookie       *http.Cookie
+		handler      http.HandlerFunc
+		wantRestores int32
+	}{
+		{"never touched, no cookie", nil, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hi") }, 0},
+		{"never touched, with cookie", known, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hi") }, 0},
+		{"read only, no cookie", nil, getHandler("a"), 0},
+		{"read only, with cookie", known, getHandler("a"), 1},
+		{"ID only, no cookie", nil, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, FromContext(r.Context()).ID()) }, 0},
+		{"delete of an absent key", nil, func(w http.ResponseWriter, r *http.Request) { FromContext(r.Context()).Delete("x") }, 0},
+		{"clear of a new session", nil, func(w http.ResponseWriter, r *http.Request) { FromContext(r.Context()).Clear() }, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store.restores.Store(0)
+			req := httptest.NewRequest("GET", "/", nil)
+			if tt.cookie != nil {
+				req.AddCookie(tt.cookie)
+			}
+			resp := serve(Options{Store: store}, tt.handler, req)
+			if v := resp.Header.Values("Set-Cookie"); len(v) != 0 {
+				t.Fatalf("Set-Cookie %q for a session nobody changed", v)
+			}
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if n := store.writes(); n != 0 {
+				t.Fatalf("%d store writes", n)
+			}
+			if n := store.restores.Load(); n != tt.wantRestores {
+				t.Fatalf("%d store restores, want %d", n, tt.wantRestores)
+			}
+		})
+	}
+}
+
+func TestStrictMode(t *testing.T) {
+	mem := newStore(t)
+	store := &countingStore{Store: mem}
+	known := serve(Options{Store: store}, setHandler("a", "1"), httptest.NewRequest("GET", "/", nil)).Cookies()[0].Value
+	unknown := GenerateID("", "")
+
+	tests := []struct {
+		name         string
+		cookie       string
+		wantSame     bool // the session keeps the cookie's id
+		wantRestores int32
+	}{
+		{"known id is kept", known, true, 1},
+		{"unknown id is replaced", unknown, false, 1},
+		{"malformed id is replaced without asking the store", "../../etc/passwd", false, 0},
+		{"uppercase id is replaced without asking the store", strings.ToUpper(unknown), false, 0},
+		{"__proto__", "__proto__", false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store.restores.Store(0)
+			req := httptest.NewRequest("GET", "/", nil)
+			req.AddCookie(&http.Cookie{Name: "session", Value: tt.cookie})
+			var seen string
+			resp := serve(Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				s := FromContext(r.Context())
+				s.Set("b", "2")
+				seen = s.ID()
+			}), req)
+			if n := store.restores.Load(); n != tt.wantRestores {
+				t.Fatalf("%d restores, want %d", n, tt.wantRestores)
+			}
+			if (seen == tt.cookie) != tt.wantSame {
+				t.Fatalf("session id %q for cookie %q; want same=%v", seen, tt.cookie, tt.wantSame)
+			}
+			if tt.wantSame {
+				if len(resp.Cookies()) != 0 {
+					t.Fatalf("a known session got a new cookie %s", resp.Cookies()[0])
+				}
+				return
+			}
+			if len(resp.Cookies()) != 1 || resp.Cookies()[0].Value != seen || !hex40.MatchString(seen) {
+				t.Fatalf("cookies %v, want one naming the fresh id %q", resp.Cookies(), seen)
+			}
+			if _, found, _ := mem.Restore(context.Background(), tt.cookie); found {
+				t.Fatal("the cookie's unknown id was adopted into the store")
+			}
+		})
+	}
+}
+
+func TestSaveBeforeFirstByte(t *testing.T) {
+	t.Run("http.Redirect", func(t *testing.T) {
+		store := newStore(t)
+		mux := http.NewServeMux()
+		mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+			s := FromContext(r.Context())
+			s.Set("user", "alice")
+			http.Redirect(w, r, "/whoami", http.StatusFound)
+			// The redirect's headers are written: the session is stored already.
+			if data, found, err := store.Restore(r.Context(), s.ID()); !found || err != nil || string(data["user"]) != `"alice"` {
+				t.Errorf("after http.Redirect the store holds %s, %v, %v", data, found, err)
+			}
+		})
+		mux.HandleFunc("/whoami", getHandler("user"))
+		srv := newServer(t, Options{Store: store}, mux)
+		if resp, body := srv.get(t, "/login"); body != "alice" || resp.Request.URL.Path != "/whoami" {
+			t.Fatalf("after following the redirect: %s %q, want /whoami alice", resp.Request.URL.Path, body)
+		}
+	})
+
+	t.Run("redirect followed while the handler still runs", func(t *testing.T) {
+		store := newStore(t)
+		followed := make(chan struct{})
+		mux := http.NewServeMux()
+		mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+			FromContext(r.Context()).Set("user", "bob")
+			w.Header().Set("Location", "/whoami")
+			w.Header().Set("Content-Length", "0")
+			w.Header().Set("Connection", "close") // the client must not queue /whoami behind this handler
+			w.WriteHeader(http.StatusSeeOther)
+			_ = http.NewResponseController(w).Flush()
+			// Hold the handler open: a middleware that saved on return
+			// would make /whoami read nothing.
+			select {
+			case <-followed:
+			case <-time.After(5 * time.Second):
+				t.Error("the client did not follow the redirect while /login was running")
+			}
+		})
+		mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
+			getHandler("user")(w, r)
+			close(followed)
+		})
+		srv := newServer(t, Options{Store: store}, mux)
+		if resp, body := srv.get(t, "/login"); body != "bob" || resp.Request.URL.Path != "/whoami" {
+			t.Fatalf("after following the redirect: %s %q, want /whoami bob", resp.Request.URL.Path, body)
+		}
+	})
+}
+
+func TestConcurrentRequestsKeepBothKeys(t *testing.T) {
+	store := newStore(t)
+	loaded := make(chan struct{}, 2)
+	release := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/init", setHandler("init", "yes"))
+	mux.HandleFunc("/set/{key}", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		if s.Get("init") != "yes" { // loads the session
+			t.Errorf("%s: the session was not restored", r.URL.Path)
+		}
+		loaded <- struct{}{}
+		<-release // both requests hold the same loaded data before either saves
+		s.Set(r.PathValue("key"), "set")
+	})
+	mux.HandleFunc("/show", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		fmt.Fprint(w, s.Get("init"), s.Get("a"), s.Get("b"))
+	})
+	srv := newServer(t, Options{Store: store}, mux)
+	srv.get(t, "/init")
+
+	var wg sync.WaitGroup
+	for _, key := range []string{"a", "b"} {
+		wg.Go(func() {
+			resp, err := srv.client.Get(srv.URL + "/set/" + key)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+		})
+	}
+	for range 2 {
+		select {
+		case <-loaded:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the two requests did not both load the session")
+		}
+	}
+	close(release)
+	wg.Wait()
+	if _, body := srv.get(t, "/show"); body != "yessetset" {
+		t.Fatalf("after two concurrent writers: %q, want both keys", body)
+	}
+}
+
+func TestRegenerate(t *testing.T) {
+	store := newStore(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "3 apples"))
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		s.Set("user", "alice")
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+		fmt.Fprint(w, "ok")
+		if err := s.Regenerate(r.Context()); err != ErrHeadersSent {
+			t.Errorf("Regenerate after the first byte = %v, want ErrHeadersSent", err)
+		}
+	})
+	mux.HandleFunc("/show", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		fmt.Fprint(w, s.Get("user"), ",", s.Get("cart"))
+	})
+	srv := newServer(t, Options{Store: store}, mux)
+	srv.get(t, "/visit")
+	old := srv.sid(t, "session")
+
+	srv.get(t, "/login")
+	fresh := srv.sid(t, "session")
+	if fresh == old || !hex40.MatchString(fresh) {
+		t.Fatalf("cookie after login = %q, was %q; want a new id", fresh, old)
+	}
+	if _, found, _ := store.Restore(context.Background(), old); found {
+		t.Fatal("the pre-login id is still in the store")
+	}
+	if _, body := srv.get(t, "/show"); body != "alice,3 apples" {
+		t.Fatalf("after login: %q, want the data kept", body)
+	}
+	if store.Len() != 1 {
+		t.Fatalf("the store holds %d sessions, want 1", store.Len())
+	}
+}
+
+func TestDestroy(t *testing.T) {
+	store := newStore(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/login", setHandler("user", "alice"))
+	mux.HandleFunc("/logout", func(w http.ResponseWriter, r *http.Request) {
+		if err := FromContext(r.Context()).Destroy(r.Context()); err != nil {
+			t.Error(err)
+		}
+	})
+	mux.HandleFunc("/logout-flash", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		if err := s.Destroy(r.Context()); err != nil {
+			t.Error(err)
+		}
+		s.Set("flash", "bye")
+	})
+	mux.HandleFunc("/show", getHandler("user"))
+	srv := newServer(t, Options{Store: store}, mux)
+
+	srv.get(t, "/login")
+	resp, _ := srv.get(t, "/logout")
+	if c := resp.Cookies(); len(c) != 1 || c[0].MaxAge >= 0 || c[0].Value != "" {
+		t.Fatalf("logout cookies %v, want one expired cookie", c)
+	}
+	if sid := srv.sid(t, "session"); sid != "" {
+		t.Fatalf("the client still holds cookie %q", sid)
+	}
+	if store.Len() != 0 {
+		t.Fatalf("the store still holds %d sessions", store.Len())
+	}
+
+	srv.get(t, "/login")
+	old := srv.sid(t, "session")
+	srv.get(t, "/logout-flash")
+	fresh := srv.sid(t, "session")
+	if fresh == "" || fresh == old {
+		t.Fatalf("after logout with a flash: cookie %q (was %q), want a new id", fresh, old)
+	}
+	if _, found, _ := store.Restore(context.Background(), old); found {
+		t.Fatal("the logged-out session is still stored")
+	}
+	if got := restoreString(t, store, fresh, "flash"); got != "bye" {
+		t.Fatalf("flash = %q", got)
+	}
+	if _, body := srv.get(t, "/show"); body != "<nil>" {
+		t.Fatalf("user after logout = %q", body)
+	}
+}
+
+func TestFromContextWithoutMiddleware(t *testing.T) {
+	if s := FromContext(context.Background()); s != nil {
+		t.Fatalf("FromContext = %v, want nil", s)
+	}
+}
+
+func TestNewPanicsOnBadOptions(t *testing.T) {
+	store := newStore(t)
+	tests := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"nil store", Options{}, "Options.Store is nil"},
+		{"bad cookie name", Options{Store: store, Name: "a b"}, "not a valid cookie name"},
+		{"SameSite=None without Secure", Options{Store: store, SameSite: http.SameSiteNoneMode}, "requires Secure"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), tt.want) {
+					t.Fatalf("panic %v, want one mentioning %q", r, tt.want)
+				}
+			}()
+			New(tt.opts)
+		})
+	}
+}

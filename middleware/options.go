@@ -1,0 +1,123 @@
+package middleware
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Defaults for Options.
+const (
+	// DefaultCookieName is the session cookie's name when Options.Name is
+	// empty (Kado hard-coded it).
+	DefaultCookieName = "session"
+	// DefaultTimeout bounds each store call the middleware makes.
+	DefaultTimeout = 5 * time.Second
+)
+
+// Options configures New. The zero value of every field but Store is a
+// safe default: an HttpOnly, SameSite=Lax, Path=/ session cookie named
+// "session".
+type Options struct {
+	// Name is the cookie's name; "" means DefaultCookieName.
+	Name string
+	// Store holds the sessions. Required: New panics without one.
+	Store Store
+	// Secure marks the cookie Secure (sent over HTTPS only).
+	Secure bool
+	// Domain is the cookie's Domain attribute; "" means the request's host
+	// only.
+	Domain string
+	// Path is the cookie's Path attribute; "" means "/".
+	Path string
+	// SameSite is the cookie's SameSite attribute; 0 (the default) means
+	// http.SameSiteLaxMode. http.SameSiteNoneMode requires Secure.
+	SameSite http.SameSite
+	// DisableHTTPOnly lets scripts read the cookie; by default it is HttpOnly.
+	DisableHTTPOnly bool
+	// MaxAge makes the cookie persistent: it is sent with Max-Age and sent
+	// again each time the session is saved, so it slides with the session.
+	// 0 means a browser-session cookie (no Max-Age).
+	MaxAge time.Duration
+	// Logger receives store failures and misuses the response cannot report
+	// (after the headers went out); nil means slog.Default(). Session ids are
+	// never logged.
+	Logger *slog.Logger
+	// Timeout bounds each store call made for a request; 0 means
+	// DefaultTimeout, a negative value means no bound beyond the request's.
+	Timeout time.Duration
+}
+
+// config is Options with the defaults applied and checked.
+type config struct {
+	Options
+}
+
+func newConfig(o Options) *config {
+	if o.Store == nil {
+		panic("middleware.New: Options.Store is nil; pass a store such as middleware.NewMemoryStore(middleware.MemoryOptions{}) or a client.Store")
+	}
+	if o.Name == "" {
+		o.Name = DefaultCookieName
+	}
+	if !validCookieName(o.Name) {
+		panic("middleware.New: Options.Name " + `"` + o.Name + `"` + " is not a valid cookie name (use letters, digits and -_.)")
+	}
+	if o.Path == "" {
+		o.Path = "/"
+	}
+	if o.SameSite == 0 || o.SameSite == http.SameSiteDefaultMode {
+		o.SameSite = http.SameSiteLaxMode
+	}
+	if o.SameSite == http.SameSiteNoneMode && !o.Secure {
+		panic("middleware.New: SameSite=None requires Secure: browsers drop such cookies otherwise")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	return &config{Options: o}
+}
+
+// validCookieName accepts an RFC 6265 token.
+func validCookieName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// cookie returns the cookie that names sid.
+func (c *config) cookie(sid string) *http.Cookie {
+	ck := &http.Cookie{
+		Name:     c.Name,
+		Value:    sid,
+		Path:     c.Path,
+		Domain:   c.Domain,
+		Secure:   c.Secure,
+		HttpOnly: !c.DisableHTTPOnly,
+		SameSite: c.SameSite,
+	}
+	if c.MaxAge > 0 {
+		ck.MaxAge = int(max(c.MaxAge/time.Second, 1))
+	}
+	return ck
+}
+
+// expiredCookie returns the cookie that makes the browser drop the session
+// cookie.
+func (c *config) expiredCookie() *http.Cookie {
+	ck := c.cookie("")
+	ck.MaxAge = -1 // "Max-Age=0"
+	ck.Expires = time.Unix(0, 0)
+	return ck
+}

@@ -1,0 +1,118 @@
+package middleware
+
+import (
+	"bufio"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+)
+
+// responseWriter saves the session before the first byte of the response.
+// It implements Unwrap, so http.ResponseController reaches the underlying
+// writer's features, and intercepts Flush and Hijack to save first.
+type responseWriter struct {
+	http.ResponseWriter
+	s *Session
+
+	mu        sync.Mutex
+	committed bool
+	err       error // the session error that replaced the response with a 500
+}
+
+// commit runs the pre-header save once. It reports whether the handler's
+// response may go on; when it may not, a 500 has been written instead.
+func (w *responseWriter) commit() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.committed {
+		return w.err == nil
+	}
+	w.committed = true
+	ck, err := w.s.beforeHeaders()
+	if err != nil {
+		w.err = err
+		w.s.web.log(slog.LevelError, "session: answering 500", err)
+		h := w.ResponseWriter.Header()
+		clear(h) // none of the handler's headers (Location, caching…) fit a 500
+		msg := "session store unavailable"
+		if errors.Is(err, ErrInvalidValue) {
+			msg = "session data could not be saved"
+		}
+		http.Error(w.ResponseWriter, msg, http.StatusInternalServerError)
+		return false
+	}
+	if ck != nil {
+		h := w.ResponseWriter.Header()
+		h.Add("Set-Cookie", ck.String())
+		h.Add("Vary", "Cookie")
+		if h.Get("Cache-Control") == "" {
+			h.Set("Cache-Control", `no-cache="Set-Cookie"`)
+		}
+	}
+	return true
+}
+
+// failure returns the error a write after a failed commit reports.
+func (w *responseWriter) failure() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// WriteHeader saves the session, then sends the headers; informational
+// (1xx) headers pass straight through.
+func (w *responseWriter) WriteHeader(code int) {
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	if w.commit() {
+		w.ResponseWriter.WriteHeader(code)
+	}
+}
+
+// Write saves the session before the first byte. After a session failure
+// replaced the response with a 500 it discards p and returns the failure.
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if !w.commit() {
+		return 0, w.failure()
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// Flush saves the session, then flushes (http.Flusher).
+func (w *responseWriter) Flush() { _ = w.FlushError() }
+
+// FlushError saves the session, then flushes; http.ResponseController.Flush
+// calls it. It returns the session failure, or the underlying writer's
+// flush error (http.ErrNotSupported when it cannot flush).
+func (w *responseWriter) FlushError() error {
+	if !w.commit() {
+		return w.failure()
+	}
+	return http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack saves the session, then hands the connection over;
+// http.ResponseController.Hijack calls it. A new session's cookie cannot be
+// sent on a hijacked connection. It returns the session failure (a 500 has
+// been written, the connection is not hijacked) or the underlying error.
+func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if !w.commit() {
+		return nil, nil, w.failure()
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap returns the underlying ResponseWriter, for http.ResponseController.
+func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// finish runs when the handler returns: the pre-header save if nothing was
+// written, then the save of changes made after the first byte.
+func (w *responseWriter) finish() {
+	if w.commit() {
+		w.s.afterHandler()
+	}
+}

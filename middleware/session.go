@@ -1,0 +1,199 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kadosession/kadosession/fsm"
+)
+
+// Session is one client's session: Kado's Session. Values are kept as JSON;
+// Set encodes them and Get decodes them.
+//
+// A Session from FromContext loads itself from the store on its first use in
+// the request (any method but Err) and is saved by the middleware; a Session
+// from NewSession is loaded and saved by explicit Restore and Save calls.
+// Methods without a context argument do their store I/O, when there is any,
+// under the request's context (without its cancellation) bounded by
+// Options.Timeout, or under context.Background for a Session from NewSession.
+//
+// A Session is safe for concurrent use by the goroutines of one request:
+// every method holds the Session's lock, store calls included. Errors from
+// methods that cannot return one (a failed load, an unencodable value) are
+// remembered: Err reports them, Save returns them, and the middleware answers
+// the request with HTTP 500 instead of letting them pass unnoticed.
+type Session struct {
+	mu      sync.Mutex
+	store   Store
+	base    context.Context // context of the lazy load and the middleware's saves
+	timeout time.Duration   // bound on each store call; <= 0 none
+	web     *webRequest     // nil unless the session belongs to the middleware
+
+	id       string
+	loaded   bool
+	isNew    bool                       // the store holds no record for id (yet)
+	data     map[string]json.RawMessage // the session as this request sees it
+	dirty    map[string]struct{}        // keys set (in data) or deleted (not in data)
+	cleared  bool                       // Clear was called: the next save replaces the whole session
+	loadErr  error
+	valueErr error
+}
+
+// NewSession returns a Session for sid kept in store, without touching the
+// store: Kado's `new Session(sid, store)`. Call Restore to load it and Save
+// to write it. An empty sid gets a fresh one from GenerateID. Unlike the
+// middleware, a Session made here adopts sid even when the store does not
+// know it.
+func NewSession(sid string, store Store) *Session {
+	if store == nil {
+		panic("middleware.NewSession: store is nil")
+	}
+	if sid == "" {
+		sid = GenerateID("", "")
+	}
+	return &Session{store: store, base: context.Background(), id: sid}
+}
+
+// ID returns the session id. In a middleware request it first loads the
+// session, because a cookie naming a session the store does not hold is
+// replaced by a fresh id (strict mode); the id also changes on Regenerate and
+// Destroy.
+func (s *Session) ID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.web != nil {
+		s.loadLocked(s.base)
+	}
+	return s.id
+}
+
+// Get returns the value of key decoded from JSON into an any (objects become
+// map[string]any, numbers float64, as encoding/json does), or nil when the
+// session holds no such key or could not be loaded (see Err). Use GetInto to
+// decode into a typed value.
+func (s *Session) Get(key string) any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	raw, ok := s.data[key]
+	if !ok {
+		return nil
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil // the store handed back invalid JSON; nothing useful to return
+	}
+	return v
+}
+
+// GetInto decodes the value of key into v (a pointer), as json.Unmarshal
+// does: the typed counterpart of Get, e.g. `var u User; s.GetInto("user", &u)`.
+// It returns an error wrapping ErrKeyNotFound when the session holds no such
+// key (v is left alone), the load error when the session could not be
+// loaded, or json.Unmarshal's error.
+func (s *Session) GetInto(key string, v any) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	if s.loadErr != nil {
+		return s.loadErr
+	}
+	raw, ok := s.data[key]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrKeyNotFound, key)
+	}
+	return json.Unmarshal(raw, v)
+}
+
+// Set stores value, encoded with json.Marshal, under key and returns s for
+// chaining. An invalid key (see fsm.ValidateKey) or a value that cannot be
+// encoded is not stored; the error, wrapping ErrInvalidValue, is remembered
+// and returned by the next Save (in a middleware request the response
+// becomes HTTP 500).
+func (s *Session) Set(key string, value any) *Session {
+	raw, err := json.Marshal(value) // outside the lock: value's MarshalJSON may be slow
+	if err != nil {
+		err = fmt.Errorf("%w: key %q: %v", ErrInvalidValue, key, err)
+	} else if kerr := fsm.ValidateKey(key); kerr != nil {
+		err = fmt.Errorf("%w: %v", ErrInvalidValue, kerr)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	if err != nil {
+		if s.valueErr == nil {
+			s.valueErr = err
+		}
+		return s
+	}
+	s.data[key] = raw
+	s.dirty[key] = struct{}{}
+	return s
+}
+
+// Delete removes key and returns s for chaining. Deleting a key the session
+// does not hold changes nothing.
+func (s *Session) Delete(key string) *Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	if _, ok := s.data[key]; ok {
+		delete(s.data, key)
+		s.dirty[key] = struct{}{}
+	}
+	return s
+}
+
+// Clear removes every key. The next save replaces the whole stored session,
+// so keys other requests set meanwhile are removed too.
+func (s *Session) Clear() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	clear(s.data)
+	clear(s.dirty)
+	s.cleared = true
+}
+
+// Keys returns the session's keys in sorted order.
+func (s *Session) Keys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	keys := make([]string, 0, len(s.data))
+	for k := range s.data {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Err returns the error remembered from a failed load (wrapping
+// ErrStoreUnavailable) or a rejected Set (wrapping ErrInvalidValue), or nil.
+// It does not load the session.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loadErr != nil {
+		return s.loadErr
+	}
+	return s.valueErr
+}
+
+// modifiedLocked reports whether the session holds changes the store has not
+// seen.
+func (s *Session) modifiedLocked() bool {
+	return len(s.dirty) > 0 || (s.cleared && !s.isNew)
+}
+
+// callCtx bounds one store call by the session's timeout.
+func (s *Session) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.timeout > 0 {
+		return context.WithTimeout(ctx, s.timeout)
+	}
+	return context.WithCancel(ctx)
+}

@@ -1,0 +1,225 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/kadosession/kadosession/fsm"
+)
+
+// loadLocked loads the session once; later calls do nothing. A load error is
+// remembered in loadErr and leaves the session empty.
+func (s *Session) loadLocked(ctx context.Context) {
+	if s.loaded {
+		return
+	}
+	if s.id == "" {
+		s.freshLocked()
+		return
+	}
+	s.loaded = true
+	s.data = make(map[string]json.RawMessage)
+	s.dirty = make(map[string]struct{})
+	s.cleared = false
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	data, found, err := s.store.Restore(cctx, s.id)
+	switch {
+	case err != nil:
+		s.loadErr = fmt.Errorf("%w: restore: %w", ErrStoreUnavailable, err)
+	case !found && s.web != nil:
+		s.freshLocked() // strict mode: never adopt an id the store does not hold
+	case !found:
+		s.isNew = true
+	default:
+		delete(data, fsm.WrittenKey)
+		if data != nil {
+			s.data = data
+		}
+		s.isNew = false
+	}
+}
+
+// freshLocked turns the session into a new, empty one under a new id.
+func (s *Session) freshLocked() {
+	ip, agent := "", ""
+	if s.web != nil {
+		ip, agent = s.web.ip, s.web.agent
+	}
+	s.id = GenerateID(ip, agent)
+	s.loaded = true
+	s.isNew = true
+	s.data = make(map[string]json.RawMessage)
+	s.dirty = make(map[string]struct{})
+	s.cleared = false
+	s.loadErr = nil
+	s.valueErr = nil
+}
+
+// Restore loads the session from the store, discarding changes not yet
+// saved: Kado's restore. An unknown or expired sid gives an empty session
+// (in a middleware request, under a fresh id). It returns an error wrapping
+// ErrStoreUnavailable when the store fails; the session is then empty and
+// the error is remembered (see Err).
+func (s *Session) Restore(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loaded = false
+	s.loadErr = nil
+	s.valueErr = nil
+	s.loadLocked(ctx)
+	return s.loadErr
+}
+
+// Save writes the session's changes to the store now: Kado's save. A new or
+// cleared session is written whole (Store.Save), changed keys only otherwise
+// (Store.Patch), and an unchanged session is renewed (Store.Touch). It loads
+// the session first when it was not loaded. It returns the remembered error
+// of a failed load or a rejected Set without writing, or an error wrapping
+// ErrStoreUnavailable when the store fails (the changes stay pending and are
+// tried again by the next save).
+//
+// In a middleware request Save is optional: the middleware saves a modified
+// session before the response's first byte.
+func (s *Session) Save(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saveLocked(ctx, true)
+}
+
+// saveLocked writes pending changes. explicit is false for the middleware's
+// own saves, which write nothing unless the session was modified.
+func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
+	if !s.loaded {
+		if !explicit {
+			return nil // never used in this request
+		}
+		s.loadLocked(ctx)
+	}
+	if s.loadErr != nil {
+		return s.loadErr
+	}
+	if s.valueErr != nil {
+		return s.valueErr
+	}
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	var err error
+	wasNew := s.isNew
+	switch {
+	case s.isNew:
+		if !explicit && len(s.dirty) == 0 {
+			return nil // a new session nobody wrote to is not worth storing
+		}
+		err = s.store.Save(cctx, s.id, s.data)
+	case s.cleared:
+		err = s.store.Save(cctx, s.id, s.data)
+	case len(s.dirty) > 0:
+		set := make(map[string]json.RawMessage, len(s.dirty))
+		var del []string
+		for k := range s.dirty {
+			if v, ok := s.data[k]; ok {
+				set[k] = v
+			} else {
+				del = append(del, k)
+			}
+		}
+		err = s.store.Patch(cctx, s.id, set, del)
+	case explicit:
+		err = s.store.Touch(cctx, s.id)
+	default:
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: save: %w", ErrStoreUnavailable, err)
+	}
+	s.isNew = false
+	s.cleared = false
+	clear(s.dirty)
+	if s.web != nil {
+		s.web.saved(wasNew)
+	}
+	return nil
+}
+
+// Regenerate moves the session to a new id, keeping its data (unsaved
+// changes included): call it when a user logs in, so an id planted before
+// the login is worthless after it. The data is saved whole under the new id,
+// then the old id is deleted from the store; in a middleware request the
+// cookie is updated.
+//
+// It returns ErrHeadersSent (changing nothing) when the response's headers
+// already went out, the remembered error of a failed load or rejected Set, or
+// an error wrapping ErrStoreUnavailable. When saving under the new id fails
+// nothing changed; when only deleting the old id fails, the session has
+// moved but the old id may still be valid until it expires.
+func (s *Session) Regenerate(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.web != nil && s.web.headersSent {
+		return ErrHeadersSent
+	}
+	s.loadLocked(ctx)
+	if s.loadErr != nil {
+		return s.loadErr
+	}
+	if s.valueErr != nil {
+		return s.valueErr
+	}
+	ip, agent := "", ""
+	if s.web != nil {
+		ip, agent = s.web.ip, s.web.agent
+	}
+	newID := GenerateID(ip, agent)
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	if err := s.store.Save(cctx, newID, s.data); err != nil {
+		return fmt.Errorf("%w: regenerate: save under the new id: %w", ErrStoreUnavailable, err)
+	}
+	oldID, wasNew := s.id, s.isNew
+	s.id = newID
+	s.isNew = false
+	s.cleared = false
+	clear(s.dirty)
+	if s.web != nil {
+		s.web.saved(true)
+	}
+	if wasNew {
+		return nil // the old id was never stored
+	}
+	dctx, dcancel := s.callCtx(ctx)
+	defer dcancel()
+	if err := s.store.Delete(dctx, oldID); err != nil {
+		return fmt.Errorf("%w: regenerate: delete the old id: %w", ErrStoreUnavailable, err)
+	}
+	return nil
+}
+
+// Destroy deletes the session from the store and empties it: call it when a
+// user logs out. In a middleware request the session becomes a new, empty
+// one under a fresh id (saved, with its own cookie, only if the handler then
+// writes to it), and the client's cookie is expired — unless the headers
+// already went out, in which case the stale cookie stays in the browser but
+// names nothing. It returns an error wrapping ErrStoreUnavailable, changing
+// nothing, when the store fails.
+func (s *Session) Destroy(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.id != "" && !(s.loaded && s.isNew && s.web != nil) {
+		cctx, cancel := s.callCtx(ctx)
+		defer cancel()
+		if err := s.store.Delete(cctx, s.id); err != nil {
+			return fmt.Errorf("%w: destroy: %w", ErrStoreUnavailable, err)
+		}
+	}
+	if s.web == nil {
+		id := s.id
+		s.freshLocked()
+		s.id = id // Kado-style sessions keep the id they were made with
+		return nil
+	}
+	s.freshLocked()
+	s.web.destroyed()
+	return nil
+}

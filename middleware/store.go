@@ -1,0 +1,69 @@
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+)
+
+// Store is where sessions live. The middleware defines it; the Go client
+// package and MemoryStore satisfy it. Implementations must be safe for
+// concurrent use by many goroutines.
+//
+// A sid is any string fsm.ValidateSID accepts; the middleware only ever
+// passes 40-hex ids from GenerateID. Session data maps a key to one JSON
+// value; keys follow fsm.ValidateKey (non-empty, not "_written"). A Store
+// must not keep the maps or slices it is handed after the call returns, and
+// the caller may keep and modify the maps a Store returns.
+//
+// Every method honours ctx: when it is cancelled or its deadline passes, the
+// method returns an error wrapping ctx.Err() (the operation may or may not
+// have taken effect). Any error other than the not-found cases documented
+// below means the store could not answer; the middleware answers such a
+// request with HTTP 500.
+type Store interface {
+	// Restore returns the session's data; found is false (data nil, err nil)
+	// when the sid is unknown or expired. An expired session is never
+	// returned, even before it is pruned. An error means the store could not
+	// answer (unreachable, timed out, invalid sid): found is then false and
+	// says nothing about the session.
+	Restore(ctx context.Context, sid string) (data map[string]json.RawMessage, found bool, err error)
+	// Save replaces the whole session and renews it (its last-save time
+	// becomes now), creating it when it is absent. An error means the save
+	// may not have happened: invalid data or a session over the store's
+	// size limit, or an unreachable store.
+	Save(ctx context.Context, sid string, data map[string]json.RawMessage) error
+	// Patch sets and deletes individual keys atomically, creating the session
+	// if absent, and renews it. Keys neither set nor deleted keep whatever
+	// value the store holds, including values written by concurrent requests.
+	// Deleting an absent key is not an error. An error means none of the
+	// changes happened, or, when the store was unreachable, that they may
+	// not have.
+	Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error
+	// Delete removes the session (no error if absent). An error means the
+	// session may still exist.
+	Delete(ctx context.Context, sid string) error
+	// Touch renews the session's last-save time without changing its data
+	// (no error if absent; an expired session is absent and stays so). An
+	// error means the renewal may not have happened.
+	Touch(ctx context.Context, sid string) error
+}
+
+// Errors returned by this package. Compare them with errors.Is.
+var (
+	// ErrStoreUnavailable wraps every error a Store returned to a Session:
+	// the session could not be loaded or saved. The middleware answers the
+	// request with HTTP 500 "session store unavailable".
+	ErrStoreUnavailable = errors.New("session store unavailable")
+	// ErrInvalidValue means Session.Set was given a key the store would
+	// refuse or a value that cannot be encoded as JSON. It is remembered and
+	// returned when the session is saved; the middleware answers HTTP 500.
+	ErrInvalidValue = errors.New("invalid session value")
+	// ErrKeyNotFound means Session.GetInto was asked for a key the session
+	// does not hold.
+	ErrKeyNotFound = errors.New("session key not found")
+	// ErrHeadersSent means Session.Regenerate was called after the response's
+	// headers went out, when the cookie naming the new id can no longer be
+	// sent; nothing was changed.
+	ErrHeadersSent = errors.New("session: response headers already sent")
+)
