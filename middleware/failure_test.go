@@ -81,7 +81,7 @@ func TestStoreFailureAnswers500(t *testing.T) {
 			if c := resp.Header.Values("Set-Cookie"); len(c) != 0 {
 				t.Fatalf("Set-Cookie %q on a failed save", c)
 			}
-			if !strings.Contains(logs.String(), tt.wantLog) || !strings.Contains(logs.String(), "level=ERROR") {
+			if !strings.Contains(logs.String(), tt.wantLog) || !strings.Contains(logs.String(), "[ERROR]") {
 				t.Fatalf("log %q, want an error mentioning %q", logs.String(), tt.wantLog)
 			}
 		})
@@ -131,7 +131,7 @@ func TestFailureAfterHeadersIsLogged(t *testing.T) {
 				store.failWrite.Store(true)
 				s.Set("late", 1)
 			},
-			wantLog: "level=ERROR",
+			wantLog: "[ERROR]",
 		},
 		{
 			name: "changes after the first byte are saved", existing: true,

@@ -5,7 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
+	"github.com/hashicorp/go-hclog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -63,8 +63,8 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-func testLogger(buf *lockedBuffer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+func testLogger(buf *lockedBuffer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Output: buf, Level: hclog.Debug})
 }
 
 // countingStore counts the calls that reach the store it wraps, and can be

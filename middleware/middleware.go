@@ -2,7 +2,7 @@ package middleware
 
 import (
 	"context"
-	"log/slog"
+	"github.com/hashicorp/go-hclog"
 	"net"
 	"net/http"
 )
@@ -90,7 +90,7 @@ func (w *webRequest) saved(wasNew bool) {
 	}
 	w.cookie = cookieSet
 	if wasNew && w.headersSent {
-		w.log(slog.LevelWarn, "session: a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
+		w.log(hclog.Warn, "session: a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
 	}
 }
 
@@ -102,12 +102,12 @@ func (w *webRequest) destroyed() {
 	}
 }
 
-func (w *webRequest) log(level slog.Level, msg string, err error) {
-	attrs := []slog.Attr{slog.String("method", w.req.Method), slog.String("path", w.req.URL.Path)}
+func (w *webRequest) log(level hclog.Level, msg string, err error) {
+	args := []any{"method", w.req.Method, "path", w.req.URL.Path}
 	if err != nil {
-		attrs = append(attrs, slog.Any("err", err))
+		args = append(args, "error", err)
 	}
-	w.cfg.Logger.LogAttrs(context.WithoutCancel(w.req.Context()), level, msg, attrs...)
+	w.cfg.Logger.Log(level, msg, args...)
 }
 
 // beforeHeaders saves a modified session and returns the cookie the
@@ -142,10 +142,10 @@ func (s *Session) afterHandler() {
 	}
 	if s.isNew && len(s.dirty) > 0 && s.loadErr == nil {
 		// Nobody could ever read it: its id reached no client.
-		s.web.log(slog.LevelWarn, "session: a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
+		s.web.log(hclog.Warn, "session: a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
 		return
 	}
 	if err := s.saveLocked(s.base, false); err != nil {
-		s.web.log(slog.LevelError, "session: failure after the response headers were sent; the response could not report it", err)
+		s.web.log(hclog.Error, "session: failure after the response headers were sent; the response could not report it", err)
 	}
 }

@@ -1,7 +1,7 @@
 package middleware
 
 import (
-	"log/slog"
+	"github.com/hashicorp/go-hclog"
 	"net/http"
 	"strings"
 	"time"
@@ -41,9 +41,10 @@ type Options struct {
 	// 0 means a browser-session cookie (no Max-Age).
 	MaxAge time.Duration
 	// Logger receives store failures and misuses the response cannot report
-	// (after the headers went out); nil means slog.Default(). Session ids are
+	// (after the headers went out), through hclog like the rest of
+	// kadosession; nil means hclog.Default() named "session". Session ids are
 	// never logged.
-	Logger *slog.Logger
+	Logger hclog.Logger
 	// Timeout bounds each store call made for a request; 0 means
 	// DefaultTimeout, a negative value means no bound beyond the request's.
 	Timeout time.Duration
@@ -74,7 +75,7 @@ func newConfig(o Options) *config {
 		panic("middleware.New: SameSite=None requires Secure: browsers drop such cookies otherwise")
 	}
 	if o.Logger == nil {
-		o.Logger = slog.Default()
+		o.Logger = hclog.Default().Named("session")
 	}
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
