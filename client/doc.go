@@ -1,0 +1,23 @@
+// Package client is the Go client of a kadosession cluster: the counterpart
+// of Kado's SessionStoreLocal, grown leader-aware.
+//
+// A Store talks the native protocol (see package transport) to any node(s)
+// of a cluster. It keeps a small pool of persistent connections per node and
+// pipelines many requests over each: one reader goroutine per connection
+// matches responses to callers by request id, and writers coalesce the frames
+// of concurrent callers into shared writes. It remembers which node answered
+// last, follows the leader hints a follower gives (transport.ErrNotLeader
+// with Error.Leader), moves to the next known node when one is down or has no
+// leader, and retries the operations that are safe to retry (all of them are
+// idempotent: a restore, a whole-session save, a key set/delete, a delete, a
+// touch, a ping) with a jittered exponential backoff.
+//
+// Every call is bounded by its context and by Config.RequestTimeout per
+// attempt. Errors say what happened and where: a refused or timed-out
+// connection, a lost connection, a timeout, or the node's own error, kept as
+// a *transport.Error so that errors.Is(err, client.ErrBadRequest) and
+// errors.As work.
+//
+// A Store satisfies middleware.Store without importing it. It is safe for
+// concurrent use by many goroutines.
+package client
