@@ -130,7 +130,7 @@ func (n *Node) Touch(ctx context.Context, sid string) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	_, err := n.write(ctx, fsm.Command{Op: fsm.OpTouch, SID: sid})
+	_, err := n.write(ctx, fsm.Command{Op: fsm.OpTouch, SID: sid, Duration: n.cfg.Duration.Milliseconds()})
 	return err
 }
 

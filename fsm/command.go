@@ -18,7 +18,9 @@ const (
 	OpPatch Op = 2
 	// OpDelete removes a session.
 	OpDelete Op = 3
-	// OpTouch renews a session's Written time without changing its data.
+	// OpTouch renews a session's Written time without changing its data. A
+	// record already expired at the command's Time for its Duration is left
+	// alone: a touch never brings an expired session back.
 	OpTouch Op = 4
 	// OpPrune removes every session whose Written+Duration is at or before
 	// the command's Time.
@@ -57,9 +59,9 @@ type Command struct {
 	// Set and Del are the changes of an OpPatch.
 	Set []Field
 	Del []string
-	// Duration is the session lifetime in ms for OpPrune, and for OpPatch the
-	// lifetime after which the existing record counts as gone. Zero means
-	// sessions never expire.
+	// Duration is the session lifetime in ms for OpPrune, and for OpPatch and
+	// OpTouch the lifetime after which the existing record counts as gone.
+	// Zero means sessions never expire.
 	Duration int64
 	// MaxSize bounds the data an OpPatch may grow a session to (0: no bound).
 	MaxSize int64
@@ -88,8 +90,11 @@ func (c *Command) Encode(dst []byte) []byte {
 		for _, k := range c.Del {
 			dst = appendBytes(dst, []byte(k))
 		}
-	case OpDelete, OpTouch:
+	case OpDelete:
 		dst = appendBytes(dst, []byte(c.SID))
+	case OpTouch:
+		dst = appendBytes(dst, []byte(c.SID))
+		dst = binary.AppendVarint(dst, c.Duration)
 	case OpPrune:
 		dst = binary.AppendVarint(dst, c.Duration)
 	case OpBatch:
@@ -203,8 +208,11 @@ func (d *decoder) command(depth int) Command {
 		for i := 0; i < n && d.err == nil; i++ {
 			c.Del = append(c.Del, string(d.bytes()))
 		}
-	case OpDelete, OpTouch:
+	case OpDelete:
 		c.SID = string(d.bytes())
+	case OpTouch:
+		c.SID = string(d.bytes())
+		c.Duration = d.varint()
 	case OpPrune:
 		c.Duration = d.varint()
 	case OpBatch:

@@ -88,8 +88,9 @@ type Field struct {
 }
 
 // NormalizeObject validates that data is one JSON object, compacts it, and
-// drops any WrittenKey member, keeping the order of the other keys. The
-// result is what a Record's Data holds.
+// drops any WrittenKey member, keeping the order of the other keys; a key
+// given twice keeps its first position and its last value, as in
+// JavaScript's JSON.parse. The result is what a Record's Data holds.
 func NormalizeObject(data []byte) ([]byte, error) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || data[0] != '{' {
@@ -100,21 +101,21 @@ func NormalizeObject(data []byte) ([]byte, error) {
 	if err := json.Compact(&buf, data); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
 	}
-	out := buf.Bytes()
-	if bytes.Contains(out, []byte(`"`+WrittenKey+`"`)) {
-		fields, err := ParseObject(out)
-		if err != nil {
-			return nil, err
-		}
-		kept := fields[:0]
-		for _, f := range fields {
-			if f.Key != WrittenKey {
-				kept = append(kept, f)
-			}
-		}
-		out = EncodeObject(kept)
+	// Always split and re-encode: duplicate keys (JSON.parse keeps the last
+	// value) and escaped keys ("\u005fwritten" is WrittenKey) must come out
+	// exactly as ReadDocument would read them back, or a state restored from
+	// a snapshot would differ from the one that wrote it.
+	fields, err := ParseObject(buf.Bytes())
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	kept := fields[:0]
+	for _, f := range fields {
+		if f.Key != WrittenKey {
+			kept = append(kept, f)
+		}
+	}
+	return EncodeObject(kept), nil
 }
 
 // describeJSON names the kind of a JSON value for error messages.

@@ -49,7 +49,7 @@ type Result struct {
 	// limit); the state is unchanged when it is set.
 	Err error
 	// Count is how many sessions the command removed (OpDelete, OpPrune) or
-	// changed (OpTouch: 1 if the session existed).
+	// changed (OpTouch: 1 if the session existed and had not expired).
 	Count int
 }
 
@@ -104,7 +104,7 @@ func (s *State) Apply(c *Command) Result {
 		sh := s.shard(c.SID)
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
-		if r, ok := sh.sessions[c.SID]; ok {
+		if r, ok := sh.sessions[c.SID]; ok && !r.Expired(c.Time, c.Duration) {
 			sh.sessions[c.SID] = &Record{Data: r.Data, Written: c.Time}
 			return Result{Count: 1}
 		}

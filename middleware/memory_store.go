@@ -210,11 +210,8 @@ func (m *MemoryStore) Touch(ctx context.Context, sid string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.nowMs()
-	if _, ok := m.state.Get(sid, now, m.duration); !ok {
-		return nil // an expired session must not come back to life
-	}
-	return m.state.Apply(&fsm.Command{Op: fsm.OpTouch, Time: now, SID: sid}).Err
+	// The command's Duration keeps an expired session from coming back.
+	return m.state.Apply(&fsm.Command{Op: fsm.OpTouch, Time: m.nowMs(), SID: sid, Duration: m.duration}).Err
 }
 
 // Prune removes every session whose last save plus the duration is at or

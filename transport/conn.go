@@ -118,8 +118,11 @@ func (s *Server) serveNative(c net.Conn) {
 			if _, err := r.Peek(1); err != nil {
 				return
 			}
-			_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 		}
+		// Every frame gets ReadTimeout from here, also when the buffer
+		// already holds its start: a busy pipelined stream may never leave
+		// the buffer empty, and must not inherit an old deadline.
+		_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 		frame, err := ReadFrame(r, buf, s.cfg.MaxFrame)
 		if err != nil {
 			var tooLarge *FrameTooLargeError

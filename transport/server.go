@@ -185,6 +185,13 @@ func (s *Server) refuse(c net.Conn) {
 		} else {
 			_, _ = c.Write(KadoError(msg))
 		}
+		// Read what the client is still sending (bounded by the deadline
+		// above) so that closing does not reset the connection and destroy
+		// the reply before the client reads it.
+		if tc, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = tc.CloseWrite()
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, int64(s.cfg.MaxFrame)))
 	}()
 	s.cfg.Logger.Warn("connection refused: too many connections", "remote", c.RemoteAddr(), "limit", s.cfg.MaxConns)
 }

@@ -15,6 +15,7 @@ const usage = `kadosession — a replicated session store, compatible with Kado'
 Usage:
   kadosession serve [flags]     run a node (with no flags: a single node on 127.0.0.1:3001, data in ./kadosession-data)
   kadosession status [flags]    show a node's view of the cluster
+  kadosession bench [flags]     measure saves or restores per second against a node
   kadosession help              this text
 
 Run "kadosession <command> --help" for a command's flags.
@@ -35,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stderr)
 	case "status":
 		err = status(args[1:], stdout, stderr)
+	case "bench":
+		err = bench(args[1:], stdout, stderr)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return 0
