@@ -111,7 +111,7 @@ func bench(args []string, stdout, stderr io.Writer) error {
 		"op": *op, "protocol": *proto, "callers": *callers, "size": *size,
 		"ops": ops.Load(), "errors": errs.Load(), "seconds": elapsed.Seconds(),
 		"ops_per_sec": float64(ops.Load()) / elapsed.Seconds(),
-		"p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1),
+		"p50_ms":      pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1),
 	}
 	if e := firstErr.Load(); e != nil {
 		res["first_error"] = e
