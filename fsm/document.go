@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -111,75 +110,213 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // that is not an object, an invalid sid or a non-integer WrittenKey is
 // reported as ErrCorrupt with the byte offset where it was found.
 func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error) {
-	dec := json.NewDecoder(bufio.NewReaderSize(r, 256<<10))
-	dec.UseNumber()
-	corrupt := func(what string, err error) error {
-		if err != nil {
-			return fmt.Errorf("%w: save file at byte %d: %s: %v", ErrCorrupt, dec.InputOffset(), what, err)
-		}
-		return fmt.Errorf("%w: save file at byte %d: %s", ErrCorrupt, dec.InputOffset(), what)
-	}
-	tok, err := dec.Token()
+	d := &docReader{r: bufio.NewReaderSize(r, 256<<10)}
+	c, err := d.next()
 	if errors.Is(err, io.EOF) {
-		return nil, corrupt("the file is empty (an empty store is written as {})", nil)
+		return nil, d.corrupt("the file is empty (an empty store is written as {})", nil)
 	}
 	if err != nil {
-		return nil, corrupt("not JSON", err)
+		return nil, d.corrupt("read failed", err)
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, corrupt("the document must be a JSON object of sessions", nil)
+	if c != '{' {
+		what := "the document must be a JSON object of sessions"
+		if kind := describeJSON([]byte{c}); kind == "invalid JSON" {
+			what = "not JSON: " + what
+		} else {
+			what += ", got " + kind
+		}
+		return nil, d.corrupt(what, nil)
 	}
 	out := make(map[string]*Record)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, corrupt("reading a session id", err)
+	c, err = d.next()
+	for err == nil && c != '}' {
+		if c != '"' {
+			return nil, d.corrupt("a session id (a JSON string) was expected", nil)
 		}
-		sid, _ := tok.(string)
+		var sid string
+		if sid, err = d.key(); err != nil {
+			return nil, d.corrupt("reading a session id", err)
+		}
 		if err := ValidateSID(sid); err != nil {
-			return nil, corrupt("bad session id", err)
+			return nil, d.corrupt("bad session id", err)
 		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, corrupt(fmt.Sprintf("reading session %q", sid), err)
+		if c, err = d.next(); err == nil && c != ':' {
+			return nil, d.corrupt(fmt.Sprintf("':' expected after session id %q", sid), nil)
 		}
-		rec, err := decodeRecord(raw, defaultWritten)
+		if c, err = d.next(); err == nil && c != '{' {
+			return nil, d.corrupt(fmt.Sprintf("session %q must be a JSON object, got %s", sid, describeJSON([]byte{c})), nil)
+		}
+		var raw []byte
+		if err == nil {
+			raw, err = d.object()
+		}
 		if err != nil {
-			return nil, corrupt(fmt.Sprintf("session %q", sid), err)
+			return nil, d.corrupt(fmt.Sprintf("reading session %q", sid), err)
+		}
+		rec, derr := decodeRecord(raw, defaultWritten)
+		if derr != nil {
+			return nil, d.corrupt(fmt.Sprintf("session %q", sid), derr)
 		}
 		out[sid] = rec
+		if c, err = d.next(); err == nil {
+			switch c {
+			case ',':
+				c, err = d.next()
+			case '}':
+			default:
+				return nil, d.corrupt("',' or '}' expected after a session", nil)
+			}
+		}
 	}
-	if _, err := dec.Token(); err != nil {
-		return nil, corrupt("unterminated document", err)
+	if err != nil {
+		return nil, d.corrupt("unterminated document", err)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, corrupt("trailing data after the document", err)
+	if _, err := d.next(); !errors.Is(err, io.EOF) {
+		return nil, d.corrupt("trailing data after the document", err)
 	}
 	return out, nil
 }
 
+// docReader reads the save-file document's outer object a byte at a time
+// (buffered) and each session's object whole, so no reflection is involved.
+type docReader struct {
+	r   *bufio.Reader
+	off int64
+	buf []byte // scratch for the session being read
+}
+
+func (d *docReader) corrupt(what string, err error) error {
+	if err != nil && err != io.EOF {
+		return fmt.Errorf("%w: save file at byte %d: %s: %v", ErrCorrupt, d.off, what, err)
+	}
+	return fmt.Errorf("%w: save file at byte %d: %s", ErrCorrupt, d.off, what)
+}
+
+// next returns the next byte that is not JSON white space.
+func (d *docReader) next() (byte, error) {
+	for {
+		c, err := d.r.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		d.off++
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			return c, nil
+		}
+	}
+}
+
+// unexpected turns io.EOF inside a value into io.ErrUnexpectedEOF and keeps
+// any other read error as it is.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// key reads a JSON string whose opening quote was consumed.
+func (d *docReader) key() (string, error) {
+	d.buf = append(d.buf[:0], '"')
+	defer func() { d.buf = d.buf[:0] }()
+	for {
+		c, err := d.r.ReadByte()
+		if err != nil {
+			return "", unexpected(err)
+		}
+		d.off++
+		d.buf = append(d.buf, c)
+		if c == '\\' {
+			e, err := d.r.ReadByte()
+			if err != nil {
+				return "", unexpected(err)
+			}
+			d.off++
+			d.buf = append(d.buf, e)
+			continue
+		}
+		if c == '"' {
+			break
+		}
+		if len(d.buf) > MaxSIDLen*6+2 {
+			return "", fmt.Errorf("session id longer than %d bytes", MaxSIDLen)
+		}
+	}
+	var s string
+	if err := json.Unmarshal(d.buf, &s); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+// object reads a JSON object whose '{' was consumed, up to its matching '}',
+// and returns it whole (validated later by decodeRecord). It scans the
+// reader's buffer in place rather than a byte per call; the returned slice
+// is reused by the next call.
+func (d *docReader) object() ([]byte, error) {
+	d.buf = append(d.buf[:0], '{')
+	depth, inString, escape := 1, false, false
+	for {
+		if d.r.Buffered() == 0 {
+			if _, err := d.r.Peek(1); err != nil {
+				return nil, unexpected(err)
+			}
+		}
+		chunk, _ := d.r.Peek(d.r.Buffered())
+		for i, c := range chunk {
+			switch {
+			case escape:
+				escape = false
+			case inString:
+				switch c {
+				case '\\':
+					escape = true
+				case '"':
+					inString = false
+				}
+			case c == '"':
+				inString = true
+			case c == '{' || c == '[':
+				depth++
+			case c == '}' || c == ']':
+				depth--
+				if depth == 0 {
+					d.buf = append(d.buf, chunk[:i+1]...)
+					d.off += int64(i + 1)
+					_, _ = d.r.Discard(i + 1)
+					return d.buf, nil
+				}
+			}
+		}
+		d.buf = append(d.buf, chunk...)
+		d.off += int64(len(chunk))
+		_, _ = d.r.Discard(len(chunk))
+	}
+}
+
 func decodeRecord(raw []byte, defaultWritten int64) (*Record, error) {
-	fields, err := ParseObject(raw)
+	compact, err := compactObject(raw)
 	if err != nil {
 		return nil, err
 	}
-	rec := &Record{Written: defaultWritten}
-	kept := fields[:0]
+	fields, rewrite, err := splitCompact(compact)
+	if err != nil {
+		return nil, err
+	}
+	rec := &Record{Written: defaultWritten, Data: compact}
+	if !rewrite {
+		return rec, nil
+	}
 	for _, f := range fields {
 		if f.Key != WrittenKey {
-			kept = append(kept, f)
 			continue
 		}
-		w, err := strconv.ParseInt(string(bytes.TrimSpace(f.Value)), 10, 64)
+		w, err := strconv.ParseInt(string(f.Value), 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("%s must be an integer of ms since the epoch, got %s", WrittenKey, f.Value)
 		}
 		rec.Written = w
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, EncodeObject(kept)); err != nil {
-		return nil, err
-	}
-	rec.Data = buf.Bytes()
+	rec.Data = EncodeObject(withoutWritten(fields))
 	return rec, nil
 }

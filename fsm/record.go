@@ -92,30 +92,29 @@ type Field struct {
 // given twice keeps its first position and its last value, as in
 // JavaScript's JSON.parse. The result is what a Record's Data holds.
 func NormalizeObject(data []byte) ([]byte, error) {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 || data[0] != '{' {
-		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(data))
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(data))
-	if err := json.Compact(&buf, data); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
-	}
-	// Always split and re-encode: duplicate keys (JSON.parse keeps the last
-	// value) and escaped keys ("\u005fwritten" is WrittenKey) must come out
-	// exactly as ReadDocument would read them back, or a state restored from
-	// a snapshot would differ from the one that wrote it.
-	fields, err := ParseObject(buf.Bytes())
+	compact, err := compactObject(data)
 	if err != nil {
 		return nil, err
 	}
+	// Duplicate keys (JSON.parse keeps the last value) and escaped keys
+	// ("\u005fwritten" is WrittenKey) must come out exactly as ReadDocument
+	// would read them back, or a state restored from a snapshot would differ
+	// from the one that wrote it; objects without them are kept as they are.
+	fields, rewrite, err := splitCompact(compact)
+	if err != nil || !rewrite {
+		return compact, err
+	}
+	return EncodeObject(withoutWritten(fields)), nil
+}
+
+func withoutWritten(fields []Field) []Field {
 	kept := fields[:0]
 	for _, f := range fields {
 		if f.Key != WrittenKey {
 			kept = append(kept, f)
 		}
 	}
-	return EncodeObject(kept), nil
+	return kept
 }
 
 // describeJSON names the kind of a JSON value for error messages.
@@ -144,41 +143,12 @@ func describeJSON(b []byte) string {
 // keep the position of their first occurrence and the value of their last,
 // as JavaScript's JSON.parse does.
 func ParseObject(data []byte) ([]Field, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
+	compact, err := compactObject(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
+		return nil, err
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(bytes.TrimSpace(data)))
-	}
-	var fields []Field
-	index := map[string]int{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadData, err)
-		}
-		key, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadData, err)
-		}
-		if i, ok := index[key]; ok {
-			fields[i].Value = raw
-			continue
-		}
-		index[key] = len(fields)
-		fields = append(fields, Field{Key: key, Value: raw})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the object", ErrBadData)
-	}
-	return fields, nil
+	fields, _, err := splitCompact(compact)
+	return fields, err
 }
 
 // EncodeObject writes fields as one compact JSON object.

@@ -149,7 +149,7 @@ func (s *State) patch(c *Command) Result {
 	var fields []Field
 	if ok && !old.Expired(c.Time, c.Duration) {
 		var err error
-		if fields, err = ParseObject(old.Data); err != nil {
+		if fields, _, err = splitCompact(old.Data); err != nil {
 			return Result{Err: err}
 		}
 	}

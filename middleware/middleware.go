@@ -90,7 +90,7 @@ func (w *webRequest) saved(wasNew bool) {
 	}
 	w.cookie = cookieSet
 	if wasNew && w.headersSent {
-		w.log(hclog.Warn, "session: a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
+		w.log(hclog.Warn, "a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
 	}
 }
 
@@ -142,10 +142,10 @@ func (s *Session) afterHandler() {
 	}
 	if s.isNew && len(s.dirty) > 0 && s.loadErr == nil {
 		// Nobody could ever read it: its id reached no client.
-		s.web.log(hclog.Warn, "session: a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
+		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
 		return
 	}
 	if err := s.saveLocked(s.base, false); err != nil {
-		s.web.log(hclog.Error, "session: failure after the response headers were sent; the response could not report it", err)
+		s.web.log(hclog.Error, "failure after the response headers were sent; the response could not report it", err)
 	}
 }

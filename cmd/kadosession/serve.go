@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	_ "net/http/pprof" // served only with --pprof
 	"os"
 	"os/signal"
 	"strings"
@@ -47,6 +49,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", 10*time.Millisecond, "raft commit timeout")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
+	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
 	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
 		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+
 			"serving Kado's JSON protocol (SessionStoreLocal) and the native protocol (the Go client) on that one port.")
@@ -66,6 +69,14 @@ func serve(args []string, stderr io.Writer) error {
 	node, err := cluster.Open(cfg)
 	if err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		go func() {
+			cfg.Logger.Info("serving pprof", "address", *pprofAddr)
+			if err := http.ListenAndServe(*pprofAddr, nil); err != nil {
+				cfg.Logger.Error("pprof server stopped", "error", err)
+			}
+		}()
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
