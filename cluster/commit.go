@@ -41,7 +41,7 @@ func newCommitter(r *raft.Raft, timeout time.Duration) *committer {
 	c := &committer{
 		raft:     r,
 		queue:    make(chan *pendingWrite, 4096),
-		inflight: make(chan struct{}, 8),
+		inflight: make(chan struct{}, 1),
 		maxBytes: 4 << 20,
 		maxCount: 1024,
 		timeout:  timeout,
@@ -119,6 +119,15 @@ func (c *committer) loop() {
 			c.drain(errCommitterStopped)
 			return
 		}
+		// Wait for a free slot before cutting the batch, so that everything
+		// that queues while earlier batches are replicated rides in this one.
+		select {
+		case c.inflight <- struct{}{}:
+		case <-c.stop:
+			first.done <- fsm.Result{Err: errCommitterStopped}
+			c.drain(errCommitterStopped)
+			return
+		}
 		batch := []*pendingWrite{first}
 		size := first.size
 	fill:
@@ -139,7 +148,6 @@ func (c *committer) loop() {
 		}
 		buf = cmd.Encode(buf[:0])
 		data := append([]byte(nil), buf...)
-		c.inflight <- struct{}{}
 		f := c.raft.Apply(data, c.timeout)
 		c.wg.Add(1)
 		go c.await(f, batch)

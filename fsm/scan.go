@@ -160,6 +160,9 @@ func compactObject(data []byte) ([]byte, error) {
 	if len(data) == 0 || data[0] != '{' {
 		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(data))
 	}
+	if validCompact(data) {
+		return append([]byte(nil), data...), nil
+	}
 	var buf bytes.Buffer
 	buf.Grow(len(data))
 	if err := json.Compact(&buf, data); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -209,6 +210,11 @@ func (w *frameWriter) send(op Op, resp *Response) {
 		return
 	}
 	w.pending = true
+	// Let the other responses finishing now (a group commit answers many
+	// at once) join this write: one system call for all of them.
+	w.mu.Unlock()
+	runtime.Gosched()
+	w.mu.Lock()
 	for len(w.buf) > 0 && !w.failed {
 		out := w.buf
 		w.buf = nil
