@@ -106,10 +106,14 @@ type Request struct {
 
 // Response is one native response. Err is set when the request failed.
 type Response struct {
-	ID    uint64
-	Err   *Error
-	Found bool   // OpRestore: whether the session exists
-	Data  []byte // OpRestore: the session's JSON object; OpAdmin: a JSON body
+	ID  uint64
+	Err *Error
+	// Leader, on a successful response, is the leader's address when a
+	// follower served the request by forwarding it: clients should send the
+	// next one there directly. Empty otherwise.
+	Leader string
+	Found  bool   // OpRestore: whether the session exists
+	Data   []byte // OpRestore: the session's JSON object; OpAdmin: a JSON body
 }
 
 // AppendRequest appends req as one frame to dst.
@@ -157,6 +161,7 @@ func AppendResponse(dst []byte, op Op, resp *Response) []byte {
 		dst = appendString(dst, resp.Err.Leader)
 	} else {
 		dst = append(dst, byte(CodeOK))
+		dst = appendString(dst, resp.Leader)
 		if op == OpRestore {
 			if resp.Found {
 				dst = append(dst, 1)
@@ -291,6 +296,7 @@ func DecodeResponse(frame []byte, op Op) (Response, error) {
 	if code := Code(frame[8]); code != CodeOK {
 		resp.Err = &Error{Code: code, Message: d.string(), Leader: d.string()}
 	} else {
+		resp.Leader = d.string()
 		if op == OpRestore {
 			resp.Found = d.byte() == 1
 		}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+)
+
+// health exits 0 when the node answers, is ready and knows a leader: the
+// container health check.
+func health(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("health", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of the node to check")
+	fs.Usage = usageWithEnv(fs, "kadosession health [--cluster HOST:PORT]",
+		"Exits 0 when the node is serving and knows its cluster's leader; 1 otherwise, saying why.")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	body, err := adminCall(*addr, []byte(`{"op":"status"}`))
+	if err != nil {
+		return err
+	}
+	var st struct {
+		ID       string `json:"id"`
+		State    string `json:"state"`
+		Ready    bool   `json:"ready"`
+		LeaderID string `json:"leader_id"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("node answered something that is not status JSON: %v", err)
+	}
+	switch {
+	case !st.Ready:
+		return fmt.Errorf("node %s is starting", st.ID)
+	case st.LeaderID == "":
+		return fmt.Errorf("node %s (%s) knows no leader", st.ID, st.State)
+	}
+	fmt.Fprintf(stdout, "ok: node %s is %s, leader %s\n", st.ID, st.State, st.LeaderID)
+	return nil
+}
