@@ -2,12 +2,13 @@
 // of Kado's SessionStoreLocal, grown leader-aware.
 //
 // A Store talks the native protocol (see package transport) to any node(s)
-// of a cluster. It keeps a small pool of persistent connections per node and
-// pipelines many requests over each: one reader goroutine per connection
+// of a cluster. It keeps a small pool of persistent connections per node
+// (transport.Pool) and pipelines many requests over each (transport.Conn): one reader goroutine per connection
 // matches responses to callers by request id, and writers coalesce the frames
 // of concurrent callers into shared writes. It remembers which node answered
 // last, follows the leader hints a follower gives (transport.ErrNotLeader
-// with Error.Leader), moves to the next known node when one is down or has no
+// with Error.Leader, or Response.Leader on a request it served by forwarding
+// it to the leader), moves to the next known node when one is down or has no
 // leader, and retries the operations that are safe to retry (all of them are
 // idempotent: a restore, a whole-session save, a key set/delete, a delete, a
 // touch, a ping) with a jittered exponential backoff.

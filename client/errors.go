@@ -52,6 +52,7 @@ const (
 	classNext                  // back off, then try the next known node
 	classFollow                // try the leader the node named, at once
 	classTimedOut              // return the error, but start the next call on the next node
+	classEnded                 // the caller's context ended: return the error
 )
 
 // callError is what a failed attempt returns: a message that names the op,
@@ -68,6 +69,32 @@ type callError struct {
 func (e *callError) Error() string { return e.text }
 func (e *callError) Unwrap() error { return e.cause }
 
+// callErr turns what package transport returned for a failed attempt into a
+// *callError; other errors (ctx's, transport.ErrDeadline) are returned as
+// they are.
+func (s *Store) callErr(op transport.Op, addr string, err error) error {
+	var (
+		de *transport.DialError
+		ce *transport.ConnError
+		re *transport.ResponseError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return lostError(op, addr, ce.Err)
+	case errors.Is(err, transport.ErrClosed): // the pool, closed by Close
+		return ErrClosed
+	case errors.As(err, &de):
+		return connectError(addr, de.Err, s.cfg.DialTimeout)
+	case errors.As(err, &re):
+		return &callError{
+			text:  fmt.Sprintf("kadosession: %s on %s: malformed response: %v", op, addr, re.Err),
+			cause: re,
+			class: classFinal,
+		}
+	}
+	return err
+}
+
 // connectError reports a failed dial, TLS handshake or preamble.
 func connectError(addr string, err error, limit time.Duration) *callError {
 	return &callError{
@@ -78,9 +105,9 @@ func connectError(addr string, err error, limit time.Duration) *callError {
 }
 
 // lostError reports a request whose connection failed before its answer
-// came; cause is what conn.fail was given.
+// came; cause is why the connection failed (transport.ConnError.Err).
 func lostError(op transport.Op, addr string, cause error) *callError {
-	if errors.Is(cause, ErrClosed) {
+	if errors.Is(cause, transport.ErrClosed) {
 		return &callError{
 			text:  fmt.Sprintf("kadosession: %s on %s: store closed while the request was in flight", op, addr),
 			cause: ErrClosed,
@@ -130,12 +157,17 @@ func timeoutError(op transport.Op, addr string, d time.Duration) *callError {
 	}
 }
 
-// contextError reports a call whose own context ended.
+// contextError reports a call whose own context ended (or whose deadline
+// passed a moment before its timer fired).
 func contextError(op transport.Op, addr string, ctx context.Context) *callError {
+	cause, why := ctx.Err(), context.Cause(ctx)
+	if cause == nil {
+		cause, why = context.DeadlineExceeded, context.DeadlineExceeded
+	}
 	return &callError{
-		text:  fmt.Sprintf("kadosession: %s on %s: %v", op, addr, context.Cause(ctx)),
-		cause: ctx.Err(),
-		class: classFinal,
+		text:  fmt.Sprintf("kadosession: %s on %s: %v", op, addr, why),
+		cause: cause,
+		class: classEnded,
 	}
 }
 

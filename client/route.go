@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/kadosession/kadosession/transport"
@@ -23,6 +22,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		return transport.Response{}, ErrClosed
 	}
 	backoffs := 0
+	var last *callError // the last retryable failure
 	for attempt := 0; ; attempt++ {
 		n := s.cur.Load()
 		resp, err := s.attempt(ctx, n, req)
@@ -36,6 +36,13 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		switch ce.class {
 		case classFinal:
 			return resp, err
+		case classEnded:
+			if last == nil {
+				return resp, err
+			}
+			// The context ended during a retry: say so, and keep what the
+			// retries were up against.
+			return resp, fmt.Errorf("kadosession: %s: %w while retrying; last failure: %w", req.Op, ce.cause, last)
 		case classTimedOut:
 			// The node took the request but did not answer in time: it may
 			// be cut off. Do not pile another attempt on a struggling
@@ -53,6 +60,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 				class: classFinal,
 			}
 		}
+		last = ce
 		if ce.class == classFollow {
 			s.follow(ce.leader)
 			continue
@@ -66,46 +74,61 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 }
 
 // attempt sends req once to n, bounded by ctx and by RequestTimeout unless
-// ctx ends sooner. The RequestTimeout is a pooled timer rather than a derived
+// ctx ends sooner. The RequestTimeout is a deadline handed to the pool and
+// the connection (which wait on a pooled timer) rather than a derived
 // context: no allocation, and no registration with a cancellable parent.
-func (s *Store) attempt(ctx context.Context, n *node, req *transport.Request) (transport.Response, error) {
-	var (
-		expired  <-chan time.Time
-		deadline time.Time
-	)
+func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.Request) (transport.Response, error) {
+	var deadline time.Time
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.cfg.RequestTimeout {
-		t := timers.Get().(*time.Timer)
-		t.Reset(s.cfg.RequestTimeout)
-		defer func() { t.Stop(); timers.Put(t) }()
-		expired, deadline = t.C, time.Now().Add(s.cfg.RequestTimeout)
+		deadline = time.Now().Add(s.cfg.RequestTimeout)
 	}
-	c, err := n.get(ctx, expired, deadline, s)
+	c, err := n.GetDeadline(ctx, deadline)
 	var resp transport.Response
 	if err == nil {
-		resp, err = c.roundTrip(ctx, expired, req)
+		resp, err = c.RoundTripDeadline(ctx, deadline, req)
 	}
 	switch {
 	case err == nil && resp.Err != nil:
-		return resp, serverError(req.Op, n.addr, resp.Err)
+		return resp, serverError(req.Op, n.Addr(), resp.Err)
 	case err == nil:
+		if resp.Leader != "" {
+			s.followHint(n, resp.Leader)
+		}
 		return resp, nil
+	}
+	err = s.callErr(req.Op, n.Addr(), err)
+	switch {
 	case errors.Is(err, ErrClosed):
 		return resp, err
-	case ctx.Err() != nil:
-		return resp, contextError(req.Op, n.addr, ctx)
-	case err == errExpired || !deadline.IsZero() && !time.Now().Before(deadline):
-		return resp, timeoutError(req.Op, n.addr, s.cfg.RequestTimeout)
+	case ctx.Err() != nil || pastDeadline(ctx):
+		return resp, contextError(req.Op, n.Addr(), ctx)
+	case errors.Is(err, transport.ErrDeadline) || !deadline.IsZero() && !time.Now().Before(deadline):
+		return resp, timeoutError(req.Op, n.Addr(), s.cfg.RequestTimeout)
 	}
 	return resp, err
 }
 
-// timers recycles stopped attempt timers. Since Go 1.23 a stopped timer's
-// channel holds no stale tick, so Reset is all a reused one needs.
-var timers = sync.Pool{New: func() any {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
-}}
+// pastDeadline reports whether ctx's deadline has passed, which a network
+// deadline derived from it may notice before ctx's own timer has fired.
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// followHint makes leader, the address a node that served a request by
+// forwarding it named, the current node, when n (which answered) still is
+// and the address is valid.
+func (s *Store) followHint(n *transport.Pool, leader string) {
+	if leader == n.Addr() || s.cur.Load() != n || checkAddr(leader) != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.cur.Load() != n {
+		return
+	}
+	s.cur.Store(s.nodeLocked(leader))
+}
 
 // follow makes addr, a leader hint, the current node, adding it to the
 // known nodes if it is new.
@@ -120,22 +143,22 @@ func (s *Store) follow(addr string) {
 
 // advance moves the current node from n to the next known one, unless
 // another caller has moved it already.
-func (s *Store) advance(n *node) {
+func (s *Store) advance(n *transport.Pool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cur.Load() != n || len(s.addrs) < 2 {
 		return
 	}
-	i := slices.Index(s.addrs, n.addr)
+	i := slices.Index(s.addrs, n.Addr())
 	s.cur.Store(s.nodes[s.addrs[(i+1)%len(s.addrs)]])
 }
 
-// nodeLocked returns the node for addr, adding it to the known nodes if it
+// nodeLocked returns the node (its connection pool) for addr, adding it to the known nodes if it
 // is new. s.mu is held.
-func (s *Store) nodeLocked(addr string) *node {
+func (s *Store) nodeLocked(addr string) *transport.Pool {
 	n, ok := s.nodes[addr]
 	if !ok {
-		n = newNode(addr, s.cfg.PoolSize)
+		n = transport.NewPool(addr, s.cfg.PoolSize, s.connCfg)
 		s.nodes[addr] = n
 		s.addrs = append(s.addrs, addr)
 	}

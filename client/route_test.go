@@ -120,3 +120,54 @@ func TestHintLoopGivesUp(t *testing.T) {
 		t.Errorf("%d attempts; want 4", n)
 	}
 }
+
+func TestLeaderHintOnSuccessMovesToLeader(t *testing.T) {
+	tests := []struct {
+		name  string
+		hint  func(a, b string) string // the Leader A's successful answers carry
+		wantA int64                    // calls A serves out of 1+5
+		wantB int64
+	}{
+		{"follows the leader", func(a, b string) string { return b }, 1, 5},
+		{"no hint", func(a, b string) string { return "" }, 6, 0},
+		{"hint naming the node itself", func(a, b string) string { return a }, 6, 0},
+		{"invalid hint", func(a, b string) string { return "not-an-address" }, 6, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bH := newMemHandler()
+			b := startServer(t, "127.0.0.1:0", bH)
+			aH := newMemHandler()
+			var aAddr string
+			aH.hook = func(ctx context.Context, _ transport.Op, _ string) error {
+				// A serves the request (as a follower forwarding it would)
+				// and names the leader in its successful answer.
+				if h := tt.hint(aAddr, b.addr); h != "" {
+					transport.SetLeaderHint(ctx, h)
+				}
+				return nil
+			}
+			a := startServer(t, "127.0.0.1:0", aH)
+			aAddr = a.addr
+			s := newStore(t, client.Config{Addrs: []string{a.addr}})
+			ctx := context.Background()
+			if err := s.Save(ctx, "sid", map[string]json.RawMessage{"k": raw(`"v"`)}); err != nil {
+				t.Fatalf("Save through A: %v", err)
+			}
+			if n := aH.calls.Load(); n != 1 {
+				t.Fatalf("A served %d requests; want 1", n)
+			}
+			for range 5 {
+				if err := s.Touch(ctx, "sid"); err != nil {
+					t.Fatalf("Touch: %v", err)
+				}
+			}
+			if n := aH.calls.Load(); n != tt.wantA {
+				t.Errorf("A served %d requests; want %d", n, tt.wantA)
+			}
+			if n := bH.calls.Load(); n != tt.wantB {
+				t.Errorf("B served %d requests; want %d", n, tt.wantB)
+			}
+		})
+	}
+}

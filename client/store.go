@@ -23,14 +23,15 @@ import (
 // ErrBadRequest, ErrTooLarge, ErrNotLeader and the rest. After Close, every
 // method returns ErrClosed.
 type Store struct {
-	cfg  Config
-	done chan struct{}        // closed by Close
-	cur  atomic.Pointer[node] // the node calls go to first
+	cfg     Config
+	connCfg transport.ConnConfig           // how every node's connections are dialled
+	done    chan struct{}                  // closed by Close
+	cur     atomic.Pointer[transport.Pool] // the node calls go to first
 
 	mu     sync.Mutex
 	closed bool
 	addrs  []string // every known node, in the order learnt
-	nodes  map[string]*node
+	nodes  map[string]*transport.Pool
 }
 
 // New returns a Store for the cluster cfg names. It checks cfg (see
@@ -44,7 +45,12 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{
 		cfg:   cfg.withDefaults(),
 		done:  make(chan struct{}),
-		nodes: make(map[string]*node),
+		nodes: make(map[string]*transport.Pool),
+	}
+	s.connCfg = transport.ConnConfig{
+		DialTimeout:  s.cfg.DialTimeout,
+		WriteTimeout: s.cfg.RequestTimeout,
+		TLSConfig:    s.cfg.TLSConfig,
 	}
 	for _, a := range s.cfg.Addrs {
 		s.nodeLocked(a)
@@ -190,13 +196,13 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	close(s.done)
-	nodes := make([]*node, 0, len(s.nodes))
+	nodes := make([]*transport.Pool, 0, len(s.nodes))
 	for _, n := range s.nodes {
 		nodes = append(nodes, n)
 	}
 	s.mu.Unlock()
 	for _, n := range nodes {
-		n.closeAll(ErrClosed)
+		n.Close()
 	}
 	return nil
 }
@@ -209,18 +215,6 @@ func (s *Store) isClosed() bool {
 	default:
 		return false
 	}
-}
-
-// register runs store (which publishes a new connection) unless the Store
-// is closed, so that Close sees every connection it must close.
-func (s *Store) register(store func()) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	store()
-	return true
 }
 
 // badRequest is an error for a request refused before it was sent; it

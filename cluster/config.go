@@ -36,6 +36,12 @@ type Config struct {
 	PruneFrequency time.Duration
 	// Join lists nodes of an existing cluster to join (cluster issue).
 	Join []string
+	// Consistency is the read guarantee for requests that ask for the
+	// default (every Kado JSON request): transport.Linearizable unless set.
+	Consistency transport.Consistency
+	// MaxStale bounds how long a follower may go without hearing from its
+	// leader and still answer Stale reads (0: no bound).
+	MaxStale time.Duration
 	// MaxSessionSize bounds one session's data in bytes (1 MiB).
 	MaxSessionSize int
 	// Server holds the connection limits (frame size, deadlines, counts).
@@ -48,6 +54,9 @@ type Config struct {
 	CommitTimeout      time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot (8192).
 	SnapshotThreshold uint64
+	// TrailingLogs is how many entries a snapshot leaves in the log, for
+	// followers that lag a little (4096).
+	TrailingLogs uint64
 	// Logger receives every log line; nil writes at info level to stderr.
 	Logger hclog.Logger
 }
@@ -81,6 +90,9 @@ func (c *Config) withDefaults() Config {
 	if out.PruneFrequency == 0 {
 		out.PruneFrequency = DefaultPruneFrequency
 	}
+	if out.Consistency == transport.Default {
+		out.Consistency = transport.Linearizable
+	}
 	if out.MaxSessionSize == 0 {
 		out.MaxSessionSize = transport.DefaultMaxFrame
 	}
@@ -98,6 +110,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.SnapshotThreshold == 0 {
 		out.SnapshotThreshold = 8192
+	}
+	if out.TrailingLogs == 0 {
+		out.TrailingLogs = 4096
 	}
 	if out.Logger == nil {
 		out.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: hclog.Info})

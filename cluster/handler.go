@@ -63,12 +63,18 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 
 // write validates nothing further: it submits cmd through the group
 // committer on the leader.
-func (n *Node) write(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Request) (fsm.Result, error) {
 	if err := n.awaitLeader(ctx); err != nil {
 		return fsm.Result{}, err
 	}
 	if n.raft.State() != raft.Leader {
-		return fsm.Result{}, notLeader(n.raft)
+		if transport.FromPeer(ctx) {
+			// A peer forwarded this thinking we lead: answer, do not forward
+			// again (two nodes with stale views must not bounce a request).
+			return fsm.Result{}, notLeader(n.raft)
+		}
+		_, _, err := n.forward(ctx, req)
+		return fsm.Result{}, err
 	}
 	r, err := n.commit.submit(ctx, cmd)
 	return r, wireError(err)
@@ -86,7 +92,8 @@ func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
 	if len(norm) > n.cfg.MaxSessionSize {
 		return transport.Errorf(transport.CodeTooLarge, "session data is %d bytes, the limit is %d", len(norm), n.cfg.MaxSessionSize)
 	}
-	_, err = n.write(ctx, fsm.Command{Op: fsm.OpSave, SID: sid, Data: norm})
+	_, err = n.write(ctx, fsm.Command{Op: fsm.OpSave, SID: sid, Data: norm},
+		&transport.Request{Op: transport.OpSave, SID: sid, Data: norm})
 	return err
 }
 
@@ -112,7 +119,11 @@ func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []
 		}
 	}
 	cmd.Del = del
-	_, err := n.write(ctx, cmd)
+	req := &transport.Request{Op: transport.OpPatch, SID: sid, Del: del}
+	for _, f := range cmd.Set {
+		req.Set = append(req.Set, transport.KV{Key: f.Key, Value: f.Value})
+	}
+	_, err := n.write(ctx, cmd, req)
 	return err
 }
 
@@ -121,7 +132,8 @@ func (n *Node) Delete(ctx context.Context, sid string) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	_, err := n.write(ctx, fsm.Command{Op: fsm.OpDelete, SID: sid})
+	_, err := n.write(ctx, fsm.Command{Op: fsm.OpDelete, SID: sid},
+		&transport.Request{Op: transport.OpDelete, SID: sid})
 	return err
 }
 
@@ -130,33 +142,47 @@ func (n *Node) Touch(ctx context.Context, sid string) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	_, err := n.write(ctx, fsm.Command{Op: fsm.OpTouch, SID: sid, Duration: n.cfg.Duration.Milliseconds()})
+	_, err := n.write(ctx, fsm.Command{Op: fsm.OpTouch, SID: sid, Duration: n.cfg.Duration.Milliseconds()},
+		&transport.Request{Op: transport.OpTouch, SID: sid})
 	return err
 }
 
 // Restore returns a session's data with the requested consistency
-// (transport.Default means linearizable).
+// (transport.Default means the node's --consistency, linearizable unless
+// set otherwise). A follower forwards linearizable and leader reads to the
+// leader and serves stale reads itself, refusing them when it has not heard
+// from a leader within the staleness bound.
 func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency) ([]byte, bool, error) {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return nil, false, wireError(err)
 	}
-	if c != transport.Stale {
+	if c == transport.Default {
+		c = n.cfg.Consistency
+	}
+	switch c {
+	case transport.Default, transport.Linearizable, transport.Leader:
 		if err := n.awaitLeader(ctx); err != nil {
 			return nil, false, err
 		}
-	} else if !n.ready.Load() {
-		return nil, false, errStarting
-	}
-	switch c {
-	case transport.Default, transport.Linearizable:
-		if err := n.reads.wait(ctx); err != nil {
-			return nil, false, err
-		}
-	case transport.Leader:
 		if n.raft.State() != raft.Leader {
-			return nil, false, notLeader(n.raft)
+			if transport.FromPeer(ctx) {
+				return nil, false, notLeader(n.raft)
+			}
+			resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
+			return resp.Data, resp.Found, err
+		}
+		if c != transport.Leader {
+			if err := n.reads.wait(ctx); err != nil {
+				return nil, false, err
+			}
 		}
 	case transport.Stale:
+		if !n.ready.Load() {
+			return nil, false, errStarting
+		}
+		if err := n.checkStaleness(); err != nil {
+			return nil, false, err
+		}
 	default:
 		return nil, false, transport.Errorf(transport.CodeBadRequest, "unknown consistency %d", byte(c))
 	}
@@ -167,16 +193,24 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 	return r.Data, true, nil
 }
 
+// checkStaleness refuses a stale read on a follower that has not heard from
+// its leader within Config.MaxStale (when set).
+func (n *Node) checkStaleness() error {
+	if n.cfg.MaxStale <= 0 || n.raft.State() == raft.Leader {
+		return nil
+	}
+	if since := time.Since(n.raft.LastContact()); since > n.cfg.MaxStale {
+		return transport.Errorf(transport.CodeUnavailable, "stale read refused: this node last heard from a leader %s ago, more than the %s bound", since.Round(time.Millisecond), n.cfg.MaxStale)
+	}
+	return nil
+}
+
 // Authorize accepts every request: client tokens come with the security issue.
 func (n *Node) Authorize(token string) error { return nil }
 
-// adminRequest is the JSON body of a transport.OpAdmin request.
-type adminRequest struct {
-	Op string `json:"op"`
-}
-
 // Status is a node's view of itself, answered to {"op":"status"}.
 type Status struct {
+	ClusterID   string `json:"cluster_id"`
 	ID          string `json:"id"`
 	Address     string `json:"address"`
 	State       string `json:"state"`
@@ -187,12 +221,22 @@ type Status struct {
 	Applied     uint64 `json:"applied_index"`
 	Sessions    int    `json:"sessions"`
 	Ready       bool   `json:"ready"`
+	LastContact string `json:"last_contact"` // since the leader was last heard from; "0s" on the leader
 }
 
 // Status returns the node's view of itself.
 func (n *Node) Status() Status {
 	addr, id := n.raft.LeaderWithID()
+	lastContact := "0s"
+	if n.raft.State() != raft.Leader {
+		if t := n.raft.LastContact(); t.IsZero() {
+			lastContact = "never"
+		} else {
+			lastContact = time.Since(t).Round(time.Millisecond).String()
+		}
+	}
 	return Status{
+		ClusterID: n.ClusterID(), LastContact: lastContact,
 		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
 		LeaderID: string(id), LeaderAddr: string(addr),
 		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: max(n.fsm.applied.get(), n.raft.AppliedIndex()),
@@ -212,17 +256,9 @@ func stateName(s raft.RaftState) string {
 	return "shutdown"
 }
 
-// Admin serves cluster administration requests: {"op":"status"}.
+// Admin serves cluster administration requests (see adminJSON).
 func (n *Node) Admin(ctx context.Context, body []byte) ([]byte, error) {
-	var req adminRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, transport.Errorf(transport.CodeBadRequest, "admin request is not a JSON object with an \"op\": %v", err)
-	}
-	switch req.Op {
-	case "status":
-		return json.Marshal(n.Status())
-	}
-	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q", req.Op)
+	return n.adminJSON(ctx, body)
 }
 
 func compactJSON(v []byte) ([]byte, error) {

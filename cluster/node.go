@@ -35,6 +35,11 @@ type Node struct {
 	ln     net.Listener
 	commit *committer
 	reads  *readIndex
+	fwd    *forwarder
+
+	clusterID atomic.Pointer[string]
+	memberMu  sync.Mutex // one membership change at a time
+	fatal     chan error
 
 	ready     atomic.Bool
 	stop      chan struct{}
@@ -90,7 +95,12 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{})}
+	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1)}
+	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second})
+	clusterID, err := loadClusterID(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -121,6 +131,17 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read raft state: %w", err)
 	}
+	if hasState && clusterID == "" {
+		// State from an unrecorded cluster: give it an identity of its own,
+		// so that it can never be merged into another cluster by a join.
+		clusterID = newClusterID()
+		if err := saveClusterID(cfg.DataDir, clusterID); err != nil {
+			return nil, err
+		}
+	}
+	if clusterID != "" {
+		n.setClusterID(clusterID)
+	}
 
 	n.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -149,7 +170,7 @@ func Open(cfg Config) (*Node, error) {
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
-	rc.TrailingLogs = 4096
+	rc.TrailingLogs = cfg.TrailingLogs
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, snaps, n.trans)
@@ -163,7 +184,12 @@ func Open(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("bootstrap single-node cluster: %w", err)
 		}
 		bootstrapped = true
-		log.Info("bootstrapped a new single-node cluster", "id", id, "address", cfg.Advertise)
+		clusterID = newClusterID()
+		if err := saveClusterID(cfg.DataDir, clusterID); err != nil {
+			return nil, err
+		}
+		n.setClusterID(clusterID)
+		log.Info("bootstrapped a new single-node cluster", "id", id, "address", cfg.Advertise, "cluster_id", clusterID)
 	}
 	markerPath := filepath.Join(cfg.DataDir, importMarker)
 	_, markerErr := os.Stat(markerPath)
@@ -185,7 +211,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 	}()
 	n.bg.Add(1)
-	go n.startup(needImport, imported, markerPath)
+	go n.startup(needImport, imported, markerPath, len(cfg.Join) > 0 && !hasState)
 	ok = true
 	log.Info("node started", "id", id, "listen", n.ln.Addr().String(), "advertise", cfg.Advertise, "data", cfg.DataDir)
 	return n, nil
@@ -193,8 +219,31 @@ func Open(cfg Config) (*Node, error) {
 
 // startup waits for a leader, imports the save file when this is the node's
 // first start, then lets client requests in and starts the timers.
-func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string) {
+func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string, mustJoin bool) {
 	defer n.bg.Done()
+	if len(n.cfg.Join) > 0 {
+		join := func() {
+			if err := n.joinLoop(); err != nil {
+				select {
+				case <-n.stop:
+				default:
+					n.log.Error("cannot join the cluster", "error", err)
+					n.fatal <- err
+				}
+			}
+		}
+		if mustJoin {
+			join() // a new node serves once it is a member
+			select {
+			case <-n.stop:
+				return
+			default:
+			}
+		} else {
+			n.bg.Add(1)
+			go func() { defer n.bg.Done(); join() }() // already a member: re-joining is a no-op
+		}
+	}
 	if needImport {
 		if !n.waitLeader() {
 			return
@@ -211,6 +260,11 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 		}
 	}
 	n.ready.Store(true)
+	select {
+	case <-n.stop:
+		return
+	default:
+	}
 	n.bg.Add(2)
 	go n.saveLoop()
 	go n.pruneLoop()
@@ -254,6 +308,10 @@ func (n *Node) importRecords(records map[string]*fsm.Record) error {
 	}
 	return flush()
 }
+
+// Fatal delivers an error that stops the node from ever serving (a join
+// refused for good); the caller should report it and Close the node.
+func (n *Node) Fatal() <-chan error { return n.fatal }
 
 // ID returns the node's raft id.
 func (n *Node) ID() string { return n.id }
@@ -352,6 +410,7 @@ func (n *Node) Close() error {
 		}
 		n.server.Close()
 		n.commit.close()
+		n.fwd.close()
 		n.bg.Wait()
 		if _, err := n.saveIfChanged(0); err != nil {
 			n.log.Error("final save file not written", "error", err)

@@ -93,7 +93,7 @@ func readAll(r io.Reader, first byte, max int) ([]byte, error) {
 // serveNative serves a native connection: frames are read in order, served
 // concurrently (at most MaxInflight at a time) and answered as they finish,
 // matched by request id.
-func (s *Server) serveNative(c net.Conn) {
+func (s *Server) serveNative(c net.Conn, peer bool) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := newFrameWriter(c, s.cfg.ReadTimeout)
 
@@ -152,15 +152,21 @@ func (s *Server) serveNative(c net.Conn) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-inflight; wg.Done() }()
-			w.send(req.Op, s.handle(&req))
+			w.send(req.Op, s.handle(&req, peer))
 		}()
 	}
 }
 
-func (s *Server) handle(req *Request) *Response {
+func (s *Server) handle(req *Request, peer bool) *Response {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RequestTimeout)
 	defer cancel()
+	if peer {
+		ctx = context.WithValue(ctx, fromPeerKey{}, true)
+	}
+	var hint string
+	ctx = context.WithValue(ctx, leaderHintKey{}, &hint)
 	resp := &Response{ID: req.ID}
+	defer func() { resp.Leader = hint }()
 	var err error
 	switch req.Op {
 	case OpRestore:
@@ -183,6 +189,28 @@ func (s *Server) handle(req *Request) *Response {
 		return &Response{ID: req.ID, Err: AsError(err)}
 	}
 	return resp
+}
+
+type leaderHintKey struct{}
+
+type fromPeerKey struct{}
+
+// FromPeer reports whether ctx belongs to a request that arrived on a peer
+// connection (MagicPeer): one node forwarding to another. A node that is not
+// the leader answers such requests itself rather than forwarding again.
+func FromPeer(ctx context.Context) bool {
+	v, _ := ctx.Value(fromPeerKey{}).(bool)
+	return v
+}
+
+// SetLeaderHint tells the native client whose request ctx belongs to that
+// the leader is at addr: a Handler calls it when it served the request by
+// forwarding it there, and the successful response carries the address.
+// Outside a native request it does nothing.
+func SetLeaderHint(ctx context.Context, addr string) {
+	if p, ok := ctx.Value(leaderHintKey{}).(*string); ok {
+		*p = addr
+	}
 }
 
 // frameWriter serialises responses onto one connection, flushing when no

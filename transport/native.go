@@ -11,6 +11,9 @@ import (
 const (
 	// MagicNative opens a native-protocol connection; VersionNative follows.
 	MagicNative byte = 'N'
+	// MagicPeer opens a native-protocol connection from another node
+	// (forwarding); VersionNative follows. See FromPeer.
+	MagicPeer byte = 'P'
 	// MagicRaft opens a raft connection (see the cluster package's stream layer).
 	MagicRaft byte = 'R'
 	// MagicTLS is the first byte of a TLS handshake record.

@@ -256,7 +256,9 @@ func (s *Server) serveConn(c net.Conn) {
 	}
 	switch {
 	case first[0] == MagicNative:
-		s.serveNative(c)
+		s.serveNative(c, false)
+	case first[0] == MagicPeer:
+		s.serveNative(c, true)
 	case s.cfg.Routes[first[0]] != nil:
 		_ = c.SetReadDeadline(time.Time{})
 		s.mu.Lock()

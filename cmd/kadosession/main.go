@@ -14,7 +14,9 @@ const usage = `kadosession — a replicated session store, compatible with Kado'
 
 Usage:
   kadosession serve [flags]     run a node (with no flags: a single node on 127.0.0.1:3001, data in ./kadosession-data)
-  kadosession status [flags]    show a node's view of the cluster
+  kadosession status [flags]    show every member of the cluster (--cluster HOST:PORT, --json)
+  kadosession join [flags]      add a node: --cluster HOST:PORT --id ID --address HOST:PORT
+  kadosession remove [flags]    remove a node: --cluster HOST:PORT --id ID
   kadosession health [flags]    exit 0 when a node serves and knows its leader (health checks)
   kadosession bench [flags]     measure saves or restores per second against a node
   kadosession help              this text
@@ -37,6 +39,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(args[1:], stderr)
 	case "status":
 		err = status(args[1:], stdout, stderr)
+	case "join":
+		err = join(args[1:], stdout, stderr)
+	case "remove":
+		err = remove(args[1:], stdout, stderr)
 	case "health":
 		err = health(args[1:], stdout, stderr)
 	case "bench":

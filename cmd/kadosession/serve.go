@@ -47,6 +47,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", 250*time.Millisecond, "raft election timeout (raise for WAN links, e.g. 1s)")
 	fs.DurationVar(&cfg.LeaderLeaseTimeout, "leader-lease-timeout", 125*time.Millisecond, "raft leader lease (at most the heartbeat timeout)")
 	fs.DurationVar(&cfg.CommitTimeout, "commit-timeout", 10*time.Millisecond, "raft commit timeout")
+	consistency := fs.String("consistency", "linearizable", "read guarantee for requests that ask for none (every Kado JSON request): linearizable, leader or stale")
+	fs.DurationVar(&cfg.MaxStale, "max-stale", 0, "a follower that has not heard from its leader for this long refuses stale reads (0: no bound)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
@@ -55,6 +57,16 @@ func serve(args []string, stderr io.Writer) error {
 			"serving Kado's JSON protocol (SessionStoreLocal) and the native protocol (the Go client) on that one port.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	switch *consistency {
+	case "linearizable":
+		cfg.Consistency = transport.Linearizable
+	case "leader":
+		cfg.Consistency = transport.Leader
+	case "stale":
+		cfg.Consistency = transport.Stale
+	default:
+		return fmt.Errorf("--consistency %q: want linearizable, leader or stale", *consistency)
 	}
 	level := hclog.LevelFromString(logLevel)
 	if level == hclog.NoLevel {
@@ -80,8 +92,13 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	sig := <-sigs
-	cfg.Logger.Info("signal received; stopping", "signal", sig.String())
-	signal.Stop(sigs)
-	return node.Close()
+	defer signal.Stop(sigs)
+	select {
+	case sig := <-sigs:
+		cfg.Logger.Info("signal received; stopping", "signal", sig.String())
+		return node.Close()
+	case err := <-node.Fatal():
+		node.Close()
+		return err
+	}
 }

@@ -5,18 +5,37 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"text/tabwriter"
 )
+
+// clusterStatus mirrors cluster.ClusterStatus on the wire.
+type clusterStatus struct {
+	ClusterID string `json:"cluster_id"`
+	LeaderID  string `json:"leader_id"`
+	Leader    string `json:"leader_address"`
+	Nodes     []struct {
+		ID          string `json:"id"`
+		Address     string `json:"address"`
+		State       string `json:"state"`
+		Voter       bool   `json:"voter"`
+		LastContact string `json:"last_contact"`
+		Applied     uint64 `json:"applied_index"`
+		Sessions    int    `json:"sessions"`
+		Error       string `json:"error"`
+	} `json:"nodes"`
+}
 
 func status(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node")
-	asJSON := fs.Bool("json", false, "print JSON")
-	fs.Usage = usageWithEnv(fs, "kadosession status [--cluster HOST:PORT] [--json]", "Shows a node's view of itself and its cluster.")
+	asJSON := fs.Bool("json", false, `print one JSON object: {"leader_id", "nodes": [{"id", "address", "state", "voter", …}]}`)
+	fs.Usage = usageWithEnv(fs, "kadosession status [--cluster HOST:PORT] [--json]",
+		"Shows every member of the cluster as the node at --cluster sees it; a member that does not answer is 'unreachable'.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	body, err := adminCall(*addr, []byte(`{"op":"status"}`))
+	body, err := adminCall(*addr, []byte(`{"op":"cluster"}`))
 	if err != nil {
 		return err
 	}
@@ -24,12 +43,80 @@ func status(args []string, stdout, stderr io.Writer) error {
 		_, err = fmt.Fprintf(stdout, "%s\n", body)
 		return err
 	}
-	var st map[string]any
+	var st clusterStatus
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("node answered something that is not status JSON: %v", err)
 	}
-	for _, k := range []string{"id", "address", "state", "leader_id", "leader_address", "term", "commit_index", "applied_index", "sessions", "ready"} {
-		fmt.Fprintf(stdout, "%-15s %v\n", k+":", st[k])
+	fmt.Fprintf(stdout, "cluster %s, leader %s (%s)\n\n", st.ClusterID, orNone(st.LeaderID), orNone(st.Leader))
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tSESSIONS")
+	for _, n := range st.Nodes {
+		if n.State == "unreachable" {
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t-\t-\t-\n", n.ID, n.Address, n.Voter, n.State)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, n.Sessions)
 	}
+	return tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func join(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("join", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node of the cluster")
+	id := fs.String("id", "", "id of the node to add (required)")
+	nodeAddr := fs.String("address", "", "`HOST:PORT` the node to add serves on (required)")
+	fs.Usage = usageWithEnv(fs, "kadosession join --cluster HOST:PORT --id ID --address HOST:PORT",
+		"Adds a node to the cluster as a voter. Idempotent: the same id at the same address changes nothing.\n"+
+			"A node started with 'serve --join' does this by itself; use this to re-admit a removed node.")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *id == "" || *nodeAddr == "" {
+		return fmt.Errorf("--id and --address are required")
+	}
+	req, _ := json.Marshal(map[string]string{"op": "join", "id": *id, "address": *nodeAddr})
+	body, err := adminCall(*addr, req)
+	if err != nil {
+		return err
+	}
+	var reply struct {
+		Changed  bool   `json:"changed"`
+		LeaderID string `json:"leader_id"`
+	}
+	_ = json.Unmarshal(body, &reply)
+	if reply.Changed {
+		fmt.Fprintf(stdout, "node %s (%s) joined; leader %s\n", *id, *nodeAddr, reply.LeaderID)
+	} else {
+		fmt.Fprintf(stdout, "node %s (%s) was already a member; nothing changed\n", *id, *nodeAddr)
+	}
+	return nil
+}
+
+func remove(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node of the cluster")
+	id := fs.String("id", "", "id of the node to remove (required)")
+	fs.Usage = usageWithEnv(fs, "kadosession remove --cluster HOST:PORT --id ID",
+		"Removes a node from the cluster. Stop the node afterwards; to bring it back, start it with an empty --data and --join.")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *id == "" {
+		return fmt.Errorf("--id is required")
+	}
+	req, _ := json.Marshal(map[string]string{"op": "remove", "id": *id})
+	if _, err := adminCall(*addr, req); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node %s removed\n", *id)
 	return nil
 }

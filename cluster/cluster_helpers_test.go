@@ -1,0 +1,153 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
+)
+
+// testCluster is N real nodes on loopback ports with temp data dirs: real
+// raft, real TCP. Node i keeps its address and data across restarts.
+type testCluster struct {
+	t     *testing.T
+	nodes []*Node
+	cfgs  []Config
+}
+
+// newTestCluster starts n nodes: the first bootstraps, the others join it.
+func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t}
+	for i := 0; i < n; i++ {
+		cfg := Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger()}
+		if i > 0 {
+			cfg.Join = []string{tc.nodes[0].Addr()}
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		tc.cfgs = append(tc.cfgs, cfg)
+		tc.nodes = append(tc.nodes, nil)
+		tc.start(i)
+	}
+	t.Cleanup(tc.closeAll)
+	tc.waitMembers(n)
+	return tc
+}
+
+// start (re)opens node i on its address and data directory.
+func (tc *testCluster) start(i int) *Node {
+	tc.t.Helper()
+	cfg := tc.cfgs[i]
+	var n *Node
+	var err error
+	for try := 0; try < 50; try++ { // the old listener's port may linger briefly
+		if n, err = Open(cfg); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		tc.t.Fatalf("open node %s: %v", cfg.ID, err)
+	}
+	tc.nodes[i] = n
+	tc.cfgs[i].Listen = n.Addr() // restarts reuse the port
+	return n
+}
+
+// stop closes node i (gracefully) and forgets it.
+func (tc *testCluster) stop(i int) {
+	if tc.nodes[i] != nil {
+		tc.nodes[i].Close()
+		tc.nodes[i] = nil
+	}
+}
+
+func (tc *testCluster) closeAll() {
+	for i := range tc.nodes {
+		tc.stop(i)
+	}
+}
+
+// leader waits for a leader among the running nodes and returns its index.
+func (tc *testCluster) leader() int {
+	tc.t.Helper()
+	idx := -1
+	poll(tc.t, func() bool {
+		for i, n := range tc.nodes {
+			if n != nil && n.Ready() && n.raft.State() == raft.Leader {
+				idx = i
+				return true
+			}
+		}
+		return false
+	}, 15*time.Second, "a leader")
+	return idx
+}
+
+// follower returns the index of a running follower.
+func (tc *testCluster) follower() int {
+	tc.t.Helper()
+	l := tc.leader()
+	for i, n := range tc.nodes {
+		if i != l && n != nil {
+			poll(tc.t, n.Ready, 15*time.Second, "follower ready")
+			return i
+		}
+	}
+	tc.t.Fatal("no follower running")
+	return -1
+}
+
+// waitMembers waits until the leader's configuration has n voters and every
+// running node is ready.
+func (tc *testCluster) waitMembers(n int) {
+	tc.t.Helper()
+	poll(tc.t, func() bool {
+		l := tc.leader()
+		return tc.nodes[l].voters() == n
+	}, 20*time.Second, fmt.Sprintf("%d voters", n))
+	for _, node := range tc.nodes {
+		if node != nil {
+			poll(tc.t, node.Ready, 20*time.Second, "node ready")
+		}
+	}
+}
+
+// waitSame waits until every running node's state machine holds the same
+// document (EnsureSame) and returns its hash.
+func (tc *testCluster) waitSame() string {
+	tc.t.Helper()
+	var hash string
+	poll(tc.t, func() bool {
+		hash = ""
+		for _, n := range tc.nodes {
+			if n == nil {
+				continue
+			}
+			h := n.State().Capture().Hash()
+			if hash != "" && h != hash {
+				return false
+			}
+			hash = h
+		}
+		return true
+	}, 20*time.Second, "replicas to converge")
+	return hash
+}
+
+func mustSave(t *testing.T, n *Node, sid, data string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Save(ctx, sid, []byte(data)); err != nil {
+		t.Fatalf("save %s via %s: %v", sid, n.ID(), err)
+	}
+}
+
+var _ = fsm.NewState

@@ -1,0 +1,192 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/transport"
+)
+
+func TestFollowerForwardsBothProtocols(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	f := tc.nodes[tc.follower()]
+	// Kado JSON through a follower: save and (linearizable) restore.
+	if got := kadoRequest(t, f.Addr(), []byte(kadoSave)); got != `{"status":"ok"}` {
+		t.Fatalf("save via follower = %s", got)
+	}
+	if got := kadoRequest(t, f.Addr(), []byte(kadoRestore)); got != `{"status":"ok","result":{"a":1}}` {
+		t.Fatalf("restore via follower = %s", got)
+	}
+	// The Go client pointed only at a follower.
+	c, err := client.New(client.Config{Addrs: []string{f.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.SaveRaw(ctx, "native", []byte(`{"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	data, found, err := c.RestoreRaw(ctx, "native")
+	if err != nil || !found || string(data) != `{"x":1}` {
+		t.Fatalf("restore via follower: %s %v %v", data, found, err)
+	}
+	tc.waitSame()
+	// Every replica holds both sessions.
+	for _, n := range tc.nodes {
+		if _, ok := n.State().Get("native", 0, 0); !ok {
+			t.Fatalf("node %s lacks the forwarded write", n.ID())
+		}
+	}
+}
+
+func TestStaleAndLeaderReads(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l, f := tc.nodes[tc.leader()], tc.nodes[tc.follower()]
+	mustSave(t, l, "s", `{"v":1}`)
+	tc.waitSame()
+	ctx := context.Background()
+	for _, c := range []transport.Consistency{transport.Stale, transport.Leader, transport.Linearizable} {
+		data, found, err := f.Restore(ctx, "s", c)
+		if err != nil || !found || string(data) != `{"v":1}` {
+			t.Fatalf("%s read on a follower: %s %v %v", c, data, found, err)
+		}
+	}
+}
+
+func TestJoinIsIdempotentAndReplaces(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.nodes[tc.leader()]
+	ctx := context.Background()
+	// The same id at the same address: nothing changes.
+	reply, err := l.Join(ctx, "n2", tc.nodes[1].Addr(), "")
+	if err != nil || reply.Changed {
+		t.Fatalf("repeated join: %+v %v", reply, err)
+	}
+	// Restarting a member with the same command is a no-op join.
+	tc.stop(2)
+	tc.start(2)
+	tc.waitMembers(3)
+	mustSave(t, tc.nodes[tc.leader()], "after-restart", `{}`)
+	tc.waitSame()
+	// A known id at a new address replaces the old entry (the node moved).
+	if _, err := tc.nodes[tc.leader()].Join(ctx, "n3", "127.0.0.1:1", ""); err != nil {
+		t.Fatal(err)
+	}
+	cs := tc.nodes[tc.leader()].ClusterStatus(ctx)
+	if len(cs.Nodes) != 3 {
+		t.Fatalf("members after replacing n3: %+v", cs.Nodes)
+	}
+	for _, n := range cs.Nodes {
+		if n.ID == "n3" && n.Address != "127.0.0.1:1" {
+			t.Fatalf("n3 not moved: %+v", n)
+		}
+	}
+}
+
+func TestUnsafeSequencesAreRefused(t *testing.T) {
+	tc := newTestCluster(t, 2, nil)
+	// A node that holds another cluster's data cannot join.
+	other := startNode(t, Config{ID: "other"})
+	mustSave(t, other, "theirs", `{}`)
+	dir := other.cfg.DataDir
+	other.Close()
+	n, err := Open(Config{ID: "other", Listen: "127.0.0.1:0", DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	select {
+	case err := <-n.Fatal():
+		if !strings.Contains(err.Error(), "holds the data of cluster") || !strings.Contains(err.Error(), "empty --data") {
+			t.Fatalf("refusal does not explain: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a node with another cluster's data was not refused")
+	}
+	if v := tc.nodes[tc.leader()].voters(); v != 2 {
+		t.Fatalf("cluster has %d voters after a refused join", v)
+	}
+	// A changed id on an existing data directory is refused at start.
+	_, err = Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
+	if err == nil || !strings.Contains(err.Error(), "belongs to node") {
+		t.Fatalf("changed id: %v", err)
+	}
+}
+
+func TestRemoveMember(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	f := tc.follower()
+	id := tc.nodes[f].ID()
+	if err := tc.nodes[tc.leader()].Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	tc.stop(f)
+	if err := tc.nodes[tc.leader()].Remove(ctx, id); err == nil || !strings.Contains(err.Error(), "no node") {
+		t.Fatalf("removing twice: %v", err)
+	}
+	cs := tc.nodes[tc.leader()].ClusterStatus(ctx)
+	if len(cs.Nodes) != 2 {
+		t.Fatalf("members after remove: %+v", cs.Nodes)
+	}
+	mustSave(t, tc.nodes[tc.leader()], "two-left", `{}`)
+}
+
+func TestFourthNodeCatchesUpBySnapshot(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.SnapshotThreshold = 64; c.TrailingLogs = 16 })
+	l := tc.nodes[tc.leader()]
+	for i := 0; i < 300; i++ {
+		mustSave(t, l, fmt.Sprintf("s%03d", i), fmt.Sprintf(`{"i":%d}`, i))
+	}
+	if err := l.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := l.bolt.FirstIndex()
+	if first <= 1 {
+		t.Fatalf("log not truncated by the snapshot (first index %d)", first)
+	}
+	cfg := Config{ID: "n4", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger(), Join: []string{tc.nodes[tc.follower()].Addr()}}
+	tc.cfgs = append(tc.cfgs, cfg)
+	tc.nodes = append(tc.nodes, nil)
+	start := time.Now()
+	tc.start(3)
+	tc.waitMembers(4)
+	hash := tc.waitSame()
+	t.Logf("4th node caught up in %s (hash %s)", time.Since(start).Round(time.Millisecond), hash[:12])
+	if tc.nodes[3].State().Len() != 300 {
+		t.Fatalf("4th node holds %d sessions", tc.nodes[3].State().Len())
+	}
+}
+
+func TestLeaderFailoverAndFullRestart(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	mustSave(t, tc.nodes[l], "before", `{"v":1}`)
+	tc.waitSame()
+	start := time.Now()
+	tc.stop(l)
+	nl := tc.leader()
+	mustSave(t, tc.nodes[nl], "after", `{"v":2}`)
+	t.Logf("writes resumed %s after stopping the leader", time.Since(start).Round(time.Millisecond))
+	tc.start(l)
+	tc.waitMembers(3)
+	tc.waitSame()
+	// All three stopped and started again, in reverse order.
+	tc.closeAll()
+	for i := 2; i >= 0; i-- {
+		tc.start(i)
+	}
+	tc.waitMembers(3)
+	ctx := context.Background()
+	for _, sid := range []string{"before", "after"} {
+		data, found, err := tc.nodes[tc.follower()].Restore(ctx, sid, transport.Default)
+		if err != nil || !found {
+			t.Fatalf("%s after full restart: %s %v %v", sid, data, found, err)
+		}
+	}
+}

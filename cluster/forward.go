@@ -1,0 +1,109 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// forwarder carries requests a follower cannot serve to the leader, over a
+// few pipelined connections per peer that live as long as the node.
+type forwarder struct {
+	cfg   transport.ConnConfig
+	mu    sync.Mutex
+	pools map[string]*transport.Pool
+}
+
+const forwardPoolSize = 4
+
+func newForwarder(cfg transport.ConnConfig) *forwarder {
+	return &forwarder{cfg: cfg, pools: map[string]*transport.Pool{}}
+}
+
+func (f *forwarder) pool(addr string) *transport.Pool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.pools[addr]
+	if !ok {
+		p = transport.NewPool(addr, forwardPoolSize, f.cfg)
+		f.pools[addr] = p
+	}
+	return p
+}
+
+// call sends req to addr and returns the response; a failure to reach the
+// peer is CodeUnavailable naming it.
+func (f *forwarder) call(ctx context.Context, addr string, req *transport.Request) (transport.Response, error) {
+	conn, err := f.pool(addr).Get(ctx)
+	if err == nil {
+		var resp transport.Response
+		resp, err = conn.RoundTrip(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return transport.Response{}, transport.Errorf(transport.CodeTimeout, "forwarding %s to the leader at %s: %v", req.Op, addr, err)
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		return transport.Response{}, err
+	}
+	return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "forwarding %s to the leader at %s: %v", req.Op, addr, err)
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.pools {
+		p.Close()
+	}
+	f.pools = map[string]*transport.Pool{}
+}
+
+// forward sends req to the leader when this node is not the leader and
+// reports whether it did. A successful forwarded response tells a native
+// client where the leader is (transport.SetLeaderHint).
+func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transport.Response, forwarded bool, err error) {
+	if n.raft.State() == raft.Leader {
+		return resp, false, nil
+	}
+	addr, _ := n.raft.LeaderWithID()
+	if addr == "" {
+		return resp, true, notLeader(n.raft)
+	}
+	if string(addr) == n.cfg.Advertise {
+		// Raft still names us while stepping down; do not loop.
+		return resp, true, notLeader(n.raft)
+	}
+	resp, err = n.fwd.call(ctx, string(addr), req)
+	if err != nil {
+		return resp, true, err
+	}
+	if resp.Err != nil {
+		return resp, true, resp.Err
+	}
+	transport.SetLeaderHint(ctx, string(addr))
+	return resp, true, nil
+}
+
+// forwardOrLocal waits for a leader, then forwards req when this node is a
+// follower; local reports that the caller should serve it itself.
+func (n *Node) forwardOrLocal(ctx context.Context, req *transport.Request) (resp transport.Response, local bool, err error) {
+	if err := n.awaitLeader(ctx); err != nil {
+		return resp, false, err
+	}
+	resp, forwarded, err := n.forward(ctx, req)
+	if !forwarded {
+		return resp, true, nil
+	}
+	if err != nil {
+		return resp, false, fmt.Errorf("%w", err)
+	}
+	return resp, false, nil
+}

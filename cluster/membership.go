@@ -1,0 +1,343 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+const clusterIDFile = "cluster-id"
+
+// adminRequest is the JSON body of a transport.OpAdmin request.
+type adminRequest struct {
+	Op        string `json:"op"`
+	ID        string `json:"id,omitempty"`
+	Address   string `json:"address,omitempty"`
+	ClusterID string `json:"cluster_id,omitempty"`
+}
+
+// JoinReply answers a join.
+type JoinReply struct {
+	ClusterID string `json:"cluster_id"`
+	LeaderID  string `json:"leader_id"`
+	Changed   bool   `json:"changed"` // false: the node was already a member as asked
+}
+
+// NodeStatus is one member as the cluster status reports it.
+type NodeStatus struct {
+	ID          string `json:"id"`
+	Address     string `json:"address"`
+	State       string `json:"state"` // leader, follower, candidate or unreachable
+	Voter       bool   `json:"voter"`
+	LastContact string `json:"last_contact,omitempty"`
+	Applied     uint64 `json:"applied_index"`
+	Sessions    int    `json:"sessions"`
+	Error       string `json:"error,omitempty"`
+}
+
+// ClusterStatus is the whole cluster as one node sees it.
+type ClusterStatus struct {
+	ClusterID string       `json:"cluster_id"`
+	LeaderID  string       `json:"leader_id"`
+	Leader    string       `json:"leader_address"`
+	Nodes     []NodeStatus `json:"nodes"`
+}
+
+// loadClusterID returns the id of the cluster this data directory belongs
+// to, or "" when it belongs to none yet.
+func loadClusterID(dir string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, clusterIDFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read cluster id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func saveClusterID(dir, id string) error {
+	return writeFileAtomic(filepath.Join(dir, clusterIDFile), []byte(id+"\n"))
+}
+
+// ClusterID returns the id of the cluster this node belongs to ("" while a
+// joining node has not learnt it yet).
+func (n *Node) ClusterID() string {
+	if p := n.clusterID.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (n *Node) setClusterID(id string) { n.clusterID.Store(&id) }
+
+func newClusterID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// adminJSON answers cluster administration requests: status (this node),
+// cluster (every member), join and remove (on the leader; a follower
+// forwards them).
+func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
+	var req adminRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, transport.Errorf(transport.CodeBadRequest, "admin request is not a JSON object with an \"op\": %v", err)
+	}
+	switch req.Op {
+	case "status":
+		return json.Marshal(n.Status())
+	case "cluster":
+		return json.Marshal(n.ClusterStatus(ctx))
+	case "join", "remove":
+		if err := n.awaitLeader(ctx); err != nil {
+			return nil, err
+		}
+		if n.raft.State() != raft.Leader {
+			if transport.FromPeer(ctx) {
+				return nil, notLeader(n.raft)
+			}
+			resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
+			return resp.Data, err
+		}
+		if req.Op == "join" {
+			reply, err := n.Join(ctx, req.ID, req.Address, req.ClusterID)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(reply)
+		}
+		if err := n.Remove(ctx, req.ID); err != nil {
+			return nil, err
+		}
+		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
+	}
+	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join or remove)", req.Op)
+}
+
+func quote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// Join adds a voter, idempotently: the same id at the same address is a
+// no-op; a known id at a new address, or a known address under a new id,
+// replaces the old entry. A node that holds another cluster's data
+// (clusterID set and different) is refused. Leader only.
+func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply, error) {
+	reply := JoinReply{ClusterID: n.ClusterID(), LeaderID: n.id}
+	if err := validateID(id); err != nil {
+		return reply, transport.Errorf(transport.CodeBadRequest, "join refused: %v", err)
+	}
+	if err := checkPeerAddr(addr); err != nil {
+		return reply, transport.Errorf(transport.CodeBadRequest, "join refused: %v", err)
+	}
+	if clusterID != "" && clusterID != n.ClusterID() {
+		return reply, transport.Errorf(transport.CodeBadRequest,
+			"join refused: node %s holds the data of cluster %s, and this is cluster %s; to join it, stop it and start it with an empty --data directory (its sessions will come from this cluster)",
+			id, clusterID, n.ClusterID())
+	}
+	n.memberMu.Lock()
+	defer n.memberMu.Unlock()
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return reply, applyError(err, n.raft)
+	}
+	for _, s := range f.Configuration().Servers {
+		sameID, sameAddr := string(s.ID) == id, string(s.Address) == addr
+		switch {
+		case sameID && sameAddr:
+			return reply, nil
+		case sameID || sameAddr:
+			if s.ID == raft.ServerID(n.id) {
+				return reply, transport.Errorf(transport.CodeBadRequest,
+					"join refused: %s is the leader's own %s; pick another", map[bool]string{true: id, false: addr}[sameID], map[bool]string{true: "id", false: "address"}[sameID])
+			}
+			n.log.Info("replacing member before join", "old_id", s.ID, "old_address", s.Address, "id", id, "address", addr)
+			if err := n.raft.RemoveServer(s.ID, 0, remaining(ctx)).Error(); err != nil {
+				return reply, applyError(err, n.raft)
+			}
+		}
+	}
+	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, remaining(ctx)).Error(); err != nil {
+		return reply, applyError(err, n.raft)
+	}
+	n.log.Info("node joined", "id", id, "address", addr)
+	reply.Changed = true
+	return reply, nil
+}
+
+// Remove takes a member out of the cluster. Leader only.
+func (n *Node) Remove(ctx context.Context, id string) error {
+	n.memberMu.Lock()
+	defer n.memberMu.Unlock()
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return applyError(err, n.raft)
+	}
+	var ids []string
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id {
+			if err := n.raft.RemoveServer(s.ID, 0, remaining(ctx)).Error(); err != nil {
+				return applyError(err, n.raft)
+			}
+			n.log.Info("node removed", "id", id)
+			return nil
+		}
+		ids = append(ids, string(s.ID))
+	}
+	return transport.Errorf(transport.CodeBadRequest, "no node %q in the cluster (members: %s)", id, strings.Join(ids, ", "))
+}
+
+func checkPeerAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %v (want HOST:PORT)", addr, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() || port == "0" {
+		return fmt.Errorf("address %q is not one peers can reach", addr)
+	}
+	return nil
+}
+
+func remaining(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return time.Until(d)
+	}
+	return 10 * time.Second
+}
+
+// ClusterStatus asks every member for its status, in parallel, each within
+// a second; a member that does not answer is "unreachable".
+func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
+	addr, id := n.raft.LeaderWithID()
+	out := ClusterStatus{ClusterID: n.ClusterID(), LeaderID: string(id), Leader: string(addr)}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return out
+	}
+	servers := f.Configuration().Servers
+	out.Nodes = make([]NodeStatus, len(servers))
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		out.Nodes[i] = NodeStatus{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter, State: "unreachable"}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var st Status
+			if s.ID == raft.ServerID(n.id) {
+				st = n.Status()
+			} else {
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				resp, err := n.fwd.call(cctx, string(s.Address), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
+				if err == nil && resp.Err != nil {
+					err = resp.Err
+				}
+				if err == nil {
+					err = json.Unmarshal(resp.Data, &st)
+				}
+				if err != nil {
+					out.Nodes[i].Error = err.Error()
+					return
+				}
+			}
+			out.Nodes[i].State = st.State
+			out.Nodes[i].LastContact = st.LastContact
+			out.Nodes[i].Applied = st.Applied
+			out.Nodes[i].Sessions = st.Sessions
+		}()
+	}
+	wg.Wait()
+	sort.Slice(out.Nodes, func(a, b int) bool { return out.Nodes[a].ID < out.Nodes[b].ID })
+	return out
+}
+
+// joinLoop asks the nodes in Config.Join to admit this node until one does.
+// A refusal that retrying cannot fix (another cluster's data) is fatal.
+func (n *Node) joinLoop() error {
+	backoff := 100 * time.Millisecond
+	for {
+		for _, addr := range n.cfg.Join {
+			if addr == n.cfg.Advertise {
+				continue
+			}
+			err := n.joinVia(addr)
+			var te *transport.Error
+			if errors.As(err, &te) && te.Code == transport.CodeNotLeader && te.Leader != "" && te.Leader != n.cfg.Advertise {
+				err = n.joinVia(te.Leader) // peers do not forward for peers: go to the leader
+			}
+			if err == nil {
+				return nil
+			}
+			if errors.As(err, &te) && te.Code == transport.CodeBadRequest {
+				return err
+			}
+			n.log.Warn("join attempt failed; will retry", "via", addr, "error", err)
+		}
+		select {
+		case <-n.stop:
+			return errors.New("stopped before joining")
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (n *Node) joinVia(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	call := func(body any) ([]byte, error) {
+		b, _ := json.Marshal(body)
+		resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
+		if err == nil && resp.Err != nil {
+			err = resp.Err
+		}
+		return resp.Data, err
+	}
+	if n.ClusterID() == "" {
+		// Learn and keep the cluster's id before asking to be added, so a
+		// crash in between cannot leave data of an unknown cluster.
+		body, err := call(adminRequest{Op: "status"})
+		if err != nil {
+			return err
+		}
+		var st Status
+		if err := json.Unmarshal(body, &st); err != nil || st.ClusterID == "" {
+			return fmt.Errorf("node %s did not say which cluster it belongs to", addr)
+		}
+		if err := saveClusterID(n.cfg.DataDir, st.ClusterID); err != nil {
+			return err
+		}
+		n.setClusterID(st.ClusterID)
+	}
+	body, err := call(adminRequest{Op: "join", ID: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
+	if err != nil {
+		return err
+	}
+	var reply JoinReply
+	if err := json.Unmarshal(body, &reply); err != nil {
+		return fmt.Errorf("join answer from %s: %v", addr, err)
+	}
+	if reply.Changed {
+		n.log.Info("joined the cluster", "cluster_id", reply.ClusterID, "leader", reply.LeaderID, "via", addr)
+	} else {
+		n.log.Info("already a member of the cluster", "cluster_id", reply.ClusterID, "via", addr)
+	}
+	return nil
+}

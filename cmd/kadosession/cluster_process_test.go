@@ -1,0 +1,138 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type statusJSON struct {
+	LeaderID string `json:"leader_id"`
+	Nodes    []struct {
+		ID      string `json:"id"`
+		Address string `json:"address"`
+		State   string `json:"state"`
+		Voter   bool   `json:"voter"`
+	} `json:"nodes"`
+}
+
+func clusterStatusJSON(t *testing.T, addr string) (statusJSON, error) {
+	t.Helper()
+	out, err := exec.Command(binary(t), "status", "--cluster", addr, "--json").Output()
+	if err != nil {
+		return statusJSON{}, err
+	}
+	var st statusJSON
+	err = json.Unmarshal(out, &st)
+	return st, err
+}
+
+// TestProcessThreeNodeCluster runs three OS processes the way README tells
+// users to: start, join, status --json, kill -9 the leader while writing,
+// restart it with the same command.
+func TestProcessThreeNodeCluster(t *testing.T) {
+	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	args := func(i int) []string {
+		a := []string{"--id", fmt.Sprintf("n%d", i+1), "--listen", addrs[i], "--data", dirs[i], "--log-level", "warn"}
+		if i > 0 {
+			a = append(a, "--join", addrs[0])
+		}
+		return a
+	}
+	procs := make([]*proc, 3)
+	for i := range procs {
+		procs[i] = startServe(t, args(i)...)
+	}
+	var st statusJSON
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var err error
+		st, err = clusterStatusJSON(t, addrs[1])
+		up := 0
+		for _, n := range st.Nodes {
+			if n.State == "leader" || n.State == "follower" {
+				up++
+			}
+		}
+		if err == nil && up == 3 && st.LeaderID != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster did not form: %+v %v\n%s\n%s", st, err, procs[1].log(), procs[2].log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, n := range st.Nodes {
+		if !n.Voter || n.Address == "" {
+			t.Fatalf("status --json node %+v", n)
+		}
+	}
+	leader := int(st.LeaderID[1] - '1')
+
+	// Write through a follower continuously while the leader is killed.
+	acked := map[string]bool{}
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	writeVia := (leader + 1) % 3
+	var lastFail, firstOKAfterKill time.Time
+	var killedAt time.Time
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sid := fmt.Sprintf("w%d", i)
+			if kado(addrs[writeVia], `{"save":{"sid":"`+sid+`","data":{"i":`+fmt.Sprint(i)+`}}}`) == `{"status":"ok"}` {
+				mu.Lock()
+				acked[sid] = true
+				if !killedAt.IsZero() && firstOKAfterKill.IsZero() && time.Now().After(killedAt) {
+					firstOKAfterKill = time.Now()
+				}
+				mu.Unlock()
+			} else {
+				mu.Lock()
+				lastFail = time.Now()
+				mu.Unlock()
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	killedAt = time.Now()
+	mu.Unlock()
+	procs[leader].cmd.Process.Signal(syscall.SIGKILL)
+	<-procs[leader].done
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	_ = lastFail
+	if firstOKAfterKill.IsZero() {
+		t.Fatalf("no write succeeded after killing the leader:\n%s", procs[writeVia].log())
+	}
+	t.Logf("kill -9 of the leader: writes through a follower continued; %d acknowledged", len(acked))
+
+	// The killed node, restarted with the same command, catches up.
+	procs[leader] = startServe(t, args(leader)...)
+	waitServing(t, procs[leader], addrs[leader])
+	var sids []string
+	for sid := range acked {
+		sids = append(sids, sid)
+	}
+	sort.Strings(sids)
+	for _, sid := range sids {
+		if got := kado(addrs[leader], `{"restore":{"sid":"`+sid+`"}}`); got == `{"status":"ok","result":{}}` || got == "" {
+			t.Fatalf("acknowledged %s missing through the restarted node: %q", sid, got)
+		}
+	}
+}

@@ -1,0 +1,307 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dialConn dials addr with cfg and closes the Conn when the test ends.
+func dialConn(t *testing.T, addr string, cfg ConnConfig) *Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, addr, cfg)
+	if err != nil {
+		t.Fatalf("Dial(%s): %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitBlocked waits until n requests wait in h's "block" restore.
+func waitBlocked(t *testing.T, h *memHandler, n int) {
+	t.Helper()
+	for i := range n {
+		select {
+		case <-h.blocked:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of %d requests reached the handler together", i, n)
+		}
+	}
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestConnPipelinedRoundTrips(t *testing.T) {
+	const (
+		blocked    = 8
+		goroutines = 64
+		rounds     = 20
+	)
+	h := newMemHandler()
+	ts := startServer(t, h, ServerConfig{})
+	c := dialConn(t, ts.addr, ConnConfig{})
+	ctx := context.Background()
+
+	// Requests that only finish once all of them are in flight together,
+	// on the one connection.
+	var wg sync.WaitGroup
+	errs := make(chan error, blocked+goroutines)
+	for range blocked {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := &Request{Op: OpRestore, SID: "block"}
+			resp, err := c.RoundTrip(ctx, req)
+			if err != nil || resp.Err != nil || resp.Found || resp.ID != req.ID {
+				errs <- fmt.Errorf("blocked restore: %+v, %v", resp, err)
+			}
+		}()
+	}
+	waitBlocked(t, h, blocked)
+
+	// Many more go past them meanwhile.
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sid := fmt.Sprintf("sid%d", g)
+			for i := range rounds {
+				want := fmt.Sprintf(`{"g":%d,"i":%d}`, g, i)
+				save := &Request{Op: OpSave, SID: sid, Data: []byte(want)}
+				if resp, err := c.RoundTrip(ctx, save); err != nil || resp.Err != nil || resp.ID != save.ID {
+					errs <- fmt.Errorf("save %s: %+v, %v", sid, resp, err)
+					return
+				}
+				restore := &Request{Op: OpRestore, SID: sid}
+				resp, err := c.RoundTrip(ctx, restore)
+				if err != nil || resp.Err != nil || !resp.Found || string(resp.Data) != want || resp.ID != restore.ID {
+					errs <- fmt.Errorf("restore %s round %d: %+v (data %s), %v; want %s", sid, i, resp, resp.Data, err, want)
+					return
+				}
+			}
+		}()
+	}
+	close(h.unblock)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("Err() = %v after the round trips; want nil", err)
+	}
+}
+
+func TestConnContextEndLeavesConnUsable(t *testing.T) {
+	h := newMemHandler()
+	ts := startServer(t, h, ServerConfig{})
+	c := dialConn(t, ts.addr, ConnConfig{})
+	bg := context.Background()
+
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.RoundTrip(ctx, &Request{Op: OpRestore, SID: "block"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("RoundTrip with an ending ctx: %v; want context.DeadlineExceeded", err)
+	}
+	if _, err := c.RoundTripDeadline(bg, time.Now().Add(50*time.Millisecond), &Request{Op: OpRestore, SID: "block"}); err != ErrDeadline {
+		t.Fatalf("RoundTripDeadline: %v; want ErrDeadline", err)
+	}
+	waitBlocked(t, h, 2)
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err() = %v after a caller gave up; want nil", err)
+	}
+
+	// The late answers arrive and are dropped; the connection carries on.
+	close(h.unblock)
+	for i := range 20 {
+		req := &Request{Op: OpSave, SID: fmt.Sprint("after", i), Data: []byte(`{}`)}
+		if resp, err := c.RoundTripDeadline(bg, time.Now().Add(5*time.Second), req); err != nil || resp.Err != nil || resp.ID != req.ID {
+			t.Fatalf("save after the timeouts: %+v, %v", resp, err)
+		}
+	}
+	select {
+	case <-c.Done():
+		t.Fatalf("Done closed: %v", c.Err())
+	default:
+	}
+}
+
+func TestConnBrokenFailsWaiters(t *testing.T) {
+	h := newMemHandler()
+	ts := startServer(t, h, ServerConfig{})
+	c := dialConn(t, ts.addr, ConnConfig{})
+	const waiters = 3
+	errs := make(chan error, waiters)
+	for range waiters {
+		go func() {
+			_, err := c.RoundTrip(context.Background(), &Request{Op: OpRestore, SID: "block"})
+			errs <- err
+		}()
+	}
+	waitBlocked(t, h, waiters)
+	ts.Close() // drops every connection
+
+	for range waiters {
+		select {
+		case err := <-errs:
+			var ce *ConnError
+			if !errors.As(err, &ce) || ce.Op != OpRestore || ce.Addr != ts.addr {
+				t.Errorf("waiter: %v; want a *ConnError for restore on %s", err, ts.addr)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a waiter was not failed when the node dropped the connection")
+		}
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed")
+	}
+	cause := c.Err()
+	if cause == nil {
+		t.Fatal("Err() = nil on a broken connection")
+	}
+	_, err := c.RoundTrip(context.Background(), &Request{Op: OpPing})
+	var ce *ConnError
+	if !errors.As(err, &ce) || ce.Err != cause {
+		t.Errorf("RoundTrip on a broken conn: %v; want a *ConnError with cause %v", err, cause)
+	}
+}
+
+func TestConnNodeRefusesConnection(t *testing.T) {
+	// The node's id-0 frame (here: too many connections) fails the
+	// connection with the node's own error.
+	ts := startServer(t, newMemHandler(), ServerConfig{MaxConns: 1})
+	c1 := dialConn(t, ts.addr, ConnConfig{})
+	if _, err := c1.RoundTrip(context.Background(), &Request{Op: OpPing}); err != nil {
+		t.Fatal(err)
+	}
+	c2 := dialConn(t, ts.addr, ConnConfig{})
+	_, err := c2.RoundTrip(context.Background(), &Request{Op: OpPing})
+	var te *Error
+	if !errors.Is(err, ErrOverloaded) || !errors.As(err, &te) || te.Message != "too many connections: the node's limit is 1" {
+		t.Fatalf("RoundTrip on a refused connection: %v; want the node's overloaded error", err)
+	}
+	if !errors.Is(c2.Err(), ErrOverloaded) {
+		t.Errorf("Err() = %v; want the node's overloaded error", c2.Err())
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	addr := closedAddr(t)
+	_, err := Dial(context.Background(), addr, ConnConfig{})
+	var de *DialError
+	if !errors.As(err, &de) || de.Addr != addr || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Dial to a closed port: %v; want a *DialError wrapping ECONNREFUSED", err)
+	}
+
+	// DialTimeout bounds a dial that hangs.
+	hang := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	start := time.Now()
+	_, err = Dial(context.Background(), addr, ConnConfig{DialTimeout: 50 * time.Millisecond, Dialer: hang})
+	if !errors.As(err, &de) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial that hangs: %v; want a *DialError wrapping DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Dial took %s with a 50ms DialTimeout", d)
+	}
+}
+
+// pipeNode is a fake node at the other end of a net.Pipe, for replies no
+// real node sends.
+type pipeNode struct {
+	t        *testing.T
+	nc       net.Conn
+	preamble [2]byte
+}
+
+func pipeDial(t *testing.T, cfg ConnConfig) (*Conn, *pipeNode) {
+	t.Helper()
+	client, server := net.Pipe()
+	t.Cleanup(func() { server.Close() })
+	n := &pipeNode{t: t, nc: server}
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(server, n.preamble[:])
+		read <- err
+	}()
+	cfg.Dialer = func(context.Context, string, string) (net.Conn, error) { return client, nil }
+	c := dialConn(t, "pipe:1", cfg)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	return c, n
+}
+
+// serve reads one request and answers it with reply(request id).
+func (n *pipeNode) serve(reply func(id uint64) []byte) {
+	frame, err := ReadFrame(n.nc, nil, DefaultMaxFrame)
+	if err != nil {
+		n.t.Errorf("fake node: %v", err)
+		return
+	}
+	if _, err := n.nc.Write(reply(binary.BigEndian.Uint64(frame))); err != nil {
+		n.t.Errorf("fake node: %v", err)
+	}
+}
+
+func TestConnOddResponses(t *testing.T) {
+	c, n := pipeDial(t, ConnConfig{Magic: 'Z', MaxFrame: 1024})
+	if n.preamble != [2]byte{'Z', VersionNative} {
+		t.Errorf("preamble %q; want Z and version %d", n.preamble, VersionNative)
+	}
+	ctx := context.Background()
+
+	// A response that does not decode fails its request only.
+	go n.serve(func(id uint64) []byte { return frame(id, byte(CodeOK)) }) // no leader hint
+	_, err := c.RoundTrip(ctx, &Request{Op: OpRestore, SID: "x"})
+	var re *ResponseError
+	if !errors.As(err, &re) || re.Op != OpRestore || errors.Is(err, ErrBadRequest) {
+		t.Fatalf("truncated response: %v; want a *ResponseError that is not ErrBadRequest", err)
+	}
+	go n.serve(func(id uint64) []byte {
+		return AppendResponse(nil, OpRestore, &Response{ID: id, Leader: "10.0.0.1:3001", Found: true, Data: []byte(`{}`)})
+	})
+	resp, err := c.RoundTrip(ctx, &Request{Op: OpRestore, SID: "x"})
+	if err != nil || !resp.Found || resp.Leader != "10.0.0.1:3001" || string(resp.Data) != "{}" {
+		t.Fatalf("restore after a malformed response: %+v, %v", resp, err)
+	}
+
+	// A frame over MaxFrame fails the connection.
+	go n.serve(func(id uint64) []byte { return frame(id, append([]byte{byte(CodeOK), 0}, make([]byte, 2000)...)...) })
+	_, err = c.RoundTrip(ctx, &Request{Op: OpAdmin, Data: []byte(`{}`)})
+	var ce *ConnError
+	if !errors.As(err, &ce) || !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("oversized response: %v; want a *ConnError wrapping ErrFrameTooLarge", err)
+	}
+}
+
+// frame builds a response frame with the given status and body.
+func frame(id uint64, body ...byte) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 4), id)
+	b = append(b, body...)
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	return b
+}
