@@ -108,7 +108,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 	}()
 	n.bolt, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, "raft.db"),
+		Path: filepath.Join(cfg.DataDir, "raft.db"),
 		// The freelist is rebuilt when the file is opened instead of being
 		// written by every commit: one write less per fsync.
 		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
