@@ -3,8 +3,8 @@ package cluster
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -67,7 +67,7 @@ func (f *forwarder) close() {
 }
 
 // forward sends req to the leader when this node is not the leader and
-// reports whether it did. A successful forwarded response tells a native
+// reports whether it did; when it did not, the caller serves req itself. A successful forwarded response tells a native
 // client where the leader is (transport.SetLeaderHint).
 func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transport.Response, forwarded bool, err error) {
 	if n.raft.State() == raft.Leader {
@@ -77,11 +77,28 @@ func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transp
 	if addr == "" {
 		return resp, true, notLeader(n.raft)
 	}
-	if string(addr) == n.cfg.Advertise {
-		// Raft still names us while stepping down; do not loop.
-		return resp, true, notLeader(n.raft)
+	for {
+		if string(addr) == n.cfg.Advertise {
+			if n.raft.State() == raft.Leader {
+				return resp, false, nil // we were elected meanwhile: serve it here
+			}
+			// Raft still names us while stepping down; do not loop.
+			return resp, true, notLeader(n.raft)
+		}
+		resp, err = n.fwd.call(ctx, string(addr), req)
+		if err == nil || !errors.Is(err, transport.ErrUnavailable) {
+			break
+		}
+		// The leader we know is unreachable (it died, or we are cut off):
+		// wait, within the request's deadline, for raft to name another,
+		// then try that one. A client that cannot retry (Kado JSON) rides
+		// through a failover this way.
+		next, waitErr := n.awaitNewLeader(ctx, addr)
+		if waitErr != nil {
+			return resp, true, err
+		}
+		addr = next
 	}
-	resp, err = n.fwd.call(ctx, string(addr), req)
 	if err != nil {
 		return resp, true, err
 	}
@@ -92,18 +109,20 @@ func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transp
 	return resp, true, nil
 }
 
-// forwardOrLocal waits for a leader, then forwards req when this node is a
-// follower; local reports that the caller should serve it itself.
-func (n *Node) forwardOrLocal(ctx context.Context, req *transport.Request) (resp transport.Response, local bool, err error) {
-	if err := n.awaitLeader(ctx); err != nil {
-		return resp, false, err
+// awaitNewLeader polls until raft names a leader other than old.
+func (n *Node) awaitNewLeader(ctx context.Context, old raft.ServerAddress) (raft.ServerAddress, error) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" && addr != old {
+			return addr, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-n.stop:
+			return "", errCommitterStopped
+		case <-t.C:
+		}
 	}
-	resp, forwarded, err := n.forward(ctx, req)
-	if !forwarded {
-		return resp, true, nil
-	}
-	if err != nil {
-		return resp, false, fmt.Errorf("%w", err)
-	}
-	return resp, false, nil
 }

@@ -73,8 +73,9 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 			// again (two nodes with stale views must not bounce a request).
 			return fsm.Result{}, notLeader(n.raft)
 		}
-		_, _, err := n.forward(ctx, req)
-		return fsm.Result{}, err
+		if _, forwarded, err := n.forward(ctx, req); forwarded {
+			return fsm.Result{}, err
+		}
 	}
 	r, err := n.commit.submit(ctx, cmd)
 	return r, wireError(err)
@@ -168,8 +169,10 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 			if transport.FromPeer(ctx) {
 				return nil, false, notLeader(n.raft)
 			}
-			resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
-			return resp.Data, resp.Found, err
+			resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
+			if forwarded {
+				return resp.Data, resp.Found, err
+			}
 		}
 		if c != transport.Leader {
 			if err := n.reads.wait(ctx); err != nil {

@@ -45,6 +45,7 @@ type NodeStatus struct {
 	Voter       bool   `json:"voter"`
 	LastContact string `json:"last_contact,omitempty"`
 	Applied     uint64 `json:"applied_index"`
+	Term        uint64 `json:"term"`
 	Sessions    int    `json:"sessions"`
 	Error       string `json:"error,omitempty"`
 }
@@ -112,8 +113,9 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			if transport.FromPeer(ctx) {
 				return nil, notLeader(n.raft)
 			}
-			resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
-			return resp.Data, err
+			if resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body}); forwarded {
+				return resp.Data, err
+			}
 		}
 		if req.Op == "join" {
 			reply, err := n.Join(ctx, req.ID, req.Address, req.ClusterID)
@@ -260,6 +262,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			out.Nodes[i].State = st.State
 			out.Nodes[i].LastContact = st.LastContact
 			out.Nodes[i].Applied = st.Applied
+			out.Nodes[i].Term = st.Term
 			out.Nodes[i].Sessions = st.Sessions
 		}()
 	}

@@ -20,7 +20,7 @@ import (
 func bench(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of a node")
+	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT[,HOST:PORT…]` of the cluster's nodes (the Go client fails over between them; Kado JSON uses the first)")
 	op := fs.String("op", "save", "operation: save or restore")
 	proto := fs.String("protocol", "native", "native (the Go client) or kado (one JSON request per connection, as Kado's SessionStoreLocal)")
 	callers := fs.Int("callers", 64, "concurrent callers (requests in flight)")
@@ -38,11 +38,12 @@ func bench(args []string, stdout, stderr io.Writer) error {
 	if *callers < 1 || *callers > 4096 || *size < 16 || *size > 1<<20 || *keys < 1 || *dur <= 0 || *dur > 10*time.Minute {
 		return fmt.Errorf("out of range: --callers 1..4096, --size 16..1048576, --sessions ≥ 1, --duration (0, 10m]")
 	}
+	kadoAddr := strings.Split(*addr, ",")[0]
 	data := []byte(`{"pad":"` + strings.Repeat("x", *size-10) + `"}`)
 	var do func(ctx context.Context, sid string) error
 	switch *proto {
 	case "native":
-		c, err := client.New(client.Config{Addrs: []string{*addr}})
+		c, err := client.New(client.Config{Addrs: strings.Split(*addr, ",")})
 		if err != nil {
 			return err
 		}
@@ -58,20 +59,23 @@ func bench(args []string, stdout, stderr io.Writer) error {
 			if *op == "save" {
 				req = fmt.Sprintf(`{"save":{"sid":%q,"data":%s}}`, sid, data)
 			}
-			return kadoCall(*addr, req)
+			return kadoCall(kadoAddr, req)
 		}
 	default:
 		return fmt.Errorf("--protocol %q: want native or kado", *proto)
 	}
 	if *op == "restore" { // something to read
 		for i := 0; i < min(*keys, 10000); i++ {
-			if err := kadoCall(*addr, fmt.Sprintf(`{"save":{"sid":"bench-%d","data":%s}}`, i, data)); err != nil {
+			if err := kadoCall(kadoAddr, fmt.Sprintf(`{"save":{"sid":"bench-%d","data":%s}}`, i, data)); err != nil {
 				return fmt.Errorf("preparing sessions: %w", err)
 			}
 		}
 		*keys = min(*keys, 10000)
 	}
 	var (
+		lastOK    atomic.Int64 // unix ns of the latest success, for gaps
+		gapMu     sync.Mutex
+		gaps      []float64 // ms without any success, when over gapReport
 		ops, errs atomic.Int64
 		firstErr  atomic.Value
 		lat       = make([][]time.Duration, *callers)
@@ -80,6 +84,7 @@ func bench(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), *dur)
 	defer cancel()
 	start := time.Now()
+	lastOK.Store(start.UnixNano())
 	for g := 0; g < *callers; g++ {
 		wg.Add(1)
 		go func() {
@@ -93,7 +98,13 @@ func bench(args []string, stdout, stderr io.Writer) error {
 					continue
 				}
 				ops.Add(1)
-				lat[g] = append(lat[g], time.Since(t0))
+				now := time.Now()
+				lat[g] = append(lat[g], now.Sub(t0))
+				if prev := lastOK.Swap(now.UnixNano()); now.UnixNano()-prev > int64(gapReport) {
+					gapMu.Lock()
+					gaps = append(gaps, float64(now.UnixNano()-prev)/1e6)
+					gapMu.Unlock()
+				}
 			}
 		}()
 	}
@@ -113,6 +124,7 @@ func bench(args []string, stdout, stderr io.Writer) error {
 		"ops_per_sec": float64(ops.Load()) / elapsed.Seconds(),
 		"p50_ms":      pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1),
 	}
+	res["gaps_ms"] = gaps // every stretch over gapReport with no success, in order
 	if e := firstErr.Load(); e != nil {
 		res["first_error"] = e
 	}
@@ -121,11 +133,18 @@ func bench(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s %s, %d callers, %d B: %.0f ops/s, p50 %.2f ms, p99 %.2f ms, max %.2f ms, %d errors\n",
 		*op, *proto, *callers, *size, res["ops_per_sec"], res["p50_ms"], res["p99_ms"], res["max_ms"], errs.Load())
+	if len(gaps) > 0 {
+		fmt.Fprintf(stdout, "stretches with no success (ms): %.0f\n", gaps)
+	}
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(stdout, "first error: %v\n", e)
 	}
 	return nil
 }
+
+// gapReport is the shortest stretch without a successful operation that
+// bench reports: failovers and stalls show up there.
+const gapReport = 100 * time.Millisecond
 
 // kadoCall makes one Kado JSON request and checks the reply is ok.
 func kadoCall(addr, req string) error {
