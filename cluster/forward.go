@@ -85,7 +85,7 @@ func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transp
 			// Raft still names us while stepping down; do not loop.
 			return resp, true, notLeader(n.raft)
 		}
-		resp, err = n.fwd.call(ctx, string(addr), req)
+		resp, err = n.callWhileLeader(ctx, addr, req)
 		if err == nil || !errors.Is(err, transport.ErrUnavailable) {
 			break
 		}
@@ -107,6 +107,64 @@ func (n *Node) forward(ctx context.Context, req *transport.Request) (resp transp
 	}
 	transport.SetLeaderHint(ctx, string(addr))
 	return resp, true, nil
+}
+
+// callWhileLeader forwards req to addr, giving up early (CodeUnavailable)
+// if raft names another leader meanwhile: a leader that is frozen or cut off
+// accepts connections but never answers, and the request should go to its
+// successor instead of waiting out its deadline. Every request is
+// idempotent, so sending it again is safe.
+func (n *Node) callWhileLeader(ctx context.Context, addr raft.ServerAddress, req *transport.Request) (transport.Response, error) {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := n.leaderChanges()
+	if cur, _ := n.raft.LeaderWithID(); cur != addr {
+		return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "the leader changed from %s", addr)
+	}
+	moved := make(chan struct{})
+	go func() {
+		select {
+		case <-cctx.Done():
+		case <-changed:
+			if cur, _ := n.raft.LeaderWithID(); cur != addr {
+				close(moved)
+				cancel()
+			}
+		}
+	}()
+	resp, err := n.fwd.call(cctx, string(addr), req)
+	select {
+	case <-moved:
+		if ctx.Err() == nil {
+			return resp, transport.Errorf(transport.CodeUnavailable, "the leader at %s stopped answering and lost its leadership", addr)
+		}
+	default:
+	}
+	return resp, err
+}
+
+// leaderChanges returns a channel closed at the next change of leader that
+// raft reports (see watchLeader).
+func (n *Node) leaderChanges() <-chan struct{} {
+	n.leaderMu.Lock()
+	defer n.leaderMu.Unlock()
+	return n.leaderCh
+}
+
+// watchLeader turns raft's leader observations into leaderChanges.
+func (n *Node) watchLeader(obs chan raft.Observation) {
+	defer n.bg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-obs:
+			n.leaderMu.Lock()
+			close(n.leaderCh)
+			n.leaderCh = make(chan struct{})
+			n.leaderMu.Unlock()
+		}
+	}
 }
 
 // awaitNewLeader polls until raft names a leader other than old.

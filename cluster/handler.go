@@ -78,7 +78,30 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 		}
 	}
 	r, err := n.commit.submit(ctx, cmd)
+	if err != nil && n.retryElsewhere(ctx, err) {
+		// Deposed while committing: the outcome is unknown, and every
+		// command is idempotent, so send it again to whoever leads now.
+		return n.write(ctx, cmd, req)
+	}
 	return r, wireError(err)
+}
+
+// retryElsewhere reports whether a request that failed with err because
+// this node lost its leadership should go again (through the new leader):
+// not for peers (they ask us once), not past the deadline. It pauses a
+// moment so a node still stepping down does not spin.
+func (n *Node) retryElsewhere(ctx context.Context, err error) bool {
+	if !errors.Is(err, transport.ErrNotLeader) || transport.FromPeer(ctx) {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-n.stop:
+		return false
+	case <-time.After(10 * time.Millisecond):
+		return true
+	}
 }
 
 // Save replaces a session. data must be a JSON object.
@@ -162,20 +185,27 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 	}
 	switch c {
 	case transport.Default, transport.Linearizable, transport.Leader:
-		if err := n.awaitLeader(ctx); err != nil {
-			return nil, false, err
-		}
-		if n.raft.State() != raft.Leader {
-			if transport.FromPeer(ctx) {
-				return nil, false, notLeader(n.raft)
+		for {
+			if err := n.awaitLeader(ctx); err != nil {
+				return nil, false, err
 			}
-			resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
-			if forwarded {
-				return resp.Data, resp.Found, err
+			if n.raft.State() != raft.Leader {
+				if transport.FromPeer(ctx) {
+					return nil, false, notLeader(n.raft)
+				}
+				resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
+				if forwarded {
+					return resp.Data, resp.Found, err
+				}
 			}
-		}
-		if c != transport.Leader {
-			if err := n.reads.wait(ctx); err != nil {
+			if c == transport.Leader {
+				break
+			}
+			err := n.reads.wait(ctx)
+			if err == nil {
+				break
+			}
+			if !n.retryElsewhere(ctx, err) {
 				return nil, false, err
 			}
 		}

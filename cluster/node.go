@@ -38,6 +38,8 @@ type Node struct {
 	fwd    *forwarder
 
 	clusterID atomic.Pointer[string]
+	leaderMu  sync.Mutex
+	leaderCh  chan struct{} // closed when raft reports a new leader
 	memberMu  sync.Mutex // one membership change at a time
 	fatal     chan error
 
@@ -199,6 +201,14 @@ func Open(cfg Config) (*Node, error) {
 		_ = writeFileAtomic(markerPath, []byte("joined\n"))
 	}
 
+	n.leaderCh = make(chan struct{})
+	obs := make(chan raft.Observation, 16)
+	n.raft.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	}))
+	n.bg.Add(1)
+	go n.watchLeader(obs)
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied}
 	scfg := cfg.Server
