@@ -40,7 +40,7 @@ type Node struct {
 	clusterID atomic.Pointer[string]
 	leaderMu  sync.Mutex
 	leaderCh  chan struct{} // closed when raft reports a new leader
-	memberMu  sync.Mutex // one membership change at a time
+	memberMu  sync.Mutex    // one membership change at a time
 	fatal     chan error
 
 	ready     atomic.Bool
