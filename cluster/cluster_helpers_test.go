@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +16,28 @@ import (
 // raft, real TCP. Node i keeps its address and data across restarts.
 type testCluster struct {
 	t     *testing.T
+	mu    sync.Mutex // guards nodes against stopConcurrent
 	nodes []*Node
 	cfgs  []Config
+}
+
+// node returns node i, or nil when it is stopped; safe while other
+// goroutines stop nodes with stopConcurrent.
+func (tc *testCluster) node(i int) *Node {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.nodes[i]
+}
+
+// stopConcurrent stops node i while other goroutines may be using it.
+func (tc *testCluster) stopConcurrent(i int) {
+	tc.mu.Lock()
+	n := tc.nodes[i]
+	tc.nodes[i] = nil
+	tc.mu.Unlock()
+	if n != nil {
+		n.Close()
+	}
 }
 
 // newTestCluster starts n nodes: the first bootstraps, the others join it.

@@ -2,8 +2,11 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,4 +192,79 @@ func TestLeaderFailoverAndFullRestart(t *testing.T) {
 			t.Fatalf("%s after full restart: %s %v %v", sid, data, found, err)
 		}
 	}
+}
+
+// TestReadsNeverOlderThanAcknowledged: one client writes increasing
+// versions of a session through one node; readers on every node check that
+// a default (linearizable) read never returns a version older than the
+// newest one acknowledged before the read began — across a leader change.
+func TestReadsNeverOlderThanAcknowledged(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	var acked atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	writer := tc.nodes[tc.follower()]
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for v := int64(1); ; v++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := writer.Save(cctx, "k", []byte(fmt.Sprintf(`{"v":%d}`, v)))
+			cancel()
+			if err == nil {
+				acked.Store(v)
+			}
+		}
+	}()
+	var reads, violations atomic.Int64
+	for r := range tc.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				floor := acked.Load()
+				n := tc.node(r)
+				if n == nil {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				data, found, err := n.Restore(cctx, "k", transport.Default)
+				cancel()
+				if err != nil || !found {
+					continue
+				}
+				var got struct{ V int64 }
+				_ = json.Unmarshal(data, &got)
+				reads.Add(1)
+				if got.V < floor {
+					violations.Add(1)
+					t.Errorf("read through %s returned v%d after v%d was acknowledged", n.ID(), got.V, floor)
+				}
+			}
+		}()
+	}
+	time.Sleep(700 * time.Millisecond)
+	// Depose the leader (not the writer's node) and keep going.
+	if l := tc.leader(); tc.nodes[l] != writer {
+		tc.stopConcurrent(l)
+	}
+	time.Sleep(700 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if reads.Load() < 50 || acked.Load() < 20 {
+		t.Fatalf("too little traffic to judge: %d reads, %d writes", reads.Load(), acked.Load())
+	}
+	t.Logf("%d reads, %d acknowledged writes, %d violations", reads.Load(), acked.Load(), violations.Load())
 }
