@@ -15,7 +15,7 @@ import (
 // testCluster is N real nodes on loopback ports with temp data dirs: real
 // raft, real TCP. Node i keeps its address and data across restarts.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	mu    sync.Mutex // guards nodes against stopConcurrent
 	nodes []*Node
 	cfgs  []Config
@@ -41,7 +41,7 @@ func (tc *testCluster) stopConcurrent(i int) {
 }
 
 // newTestCluster starts n nodes: the first bootstraps, the others join it.
-func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t}
 	for i := 0; i < n; i++ {
@@ -60,6 +60,9 @@ func newTestCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 	tc.waitMembers(n)
 	return tc
 }
+
+// newBenchCluster is a three-node cluster for benchmarks.
+func newBenchCluster(b *testing.B) *testCluster { return newTestCluster(b, 3, nil) }
 
 // start (re)opens node i on its address and data directory.
 func (tc *testCluster) start(i int) *Node {
@@ -87,6 +90,22 @@ func (tc *testCluster) stop(i int) {
 		tc.nodes[i].Close()
 		tc.nodes[i] = nil
 	}
+}
+
+// crash stops node i the way kill -9 looks to its peers: connections drop,
+// no leadership transfer, no final save file; its data directory stays.
+func (tc *testCluster) crash(i int) {
+	n := tc.nodes[i]
+	tc.nodes[i] = nil
+	close(n.stop)
+	n.server.Close()
+	n.stream.Close()
+	n.trans.Close()
+	n.raft.Shutdown().Error()
+	n.commit.close()
+	n.fwd.close()
+	n.bg.Wait()
+	n.bolt.Close()
 }
 
 func (tc *testCluster) closeAll() {

@@ -44,7 +44,7 @@ func startNode(t *testing.T, cfg Config) *Node {
 }
 
 // poll waits until cond holds, failing the test after timeout.
-func poll(t *testing.T, cond func() bool, timeout time.Duration, what string) {
+func poll(t testing.TB, cond func() bool, timeout time.Duration, what string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
