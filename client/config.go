@@ -83,6 +83,10 @@ type Config struct {
 	// runs inside it. When its ServerName is empty, the host of the address
 	// dialled is used. Nil means plaintext.
 	TLSConfig *tls.Config
+	// Token is the node's client token (kadosession serve
+	// --auth-token-file), presented on every connection; empty for none.
+	// A wrong or missing token fails calls with ErrUnauthorized.
+	Token string
 }
 
 // ErrInvalidConfig is wrapped by the error New returns for a Config that

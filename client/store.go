@@ -51,6 +51,7 @@ func New(cfg Config) (*Store, error) {
 		DialTimeout:  s.cfg.DialTimeout,
 		WriteTimeout: s.cfg.RequestTimeout,
 		TLSConfig:    s.cfg.TLSConfig,
+		Token:        s.cfg.Token,
 	}
 	for _, a := range s.cfg.Addrs {
 		s.nodeLocked(a)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -44,8 +45,13 @@ type Config struct {
 	MaxStale time.Duration
 	// MaxSessionSize bounds one session's data in bytes (1 MiB).
 	MaxSessionSize int
-	// Server holds the connection limits (frame size, deadlines, counts).
+	// Server holds the connection limits (frame size, deadlines, counts),
+	// and Server.TLS / Server.Token / Server.AllowPlaintext the security of
+	// the node's port.
 	Server transport.ServerConfig
+	// PeerTLS is what this node dials its peers with (raft and forwarding):
+	// its certificate and the cluster CA. Required when Server.TLS is set.
+	PeerTLS *tls.Config
 	// Raft timeouts (LAN defaults: 200 ms heartbeat and election, 100 ms
 	// lease, 10 ms commit).
 	HeartbeatTimeout   time.Duration
@@ -162,6 +168,9 @@ func (c *Config) Validate() error {
 		if err := validateID(d.ID); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if d.Server.TLS != nil && d.PeerTLS == nil {
+		errs = append(errs, errors.New("TLS is on for the port but no peer TLS configuration is given: peers could not be reached"))
 	}
 	if d.MaxSessionSize < 0 {
 		errs = append(errs, fmt.Errorf("max session size is negative (%d)", d.MaxSessionSize))

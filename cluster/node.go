@@ -98,7 +98,8 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1)}
-	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second})
+	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
+		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token)})
 	clusterID, err := loadClusterID(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -156,7 +157,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 		n.cfg.Advertise = cfg.Advertise
 	}
-	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise))
+	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.Token)
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 4,

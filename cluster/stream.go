@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -16,6 +18,8 @@ import (
 // transport.Server routes incoming connections that start with it here.
 type streamLayer struct {
 	addr   net.Addr
+	tls    *tls.Config // dial peers with TLS (and our certificate) when set
+	token  []byte      // sent after MagicRaft when set and TLS is not
 	conns  chan net.Conn
 	done   chan struct{}
 	once   sync.Once
@@ -24,9 +28,11 @@ type streamLayer struct {
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
-func newStreamLayer(addr net.Addr) *streamLayer {
+func newStreamLayer(addr net.Addr, tlsConfig *tls.Config, token []byte) *streamLayer {
 	return &streamLayer{
 		addr:  addr,
+		tls:   tlsConfig,
+		token: token,
 		conns: make(chan net.Conn, 64),
 		done:  make(chan struct{}),
 		dialer: func(address string, timeout time.Duration) (net.Conn, error) {
@@ -69,8 +75,26 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	preamble := []byte{transport.MagicRaft}
+	if s.tls != nil {
+		cfg := s.tls
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(string(address))
+		}
+		tc := tls.Client(c, cfg)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", address, err)
+		}
+		c = tc
+	} else if len(s.token) > 0 {
+		preamble = transport.AppendRaftToken(preamble, s.token)
+	}
+	_ = c.SetDeadline(time.Time{})
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte{transport.MagicRaft}); err != nil {
+	if _, err := c.Write(preamble); err != nil {
 		c.Close()
 		return nil, err
 	}

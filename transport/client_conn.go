@@ -55,6 +55,9 @@ type ConnConfig struct {
 	// Magic is the connection's first byte: MagicNative when zero; a node
 	// forwarding to another node sends MagicPeer.
 	Magic byte
+	// Token, when set, is presented (OpAuth) before any request: the node's
+	// client token.
+	Token string
 	// Dialer, when set, replaces the TCP dial (which enables keep-alives),
 	// for tests and fault injection. It must honour ctx.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -234,6 +237,16 @@ func Dial(ctx context.Context, addr string, cfg ConnConfig) (*Conn, error) {
 		pending:      make(map[uint64]*pendingCall),
 	}
 	go c.readLoop()
+	if cfg.Token != "" {
+		resp, err := c.RoundTrip(dctx, &Request{Op: OpAuth, Data: []byte(cfg.Token)})
+		if err == nil && resp.Err != nil {
+			err = resp.Err
+		}
+		if err != nil {
+			c.Close()
+			return nil, &DialError{Addr: addr, Err: fmt.Errorf("authenticate: %w", err)}
+		}
+	}
 	return c, nil
 }
 

@@ -40,8 +40,8 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 		return // the client went away; nobody to answer
 	}
 	req, err := DecodeKado(doc)
-	if err == nil {
-		err = s.h.Authorize(req.Token)
+	if err == nil && !TokenMatches(s.cfg.Token, req.Token) {
+		err = errTokenRequired
 	}
 	if err != nil {
 		reply(KadoError(err.Error()))
@@ -93,7 +93,7 @@ func readAll(r io.Reader, first byte, max int) ([]byte, error) {
 // serveNative serves a native connection: frames are read in order, served
 // concurrently (at most MaxInflight at a time) and answered as they finish,
 // matched by request id.
-func (s *Server) serveNative(c net.Conn, peer bool) {
+func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := newFrameWriter(c, s.cfg.ReadTimeout)
 
@@ -142,6 +142,19 @@ func (s *Server) serveNative(c net.Conn, peer bool) {
 		req, err := DecodeRequest(frame)
 		if err != nil {
 			w.send(req.Op, &Response{ID: req.ID, Err: AsError(err)})
+			continue
+		}
+		if req.Op == OpAuth {
+			if !TokenMatches(s.cfg.Token, string(req.Data)) {
+				w.send(OpAuth, &Response{ID: req.ID, Err: errTokenRequired})
+				return
+			}
+			authed = true
+			w.send(OpAuth, &Response{ID: req.ID})
+			continue
+		}
+		if !authed {
+			w.send(req.Op, &Response{ID: req.ID, Err: errTokenRequired})
 			continue
 		}
 		if req.Op == OpPing {

@@ -106,13 +106,6 @@ func (h *memHandler) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	return append([]byte(`{"echo":`), append(body, '}')...), nil
 }
 
-func (h *memHandler) Authorize(token string) error {
-	if h.token != "" && token != h.token {
-		return &Error{Code: CodeUnauthorized, Message: "unauthorized: a valid token is required"}
-	}
-	return nil
-}
-
 // testServer runs a Server on 127.0.0.1:0 until the test ends, then closes
 // it and checks that Serve returned ErrServerClosed.
 type testServer struct {

@@ -43,6 +43,9 @@ const (
 	// OpAdmin carries a JSON body for cluster administration (status, join,
 	// remove); the Handler interprets it.
 	OpAdmin Op = 7
+	// OpAuth presents the client token (Request.Data); a connection to a
+	// node that requires one sends it before anything else.
+	OpAuth Op = 8
 )
 
 func (o Op) String() string {
@@ -61,6 +64,8 @@ func (o Op) String() string {
 		return "touch"
 	case OpAdmin:
 		return "admin"
+	case OpAuth:
+		return "auth"
 	}
 	return fmt.Sprintf("op(%d)", byte(o))
 }
@@ -145,7 +150,7 @@ func AppendRequest(dst []byte, req *Request) []byte {
 		}
 	case OpDelete, OpTouch:
 		dst = appendString(dst, req.SID)
-	case OpAdmin:
+	case OpAdmin, OpAuth:
 		dst = append(dst, req.Data...)
 	}
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
@@ -274,7 +279,7 @@ func DecodeRequest(frame []byte) (Request, error) {
 		}
 	case OpDelete, OpTouch:
 		req.SID = d.string()
-	case OpAdmin:
+	case OpAdmin, OpAuth:
 		req.Data = d.rest()
 	default:
 		return req, Errorf(CodeBadRequest, "unknown op %d", byte(req.Op))

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,9 +32,6 @@ type Handler interface {
 	Touch(ctx context.Context, sid string) error
 	// Admin serves a cluster administration request with a JSON body.
 	Admin(ctx context.Context, body []byte) ([]byte, error)
-	// Authorize checks a Kado JSON request's token ("" when absent); it
-	// returns nil when no token is required.
-	Authorize(token string) error
 }
 
 // ServerConfig holds a Server's limits. Zero values take the defaults.
@@ -59,6 +57,18 @@ type ServerConfig struct {
 	Routes map[byte]func(net.Conn)
 	// Logger receives connection-level problems; nil discards them.
 	Logger hclog.Logger
+	// TLS, when set, serves TLS on the same port (first byte 0x16; the
+	// decrypted stream is told apart as usual). Set ClientCAs and
+	// ClientAuth (VerifyClientCertIfGiven) so peers can prove membership:
+	// with TLS on, raft and peer connections need a certificate signed by
+	// the CA.
+	TLS *tls.Config
+	// AllowPlaintext keeps accepting plaintext connections beside TLS.
+	AllowPlaintext bool
+	// Token, when set, is required of every client: native connections
+	// send OpAuth first, Kado JSON requests carry a top-level "token", raft
+	// connections without a verified certificate send a token frame.
+	Token []byte
 }
 
 func (c *ServerConfig) withDefaults() ServerConfig {
@@ -164,6 +174,31 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// refusePlaintext answers a plaintext connection to a node that requires
+// TLS, in the protocol it speaks, and closes it.
+func (s *Server) refusePlaintext(c net.Conn, first byte) {
+	msg := "this node requires TLS: connect with TLS (the Go client: Config.TLSConfig)"
+	_ = c.SetDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	switch first {
+	case MagicNative, MagicPeer:
+		_, _ = c.Write(AppendResponse(nil, OpPing, &Response{Err: &Error{Code: CodeUnauthorized, Message: msg}}))
+	case MagicRaft:
+		return
+	default:
+		// A Kado client reads the answer only after sending its request.
+		_, _ = readAll(c, first, s.cfg.MaxFrame)
+		_, _ = c.Write(KadoError(msg))
+	}
+	// Let the client read the answer instead of a reset: stop sending, and
+	// take what it still sends for a moment.
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	s.cfg.Logger.Debug("plaintext connection refused", "remote", c.RemoteAddr())
+}
+
 func isTemporary(err error) bool {
 	var t interface{ Temporary() bool }
 	return errors.As(err, &t) && t.Temporary()
@@ -254,22 +289,56 @@ func (s *Server) serveConn(c net.Conn) {
 		}
 		return
 	}
+	conn, verified := c, false
+	if first[0] == MagicTLS && s.cfg.TLS != nil {
+		tc, ok, err := s.startTLS(c, first[0])
+		if err != nil {
+			s.cfg.Logger.Debug("TLS handshake failed", "remote", c.RemoteAddr(), "error", err)
+			return
+		}
+		conn, verified = tc, ok
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		if _, err := io.ReadFull(conn, first[:]); err != nil {
+			return
+		}
+	} else if s.cfg.TLS != nil && !s.cfg.AllowPlaintext {
+		s.refusePlaintext(c, first[0])
+		return
+	}
+	needsCert := s.cfg.TLS != nil // peers prove membership with a CA-signed certificate
 	switch {
 	case first[0] == MagicNative:
-		s.serveNative(c, false)
+		s.serveNative(conn, false, len(s.cfg.Token) == 0)
 	case first[0] == MagicPeer:
-		s.serveNative(c, true)
+		if needsCert && !verified {
+			s.cfg.Logger.Warn("peer connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
+			return
+		}
+		s.serveNative(conn, true, len(s.cfg.Token) == 0 || verified)
 	case s.cfg.Routes[first[0]] != nil:
-		_ = c.SetReadDeadline(time.Time{})
+		if needsCert && !verified {
+			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
+			return
+		}
+		if len(s.cfg.Token) > 0 && !verified {
+			if err := s.readRaftToken(conn); err != nil {
+				s.cfg.Logger.Warn("raft connection refused: bad token", "remote", c.RemoteAddr())
+				return
+			}
+		}
+		_ = conn.SetReadDeadline(time.Time{})
 		s.mu.Lock()
 		delete(s.conns, c) // the route owns it now
 		s.mu.Unlock()
 		handedOff = true
-		s.cfg.Routes[first[0]](c)
+		s.cfg.Routes[first[0]](conn)
 	default:
 		// Kado JSON, or something that is not a request at all (null,
 		// garbage): the Kado handler reads it to the end and answers with a
 		// JSON error saying what was wrong.
-		s.serveKado(c, first[0])
+		if tc, ok := conn.(*tls.Conn); ok {
+			conn = tlsCloseWriter{tc}
+		}
+		s.serveKado(conn, first[0])
 	}
 }

@@ -82,8 +82,7 @@ func TestKadoServerBadInput(t *testing.T) {
 
 func TestKadoServerToken(t *testing.T) {
 	h := newMemHandler()
-	h.token = "secret"
-	ts := startServer(t, h, ServerConfig{})
+	ts := startServer(t, h, ServerConfig{Token: []byte("secret")})
 	if msg := kadoError(t, kado(t, ts.addr, kadoRestore)); !strings.Contains(msg, "unauthorized") {
 		t.Fatalf("no token: %q", msg)
 	}
@@ -92,6 +91,25 @@ func TestKadoServerToken(t *testing.T) {
 	}
 	if got := kado(t, ts.addr, `{"token":"secret","restore":{"sid":"a"}}`); got != `{"status":"ok","result":{}}` {
 		t.Fatalf("right token: %s", got)
+	}
+	// Native: nothing but OpAuth until the token is presented.
+	c := dialNative(t, ts.addr)
+	for _, tc := range []struct {
+		req  Request
+		code Code
+	}{
+		{Request{ID: 1, Op: OpRestore, SID: "a"}, CodeUnauthorized},
+		{Request{ID: 2, Op: OpAuth, Data: []byte("secret")}, CodeOK},
+		{Request{ID: 3, Op: OpRestore, SID: "a"}, CodeOK},
+	} {
+		resp := c.call(tc.req)
+		got := CodeOK
+		if resp.Err != nil {
+			got = resp.Err.Code
+		}
+		if got != tc.code {
+			t.Fatalf("%s: code %v, want %v (%v)", tc.req.Op, got, tc.code, resp.Err)
+		}
 	}
 }
 

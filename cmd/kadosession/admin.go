@@ -1,33 +1,77 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
 	"fmt"
-	"net"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/kadosession/kadosession/transport"
 )
 
+// connFlags are the flags every command that talks to a node shares: how to
+// reach a node that has TLS or a token on.
+type connFlags struct {
+	ca, cert, key, tokenFile string
+}
+
+func (c *connFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.ca, "tls-ca", "", "CA certificate `FILE` (PEM): talk TLS to the node and verify it")
+	fs.StringVar(&c.cert, "tls-cert", "", "client certificate `FILE` (PEM), if the node asks for one")
+	fs.StringVar(&c.key, "tls-key", "", "client key `FILE` (PEM)")
+	fs.StringVar(&c.tokenFile, "auth-token-file", "", "`FILE` holding the node's client token")
+}
+
+func (c *connFlags) config() (transport.ConnConfig, error) {
+	var cfg transport.ConnConfig
+	if c.ca != "" {
+		pem, err := os.ReadFile(c.ca)
+		if err != nil {
+			return cfg, fmt.Errorf("--tls-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return cfg, fmt.Errorf("--tls-ca %s holds no PEM certificate", c.ca)
+		}
+		cfg.TLSConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if c.cert != "" || c.key != "" {
+			pair, err := tls.LoadX509KeyPair(c.cert, c.key)
+			if err != nil {
+				return cfg, fmt.Errorf("--tls-cert/--tls-key: %v", err)
+			}
+			cfg.TLSConfig.Certificates = []tls.Certificate{pair}
+		}
+	}
+	if c.tokenFile != "" {
+		b, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--auth-token-file: %v", err)
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+	}
+	return cfg, nil
+}
+
 // adminCall sends one OpAdmin request to addr and returns the JSON answer.
-func adminCall(addr string, body []byte) ([]byte, error) {
-	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+func adminCall(addr string, cf *connFlags, body []byte) ([]byte, error) {
+	cfg, err := cf.config()
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, addr, cfg)
+	if err != nil {
+		return nil, err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	msg := append([]byte{transport.MagicNative, transport.VersionNative},
-		transport.AppendRequest(nil, &transport.Request{ID: 1, Op: transport.OpAdmin, Data: body})...)
-	if _, err := c.Write(msg); err != nil {
-		return nil, fmt.Errorf("send to %s: %w", addr, err)
-	}
-	frame, err := transport.ReadFrame(c, nil, 64<<20)
+	resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err != nil {
-		return nil, fmt.Errorf("read answer from %s: %w", addr, err)
-	}
-	resp, err := transport.DecodeResponse(frame, transport.OpAdmin)
-	if err != nil {
-		return nil, fmt.Errorf("answer from %s: %w", addr, err)
+		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	if resp.Err != nil {
 		return nil, fmt.Errorf("%s: %w", addr, resp.Err)

@@ -12,13 +12,15 @@ import (
 func health(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("health", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var cf connFlags
+	cf.register(fs)
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of the node to check")
 	fs.Usage = usageWithEnv(fs, "kadosession health [--cluster HOST:PORT]",
 		"Exits 0 when the node is serving and knows its cluster's leader; 1 otherwise, saying why.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	body, err := adminCall(*addr, []byte(`{"op":"status"}`))
+	body, err := adminCall(*addr, &cf, []byte(`{"op":"status"}`))
 	if err != nil {
 		return err
 	}

@@ -51,6 +51,12 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.MaxStale, "max-stale", 0, "a follower that has not heard from its leader for this long refuses stale reads (0: no bound)")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.BoolVar(&logJSON, "log-json", false, "log as JSON lines")
+	var sec securityFlags
+	fs.StringVar(&sec.cert, "tls-cert", "", "TLS certificate `FILE` (PEM) of this node; with --tls-key and --tls-ca turns TLS on for clients and peers")
+	fs.StringVar(&sec.key, "tls-key", "", "TLS private key `FILE` (PEM)")
+	fs.StringVar(&sec.ca, "tls-ca", "", "CA certificate `FILE` (PEM): peers must present a certificate it signed (mutual TLS)")
+	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
+	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
 	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
 		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+
@@ -78,6 +84,10 @@ func serve(args []string, stderr io.Writer) error {
 			cfg.Join = append(cfg.Join, a)
 		}
 	}
+	if err := sec.apply(&cfg); err != nil {
+		return err
+	}
+	warnIfExposed(&cfg, cfg.Logger)
 	node, err := cluster.Open(cfg)
 	if err != nil {
 		return err

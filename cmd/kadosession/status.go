@@ -28,6 +28,8 @@ type clusterStatus struct {
 func status(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var cf connFlags
+	cf.register(fs)
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node")
 	asJSON := fs.Bool("json", false, `print one JSON object: {"leader_id", "nodes": [{"id", "address", "state", "voter", …}]}`)
 	fs.Usage = usageWithEnv(fs, "kadosession status [--cluster HOST:PORT] [--json]",
@@ -35,7 +37,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	body, err := adminCall(*addr, []byte(`{"op":"cluster"}`))
+	body, err := adminCall(*addr, &cf, []byte(`{"op":"cluster"}`))
 	if err != nil {
 		return err
 	}
@@ -70,6 +72,8 @@ func orNone(s string) string {
 func join(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("join", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var cf connFlags
+	cf.register(fs)
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node of the cluster")
 	id := fs.String("id", "", "id of the node to add (required)")
 	nodeAddr := fs.String("address", "", "`HOST:PORT` the node to add serves on (required)")
@@ -83,7 +87,7 @@ func join(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--id and --address are required")
 	}
 	req, _ := json.Marshal(map[string]string{"op": "join", "id": *id, "address": *nodeAddr})
-	body, err := adminCall(*addr, req)
+	body, err := adminCall(*addr, &cf, req)
 	if err != nil {
 		return err
 	}
@@ -103,6 +107,8 @@ func join(args []string, stdout, stderr io.Writer) error {
 func remove(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("remove", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	var cf connFlags
+	cf.register(fs)
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node of the cluster")
 	id := fs.String("id", "", "id of the node to remove (required)")
 	fs.Usage = usageWithEnv(fs, "kadosession remove --cluster HOST:PORT --id ID",
@@ -114,7 +120,7 @@ func remove(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--id is required")
 	}
 	req, _ := json.Marshal(map[string]string{"op": "remove", "id": *id})
-	if _, err := adminCall(*addr, req); err != nil {
+	if _, err := adminCall(*addr, &cf, req); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "node %s removed\n", *id)

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/cluster"
+)
+
+// securityFlags are serve's TLS and token settings.
+type securityFlags struct {
+	cert, key, ca  string
+	allowPlaintext bool
+	tokenFile      string
+}
+
+// apply loads the files named by the flags into cfg. Every problem names
+// the flag and the file.
+func (f *securityFlags) apply(cfg *cluster.Config) error {
+	if f.cert != "" || f.key != "" || f.ca != "" {
+		if f.cert == "" || f.key == "" || f.ca == "" {
+			return fmt.Errorf("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+		}
+		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return fmt.Errorf("--tls-cert %s / --tls-key %s: %v", f.cert, f.key, err)
+		}
+		pem, err := os.ReadFile(f.ca)
+		if err != nil {
+			return fmt.Errorf("--tls-ca: %v", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--tls-ca %s holds no PEM certificate", f.ca)
+		}
+		cfg.Server.TLS = &tls.Config{
+			Certificates: []tls.Certificate{pair},
+			ClientCAs:    pool,
+			ClientAuth:   tls.VerifyClientCertIfGiven,
+			MinVersion:   tls.VersionTLS12,
+		}
+		cfg.PeerTLS = &tls.Config{
+			Certificates: []tls.Certificate{pair},
+			RootCAs:      pool,
+			MinVersion:   tls.VersionTLS12,
+		}
+		cfg.Server.AllowPlaintext = f.allowPlaintext
+	} else if f.allowPlaintext {
+		return fmt.Errorf("--tls-allow-plaintext only makes sense with TLS on (--tls-cert, --tls-key, --tls-ca)")
+	}
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return fmt.Errorf("--auth-token-file: %v", err)
+		}
+		tok := bytes.TrimSpace(b)
+		switch {
+		case len(tok) == 0:
+			return fmt.Errorf("--auth-token-file %s is empty", f.tokenFile)
+		case len(tok) > 4096:
+			return fmt.Errorf("--auth-token-file %s: the token is over 4096 bytes", f.tokenFile)
+		case len(tok) < 16:
+			return fmt.Errorf("--auth-token-file %s: the token is only %d bytes; use at least 16 random bytes", f.tokenFile, len(tok))
+		}
+		cfg.Server.Token = tok
+	}
+	return nil
+}
+
+// warnIfExposed logs loudly when the node listens beyond loopback with
+// neither TLS nor a token: anyone who reaches the port can read and forge
+// sessions.
+func warnIfExposed(cfg *cluster.Config, log hclog.Logger) {
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() || host == "localhost" {
+		return
+	}
+	if cfg.Server.TLS == nil && len(cfg.Server.Token) == 0 {
+		log.Warn("!!! listening on a non-loopback address with neither TLS nor a client token: anyone who reaches " +
+			cfg.Listen + " can read and forge sessions; set --tls-cert/--tls-key/--tls-ca and --auth-token-file")
+	} else if cfg.Server.TLS == nil {
+		log.Warn("listening on a non-loopback address without TLS: the token and sessions cross the network in clear", "listen", cfg.Listen)
+	} else if len(cfg.Server.Token) == 0 {
+		log.Warn("listening on a non-loopback address without a client token: any TLS client can read and forge sessions", "listen", cfg.Listen)
+	}
+}
