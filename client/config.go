@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -83,6 +84,9 @@ type Config struct {
 	// runs inside it. When its ServerName is empty, the host of the address
 	// dialled is used. Nil means plaintext.
 	TLSConfig *tls.Config
+	// Dialer, when set, replaces the TCP dial (tests, fault injection, or a
+	// custom network). It must honour ctx.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Token is the node's client token (kadosession serve
 	// --auth-token-file), presented on every connection; empty for none.
 	// A wrong or missing token fails calls with ErrUnauthorized.

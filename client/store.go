@@ -52,6 +52,7 @@ func New(cfg Config) (*Store, error) {
 		WriteTimeout: s.cfg.RequestTimeout,
 		TLSConfig:    s.cfg.TLSConfig,
 		Token:        s.cfg.Token,
+		Dialer:       s.cfg.Dialer,
 	}
 	for _, a := range s.cfg.Addrs {
 		s.nodeLocked(a)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -49,6 +50,10 @@ type Config struct {
 	// and Server.TLS / Server.Token / Server.AllowPlaintext the security of
 	// the node's port.
 	Server transport.ServerConfig
+	// Dialer, when set, replaces the TCP dial for every connection this node
+	// opens to a peer (raft and forwarding): the fault-injection hook of the
+	// tests. It must honour ctx.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// PeerTLS is what this node dials its peers with (raft and forwarding):
 	// its certificate and the cluster CA. Required when Server.TLS is set.
 	PeerTLS *tls.Config

@@ -99,7 +99,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1)}
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
-		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token)})
+		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
 	clusterID, err := loadClusterID(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -158,6 +158,13 @@ func Open(cfg Config) (*Node, error) {
 		n.cfg.Advertise = cfg.Advertise
 	}
 	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.Token)
+	if cfg.Dialer != nil {
+		n.stream.dialer = func(address string, timeout time.Duration) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			return cfg.Dialer(ctx, "tcp", address)
+		}
+	}
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  n.stream,
 		MaxPool: 4,
