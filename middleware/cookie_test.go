@@ -27,6 +27,11 @@ func TestCookieAttributes(t *testing.T) {
 					t.Fatalf("custom cookie %s", c)
 				}
 			}},
+		{"__Host- prefix", Options{HostPrefix: true, Secure: true}, func(t *testing.T, c *http.Cookie) {
+			if c.Name != "__Host-session" || !c.Secure || c.Path != "/" || c.Domain != "" {
+				t.Fatalf("__Host- cookie %s", c)
+			}
+		}},
 		{"SameSite=None with Secure", Options{SameSite: http.SameSiteNoneMode, Secure: true}, func(t *testing.T, c *http.Cookie) {
 			if c.SameSite != http.SameSiteNoneMode || !c.Secure {
 				t.Fatalf("cookie %s", c)
@@ -48,6 +53,9 @@ func TestCookieAttributes(t *testing.T) {
 			}
 			if resp.Header.Get("Vary") != "Cookie" {
 				t.Fatalf("Vary = %q, want Cookie", resp.Header.Get("Vary"))
+			}
+			if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+				t.Fatalf("Cache-Control = %q on a response that sets the session cookie, want no-store", cc)
 			}
 		})
 	}
@@ -78,5 +86,19 @@ func TestMaxAgeSlidesWithSaves(t *testing.T) {
 				t.Fatalf("cookie %s, want the same id with Max-Age=3600", resp.Cookies()[0])
 			}
 		})
+	}
+}
+
+func TestHostPrefixNeedsSecureRootPath(t *testing.T) {
+	for _, o := range []Options{{HostPrefix: true}, {HostPrefix: true, Secure: true, Domain: "example.com"}, {HostPrefix: true, Secure: true, Path: "/app"}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("New(%+v) did not refuse an invalid __Host- cookie", o)
+				}
+			}()
+			o.Store = newStore(t)
+			New(o)
+		}()
 	}
 }

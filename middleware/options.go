@@ -1,10 +1,11 @@
 package middleware
 
 import (
-	"github.com/hashicorp/go-hclog"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // Defaults for Options.
@@ -45,6 +46,11 @@ type Options struct {
 	// kadosession; nil means hclog.Default() named "session". Session ids are
 	// never logged.
 	Logger hclog.Logger
+	// HostPrefix names the cookie "__Host-" + Name, which browsers accept
+	// only with Secure, Path=/ and no Domain: the cookie cannot be set or
+	// shadowed by a sibling subdomain. New panics if Secure is off or Domain
+	// or a Path other than "/" is set.
+	HostPrefix bool
 	// Timeout bounds each store call made for a request; 0 means
 	// DefaultTimeout, a negative value means no bound beyond the request's.
 	Timeout time.Duration
@@ -67,6 +73,12 @@ func newConfig(o Options) *config {
 	}
 	if o.Path == "" {
 		o.Path = "/"
+	}
+	if o.HostPrefix {
+		if !o.Secure || o.Domain != "" || o.Path != "/" {
+			panic("middleware.New: HostPrefix needs Secure, no Domain and Path \"/\" (browsers reject __Host- cookies otherwise)")
+		}
+		o.Name = "__Host-" + o.Name
 	}
 	if o.SameSite == 0 || o.SameSite == http.SameSiteDefaultMode {
 		o.SameSite = http.SameSiteLaxMode

@@ -47,9 +47,9 @@ func (w *responseWriter) commit() bool {
 		h := w.ResponseWriter.Header()
 		h.Add("Set-Cookie", ck.String())
 		h.Add("Vary", "Cookie")
-		if h.Get("Cache-Control") == "" {
-			h.Set("Cache-Control", `no-cache="Set-Cookie"`)
-		}
+		// A response that carries a session id must never be stored by a
+		// shared cache and served to someone else (OWASP).
+		h.Set("Cache-Control", "no-store")
 	}
 	return true
 }
