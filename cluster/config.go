@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -46,6 +47,8 @@ type Config struct {
 	MaxStale time.Duration
 	// MaxSessionSize bounds one session's data in bytes (1 MiB).
 	MaxSessionSize int
+	// MaxKeys bounds the keys of one session (1024).
+	MaxKeys int
 	// Server holds the connection limits (frame size, deadlines, counts),
 	// and Server.TLS / Server.Token / Server.AllowPlaintext the security of
 	// the node's port.
@@ -107,6 +110,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.PruneFrequency == 0 {
 		out.PruneFrequency = DefaultPruneFrequency
+	}
+	if out.MaxKeys == 0 {
+		out.MaxKeys = fsm.DefaultMaxKeys
 	}
 	if out.Consistency == transport.Default {
 		out.Consistency = transport.Linearizable

@@ -25,7 +25,7 @@ func wireError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, fsm.ErrSessionTooLarge):
+	case errors.Is(err, fsm.ErrSessionTooLarge), errors.Is(err, fsm.ErrTooManyKeys):
 		return &transport.Error{Code: transport.CodeTooLarge, Message: err.Error()}
 	case errors.Is(err, fsm.ErrBadSID), errors.Is(err, fsm.ErrBadData), errors.Is(err, fsm.ErrBadKey):
 		return &transport.Error{Code: transport.CodeBadRequest, Message: err.Error()}
@@ -116,6 +116,9 @@ func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
 	if len(norm) > n.cfg.MaxSessionSize {
 		return transport.Errorf(transport.CodeTooLarge, "session data is %d bytes, the limit is %d", len(norm), n.cfg.MaxSessionSize)
 	}
+	if keys, _ := fsm.CountMembers(norm); keys > n.cfg.MaxKeys {
+		return transport.Errorf(transport.CodeTooLarge, "session data has %d keys, the limit is %d", keys, n.cfg.MaxKeys)
+	}
 	_, err = n.write(ctx, fsm.Command{Op: fsm.OpSave, SID: sid, Data: norm},
 		&transport.Request{Op: transport.OpSave, SID: sid, Data: norm})
 	return err
@@ -126,7 +129,7 @@ func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize)}
+	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize), MaxKeys: int64(n.cfg.MaxKeys)}
 	for _, kv := range set {
 		if err := fsm.ValidateKey(kv.Key); err != nil {
 			return wireError(err)

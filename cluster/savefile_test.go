@@ -130,7 +130,7 @@ func TestExpiryAndReplicatedPrune(t *testing.T) {
 }
 
 func TestPatchTouchDeleteThroughNode(t *testing.T) {
-	n := startNode(t, Config{MaxSessionSize: 64})
+	n := startNode(t, Config{MaxSessionSize: 64, MaxKeys: 3})
 	ctx := context.Background()
 	if err := n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(` 1 `)}, {Key: "b", Value: []byte(`"x"`)}}, nil); err != nil {
 		t.Fatal(err)
@@ -152,6 +152,8 @@ func TestPatchTouchDeleteThroughNode(t *testing.T) {
 		{"too large", n.Patch(ctx, "p", []transport.KV{{Key: "big", Value: []byte(`"` + strings.Repeat("z", 80) + `"`)}}, nil), transport.CodeTooLarge},
 		{"save too large", n.Save(ctx, "q", []byte(`{"big":"`+strings.Repeat("z", 80)+`"}`)), transport.CodeTooLarge},
 		{"empty sid", n.Save(ctx, "", []byte(`{}`)), transport.CodeBadRequest},
+		{"save too many keys", n.Save(ctx, "q", []byte(`{"a":1,"b":2,"c":3,"d":4}`)), transport.CodeTooLarge},
+		{"patch too many keys", n.Patch(ctx, "p", []transport.KV{{Key: "x", Value: []byte(`1`)}, {Key: "y", Value: []byte(`1`)}}, nil), transport.CodeTooLarge},
 		{"array data", n.Save(ctx, "q", []byte(`[]`)), transport.CodeBadRequest},
 	}
 	for _, tc := range cases {

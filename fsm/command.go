@@ -65,6 +65,8 @@ type Command struct {
 	Duration int64
 	// MaxSize bounds the data an OpPatch may grow a session to (0: no bound).
 	MaxSize int64
+	// MaxKeys bounds the keys an OpPatch may grow a session to (0: no bound).
+	MaxKeys int64
 	// Batch holds the commands of an OpBatch.
 	Batch []Command
 }
@@ -81,6 +83,7 @@ func (c *Command) Encode(dst []byte) []byte {
 		dst = appendBytes(dst, []byte(c.SID))
 		dst = binary.AppendVarint(dst, c.Duration)
 		dst = binary.AppendVarint(dst, c.MaxSize)
+		dst = binary.AppendVarint(dst, c.MaxKeys)
 		dst = binary.AppendUvarint(dst, uint64(len(c.Set)))
 		for _, f := range c.Set {
 			dst = appendBytes(dst, []byte(f.Key))
@@ -197,6 +200,7 @@ func (d *decoder) command(depth int) Command {
 		c.SID = string(d.bytes())
 		c.Duration = d.varint()
 		c.MaxSize = d.varint()
+		c.MaxKeys = d.varint()
 		n := d.count()
 		c.Set = make([]Field, 0, n)
 		for i := 0; i < n && d.err == nil; i++ {

@@ -130,7 +130,7 @@ func TestDecodeCommandCorrupt(t *testing.T) {
 		{"length past end", []byte{byte(OpSave), 0, 50, 'a'}, "exceeds"},
 		{"huge length", []byte{byte(OpDelete), 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, "exceeds"},
 		{"varint overflow", overflow, "varint"},
-		{"patch huge count", []byte{byte(OpPatch), 0, 1, 's', 0, 0, 0xff, 0xff, 0x03}, "count"},
+		{"patch huge count", []byte{byte(OpPatch), 0, 1, 's', 0, 0, 0, 0xff, 0xff, 0x03}, "count"},
 		{"batch huge count", []byte{byte(OpBatch), 0, 0xff, 0xff, 0x03}, "count"},
 		{"nested batch", nested, "nested batch"},
 		{"batch element trailing bytes", trailingElem, "trailing bytes in batch element 0"},

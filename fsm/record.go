@@ -17,6 +17,8 @@ const (
 	MaxKeyLen = 1024
 	// DefaultMaxSessionSize is the default bound on one session's encoded data.
 	DefaultMaxSessionSize = 1 << 20
+	// DefaultMaxKeys is the default bound on the keys of one session.
+	DefaultMaxKeys = 1024
 )
 
 // WrittenKey is the reserved data key that carries a record's last-save time
@@ -33,6 +35,8 @@ var (
 	ErrBadKey = errors.New("invalid session key")
 	// ErrSessionTooLarge means a session's data would exceed the size limit.
 	ErrSessionTooLarge = errors.New("session too large")
+	// ErrTooManyKeys means a session would hold more keys than allowed.
+	ErrTooManyKeys = errors.New("session has too many keys")
 	// ErrCorrupt means a save file, snapshot or log entry could not be decoded.
 	ErrCorrupt = errors.New("corrupt session data")
 )

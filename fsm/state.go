@@ -174,6 +174,10 @@ func (s *State) patch(c *Command) Result {
 			}
 		}
 	}
+	if c.MaxKeys > 0 && int64(len(fields)) > c.MaxKeys {
+		return Result{Err: fmt.Errorf("%w: the patch gives the session %d keys, the limit is %d",
+			ErrTooManyKeys, len(fields), c.MaxKeys)}
+	}
 	data := EncodeObject(fields)
 	if c.MaxSize > 0 && int64(len(data)) > c.MaxSize {
 		return Result{Err: fmt.Errorf("%w: the patch makes session data %d bytes, the limit is %d",

@@ -37,3 +37,11 @@ func FuzzValidCompact(f *testing.F) {
 		}
 	})
 }
+
+func TestCountMembers(t *testing.T) {
+	for in, want := range map[string]int{`{}`: 0, `{"a":1}`: 1, `{"a":{"b":[1,{"c":2}]},"d":"x,}"}`: 2, `{"a":"\"}","b":null,"c":[]}`: 3} {
+		if got, err := CountMembers([]byte(in)); err != nil || got != want {
+			t.Errorf("CountMembers(%s) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+}

@@ -37,6 +37,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.PruneFrequency, "prune-frequency", cluster.DefaultPruneFrequency, "how often the leader prunes expired sessions")
 	fs.StringVar(&join, "join", "", "`HOST:PORT[,HOST:PORT…]` of an existing cluster to join (instead of starting a new one)")
 	fs.IntVar(&cfg.MaxSessionSize, "max-session-size", transport.DefaultMaxFrame, "largest session data in bytes")
+	fs.IntVar(&cfg.MaxKeys, "max-keys", 1024, "most keys one session may hold")
 	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", transport.DefaultMaxFrame, "largest native frame or Kado JSON request in bytes")
 	fs.DurationVar(&cfg.Server.ReadTimeout, "read-timeout", 10*time.Second, "time a client has to finish sending a request it started")
 	fs.DurationVar(&cfg.Server.IdleTimeout, "idle-timeout", 5*time.Minute, "close native connections idle this long")
