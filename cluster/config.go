@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/transport"
@@ -73,6 +74,9 @@ type Config struct {
 	TrailingLogs uint64
 	// Logger receives every log line; nil writes at info level to stderr.
 	Logger hclog.Logger
+
+	// wrapLogStore lets tests put a failing layer under raft's log.
+	wrapLogStore func(raft.LogStore) raft.LogStore
 }
 
 // Defaults used for zero Config fields.

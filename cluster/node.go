@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,7 +123,11 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	logs, err := raft.NewLogCache(512, n.bolt)
+	var logStore raft.LogStore = n.bolt
+	if cfg.wrapLogStore != nil {
+		logStore = cfg.wrapLogStore(logStore)
+	}
+	logs, err := raft.NewLogCache(512, logStore)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +190,10 @@ func Open(cfg Config) (*Node, error) {
 	rc.MaxAppendEntries = 256
 	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, snaps, n.trans)
 	if err != nil {
+		if strings.Contains(err.Error(), "snapshot") {
+			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+
+				"if other members are healthy, remove this node (kadosession remove), empty %s and start it again with --join", err, filepath.Join(cfg.DataDir, "snapshots"), cfg.DataDir)
+		}
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	bootstrapped := false

@@ -19,9 +19,12 @@ func writeFileAtomic(path string, data []byte) error {
 	})
 }
 
+// createTemp is os.CreateTemp; tests replace it to make the disk fail.
+var createTemp = os.CreateTemp
+
 func writeAtomic(path string, write func(*os.File) error) (err error) {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := createTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}

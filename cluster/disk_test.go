@@ -1,0 +1,103 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// fullDisk makes every new save file fail as a full disk would, until the
+// test ends.
+func fullDisk(t *testing.T) {
+	orig := createTemp
+	createTemp = func(dir, pattern string) (*os.File, error) {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: syscall.ENOSPC}
+	}
+	t.Cleanup(func() { createTemp = orig })
+}
+
+func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: 20 * time.Millisecond})
+	ctx := context.Background()
+	mustSave(t, n, "a", `{"v":1}`)
+	path := filepath.Join(dir, "sessions.json")
+	poll(t, func() bool { b, _ := os.ReadFile(path); return strings.Contains(string(b), `"a"`) }, 5*time.Second, "first save file")
+	before, _ := os.ReadFile(path)
+	fullDisk(t)
+	mustSave(t, n, "b", `{"v":2}`)
+	time.Sleep(100 * time.Millisecond) // several save-file rounds fail
+	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "previous save file is intact") {
+		t.Fatalf("SaveNow on a full disk: %v", err)
+	}
+	// Still serving, and the previous save file is as it was.
+	if data, found, err := n.Restore(ctx, "b", transport.Default); err != nil || !found || string(data) != `{"v":2}` {
+		t.Fatalf("restore on a full disk: %s %v %v", data, found, err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatalf("save file changed on a full disk:\n%s\n%s", before, after)
+	}
+}
+
+func TestCorruptSnapshotStopsStart(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir})
+	mustSave(t, n, "a", `{"v":1}`)
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	snaps, _ := filepath.Glob(filepath.Join(dir, "snapshots", "*", "state.bin"))
+	if len(snaps) == 0 {
+		t.Fatal("no snapshot written")
+	}
+	for _, s := range snaps {
+		b, _ := os.ReadFile(s)
+		os.WriteFile(s, b[:len(b)/2], 0o600) // truncated
+	}
+	_, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger()})
+	if err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("Open with a truncated snapshot: %v", err)
+	}
+}
+
+// failingLogStore fails StoreLogs while fail is set, as a dying disk would.
+type failingLogStore struct {
+	raft.LogStore
+	fail *atomic.Bool
+}
+
+func (f failingLogStore) StoreLog(l *raft.Log) error { return f.StoreLogs([]*raft.Log{l}) }
+
+func (f failingLogStore) StoreLogs(logs []*raft.Log) error {
+	if f.fail.Load() {
+		return errors.New("input/output error")
+	}
+	return f.LogStore.StoreLogs(logs)
+}
+
+func TestLogStoreFailureStopsAcks(t *testing.T) {
+	var fail atomic.Bool
+	n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &fail} }})
+	mustSave(t, n, "ok", `{}`)
+	fail.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := n.Save(ctx, "lost", []byte(`{}`)); err == nil {
+		t.Fatal("a save was acknowledged while the log could not be written")
+	}
+	fail.Store(false)
+	if _, found, _ := n.Restore(context.Background(), "lost", transport.Stale); found {
+		t.Fatal("the unacknowledged save is in the state machine")
+	}
+}
