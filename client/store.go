@@ -225,3 +225,39 @@ func badRequest(op, format string, args ...any) error {
 	te := transport.Errorf(transport.CodeBadRequest, format, args...)
 	return fmt.Errorf("kadosession: %s: %w", op, te)
 }
+
+// UserSessions lists the ids of the live sessions tagged with user (see
+// middleware Session.SetUser), read linearizably from the leader. Safe for
+// concurrent use; errors are like Restore's.
+func (s *Store) UserSessions(ctx context.Context, user string) ([]string, error) {
+	body, _ := json.Marshal(map[string]string{"op": "user_sessions", "user": user})
+	out, err := s.Admin(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	var reply struct {
+		Sessions []string `json:"sessions"`
+	}
+	if err := json.Unmarshal(out, &reply); err != nil {
+		return nil, fmt.Errorf("kadosession: user_sessions answer: %w", err)
+	}
+	return reply.Sessions, nil
+}
+
+// RevokeUser deletes every session tagged with user, in one replicated
+// command, and returns how many there were — across the whole cluster.
+// Safe for concurrent use; retried like the other writes.
+func (s *Store) RevokeUser(ctx context.Context, user string) (int, error) {
+	body, _ := json.Marshal(map[string]string{"op": "revoke_user", "user": user})
+	out, err := s.Admin(ctx, body)
+	if err != nil {
+		return 0, err
+	}
+	var reply struct {
+		Revoked int `json:"revoked"`
+	}
+	if err := json.Unmarshal(out, &reply); err != nil {
+		return 0, fmt.Errorf("kadosession: revoke_user answer: %w", err)
+	}
+	return reply.Revoked, nil
+}

@@ -25,6 +25,7 @@ const clusterIDFile = "cluster-id"
 // adminRequest is the JSON body of a transport.OpAdmin request.
 type adminRequest struct {
 	Op        string `json:"op"`
+	User      string `json:"user,omitempty"`
 	ID        string `json:"id,omitempty"`
 	Address   string `json:"address,omitempty"`
 	ClusterID string `json:"cluster_id,omitempty"`
@@ -105,7 +106,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		return json.Marshal(n.Status())
 	case "cluster":
 		return json.Marshal(n.ClusterStatus(ctx))
-	case "join", "remove":
+	case "join", "remove", "user_sessions", "revoke_user":
 		if err := n.awaitLeader(ctx); err != nil {
 			return nil, err
 		}
@@ -116,6 +117,20 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			if resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body}); forwarded {
 				return resp.Data, err
 			}
+		}
+		switch req.Op {
+		case "user_sessions":
+			sids, err := n.UserSessions(ctx, req.User)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(map[string]any{"user": req.User, "sessions": sids})
+		case "revoke_user":
+			count, err := n.RevokeUser(ctx, req.User)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(map[string]any{"user": req.User, "revoked": count})
 		}
 		if req.Op == "join" {
 			reply, err := n.Join(ctx, req.ID, req.Address, req.ClusterID)
@@ -129,7 +144,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		}
 		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
 	}
-	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join or remove)", req.Op)
+	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join, remove, user_sessions or revoke_user)", req.Op)
 }
 
 func quote(s string) string {

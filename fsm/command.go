@@ -27,6 +27,8 @@ const (
 	OpPrune Op = 5
 	// OpBatch carries many commands in one log entry (group commit).
 	OpBatch Op = 6
+	// OpDeleteUser removes every session tagged with the user in SID.
+	OpDeleteUser Op = 7
 )
 
 func (o Op) String() string {
@@ -43,6 +45,8 @@ func (o Op) String() string {
 		return "prune"
 	case OpBatch:
 		return "batch"
+	case OpDeleteUser:
+		return "delete-user"
 	}
 	return fmt.Sprintf("op(%d)", byte(o))
 }
@@ -93,7 +97,7 @@ func (c *Command) Encode(dst []byte) []byte {
 		for _, k := range c.Del {
 			dst = appendBytes(dst, []byte(k))
 		}
-	case OpDelete:
+	case OpDelete, OpDeleteUser:
 		dst = appendBytes(dst, []byte(c.SID))
 	case OpTouch:
 		dst = appendBytes(dst, []byte(c.SID))
@@ -212,7 +216,7 @@ func (d *decoder) command(depth int) Command {
 		for i := 0; i < n && d.err == nil; i++ {
 			c.Del = append(c.Del, string(d.bytes()))
 		}
-	case OpDelete:
+	case OpDelete, OpDeleteUser:
 		c.SID = string(d.bytes())
 	case OpTouch:
 		c.SID = string(d.bytes())

@@ -50,6 +50,9 @@ type Record struct {
 	Data []byte
 	// Written is the leader's time of the last save, in ms since the epoch.
 	Written int64
+	// User is the user the data names under UserKey ("" for none), kept
+	// beside the data so the index needs no parsing to update.
+	User string
 }
 
 // Expired reports whether the record has expired at now for the given

@@ -23,6 +23,7 @@ var shardSeed = maphash.MakeSeed()
 type State struct {
 	shards  [shardCount]shard
 	version atomic.Uint64
+	users   userIndex
 }
 
 type shard struct {
@@ -91,21 +92,15 @@ func (s *State) Apply(c *Command) Result {
 	case OpPatch:
 		return s.patch(c)
 	case OpDelete:
-		sh := s.shard(c.SID)
-		sh.mu.Lock()
-		_, ok := sh.sessions[c.SID]
-		delete(sh.sessions, c.SID)
-		sh.mu.Unlock()
-		if ok {
-			return Result{Count: 1}
-		}
-		return Result{}
+		return Result{Count: s.remove(c.SID)}
+	case OpDeleteUser:
+		return Result{Count: s.deleteUser(c.SID)}
 	case OpTouch:
 		sh := s.shard(c.SID)
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
 		if r, ok := sh.sessions[c.SID]; ok && !r.Expired(c.Time, c.Duration) {
-			sh.sessions[c.SID] = &Record{Data: r.Data, Written: c.Time}
+			sh.sessions[c.SID] = &Record{Data: r.Data, Written: c.Time, User: r.User}
 			return Result{Count: 1}
 		}
 		return Result{}
@@ -135,10 +130,17 @@ func (s *State) ApplyBatch(cmds []Command) []Result {
 }
 
 func (s *State) put(sid string, r *Record) {
+	r.User = userOf(r.Data)
 	sh := s.shard(sid)
 	sh.mu.Lock()
+	old := sh.sessions[sid]
 	sh.sessions[sid] = r
 	sh.mu.Unlock()
+	oldUser := ""
+	if old != nil {
+		oldUser = old.User
+	}
+	s.users.move(sid, oldUser, r.User)
 }
 
 func (s *State) patch(c *Command) Result {
@@ -195,13 +197,20 @@ func (s *State) prune(now, duration int64) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
+		var gone []string
 		for sid, r := range sh.sessions {
 			if r.Expired(now, duration) {
+				if r.User != "" {
+					gone = append(gone, sid, r.User)
+				}
 				delete(sh.sessions, sid)
 				n++
 			}
 		}
 		sh.mu.Unlock()
+		for j := 0; j < len(gone); j += 2 {
+			s.users.move(gone[j], gone[j+1], "")
+		}
 	}
 	return n
 }
@@ -231,9 +240,18 @@ func (s *State) Replace(m map[string]*Record) {
 	for i := range fresh {
 		fresh[i] = make(map[string]*Record, len(m)/shardCount+1)
 	}
+	users := map[string]map[string]struct{}{}
 	for sid, r := range m {
+		r.User = userOf(r.Data)
+		if r.User != "" {
+			if users[r.User] == nil {
+				users[r.User] = map[string]struct{}{}
+			}
+			users[r.User][sid] = struct{}{}
+		}
 		fresh[shardIndex(sid)][sid] = r
 	}
+	s.users.reset(users)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()

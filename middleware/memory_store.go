@@ -248,3 +248,23 @@ func encodeFields(data map[string]json.RawMessage) ([]fsm.Field, error) {
 	}
 	return fields, nil
 }
+
+// UserSessions implements UserStore: the ids of the live sessions tagged
+// with user, in byte order.
+func (m *MemoryStore) UserSessions(ctx context.Context, user string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return m.state.UserSessions(user, m.nowMs(), m.duration), nil
+}
+
+// RevokeUser implements UserStore: it deletes every session tagged with
+// user and returns how many there were.
+func (m *MemoryStore) RevokeUser(ctx context.Context, user string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.state.Apply(&fsm.Command{Op: fsm.OpDeleteUser, Time: m.nowMs(), SID: user}).Count, nil
+}

@@ -1,0 +1,60 @@
+package fsm
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+)
+
+func TestUserIndex(t *testing.T) {
+	s := NewState()
+	apply := func(c Command) Result { t.Helper(); return s.Apply(&c) }
+	apply(Command{Op: OpSave, Time: 100, SID: "a1", Data: []byte(`{"_user":"alice","n":1}`)})
+	apply(Command{Op: OpSave, Time: 100, SID: "a2", Data: []byte(`{"_user":"alice"}`)})
+	apply(Command{Op: OpSave, Time: 100, SID: "b1", Data: []byte(`{"_user":"bob"}`)})
+	apply(Command{Op: OpSave, Time: 100, SID: "anon", Data: []byte(`{"x":1}`)})
+	if got := s.UserSessions("alice", 100, 0); !slices.Equal(got, []string{"a1", "a2"}) {
+		t.Fatalf("alice: %v", got)
+	}
+	// A patch that sets the user moves the session; one that removes it, drops it.
+	apply(Command{Op: OpPatch, Time: 101, SID: "anon", Set: []Field{{Key: UserKey, Value: []byte(`"bob"`)}}})
+	apply(Command{Op: OpPatch, Time: 101, SID: "a2", Del: []string{UserKey}})
+	if got := s.UserSessions("bob", 101, 0); !slices.Equal(got, []string{"anon", "b1"}) {
+		t.Fatalf("bob after patches: %v", got)
+	}
+	if got := s.UserSessions("alice", 101, 0); !slices.Equal(got, []string{"a1"}) {
+		t.Fatalf("alice after patches: %v", got)
+	}
+	// The index survives a snapshot (the save-file document) and restore.
+	var doc bytes.Buffer
+	s.Capture().WriteTo(&doc)
+	r := NewFSM()
+	m, err := ReadDocument(&doc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.State.Replace(m)
+	if got := r.State.UserSessions("bob", 101, 0); !slices.Equal(got, []string{"anon", "b1"}) {
+		t.Fatalf("bob after restore: %v", got)
+	}
+	// Revoking a user deletes exactly their sessions, replicated as a command.
+	if res := apply(Command{Op: OpDeleteUser, Time: 102, SID: "bob"}); res.Count != 2 {
+		t.Fatalf("delete bob removed %d", res.Count)
+	}
+	if _, ok := s.Get("b1", 102, 0); ok || s.Len() != 2 || len(s.UserSessions("bob", 102, 0)) != 0 {
+		t.Fatalf("after revoking bob: %d sessions, bob has %v", s.Len(), s.UserSessions("bob", 102, 0))
+	}
+	// Expired sessions are not listed, and the prune drops them from the index.
+	if got := s.UserSessions("alice", 1000, 500); len(got) != 0 {
+		t.Fatalf("expired alice sessions listed: %v", got)
+	}
+	apply(Command{Op: OpPrune, Time: 1000, Duration: 500})
+	if len(s.users.list("alice")) != 0 {
+		t.Fatal("pruned session left in the user index")
+	}
+	// Round trip of the command's encoding.
+	c := Command{Op: OpDeleteUser, Time: 5, SID: "carol"}
+	if d, err := DecodeCommand(c.Encode(nil)); err != nil || d.SID != "carol" || d.Op != OpDeleteUser {
+		t.Fatalf("decode: %+v %v", d, err)
+	}
+}
