@@ -24,6 +24,7 @@ type committer struct {
 	maxBytes int
 	maxCount int
 	timeout  time.Duration
+	obs      *metrics // batch sizes and apply latency; nil: none
 
 	mu       sync.Mutex
 	lastTime int64
@@ -148,15 +149,17 @@ func (c *committer) loop() {
 		}
 		buf = cmd.Encode(buf[:0])
 		data := append([]byte(nil), buf...)
+		start := time.Now()
 		f := c.raft.Apply(data, c.timeout)
 		c.wg.Add(1)
-		go c.await(f, batch)
+		go c.await(f, batch, start)
 	}
 }
 
-func (c *committer) await(f raft.ApplyFuture, batch []*pendingWrite) {
+func (c *committer) await(f raft.ApplyFuture, batch []*pendingWrite, start time.Time) {
 	defer c.wg.Done()
 	err := f.Error()
+	c.obs.observeApply(len(batch), time.Since(start))
 	<-c.inflight
 	if err != nil {
 		werr := applyError(err, c.raft)

@@ -72,6 +72,10 @@ type Config struct {
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
 	// followers that lag a little (4096).
 	TrailingLogs uint64
+	// HTTP is the HOST:PORT of the admin HTTP endpoint (/metrics, /healthz,
+	// /readyz, /status; see admin_http.go). Empty: off. It has no auth:
+	// keep it on loopback or a private network.
+	HTTP string
 	// Logger receives every log line; nil writes at info level to stderr.
 	Logger hclog.Logger
 

@@ -291,6 +291,12 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 func (n *Node) joinLoop() error {
 	backoff := 100 * time.Millisecond
 	for {
+		if n.isMember() {
+			// A restarted member (maybe elected leader meanwhile) has
+			// nothing to ask: the configuration it holds names it already.
+			n.log.Debug("already a member of the cluster; no join needed")
+			return nil
+		}
 		for _, addr := range n.cfg.Join {
 			if addr == n.cfg.Advertise {
 				continue
@@ -315,6 +321,21 @@ func (n *Node) joinLoop() error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// isMember reports whether the latest configuration this node knows names
+// it at its advertised address.
+func (n *Node) isMember() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id && string(s.Address) == n.cfg.Advertise {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) joinVia(addr string) error {

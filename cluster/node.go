@@ -38,6 +38,10 @@ type Node struct {
 	reads  *readIndex
 	fwd    *forwarder
 
+	obs     *metrics     // Prometheus metrics (metrics.go)
+	httpSrv *adminHTTP   // Config.HTTP endpoint, nil when off (admin_http.go)
+	backups *backupStore // backups held for streaming (backup.go)
+
 	clusterID atomic.Pointer[string]
 	leaderMu  sync.Mutex
 	leaderCh  chan struct{} // closed when raft reports a new leader
@@ -99,6 +103,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1)}
+	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
 		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
 	clusterID, err := loadClusterID(cfg.DataDir)
@@ -188,7 +193,10 @@ func Open(cfg Config) (*Node, error) {
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, snaps, n.trans)
+	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
+		return nil, err
+	}
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, n.obs.snapshotStore(snaps), n.trans)
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+
@@ -227,16 +235,20 @@ func Open(cfg Config) (*Node, error) {
 	n.bg.Add(1)
 	go n.watchLeader(obs)
 	n.commit = newCommitter(n.raft, 10*time.Second)
+	n.commit.obs = n.obs
 	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied}
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}
-	n.server = transport.NewServer(n, scfg)
+	n.server = transport.NewServer(observedHandler{n}, scfg)
 	go func() {
 		if err := n.server.Serve(n.ln); err != nil && !errors.Is(err, transport.ErrServerClosed) {
 			log.Error("serving stopped", "error", err)
 		}
 	}()
+	if err := n.startHTTP(); err != nil {
+		return nil, err
+	}
 	n.bg.Add(1)
 	go n.startup(needImport, imported, markerPath, len(cfg.Join) > 0 && !hasState)
 	ok = true
@@ -417,6 +429,7 @@ func (n *Node) Prune(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpPrune, Duration: n.cfg.Duration.Milliseconds()})
+	n.obs.observePrune(r.Count, err)
 	if err == nil && r.Count > 0 {
 		n.log.Debug("pruned expired sessions", "count", r.Count)
 	}
@@ -465,6 +478,7 @@ func (n *Node) voters() int {
 
 // teardown releases whatever Open managed to open.
 func (n *Node) teardown() {
+	n.stopHTTP()
 	if n.server != nil {
 		n.server.Close()
 	} else if n.ln != nil {

@@ -17,6 +17,8 @@ Usage:
   kadosession status [flags]    show every member of the cluster (--cluster HOST:PORT, --json)
   kadosession join [flags]      add a node: --cluster HOST:PORT --id ID --address HOST:PORT
   kadosession remove [flags]    remove a node: --cluster HOST:PORT --id ID
+  kadosession backup [flags]    write a consistent backup of every session: --cluster HOST:PORT --out FILE
+  kadosession restore [flags]   load a backup into a running cluster: --cluster HOST:PORT --in FILE
   kadosession health [flags]    exit 0 when a node serves and knows its leader (health checks)
   kadosession bench [flags]     measure saves or restores per second against a node
   kadosession help              this text
@@ -43,6 +45,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = join(args[1:], stdout, stderr)
 	case "remove":
 		err = remove(args[1:], stdout, stderr)
+	case "backup":
+		err = backup(args[1:], stdout, stderr)
+	case "restore":
+		err = restore(args[1:], stdout, stderr)
 	case "health":
 		err = health(args[1:], stdout, stderr)
 	case "bench":

@@ -58,6 +58,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&sec.ca, "tls-ca", "", "CA certificate `FILE` (PEM): peers must present a certificate it signed (mutual TLS)")
 	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
 	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
+	fs.StringVar(&cfg.HTTP, "http", "", "serve /metrics (Prometheus), /healthz, /readyz and /status on `HOST:PORT` (off by default; no auth: keep it on loopback or a private network)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
 	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
 		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+

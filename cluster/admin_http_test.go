@@ -1,0 +1,261 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+func withHTTP(c *Config) { c.HTTP = "127.0.0.1:0" }
+
+// httpGet fetches path from n's admin endpoint.
+func httpGet(t *testing.T, n *Node, path string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + n.HTTPAddr() + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// scrape parses n's /metrics with Prometheus's own text parser.
+func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := httpGet(t, n, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v\n%s", err, body)
+	}
+	return fams
+}
+
+// metricValue returns the value (counter, gauge, or a histogram's count) of
+// the series of family name whose labels include want; ok is false when
+// there is none.
+func metricValue(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+next:
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func mustMetric(t *testing.T, fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	t.Helper()
+	v, ok := metricValue(fams, name, want)
+	if !ok {
+		t.Fatalf("no series %s%v in /metrics", name, want)
+	}
+	return v
+}
+
+func nativeConn(t *testing.T, addr string) *transport.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, addr, transport.ConnConfig{})
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func roundTrip(t *testing.T, c *transport.Conn, req *transport.Request) transport.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.RoundTrip(ctx, req)
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", req.Op, err)
+	}
+	return resp
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	l, f := tc.leader(), tc.follower()
+	leader, follower := tc.nodes[l], tc.nodes[f]
+
+	// Native saves through the follower (forwarded), Kado JSON saves and a
+	// native restore through the leader.
+	fc := nativeConn(t, follower.Addr())
+	for i := 0; i < 5; i++ {
+		roundTrip(t, fc, &transport.Request{Op: transport.OpSave, SID: fmt.Sprintf("native-%d", i), Data: []byte(`{"n":1}`)})
+	}
+	for i := 0; i < 3; i++ {
+		if got := kadoRequest(t, leader.Addr(), []byte(fmt.Sprintf(`{"save":{"sid":"kado-%d","data":{"a":1}}}`, i))); !strings.Contains(got, `"ok"`) {
+			t.Fatalf("kado save: %s", got)
+		}
+	}
+	lc := nativeConn(t, leader.Addr())
+	if resp := roundTrip(t, lc, &transport.Request{Op: transport.OpRestore, SID: "native-0"}); !resp.Found {
+		t.Fatal("restore of native-0 found nothing")
+	}
+	if _, err := leader.Prune(context.Background()); err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+	if err := leader.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	tc.waitSame()
+
+	lm := scrape(t, leader)
+	for _, tt := range []struct {
+		name   string
+		labels map[string]string
+		check  func(float64) bool
+		want   string
+	}{
+		{"kadosession_sessions", nil, func(v float64) bool { return v == 8 }, "8 sessions"},
+		{"kadosession_raft_term", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"kadosession_raft_state", map[string]string{"state": "leader"}, func(v float64) bool { return v == 1 }, "1"},
+		{"kadosession_raft_state", map[string]string{"state": "follower"}, func(v float64) bool { return v == 0 }, "0"},
+		{"kadosession_raft_commit_index", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"kadosession_raft_applied_index", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"kadosession_raft_voters", nil, func(v float64) bool { return v == 3 }, "3"},
+		{"kadosession_ready", nil, func(v float64) bool { return v == 1 }, "1"},
+		{"kadosession_requests_total", map[string]string{"op": "save", "protocol": "kado", "result": "ok"}, func(v float64) bool { return v == 3 }, "3 Kado saves"},
+		{"kadosession_requests_total", map[string]string{"op": "save", "protocol": "peer", "result": "ok"}, func(v float64) bool { return v >= 5 }, ">= 5 forwarded saves"},
+		{"kadosession_requests_total", map[string]string{"op": "restore", "protocol": "native", "result": "ok"}, func(v float64) bool { return v == 1 }, "1 native restore"},
+		{"kadosession_request_duration_seconds", map[string]string{"op": "save", "protocol": "kado"}, func(v float64) bool { return v == 3 }, "3 observations"},
+		{"kadosession_commit_batch_size", nil, func(v float64) bool { return v >= 1 }, ">= 1 batch"},
+		{"kadosession_raft_apply_duration_seconds", nil, func(v float64) bool { return v >= 1 }, ">= 1 batch"},
+		{"kadosession_prunes_total", map[string]string{"result": "ok"}, func(v float64) bool { return v == 1 }, "1"},
+		{"kadosession_snapshots_total", map[string]string{"result": "ok"}, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"kadosession_snapshot_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"kadosession_open_connections", nil, func(v float64) bool { return v >= 1 }, ">= 1 (our native connection)"},
+		{"go_goroutines", nil, func(v float64) bool { return v > 0 }, "> 0"},
+	} {
+		name := tt.name
+		for _, k := range []string{"op", "protocol", "result", "state"} {
+			if v, ok := tt.labels[k]; ok {
+				name += "/" + v
+			}
+		}
+		t.Run(name, func(t *testing.T) {
+			if v := mustMetric(t, lm, tt.name, tt.labels); !tt.check(v) {
+				t.Errorf("%s%v = %v, want %s", tt.name, tt.labels, v, tt.want)
+			}
+		})
+	}
+	if _, ok := metricValue(lm, "kadosession_raft_last_contact_seconds", nil); ok {
+		t.Error("the leader reports a last contact")
+	}
+
+	fm := scrape(t, follower)
+	if v := mustMetric(t, fm, "kadosession_requests_total", map[string]string{"op": "save", "protocol": "native", "result": "ok"}); v != 5 {
+		t.Errorf("follower native saves = %v, want 5", v)
+	}
+	if v := mustMetric(t, fm, "kadosession_forwarded_requests_total", map[string]string{"op": "save"}); v != 5 {
+		t.Errorf("follower forwarded saves = %v, want 5", v)
+	}
+	if v := mustMetric(t, fm, "kadosession_raft_last_contact_seconds", nil); v < 0 || v > 5 {
+		t.Errorf("follower last contact = %vs", v)
+	}
+	if v := mustMetric(t, fm, "kadosession_sessions", nil); v != 8 {
+		t.Errorf("follower sessions = %v, want 8", v)
+	}
+}
+
+func TestReadyzHealthzStatus(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	f := tc.follower()
+	n := tc.nodes[f]
+	if code, body := httpGet(t, n, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d %s", code, body)
+	}
+	poll(t, func() bool { code, _ := httpGet(t, n, "/readyz"); return code == http.StatusOK }, 10*time.Second, "/readyz 200 on a follower")
+
+	code, body := httpGet(t, n, "/status")
+	if code != http.StatusOK {
+		t.Fatalf("/status = %d %s", code, body)
+	}
+	var st ClusterStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatalf("/status is not ClusterStatus JSON: %v\n%s", err, body)
+	}
+	if len(st.Nodes) != 3 || st.LeaderID == "" || st.ClusterID != n.ClusterID() {
+		t.Fatalf("/status = %+v", st)
+	}
+	for _, ns := range st.Nodes {
+		if ns.State == "unreachable" {
+			t.Errorf("/status: %s unreachable: %s", ns.ID, ns.Error)
+		}
+	}
+}
+
+func TestReadyzFalseWhenCutOffFromLeader(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	f := tc.follower()
+	n := tc.nodes[f]
+	poll(t, func() bool { code, _ := httpGet(t, n, "/readyz"); return code == http.StatusOK }, 10*time.Second, "/readyz 200")
+
+	for i := range tc.nodes {
+		if i == f {
+			continue
+		}
+		other := tc.nodes[i]
+		tc.crash(i)
+		other.stopHTTP() // crash leaves the admin endpoint up, as a frozen process would
+	}
+	var body string
+	poll(t, func() bool {
+		var code int
+		code, body = httpGet(t, n, "/readyz")
+		return code == http.StatusServiceUnavailable
+	}, 10*time.Second, "/readyz 503 on a node cut off from its leader")
+	var rd Readiness
+	if err := json.Unmarshal([]byte(body), &rd); err != nil || rd.Ready || rd.Reason == "" {
+		t.Fatalf("/readyz body = %s (%v)", body, err)
+	}
+	t.Logf("/readyz: %s", rd.Reason)
+	// The process is still up.
+	if code, _ := httpGet(t, n, "/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz = %d on a live node", code)
+	}
+}

@@ -1,0 +1,77 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// TestRecoveryFromPeersJSON: two of three nodes are lost for good; the
+// survivor cannot elect itself. A peers.json naming only the survivor,
+// put in its data directory while it is stopped, makes it a one-node
+// cluster with every session it held, and then it takes new members.
+func TestRecoveryFromPeersJSON(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	for i := 0; i < 20; i++ {
+		mustSave(t, tc.nodes[l], fmt.Sprintf("s%d", i), `{"v":1}`)
+	}
+	want := tc.waitSame()
+
+	const survivor = 0
+	for i := range tc.nodes {
+		if i != survivor {
+			tc.crash(i)
+		}
+	}
+	// Without a quorum it stays leaderless.
+	poll(t, func() bool { addr, _ := tc.nodes[survivor].raft.LeaderWithID(); return addr == "" }, 10*time.Second, "the survivor to lose its leader")
+	tc.stop(survivor)
+
+	dir := tc.cfgs[survivor].DataDir
+	// A file that does not list the node is refused, and left in place.
+	if err := os.WriteFile(filepath.Join(dir, PeersJSON), []byte(`[{"id":"elsewhere","address":"127.0.0.1:1","non_voter":false}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(tc.cfgs[survivor]); err == nil || !strings.Contains(err.Error(), "does not list this node") {
+		t.Fatalf("open with a peers.json that omits the node: %v", err)
+	}
+	peers := fmt.Sprintf(`[{"id":%q,"address":%q,"non_voter":false}]`, tc.cfgs[survivor].ID, tc.cfgs[survivor].Listen)
+	if err := os.WriteFile(filepath.Join(dir, PeersJSON), []byte(peers), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := tc.start(survivor)
+	poll(t, func() bool { return n.Ready() && n.raft.State() == raft.Leader }, 15*time.Second, "the recovered node to lead")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := n.Restore(ctx, "s0", transport.Linearizable); err != nil { // applied everything committed
+		t.Fatalf("read after recovery: %v", err)
+	}
+	if got := n.State().Capture().Hash(); got != want {
+		t.Fatalf("recovered state hash %s, want %s", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, PeersJSON+".applied")); err != nil {
+		t.Fatalf("peers.json not marked applied: %v", err)
+	}
+	if n.voters() != 1 {
+		t.Fatalf("voters after recovery = %d, want 1", n.voters())
+	}
+	if err := n.Save(ctx, "after", []byte(`{"ok":true}`)); err != nil {
+		t.Fatalf("write after recovery: %v", err)
+	}
+	// A restart does not apply the file again and keeps the new state.
+	tc.stop(survivor)
+	n = tc.start(survivor)
+	poll(t, func() bool { return n.Ready() && n.raft.State() == raft.Leader }, 15*time.Second, "leader after restart")
+	if _, found, err := n.Restore(ctx, "after", transport.Linearizable); err != nil || !found {
+		t.Fatalf("the write made after recovery is gone after a restart: found %v, %v", found, err)
+	}
+}
