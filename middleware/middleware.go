@@ -57,7 +57,8 @@ type webRequest struct {
 	cfg         *config
 	req         *http.Request
 	ip, agent   string
-	hadCookie   bool // the request carried a cookie of our name
+	hadCookie   bool   // the request carried a cookie of our name
+	cookieID    string // the id that cookie named, kept to keep it out of logs
 	headersSent bool
 	cookie      cookieOp
 }
@@ -77,20 +78,21 @@ func (c *config) newSession(r *http.Request) *Session {
 		web.hadCookie = true
 		if validID(ck.Value) {
 			s.id = ck.Value
+			web.cookieID = ck.Value
 			break
 		}
 	}
 	return s
 }
 
-// saved records that the session was written to the store.
-func (w *webRequest) saved(wasNew bool) {
+// saved records that the session sid was written to the store.
+func (w *webRequest) saved(sid string, wasNew bool) {
 	if !wasNew && w.cfg.MaxAge <= 0 {
 		return
 	}
 	w.cookie = cookieSet
 	if wasNew && w.headersSent {
-		w.log(hclog.Warn, "a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", nil)
+		w.log(hclog.Warn, "a new session was saved after the response headers were sent; its cookie could not be set, so the client will not see it", sid, nil)
 	}
 }
 
@@ -102,10 +104,16 @@ func (w *webRequest) destroyed() {
 	}
 }
 
-func (w *webRequest) log(level hclog.Level, msg string, err error) {
+// log logs msg about session sid. Session ids are bearer credentials: a log
+// line names the session by a salted hash (sidHash), and any id in err's
+// text is replaced by its hash.
+func (w *webRequest) log(level hclog.Level, msg string, sid string, err error) {
 	args := []any{"method", w.req.Method, "path", w.req.URL.Path}
+	if sid != "" {
+		args = append(args, "session", sidHash(sid))
+	}
 	if err != nil {
-		args = append(args, "error", err)
+		args = append(args, "error", redact(err.Error(), sid, w.cookieID))
 	}
 	w.cfg.Logger.Log(level, msg, args...)
 }
@@ -142,10 +150,10 @@ func (s *Session) afterHandler() {
 	}
 	if s.isNew && len(s.dirty) > 0 && s.loadErr == nil {
 		// Nobody could ever read it: its id reached no client.
-		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", nil)
+		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", s.id, nil)
 		return
 	}
 	if err := s.saveLocked(s.base, false); err != nil {
-		s.web.log(hclog.Error, "failure after the response headers were sent; the response could not report it", err)
+		s.web.log(hclog.Error, "failure after the response headers were sent; the response could not report it", s.id, err)
 	}
 }

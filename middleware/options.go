@@ -44,7 +44,9 @@ type Options struct {
 	// Logger receives store failures and misuses the response cannot report
 	// (after the headers went out), through hclog like the rest of
 	// kadosession; nil means hclog.Default() named "session". Session ids are
-	// never logged.
+	// never logged: a line names its session by a salted hash (the first 12
+	// hex characters of SHA-256 of a per-process random salt and the id), and
+	// an id quoted in a store's error is replaced by that hash.
 	Logger hclog.Logger
 	// HostPrefix names the cookie "__Host-" + Name, which browsers accept
 	// only with Secure, Path=/ and no Domain: the cookie cannot be set or
@@ -54,6 +56,31 @@ type Options struct {
 	// Timeout bounds each store call made for a request; 0 means
 	// DefaultTimeout, a negative value means no bound beyond the request's.
 	Timeout time.Duration
+	// IdleTimeout ends a session no request has used for this long (OWASP
+	// Session Management: idle timeout), however long the store would keep
+	// it. 0 means off: a session lasts as long as the store keeps it (the
+	// store's duration after its last save).
+	//
+	// With IdleTimeout or AbsoluteLifetime set, the middleware keeps the
+	// session's creation and last-use times under the reserved key MetaKey
+	// ("_meta"), hidden from the Session's methods. A request that modifies
+	// the session records its use; a request that only reads it records its
+	// use when the last record is older than IdleTimeout/4, so read-only
+	// traffic does not write on every request (and a session may end up to
+	// IdleTimeout/4 early). An ended session is treated as absent, as in
+	// strict mode: it is deleted from the store and the request gets a fresh
+	// id. A session stored without the timestamps (before the option was
+	// turned on) counts as created and used at its first request after.
+	IdleTimeout time.Duration
+	// AbsoluteLifetime ends a session this long after it was created, however
+	// active it is (OWASP Session Management: absolute timeout). Regenerate
+	// keeps the creation time: moving a session to a new id does not extend
+	// it. 0 means off. See IdleTimeout for how it is recorded.
+	AbsoluteLifetime time.Duration
+
+	// now is the clock for IdleTimeout and AbsoluteLifetime; nil means
+	// time.Now. Tests set it.
+	now func() time.Time
 }
 
 // config is Options with the defaults applied and checked.
@@ -91,6 +118,12 @@ func newConfig(o Options) *config {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.IdleTimeout < 0 || o.AbsoluteLifetime < 0 {
+		panic("middleware.New: Options.IdleTimeout and Options.AbsoluteLifetime must not be negative (0 turns them off)")
+	}
+	if o.now == nil {
+		o.now = defaultNow
 	}
 	return &config{Options: o}
 }

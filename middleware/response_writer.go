@@ -33,7 +33,7 @@ func (w *responseWriter) commit() bool {
 	ck, err := w.s.beforeHeaders()
 	if err != nil {
 		w.err = err
-		w.s.web.log(hclog.Error, "answering 500", err)
+		w.s.web.log(hclog.Error, "answering 500", w.s.sidForLog(), err)
 		h := w.ResponseWriter.Header()
 		clear(h) // none of the handler's headers (Location, caching…) fit a 500
 		msg := "session store unavailable"

@@ -41,6 +41,9 @@ type Session struct {
 	cleared  bool                       // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
+
+	meta      sessionMeta // timestamps under MetaKey (Options.IdleTimeout, AbsoluteLifetime)
+	metaDirty bool        // meta must be written with the next save
 }
 
 // NewSession returns a Session for sid kept in store, without touching the
@@ -120,6 +123,8 @@ func (s *Session) Set(key string, value any) *Session {
 		err = fmt.Errorf("%w: key %q: %v", ErrInvalidValue, key, err)
 	} else if kerr := fsm.ValidateKey(key); kerr != nil {
 		err = fmt.Errorf("%w: %v", ErrInvalidValue, kerr)
+	} else if key == MetaKey {
+		err = fmt.Errorf("%w: key %q is reserved for the middleware's timestamps", ErrInvalidValue, key)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -38,6 +38,10 @@ func (s *Session) loadLocked(ctx context.Context) {
 			s.data = data
 		}
 		s.isNew = false
+		s.takeMetaLocked()
+		if why := s.endedLocked(); why != "" {
+			s.endLocked(ctx, why) // treated as absent: a fresh id, as in strict mode
+		}
 	}
 }
 
@@ -55,6 +59,7 @@ func (s *Session) freshLocked() {
 	s.cleared = false
 	s.loadErr = nil
 	s.valueErr = nil
+	s.meta, s.metaDirty = sessionMeta{}, false
 }
 
 // Restore loads the session from the store, discarding changes not yet
@@ -103,20 +108,21 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	if s.valueErr != nil {
 		return s.valueErr
 	}
+	if s.isNew && !explicit && len(s.dirty) == 0 {
+		return nil // a new session nobody wrote to is not worth storing
+	}
+	if explicit || s.isNew || s.modifiedLocked() || s.metaDirty {
+		s.stampLocked()
+	}
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	var err error
 	wasNew := s.isNew
 	switch {
-	case s.isNew:
-		if !explicit && len(s.dirty) == 0 {
-			return nil // a new session nobody wrote to is not worth storing
-		}
-		err = s.store.Save(cctx, s.id, s.data)
-	case s.cleared:
-		err = s.store.Save(cctx, s.id, s.data)
-	case len(s.dirty) > 0:
-		set := make(map[string]json.RawMessage, len(s.dirty))
+	case s.isNew, s.cleared:
+		err = s.store.Save(cctx, s.id, s.withMeta(s.data))
+	case len(s.dirty) > 0 || s.metaDirty:
+		set := make(map[string]json.RawMessage, len(s.dirty)+1)
 		var del []string
 		for k := range s.dirty {
 			if v, ok := s.data[k]; ok {
@@ -124,6 +130,9 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 			} else {
 				del = append(del, k)
 			}
+		}
+		if s.metaDirty {
+			set[MetaKey] = s.metaValue()
 		}
 		err = s.store.Patch(cctx, s.id, set, del)
 	case explicit:
@@ -136,9 +145,10 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	}
 	s.isNew = false
 	s.cleared = false
+	s.metaDirty = false
 	clear(s.dirty)
 	if s.web != nil {
-		s.web.saved(wasNew)
+		s.web.saved(s.id, wasNew)
 	}
 	return nil
 }
@@ -174,16 +184,18 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	newID := GenerateID(ip, agent)
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	if err := s.store.Save(cctx, newID, s.data); err != nil {
+	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
+	if err := s.store.Save(cctx, newID, s.withMeta(s.data)); err != nil {
 		return fmt.Errorf("%w: regenerate: save under the new id: %w", ErrStoreUnavailable, err)
 	}
 	oldID, wasNew := s.id, s.isNew
 	s.id = newID
 	s.isNew = false
 	s.cleared = false
+	s.metaDirty = false
 	clear(s.dirty)
 	if s.web != nil {
-		s.web.saved(true)
+		s.web.saved(newID, true)
 	}
 	if wasNew {
 		return nil // the old id was never stored

@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// logCapture is an hclog sink safe for the nodes' goroutines.
+type logCapture struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logCapture) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logCapture) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// TestLoggingNoSessionIDsOrToken runs a three-node cluster with a client
+// token, logging at trace level, through successes and failure paths —
+// refused tokens, oversized and malformed requests, forwarded writes, a
+// leader stopped mid-run, too many connections, pruning, the save file —
+// and checks that no session id and not the token ever reach the log.
+func TestLoggingNoSessionIDsOrToken(t *testing.T) {
+	token := "logcheck-token-7f3a9c1e5b"
+	logs := &logCapture{}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Server.Token = []byte(token)
+		c.Server.MaxConns = 64
+		c.Server.ReadTimeout = 300 * time.Millisecond
+		c.Duration = 200 * time.Millisecond
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Trace, Output: logs})
+	})
+	sids := make([]string, 8)
+	for i := range sids {
+		sids[i] = fmt.Sprintf("logcheck%02dsid9d41c2b7e86f0a3d5c1e9b7a2f4", i)
+	}
+	ctx := context.Background()
+	f, l := tc.nodes[tc.follower()], tc.nodes[tc.leader()]
+	for i, sid := range sids {
+		node := f
+		if i%2 == 0 {
+			node = l
+		}
+		addr := node.Addr()
+		// With the token: a save, forwarded when it reaches a follower.
+		req := fmt.Sprintf(`{"token":%q,"save":{"sid":%q,"data":{"n":%d}}}`, token, sid, i)
+		if got := kadoRequest(t, addr, []byte(req)); got != `{"status":"ok"}` {
+			t.Fatalf("save %d: %s", i, got)
+		}
+		// Failures: wrong or missing token, too large, malformed, a
+		// request that never ends.
+		for _, bad := range []string{
+			fmt.Sprintf(`{"token":"wrong-%s","restore":{"sid":%q}}`, token, sid),
+			fmt.Sprintf(`{"restore":{"sid":%q}}`, sid),
+			fmt.Sprintf(`{"token":%q,"save":{"sid":%q,"data":{"big":"%s"}}}`, token, sid, strings.Repeat("x", 2<<20)),
+			fmt.Sprintf(`{"token":%q,"save":{"sid":%q,"data":[1]}}`, token, sid),
+			fmt.Sprintf(`{"token":%q,"save":{"sid":%q,"data":{"a":1}}`, token, sid),
+		} {
+			if got := kadoRequest(t, addr, []byte(bad)); !strings.Contains(got, `"status":"error"`) {
+				t.Fatalf("a bad request was answered %s", got)
+			}
+		}
+		// Native: a raft-level write error path (invalid key) and an
+		// unauthenticated request.
+		nc := abuseDialNative(t, addr)
+		if resp := nc.call(t, transport.Request{ID: 1, Op: transport.OpPatch, SID: sid, Set: []transport.KV{{Key: "k", Value: []byte(`1`)}}}); resp.Err == nil {
+			t.Fatal("a native request without the token was served")
+		}
+		nc.call(t, transport.Request{ID: 2, Op: transport.OpAuth, Data: []byte(token)})
+		nc.call(t, transport.Request{ID: 3, Op: transport.OpPatch, SID: sid, Set: []transport.KV{{Key: "_written", Value: []byte(`1`)}}})
+		nc.call(t, transport.Request{ID: 4, Op: transport.OpDelete, SID: sid})
+	}
+	// Expiry and a prune, a save file, a leader change.
+	time.Sleep(300 * time.Millisecond)
+	if _, err := l.Prune(ctx); err != nil {
+		t.Logf("prune: %v", err)
+	}
+	_ = l.SaveNow()
+	tc.stop(tc.leader())
+	poll(t, func() bool { return tc.leader() >= 0 }, 10*time.Second, "a new leader")
+	if err := tc.nodes[tc.leader()].Save(ctx, sids[0], []byte(`{"after":1}`)); err != nil {
+		t.Logf("save after the leader change: %v", err)
+	}
+	tc.closeAll()
+
+	out := logs.String()
+	if len(out) == 0 {
+		t.Fatal("nothing was logged: the capture is broken")
+	}
+	for _, sid := range sids {
+		if strings.Contains(out, sid) {
+			t.Errorf("the log holds session id %s in clear", sid)
+		}
+	}
+	if strings.Contains(out, token) {
+		t.Error("the log holds the client token")
+	}
+	t.Logf("%d log lines checked", strings.Count(out, "\n"))
+}
