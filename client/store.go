@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -23,10 +25,12 @@ import (
 // ErrBadRequest, ErrTooLarge, ErrNotLeader and the rest. After Close, every
 // method returns ErrClosed.
 type Store struct {
-	cfg     Config
-	connCfg transport.ConnConfig           // how every node's connections are dialled
-	done    chan struct{}                  // closed by Close
-	cur     atomic.Pointer[transport.Pool] // the node calls go to first
+	nonceBase [8]byte       // random per Store: nonces are unique across clients
+	nonceSeq  atomic.Uint64 // and across the writes of one
+	cfg       Config
+	connCfg   transport.ConnConfig           // how every node's connections are dialled
+	done      chan struct{}                  // closed by Close
+	cur       atomic.Pointer[transport.Pool] // the node calls go to first
 
 	mu     sync.Mutex
 	closed bool
@@ -53,6 +57,9 @@ func New(cfg Config) (*Store, error) {
 		TLSConfig:    s.cfg.TLSConfig,
 		Token:        s.cfg.Token,
 		Dialer:       s.cfg.Dialer,
+	}
+	if _, err := rand.Read(s.nonceBase[:]); err != nil {
+		return nil, fmt.Errorf("kadosession: make write nonces: %w", err)
 	}
 	for _, a := range s.cfg.Addrs {
 		s.nodeLocked(a)
@@ -118,7 +125,7 @@ func (s *Store) SaveRaw(ctx context.Context, sid string, data []byte) error {
 	if len(data) == 0 {
 		data = []byte("{}")
 	}
-	_, err := s.do(ctx, &transport.Request{Op: transport.OpSave, SID: sid, Data: data})
+	_, err := s.do(ctx, &transport.Request{Op: transport.OpSave, SID: sid, Data: data, Nonce: s.nonce()})
 	return err
 }
 
@@ -148,14 +155,14 @@ func (s *Store) Patch(ctx context.Context, sid string, set map[string]json.RawMe
 		}
 		return 0
 	})
-	_, err := s.do(ctx, &transport.Request{Op: transport.OpPatch, SID: sid, Set: kvs, Del: del})
+	_, err := s.do(ctx, &transport.Request{Op: transport.OpPatch, SID: sid, Set: kvs, Del: del, Nonce: s.nonce()})
 	return err
 }
 
 // Delete removes the session; deleting an absent session is not an error.
 // An error means the session may still exist.
 func (s *Store) Delete(ctx context.Context, sid string) error {
-	_, err := s.do(ctx, &transport.Request{Op: transport.OpDelete, SID: sid})
+	_, err := s.do(ctx, &transport.Request{Op: transport.OpDelete, SID: sid, Nonce: s.nonce()})
 	return err
 }
 
@@ -163,7 +170,7 @@ func (s *Store) Delete(ctx context.Context, sid string) error {
 // absent (or expired) session is not an error and stays absent. An error
 // means the renewal may not have happened.
 func (s *Store) Touch(ctx context.Context, sid string) error {
-	_, err := s.do(ctx, &transport.Request{Op: transport.OpTouch, SID: sid})
+	_, err := s.do(ctx, &transport.Request{Op: transport.OpTouch, SID: sid, Nonce: s.nonce()})
 	return err
 }
 
@@ -260,4 +267,13 @@ func (s *Store) RevokeUser(ctx context.Context, user string) (int, error) {
 		return 0, fmt.Errorf("kadosession: revoke_user answer: %w", err)
 	}
 	return reply.Revoked, nil
+}
+
+// nonce returns a new idempotency key for one logical write: the node
+// applies it once however many times the write is retried.
+func (s *Store) nonce() transport.Nonce {
+	var n transport.Nonce
+	copy(n[:8], s.nonceBase[:])
+	binary.BigEndian.PutUint64(n[8:], s.nonceSeq.Add(1))
+	return n
 }

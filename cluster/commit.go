@@ -26,6 +26,12 @@ type committer struct {
 	timeout  time.Duration
 	obs      *metrics // batch sizes and apply latency; nil: none
 
+	// applied reports a write id already applied (fsm.State.Applied);
+	// pending holds the ids proposed here and not yet answered.
+	applied func(id fsm.RequestID, now int64) (int, bool)
+	pmu     sync.Mutex
+	pending map[fsm.RequestID]chan struct{}
+
 	mu       sync.Mutex
 	lastTime int64
 	stop     chan struct{}
@@ -33,9 +39,18 @@ type committer struct {
 }
 
 type pendingWrite struct {
-	cmd  fsm.Command
-	size int
-	done chan fsm.Result
+	cmd    fsm.Command
+	size   int
+	done   chan fsm.Result
+	onDone func() // called once the result is known (dedupe bookkeeping)
+}
+
+// finish delivers p's result.
+func (p *pendingWrite) finish(r fsm.Result) {
+	p.done <- r
+	if p.onDone != nil {
+		p.onDone()
+	}
 }
 
 func newCommitter(r *raft.Raft, timeout time.Duration) *committer {
@@ -46,6 +61,7 @@ func newCommitter(r *raft.Raft, timeout time.Duration) *committer {
 		maxBytes: 4 << 20,
 		maxCount: 1024,
 		timeout:  timeout,
+		pending:  map[fsm.RequestID]chan struct{}{},
 		stop:     make(chan struct{}),
 	}
 	c.wg.Add(1)
@@ -61,12 +77,53 @@ var errCommitterStopped = transport.Errorf(transport.CodeUnavailable, "node is s
 // ends after it was queued may still be applied (the caller reports a
 // timeout, and retrying it is safe because every command is idempotent).
 func (c *committer) submit(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
-	p := &pendingWrite{cmd: cmd, size: approxSize(&cmd), done: make(chan fsm.Result, 1)}
+	if cmd.ID == (fsm.RequestID{}) || c.applied == nil {
+		return c.submitOnce(ctx, cmd, nil)
+	}
+	// A write carrying an id is proposed once: a retry of one that was
+	// applied gets the first result; a retry of one still in flight here
+	// waits for it, then looks again.
+	for {
+		if count, ok := c.applied(cmd.ID, time.Now().UnixMilli()); ok {
+			return fsm.Result{Count: count}, nil
+		}
+		c.pmu.Lock()
+		if busy, ok := c.pending[cmd.ID]; ok {
+			c.pmu.Unlock()
+			select {
+			case <-busy:
+				continue
+			case <-ctx.Done():
+				return fsm.Result{}, ctx.Err()
+			case <-c.stop:
+				return fsm.Result{}, errCommitterStopped
+			}
+		}
+		busy := make(chan struct{})
+		c.pending[cmd.ID] = busy
+		c.pmu.Unlock()
+		return c.submitOnce(ctx, cmd, func() {
+			c.pmu.Lock()
+			delete(c.pending, cmd.ID)
+			c.pmu.Unlock()
+			close(busy)
+		})
+	}
+}
+
+func (c *committer) submitOnce(ctx context.Context, cmd fsm.Command, onDone func()) (fsm.Result, error) {
+	p := &pendingWrite{cmd: cmd, size: approxSize(&cmd), done: make(chan fsm.Result, 1), onDone: onDone}
 	select {
 	case c.queue <- p:
 	case <-c.stop:
+		if onDone != nil {
+			onDone()
+		}
 		return fsm.Result{}, errCommitterStopped
 	case <-ctx.Done():
+		if onDone != nil {
+			onDone()
+		}
 		return fsm.Result{}, ctx.Err()
 	}
 	select {
@@ -125,7 +182,7 @@ func (c *committer) loop() {
 		select {
 		case c.inflight <- struct{}{}:
 		case <-c.stop:
-			first.done <- fsm.Result{Err: errCommitterStopped}
+			first.finish(fsm.Result{Err: errCommitterStopped})
 			c.drain(errCommitterStopped)
 			return
 		}
@@ -164,19 +221,19 @@ func (c *committer) await(f raft.ApplyFuture, batch []*pendingWrite, start time.
 	if err != nil {
 		werr := applyError(err, c.raft)
 		for _, p := range batch {
-			p.done <- fsm.Result{Err: werr}
+			p.finish(fsm.Result{Err: werr})
 		}
 		return
 	}
 	results, ok := f.Response().([]fsm.Result)
 	if !ok || len(results) != len(batch) {
 		for _, p := range batch {
-			p.done <- fsm.Result{Err: fmt.Errorf("internal error: batch response %T does not match its %d writes", f.Response(), len(batch))}
+			p.finish(fsm.Result{Err: fmt.Errorf("internal error: batch response %T does not match its %d writes", f.Response(), len(batch))})
 		}
 		return
 	}
 	for i, p := range batch {
-		p.done <- results[i]
+		p.finish(results[i])
 	}
 }
 
@@ -198,20 +255,26 @@ func (c *committer) drain(err error) {
 	for {
 		select {
 		case p := <-c.queue:
-			p.done <- fsm.Result{Err: err}
+			p.finish(fsm.Result{Err: err})
 		default:
 			return
 		}
 	}
 }
 
-// close stops taking writes, fails queued ones and waits for those already
-// handed to raft.
+// close stops taking writes, fails queued ones and waits, within the apply
+// timeout, for those already handed to raft. (Raft may never answer an
+// apply still in its queue when it shuts down; close must not hang on it.)
 func (c *committer) close() {
 	select {
 	case <-c.stop:
 	default:
 		close(c.stop)
 	}
-	c.wg.Wait()
+	done := make(chan struct{})
+	go func() { c.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(c.timeout):
+	}
 }

@@ -3,9 +3,12 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -64,6 +67,15 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 // write validates nothing further: it submits cmd through the group
 // committer on the leader.
 func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Request) (fsm.Result, error) {
+	if cmd.ID == (fsm.RequestID{}) {
+		// One id for this write across every retry: the client's nonce, or
+		// one made here for the retries this node makes itself.
+		nonce, ok := transport.RequestNonce(ctx)
+		if !ok {
+			nonce = newNonce()
+		}
+		cmd.ID, req.Nonce = fsm.RequestID(nonce), nonce
+	}
 	if err := n.awaitLeader(ctx); err != nil {
 		return fsm.Result{}, err
 	}
@@ -77,6 +89,14 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 			return fsm.Result{}, err
 		}
 	}
+	// A new leader first applies what earlier leaders committed, so that a
+	// retry of a write they applied is recognised (State.Applied).
+	if err := n.reads.barrier(ctx, n.raft.CurrentTerm()); err != nil {
+		if n.retryElsewhere(ctx, err) {
+			return n.write(ctx, cmd, req)
+		}
+		return fsm.Result{}, err
+	}
 	r, err := n.commit.submit(ctx, cmd)
 	if err != nil && n.retryElsewhere(ctx, err) {
 		// Deposed while committing: the outcome is unknown, and every
@@ -84,6 +104,20 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 		return n.write(ctx, cmd, req)
 	}
 	return r, wireError(err)
+}
+
+// nonceSeq and nonceBase make the nonces a node invents for writes that
+// came without one (Kado JSON): a random per-process base and a counter.
+var (
+	nonceBase = func() (b [8]byte) { _, _ = rand.Read(b[:]); return }()
+	nonceSeq  atomic.Uint64
+)
+
+func newNonce() transport.Nonce {
+	var n transport.Nonce
+	copy(n[:8], nonceBase[:])
+	binary.BigEndian.PutUint64(n[8:], nonceSeq.Add(1))
+	return n
 }
 
 // retryElsewhere reports whether a request that failed with err because

@@ -235,6 +235,7 @@ func Open(cfg Config) (*Node, error) {
 	n.bg.Add(1)
 	go n.watchLeader(obs)
 	n.commit = newCommitter(n.raft, 10*time.Second)
+	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
 	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied}
 	scfg := cfg.Server

@@ -31,6 +31,14 @@ const (
 	OpDeleteUser Op = 7
 )
 
+// RequestID is a write's idempotency key (the native protocol's nonce).
+type RequestID [16]byte
+
+// deduplicated reports whether commands of op carry a RequestID.
+func (o Op) deduplicated() bool {
+	return o == OpSave || o == OpPatch || o == OpDelete || o == OpTouch
+}
+
 func (o Op) String() string {
 	switch o {
 	case OpSave:
@@ -56,6 +64,10 @@ func (o Op) String() string {
 type Command struct {
 	Op   Op
 	Time int64
+	// ID identifies one logical write across its retries (OpSave, OpPatch,
+	// OpDelete, OpTouch): a command whose ID was applied within
+	// DedupeWindow is not applied again. Zero: no deduplication.
+	ID   RequestID
 	SID  string
 	// Data is the session for OpSave, a compact JSON object without
 	// WrittenKey (see NormalizeObject).
@@ -79,6 +91,9 @@ type Command struct {
 func (c *Command) Encode(dst []byte) []byte {
 	dst = append(dst, byte(c.Op))
 	dst = binary.AppendVarint(dst, c.Time)
+	if c.Op.deduplicated() {
+		dst = append(dst, c.ID[:]...)
+	}
 	switch c.Op {
 	case OpSave:
 		dst = appendBytes(dst, []byte(c.SID))
@@ -196,6 +211,14 @@ func (d *decoder) command(depth int) Command {
 	c := Command{Op: Op(d.b[0])}
 	d.b = d.b[1:]
 	c.Time = d.varint()
+	if c.Op.deduplicated() {
+		if len(d.b) < len(c.ID) {
+			d.fail("truncated request id")
+			return c
+		}
+		copy(c.ID[:], d.b)
+		d.b = d.b[len(c.ID):]
+	}
 	switch c.Op {
 	case OpSave:
 		c.SID = string(d.bytes())

@@ -99,8 +99,8 @@ func TestCommandRoundTrip(t *testing.T) {
 // TestCommandEncodingStable pins the log encoding of one command: the bytes
 // are in raft logs and must never change meaning.
 func TestCommandEncodingStable(t *testing.T) {
-	c := Command{Op: OpSave, Time: 3, SID: "ab", Data: []byte(`{}`)}
-	want := []byte{byte(OpSave), 6, 2, 'a', 'b', 2, '{', '}'}
+	c := Command{Op: OpSave, Time: 3, ID: RequestID{1, 2}, SID: "ab", Data: []byte(`{}`)}
+	want := append(append([]byte{byte(OpSave), 6}, RequestID{1, 2}.bytes()...), 2, 'a', 'b', 2, '{', '}')
 	if got := c.Encode(nil); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Encode = %v, want %v", got, want)
 	}
@@ -127,10 +127,11 @@ func TestDecodeCommandCorrupt(t *testing.T) {
 		{"unknown op 200", []byte{200, 0}, "unknown op 200"},
 		{"op only", []byte{byte(OpSave)}, "varint"},
 		{"trailing bytes", append(append([]byte{}, valid...), 1, 2), "2 trailing bytes"},
-		{"length past end", []byte{byte(OpSave), 0, 50, 'a'}, "exceeds"},
-		{"huge length", []byte{byte(OpDelete), 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, "exceeds"},
+		{"length past end", withID(byte(OpSave), 50, 'a'), "exceeds"},
+		{"huge length", withID(byte(OpDelete), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f), "exceeds"},
+		{"truncated request id", []byte{byte(OpSave), 0, 1, 2}, "request id"},
 		{"varint overflow", overflow, "varint"},
-		{"patch huge count", []byte{byte(OpPatch), 0, 1, 's', 0, 0, 0, 0xff, 0xff, 0x03}, "count"},
+		{"patch huge count", withID(byte(OpPatch), 1, 's', 0, 0, 0, 0xff, 0xff, 0x03), "count"},
 		{"batch huge count", []byte{byte(OpBatch), 0, 0xff, 0xff, 0x03}, "count"},
 		{"nested batch", nested, "nested batch"},
 		{"batch element trailing bytes", trailingElem, "trailing bytes in batch element 0"},
@@ -223,4 +224,11 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkDecodeRoundTrip(t, b)
 	})
+}
+
+func (id RequestID) bytes() []byte { return id[:] }
+
+// withID builds a command of op at time 0 with a zero request id and body.
+func withID(op byte, body ...byte) []byte {
+	return append(append([]byte{op, 0}, make([]byte, len(RequestID{}))...), body...)
 }

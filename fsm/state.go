@@ -24,6 +24,7 @@ type State struct {
 	shards  [shardCount]shard
 	version atomic.Uint64
 	users   userIndex
+	applied dedupe
 }
 
 type shard struct {
@@ -84,6 +85,24 @@ func (s *State) Len() int {
 // results of its commands in BatchResults order through ApplyBatch; calling
 // Apply on a batch applies every element and returns the total count.
 func (s *State) Apply(c *Command) Result {
+	r := s.apply(c)
+	if c.ID != (RequestID{}) && c.Op.deduplicated() && r.Err == nil {
+		s.applied.remember(c.ID, c.Time, r.Count)
+	}
+	return r
+}
+
+// Applied reports whether a write with id was applied within DedupeWindow
+// of now, and the Count it returned. The leader asks before proposing a
+// write, so a retry of a write that already took effect is answered
+// instead of applied again. (Apply itself never skips a command: replicas
+// restored from a snapshot, which does not carry this table, must still
+// compute the same state as the others.) Safe concurrently with Apply.
+func (s *State) Applied(id RequestID, now int64) (int, bool) {
+	return s.applied.check(id, now)
+}
+
+func (s *State) apply(c *Command) Result {
 	s.version.Add(1)
 	switch c.Op {
 	case OpSave:

@@ -176,6 +176,9 @@ func (s *Server) handle(req *Request, peer bool) *Response {
 	if peer {
 		ctx = context.WithValue(ctx, fromPeerKey{}, true)
 	}
+	if req.Nonce != (Nonce{}) {
+		ctx = context.WithValue(ctx, nonceKey{}, req.Nonce)
+	}
 	var hint string
 	ctx = context.WithValue(ctx, leaderHintKey{}, &hint)
 	resp := &Response{ID: req.ID}
@@ -207,6 +210,15 @@ func (s *Server) handle(req *Request, peer bool) *Response {
 type leaderHintKey struct{}
 
 type fromPeerKey struct{}
+
+type nonceKey struct{}
+
+// RequestNonce returns the nonce of the native write request ctx belongs
+// to, and whether it had one.
+func RequestNonce(ctx context.Context) (Nonce, bool) {
+	n, ok := ctx.Value(nonceKey{}).(Nonce)
+	return n, ok
+}
 
 // FromPeer reports whether ctx belongs to a request that arrived on a peer
 // connection (MagicPeer): one node forwarding to another. A node that is not

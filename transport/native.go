@@ -103,14 +103,22 @@ type KV struct {
 
 // Request is one native request. Which fields are used depends on Op.
 type Request struct {
-	ID          uint64
-	Op          Op
+	ID uint64
+	Op Op
+	// Nonce identifies one logical write across its retries (OpSave,
+	// OpPatch, OpDelete, OpTouch): a node applies a nonce once, so a write
+	// resent after an unknown outcome cannot take effect twice. Zero: the
+	// node makes one up (it then protects only its own retries).
+	Nonce       Nonce
 	Consistency Consistency // OpRestore
 	SID         string      // OpRestore, OpSave, OpPatch, OpDelete, OpTouch
 	Data        []byte      // OpSave: a JSON object; OpAdmin: a JSON body
 	Set         []KV        // OpPatch
 	Del         []string    // OpPatch
 }
+
+// Nonce is a write's idempotency key: 16 bytes, unique per logical write.
+type Nonce [16]byte
 
 // Response is one native response. Err is set when the request failed.
 type Response struct {
@@ -130,6 +138,10 @@ func AppendRequest(dst []byte, req *Request) []byte {
 	dst = append(dst, 0, 0, 0, 0)
 	dst = binary.BigEndian.AppendUint64(dst, req.ID)
 	dst = append(dst, byte(req.Op))
+	switch req.Op {
+	case OpSave, OpPatch, OpDelete, OpTouch:
+		dst = append(dst, req.Nonce[:]...)
+	}
 	switch req.Op {
 	case OpRestore:
 		dst = append(dst, byte(req.Consistency))
@@ -253,6 +265,14 @@ func DecodeRequest(frame []byte) (Request, error) {
 	}
 	req := Request{ID: binary.BigEndian.Uint64(frame[:8]), Op: Op(frame[8])}
 	d := wire{b: frame[9:]}
+	switch req.Op {
+	case OpSave, OpPatch, OpDelete, OpTouch:
+		if len(d.b) < len(req.Nonce) {
+			return req, Errorf(CodeBadRequest, "malformed frame: the %s request is too short for its nonce", req.Op)
+		}
+		copy(req.Nonce[:], d.b)
+		d.b = d.b[len(req.Nonce):]
+	}
 	switch req.Op {
 	case OpPing:
 	case OpRestore:

@@ -160,14 +160,15 @@ func TestDecodeRequestMalformed(t *testing.T) {
 		{"restore without consistency", frame(8, OpRestore), 8, "truncated"},
 		{"restore without sid", frame(9, OpRestore, 0), 9, "bad length"},
 		{"restore bad consistency", frame(10, OpRestore, 9, 1, 'a'), 10, "unknown consistency 9"},
-		{"sid length past end", frame(11, OpDelete, 5, 'a'), 11, "length 5 exceeds the 1 bytes left"},
-		{"huge sid length", frame(12, OpTouch, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 12, "length"},
-		{"varint overflow", frame(13, OpTouch, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 13, "bad length"},
-		{"delete trailing bytes", frame(14, OpDelete, 1, 'a', 'b', 'c'), 14, "2 unexpected bytes"},
-		{"patch huge set count", frame(15, OpPatch, 1, 'p', 0xff, 0xff, 0x03), 15, "count"},
-		{"patch truncated set", frame(16, OpPatch, 1, 'p', 1, 1, 'k'), 16, "bad length"},
-		{"patch missing del count", frame(17, OpPatch, 1, 'p', 0), 17, "bad length"},
-		{"patch huge del count", frame(18, OpPatch, 1, 'p', 0, 0x7f), 18, "count"},
+		{"sid length past end", frame(11, OpDelete, withNonce(5, 'a')...), 11, "length 5 exceeds the 1 bytes left"},
+		{"huge sid length", frame(12, OpTouch, withNonce(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)...), 12, "length"},
+		{"varint overflow", frame(13, OpTouch, withNonce(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)...), 13, "bad length"},
+		{"delete trailing bytes", frame(14, OpDelete, withNonce(1, 'a', 'b', 'c')...), 14, "2 unexpected bytes"},
+		{"patch huge set count", frame(15, OpPatch, withNonce(1, 'p', 0xff, 0xff, 0x03)...), 15, "count"},
+		{"patch truncated set", frame(16, OpPatch, withNonce(1, 'p', 1, 1, 'k')...), 16, "bad length"},
+		{"patch missing del count", frame(17, OpPatch, withNonce(1, 'p', 0)...), 17, "bad length"},
+		{"write without its nonce", frame(19, OpSave, 1, 2, 3), 19, "nonce"},
+		{"patch huge del count", frame(18, OpPatch, withNonce(1, 'p', 0, 0x7f)...), 18, "count"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -429,3 +430,6 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// withNonce prefixes a write request's body with a zero nonce.
+func withNonce(body ...byte) []byte { return append(make([]byte, len(Nonce{})), body...) }
