@@ -67,8 +67,8 @@ type Command struct {
 	// ID identifies one logical write across its retries (OpSave, OpPatch,
 	// OpDelete, OpTouch): a command whose ID was applied within
 	// DedupeWindow is not applied again. Zero: no deduplication.
-	ID   RequestID
-	SID  string
+	ID  RequestID
+	SID string
 	// Data is the session for OpSave, a compact JSON object without
 	// WrittenKey (see NormalizeObject).
 	Data []byte
