@@ -5,14 +5,37 @@
 # healthy, write through one node and read through another, `docker kill` the
 # leader while a client keeps writing through a survivor, check that writes
 # continue within a bound and that no acknowledged write is lost, restart the
-# killed node and check it catches up, then compose down -v.
+# killed node and check it catches up. Then two more faults, each while a
+# client keeps writing through a node of the majority:
+#
+#   partition: `docker network disconnect` the leader from the compose
+#     network (it stays on a private probe network of this run only, so its
+#     published port still reaches it: with no network at all Docker drops the
+#     port mapping and the host could not talk to it). The majority must elect
+#     a new leader and keep acknowledging writes; the isolated node must name
+#     no leader, acknowledge no write sent to it, and not answer a read with
+#     the value the majority has since overwritten. `docker network connect
+#     --alias` it back; all three must converge (same applied index and
+#     session count in `status --json`) and every acknowledged write must read
+#     back, through the rejoined node too.
+#   pause: `docker pause` the leader (frozen, no FIN or RST: a hung machine)
+#     for E2E_PAUSE_SECS; the majority must elect a new leader and acknowledge
+#     writes, among them a new value of a session; reads of that session are
+#     sent to the frozen old leader's port before it is unpaused, and once
+#     thawed it must answer them with the new value (reads are linearizable by
+#     default), never the old one; then convergence and no lost write, as above.
+#
+# Finally compose down -v (and the probe network is removed).
 #
 #   scripts/e2e-docker.sh
 #
 # Knobs: E2E_TIMEOUT (300 s, the whole run), E2E_HEALTH_TIMEOUT (90 s),
 # E2E_FAILOVER_BOUND (10 s: a write through a survivor must succeed this soon
-# after the kill, and the longest stretch without an acknowledged write),
-# E2E_PAUSE=1 (also `docker pause` the leader: the hung-machine case),
+# after the kill, cut or pause, and the longest stretch without an
+# acknowledged write; also the bound for naming a new leader),
+# E2E_PAUSE_SECS (3 s: how long the leader stays paused, at least),
+# E2E_CONVERGE_BOUND (30 s: all nodes agree after a fault heals),
+# E2E_PARTITION=0 / E2E_PAUSE=0 (skip that scenario),
 # E2E_KEEP=1 (leave the containers up for inspection),
 # KADOSESSION_SRC (build another source tree), KADOSESSION_IMAGE.
 #
@@ -59,12 +82,17 @@ for s in ss: s.close()')
       echo "---- container logs (last 25 lines each) ----"
       compose logs --no-color --tail 25 2>&1 || true
     fi
-    # A paused container (E2E_PAUSE) cannot be stopped: unpause first.
+    # A paused container (the pause scenario) cannot be stopped: unpause first.
     for c in $(compose ps -q 2>/dev/null); do docker unpause "$c" >/dev/null 2>&1 || true; done
     if [ "${E2E_KEEP:-}" = 1 ]; then
-      echo "e2e-docker: E2E_KEEP=1: left running; remove with: ${compose_cmd[*]} -p $E2E_PROJECT -f $scripts_dir/compose.yml down -v"
+      echo "e2e-docker: E2E_KEEP=1: left running; remove with: ${compose_cmd[*]} -p $E2E_PROJECT -f $scripts_dir/compose.yml down -v; docker network rm ${E2E_PROJECT}_probe"
     else
       compose down -v --remove-orphans >/dev/null 2>&1 || echo "e2e-docker: warning: compose down -v failed for project $E2E_PROJECT" >&2
+      # The partition scenario's probe network is not compose's: remove it
+      # (after down, when no container is attached any more).
+      if docker network inspect "${E2E_PROJECT}_probe" >/dev/null 2>&1; then
+        docker network rm "${E2E_PROJECT}_probe" >/dev/null 2>&1 || echo "e2e-docker: warning: could not remove network ${E2E_PROJECT}_probe" >&2
+      fi
     fi
     rm -rf "$E2E_WORK"
     exit "$rc"
@@ -85,6 +113,8 @@ for s in ss: s.close()')
 fi
 
 # ---------------------------------------------------------------- the test
+# Background clients (writers, readers) end with the test, whatever ends it.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 kado=$scripts_dir/kado.py
 declare -A hostport=([n1]=$KADO_N1_PORT [n2]=$KADO_N2_PORT [n3]=$KADO_N3_PORT)
 addr() { echo "127.0.0.1:${hostport[$1]}"; }
@@ -135,9 +165,18 @@ t0=$SECONDS
 wait_healthy_containers "${E2E_HEALTH_TIMEOUT:-90}" n1 n2 n3 || fail "cluster: all three nodes healthy within ${E2E_HEALTH_TIMEOUT:-90}s"
 pass "cluster: n1 n2 n3 healthy after $((SECONDS - t0))s"
 
-st=$(status_json n1) || fail "status --json through n1"
-leader=$(json_field "$st" leader_id)
-case $leader in n1 | n2 | n3) ;; *) fail "status --json: leader_id is '$leader' (status: $st)" ;; esac
+# A leader may be between terms for a moment (a loaded host can make a
+# 100 ms leader lease lapse): ask again, for up to 15 s, and say so.
+deadline=$((SECONDS + 15)) tries=0
+while :; do
+  tries=$((tries + 1))
+  st=$(status_json n1) || fail "status --json through n1"
+  leader=$(json_field "$st" leader_id)
+  case $leader in n1 | n2 | n3) break ;; esac
+  [ "$SECONDS" -lt "$deadline" ] || fail "status --json: leader_id is '$leader' for 15s (status: $st)"
+  sleep 0.3
+done
+[ "$tries" = 1 ] || echo "NOTE status --json through n1 named no leader at first; leader $leader after $tries tries"
 voters=$(python3 -c '
 import json,sys
 st = json.loads(sys.argv[1])
@@ -236,35 +275,271 @@ done
 python3 "$kado" "$(addr "$leader")" check after-kill-2 '{"k":2}' >/dev/null || fail "read through the restarted $leader"
 pass "rejoin: $leader restarted, healthy after $((SECONDS - t0))s, holds all $want sessions"
 
-# Optional (E2E_PAUSE=1): `docker pause` the leader (frozen, no FIN or RST:
-# what a hung or cut-off machine looks like) while a client writes through a
-# survivor; writes must continue within E2E_FAILOVER_BOUND; then unpause: the
-# old leader steps down and catches up.
-if [ "${E2E_PAUSE:-}" = 1 ]; then
-  st=$(status_json "$w") || fail "status --json through $w before the pause"
-  leader=$(json_field "$st" leader_id)
+# ---------------------------------------------------- partition and pause
+# Both scenarios start from a healthy cluster whose three nodes agree on a
+# leader, fault that leader while a client writes through a node of the
+# majority, and end with all three healthy and converged.
+bound=${E2E_FAILOVER_BOUND:-10}
+client_timeout=$((bound + 5)) # a write that hangs longer than the bound shows up as a gap, not as a lost client
+now() { date +%s.%N; }
+# since STAMP: seconds (two decimals) from a `date +%s.%N` stamp until now.
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+
+# leader_seen_by SERVICE: the leader that node itself knows (its own status,
+# through `kadosession health` on its host port); "" when none or no answer.
+leader_seen_by() {
+  local out
+  out=$(timeout 5 "$bin" health --cluster "$(addr "$1")" 2>/dev/null) || return 0
+  sed -n 's/^ok: node .* is .*, leader \(.*\)$/\1/p' <<<"$out"
+}
+
+# current_leader: the leader all three nodes name (polled up to 30 s).
+current_leader() {
+  local deadline=$((SECONDS + 30)) a b c
+  while :; do
+    a=$(leader_seen_by n1) b=$(leader_seen_by n2) c=$(leader_seen_by n3)
+    if [ -n "$a" ] && [ "$a" = "$b" ] && [ "$b" = "$c" ]; then
+      echo "$a"
+      return 0
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "  leaders seen: n1 -> '$a', n2 -> '$b', n3 -> '$c'" >&2
+      return 1
+    fi
+    sleep 0.3
+  done
+}
+
+# wait_new_leader SERVICE OLD STAMP: polls what SERVICE knows until it names
+# a leader other than OLD; prints "LEADER SECONDS-SINCE-STAMP". Gives up
+# (prints nothing) a second after the bound.
+wait_new_leader() {
+  local l deadline
+  deadline=$(awk -v a="$3" -v b="$bound" 'BEGIN { printf "%.3f", a + b + 1 }')
+  while :; do
+    l=$(leader_seen_by "$1")
+    if [ -n "$l" ] && [ "$l" != "$2" ]; then
+      echo "$l $(since "$3")"
+      return 0
+    fi
+    le "$deadline" "$(now)" && return 1
+    sleep 0.1
+  done
+}
+
+# converged SERVICE: through that node's `status --json`, all three members
+# answer, a leader is known, and every member reports the same applied index
+# and session count. Prints what it saw.
+converged() {
+  local st
+  st=$(status_json "$1" 2>&1) || {
+    echo "status --json through $1: $st"
+    return 1
+  }
+  python3 -c '
+import json, sys
+st = json.loads(sys.argv[1])
+nodes = st.get("nodes") or []
+desc = "; ".join("%s %s applied %s sessions %s%s" % (n.get("id"), n.get("state"), n.get("applied_index"), n.get("sessions"),
+                 " (" + n["error"] + ")" if n.get("error") else "") for n in nodes)
+ok = (len(nodes) == 3 and bool(st.get("leader_id"))
+      and all(n.get("state") not in (None, "", "unreachable") for n in nodes)
+      and len({n.get("applied_index") for n in nodes}) == 1
+      and len({n.get("sessions") for n in nodes}) == 1)
+if ok:
+    print("leader %s; applied index %s and %s sessions on all three" % (st["leader_id"], nodes[0]["applied_index"], nodes[0]["sessions"]))
+else:
+    print("leader %r; %s" % (st.get("leader_id"), desc))
+sys.exit(0 if ok else 1)' "$st"
+}
+
+# wait_converged SERVICE WHAT: converged within E2E_CONVERGE_BOUND, or FAIL.
+wait_converged() {
+  local out t0 deadline=$((SECONDS + ${E2E_CONVERGE_BOUND:-30}))
+  t0=$(now)
+  while ! out=$(converged "$1"); do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "  last status through $1: $out"
+      fail "$2: the nodes did not converge within ${E2E_CONVERGE_BOUND:-30}s"
+    fi
+    sleep 0.5
+  done
+  pass "$2: converged $(since "$t0")s after the fault healed (status --json through $1: $out)"
+}
+
+# start_writer SERVICE PREFIX: a client saves PREFIX-0, PREFIX-1, … through
+# that node's host port until stop_writer; acknowledged ks go to
+# $E2E_WORK/acks-PREFIX.
+start_writer() {
+  python3 "$kado" --timeout "$client_timeout" "$(addr "$1")" writer "$2" 120 "$E2E_WORK/acks-$2" >"$E2E_WORK/writer-$2.out" 2>&1 &
+  writer_pid=$!
+}
+
+# stop_writer SERVICE PREFIX WHAT: stops it; the longest stretch without an
+# acknowledged write must stay within the bound.
+stop_writer() {
+  local gap
+  touch "$E2E_WORK/acks-$2.stop"
+  wait "$writer_pid" || {
+    cat "$E2E_WORK/writer-$2.out"
+    fail "$3: the writer through $1 acknowledged nothing"
+  }
+  echo "  $(cat "$E2E_WORK/writer-$2.out")"
+  gap=$(sed -n 's/.*longest gap between acks \([0-9.]*\)s.*/\1/p' "$E2E_WORK/writer-$2.out")
+  if le "${gap:-999}" "$bound"; then
+    pass "$3: the writer through $1 saw at most ${gap}s without an acknowledged write (bound ${bound}s)"
+  else
+    fail "$3: the writer through $1 went ${gap:-?}s without an acknowledged write (bound ${bound}s)"
+  fi
+}
+
+# check_acked PREFIX WHAT SERVICE…: every write the writer saw acknowledged
+# reads back through each SERVICE.
+check_acked() {
+  local p=$1 what=$2 s
+  shift 2
+  for s in "$@"; do
+    python3 "$kado" --retry-for 10 "$(addr "$s")" acked "$p" "$E2E_WORK/acks-$p" >/dev/null 2>"$E2E_WORK/acked.err" || {
+      cat "$E2E_WORK/acked.err"
+      fail "$what: a write acknowledged during the fault is missing (read through $s)"
+    }
+  done
+  pass "$what: all $(wc -l <"$E2E_WORK/acks-$p") writes acknowledged during the fault read back through $*"
+}
+
+# Partition: the leader is cut off from the compose network.
+if [ "${E2E_PARTITION:-1}" != 0 ]; then
+  leader=$(current_leader) || fail "partition: the three nodes do not agree on a leader before the partition"
   survivors=()
   for s in n1 n2 n3; do [ "$s" = "$leader" ] || survivors+=("$s"); done
   w=${survivors[0]} r=${survivors[1]}
-  acks=$E2E_WORK/acks-pause
-  python3 "$kado" --timeout 30 "$(addr "$w")" writer paused 60 "$acks" >"$E2E_WORK/writer-pause.out" 2>&1 &
-  writer_pid=$!
-  sleep 2
-  timeout 30 docker pause "$(cid "$leader")" >/dev/null || fail "docker pause the leader ($leader)"
-  echo "  paused the leader $leader; a client keeps writing through $w"
-  sleep "$(python3 -c "import sys; print(float(sys.argv[1]) + 3)" "${E2E_FAILOVER_BOUND:-10}")"
-  touch "$acks.stop"
-  wait "$writer_pid" || true
-  timeout 30 docker unpause "$(cid "$leader")" >/dev/null || fail "docker unpause $leader"
-  echo "  $(cat "$E2E_WORK/writer-pause.out")"
-  gap=$(sed -n 's/.*longest gap between acks \([0-9.]*\)s.*/\1/p' "$E2E_WORK/writer-pause.out")
-  if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)' "${gap:-999}" "${E2E_FAILOVER_BOUND:-10}"; then
-    pass "pause: the writer through $w saw at most ${gap}s without an acknowledged write while the leader $leader was paused"
-  else
-    fail "pause: the writer through $w went ${gap:-?}s without an acknowledged write while the leader $leader was paused (bound ${E2E_FAILOVER_BOUND:-10}s)"
+  lc=$(cid "$leader")
+  net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$lc" | awk '{print $1}')
+  [ -n "$net" ] || fail "partition: cannot tell which network $leader is on"
+  probe=${E2E_PROJECT}_probe
+  docker network create "$probe" >/dev/null || fail "partition: docker network create $probe"
+  python3 "$kado" "$(addr "$leader")" save part-v '{"v":1}' >/dev/null || fail "partition: write part-v through the leader $leader"
+  start_writer "$w" part
+  sleep 1
+  # Attached to the probe network first: with no network left Docker drops
+  # the published port, and the host could not talk to the isolated node.
+  docker network connect "$probe" "$lc" || fail "partition: docker network connect $probe $leader"
+  t_cut=$(now)
+  docker network disconnect "$net" "$lc" || fail "partition: docker network disconnect $net $leader"
+  echo "  cut the leader $leader off $net (only the host reaches it, through its published port); a client keeps writing through $w"
+  read -r nl took < <(wait_new_leader "$w" "$leader" "$t_cut") ||
+    fail "partition: $w names no new leader within ${bound}s of cutting $leader off"
+  le "$took" "$bound" || fail "partition: $w named the new leader $nl only ${took}s after the cut (bound ${bound}s)"
+  pass "partition: the majority ($w, $r) elected $nl; $w names it ${took}s after $leader was cut off"
+  python3 "$kado" --retry-for "$bound" --timeout 2 "$(addr "$w")" save part-v '{"v":2}' >/dev/null 2>"$E2E_WORK/retry.err" || {
+    cat "$E2E_WORK/retry.err"
+    fail "partition: the majority acknowledged no write of part-v through $w within ${bound}s"
+  }
+  pass "partition: the majority acknowledges writes (part-v overwritten through $w $(since "$t_cut")s after the cut)"
+
+  # The isolated node: it knows no leader, acknowledges no write and does not
+  # answer a read with the value the majority has overwritten.
+  if out=$(timeout 10 "$bin" health --cluster "$(addr "$leader")" 2>&1); then
+    fail "partition: the isolated $leader still names a leader: $out"
   fi
-  python3 "$kado" "$(addr "$r")" acked paused "$acks" >/dev/null || fail "a write acknowledged around the pause is missing (read through $r)"
-  wait_healthy_containers 60 "$leader" || fail "unpaused $leader healthy within 60s"
-  python3 "$kado" --retry-for 20 "$(addr "$leader")" acked paused "$acks" >/dev/null 2>&1 || fail "writes acknowledged during the pause not readable through the unpaused $leader"
-  pass "pause: all $(wc -l <"$acks") writes acknowledged around the pause read back through $r and through the unpaused $leader"
+  case $out in
+    *"knows no leader"*) pass "partition: the isolated $leader knows no leader (${out#kadosession health: })" ;;
+    *) fail "partition: the isolated $leader does not answer its status through its host port: $out" ;;
+  esac
+  rc=0
+  out=$(python3 "$kado" --timeout 3 "$(addr "$leader")" notack part-isolated '{"v":"isolated"}' 2>&1) || rc=$?
+  case $rc in
+    0) pass "partition: a write sent to the isolated $leader was not acknowledged: $out" ;;
+    1) fail "partition: the isolated $leader acknowledged a write: $out" ;;
+    *) fail "partition: could not send a write to the isolated $leader through its host port: $out" ;;
+  esac
+  rc=0
+  out=$(python3 "$kado" --timeout 3 "$(addr "$leader")" fresh part-v '{"v":2}' 2>&1) || rc=$?
+  case $rc in
+    0) pass "partition: a read through the isolated $leader answered the new value: $out" ;;
+    1) fail "partition: the isolated $leader served a stale read: $out" ;;
+    4) pass "partition: a read of part-v through the isolated $leader was refused, not answered stale: $out" ;;
+    *) fail "partition: could not send a read to the isolated $leader through its host port: $out" ;;
+  esac
+
+  docker network connect --alias "$leader" "$net" "$lc" || fail "partition: docker network connect --alias $leader $net"
+  t_heal=$(now)
+  docker network disconnect "$probe" "$lc" || fail "partition: docker network disconnect $probe $leader"
+  echo "  reconnected $leader to $net (alias $leader) $(since "$t_cut")s after the cut"
+  sleep 2 # the writer keeps going while the old leader rejoins
+  stop_writer "$w" part "partition"
+  docker network rm "$probe" >/dev/null || fail "partition: docker network rm $probe"
+  wait_converged "$leader" "partition"
+  check_acked part "partition" "$r" "$leader"
+  rc=0
+  out=$(python3 "$kado" --timeout 5 --retry-for 10 "$(addr "$leader")" fresh part-v '{"v":2}' 2>&1) || rc=$?
+  [ "$rc" = 0 ] || fail "partition: read of part-v through the rejoined $leader: $out"
+  pass "partition: the rejoined $leader reads part-v's new value ($out)"
+  t0=$SECONDS
+  wait_healthy_containers 30 n1 n2 n3 || fail "partition: all three containers healthy again within 30s"
+  pass "partition: n1 n2 n3 healthy again ($((SECONDS - t0))s after converging)"
+fi
+
+# Pause: the leader is frozen (SIGSTOP-like, its sockets stay open) for
+# E2E_PAUSE_SECS.
+if [ "${E2E_PAUSE:-1}" != 0 ]; then
+  leader=$(current_leader) || fail "pause: the three nodes do not agree on a leader before the pause"
+  survivors=()
+  for s in n1 n2 n3; do [ "$s" = "$leader" ] || survivors+=("$s"); done
+  w=${survivors[0]} r=${survivors[1]}
+  lc=$(cid "$leader")
+  pause_secs=${E2E_PAUSE_SECS:-3}
+  python3 "$kado" "$(addr "$leader")" save pause-v '{"v":1}' >/dev/null || fail "pause: write pause-v through the leader $leader"
+  start_writer "$w" pause
+  sleep 1
+  timeout 30 docker pause "$lc" >/dev/null || fail "pause: docker pause the leader ($leader)"
+  t_pause=$(now)
+  echo "  paused the leader $leader (for at least ${pause_secs}s); a client keeps writing through $w"
+  read -r nl took < <(wait_new_leader "$w" "$leader" "$t_pause") ||
+    fail "pause: $w names no new leader within ${bound}s of pausing $leader"
+  le "$took" "$bound" || fail "pause: $w named the new leader $nl only ${took}s after the pause (bound ${bound}s)"
+  pass "pause: the majority ($w, $r) elected $nl; $w names it ${took}s after $leader was paused"
+  python3 "$kado" --retry-for "$bound" --timeout 2 "$(addr "$w")" save pause-v '{"v":2}' >/dev/null 2>"$E2E_WORK/retry.err" || {
+    cat "$E2E_WORK/retry.err"
+    fail "pause: the majority acknowledged no write of pause-v through $w within ${bound}s"
+  }
+  pass "pause: the majority acknowledges writes (pause-v overwritten through $w $(since "$t_pause")s after the pause)"
+  # Reads of pause-v sent to the frozen old leader now: its kernel accepts
+  # them, the node sees them the instant it thaws, still believing it leads.
+  reader_pids=()
+  for i in 1 2 3; do
+    python3 "$kado" --timeout 20 --retry-for 20 "$(addr "$leader")" fresh pause-v '{"v":2}' >"$E2E_WORK/reader-$i.out" 2>&1 &
+    reader_pids+=($!)
+  done
+  sleep 1
+  left=$(awk -v p="$pause_secs" -v s="$(since "$t_pause")" 'BEGIN { d = p - s; printf "%.2f", (d > 0 ? d : 0) }')
+  sleep "$left"
+  paused_for=$(since "$t_pause")
+  timeout 30 docker unpause "$lc" >/dev/null || fail "pause: docker unpause $leader"
+  t_unpause=$(now)
+  echo "  unpaused $leader after ${paused_for}s, with 3 reads of pause-v waiting at its port"
+  rc=0
+  out=$(python3 "$kado" --timeout 5 --retry-for 10 "$(addr "$leader")" fresh pause-v '{"v":2}' 2>&1) || rc=$?
+  case $rc in
+    0) pass "pause: a read of pause-v through $leader right after unpause answered the new value: $out (unpaused $(since "$t_unpause")s ago)" ;;
+    1) fail "pause: the unpaused old leader $leader served a stale read: $out" ;;
+    *) fail "pause: no answer to a read of pause-v through the unpaused $leader: $out" ;;
+  esac
+  stale=0
+  for i in 1 2 3; do
+    rc=0
+    wait "${reader_pids[$((i - 1))]}" || rc=$?
+    echo "  read $i sent while $leader was paused: $(cat "$E2E_WORK/reader-$i.out")"
+    case $rc in 0) ;; 1) stale=1 ;; *) fail "pause: the read $i sent to $leader while it was paused got no answer (see above)" ;; esac
+  done
+  [ "$stale" = 0 ] || fail "pause: the old leader $leader served a stale read once thawed (see above)"
+  pass "pause: the 3 reads queued at the paused old leader $leader were answered with the new value, none stale"
+  sleep 1 # the writer keeps going while the old leader steps down and catches up
+  stop_writer "$w" pause "pause"
+  wait_converged "$leader" "pause"
+  check_acked pause "pause" "$r" "$leader"
+  t0=$SECONDS
+  wait_healthy_containers 30 n1 n2 n3 || fail "pause: all three containers healthy again within 30s"
+  pass "pause: n1 n2 n3 healthy again ($((SECONDS - t0))s after converging)"
 fi

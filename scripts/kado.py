@@ -15,6 +15,14 @@ JSON answer to EOF.
                                                prints acks, failed tries, longest gap between acks
                                                (KADO_VERBOSE=1: every failure on stderr)
   kado.py HOST:PORT acked PREFIX ACKS      -> exit 0 if every k in ACKS reads back {"i": k}
+  kado.py HOST:PORT fresh SID JSON         -> restore(SID) must answer JSON: an answer with other
+                                              data is a stale read and fails at once (exit 1), never
+                                              retried; errors and time-outs are retried within
+                                              --retry-for, then exit 4 (3: could not even connect)
+  kado.py HOST:PORT notack SID JSON        -> one save that must NOT be acknowledged: exit 0 when
+                                              the node answers an error or never answers within
+                                              --timeout, 1 when it acknowledges, 3 when no
+                                              connection could be made (nothing was tested)
 
 Options (before HOST:PORT): --retry-for SECONDS  keep retrying a failed
 operation (connection refused, error reply) until it succeeds or time runs
@@ -26,9 +34,17 @@ import sys
 import time
 
 
+class ConnectError(OSError):
+    """The TCP connection itself failed: the request never reached a node."""
+
+
 def call(addr, req, timeout):
     host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as e:
+        raise ConnectError("connect %s: %s" % (addr, e))
+    with conn as s:
         s.settimeout(timeout)
         s.sendall(json.dumps(req, separators=(",", ":")).encode())
         s.shutdown(socket.SHUT_WR)
@@ -108,6 +124,46 @@ def writer(addr, prefix, secs, ackfile, timeout):
     return 0 if n > 0 else 1
 
 
+def notack(addr, sid, data, timeout):
+    start = time.monotonic()
+    try:
+        r = call(addr, {"save": {"sid": sid, "data": data, "_written": now_ms()}}, timeout)
+    except ConnectError as e:
+        print("notack: %s: nothing tested" % e)
+        return 3
+    except (OSError, RuntimeError, ValueError) as e:
+        print("not acknowledged: %s (after %.2fs)" % (e or type(e).__name__, time.monotonic() - start))
+        return 0
+    if r.get("status") == "ok":
+        print("ACKNOWLEDGED after %.2fs: %s" % (time.monotonic() - start, json.dumps(r)))
+        return 1
+    print("not acknowledged: refused with %s (after %.2fs)" % (json.dumps(r), time.monotonic() - start))
+    return 0
+
+
+def fresh(addr, sid, want, timeout, retry_for):
+    start = time.monotonic()
+    tries, errs = 0, []
+    while True:
+        tries += 1
+        t = time.monotonic()
+        try:
+            got = strip(restore(addr, sid, timeout))
+        except (OSError, RuntimeError, ValueError) as e:
+            errs.append("%s (+%.2fs)" % (e or type(e).__name__, time.monotonic() - start))
+            if time.monotonic() - start < retry_for:
+                time.sleep(0.05)
+                continue
+            print("no answer: %d tries in %.2fs; errors: %s" % (tries, time.monotonic() - start, "; ".join(errs[-3:])))
+            return 3 if all(isinstance(x, str) and x.startswith("connect ") for x in errs) else 4
+        if got != want:
+            print("STALE read: restore %s answered %s, want %s (try %d, +%.2fs)" % (sid, json.dumps(got), json.dumps(want), tries, time.monotonic() - start))
+            return 1
+        print("fresh: %s after %.2fs (try %d, that request took %.2fs)%s" % (json.dumps(got), time.monotonic() - start, tries, time.monotonic() - t,
+              "; earlier errors: " + "; ".join(errs[-3:]) if errs else ""))
+        return 0
+
+
 def main(argv):
     retry_for, timeout = 0.0, 5.0
     while argv and argv[0].startswith("--"):
@@ -141,11 +197,16 @@ def main(argv):
         if op == "acked":
             with open(args[1]) as f:
                 ks = [int(l) for l in f if l.strip()]
-            for k in ks:
+            def one(k):
                 sid = "%s-%d" % (args[0], k)
                 got = strip(restore(addr, sid, timeout))
                 if got != {"i": k}:
                     raise AssertionError("acknowledged write lost: restore %s: got %s, want %s" % (sid, json.dumps(got), json.dumps({"i": k})))
+            # Eight reads at a time: thousands of acks read back in seconds.
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(8) as pool:
+                for _ in pool.map(one, ks):
+                    pass
             return "ok: all %d acknowledged writes read back" % len(ks)
         if op == "checks":
             for k in range(int(args[1])):
@@ -158,6 +219,10 @@ def main(argv):
 
     if op == "writer":
         return writer(addr, args[0], float(args[1]), args[2], timeout)
+    if op == "notack":
+        return notack(addr, args[0], json.loads(args[1]), timeout)
+    if op == "fresh":
+        return fresh(addr, args[0], json.loads(args[1]), timeout, retry_for)
 
     start = time.monotonic()
     tries = 0
