@@ -44,7 +44,7 @@ func TestCorruptSaveFileStopsStartUntouched(t *testing.T) {
 	cases := []struct{ name, content, want string }{
 		{"truncated", `{"abc":{"foo":"ba`, "save file"},
 		{"not an object", `[1,2]`, "JSON object of sessions"},
-		{"record not an object", `{"abc":[1]}`, "abc"},
+		{"record not an object", `{"abc":[1]}`, "session #1"},
 		{"bad _written", `{"abc":{"_written":"yesterday"}}`, "_written"},
 		{"empty file", ``, "empty"},
 		{"trailing garbage", `{"abc":{}} xyz`, "trailing"},

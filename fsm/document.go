@@ -141,21 +141,21 @@ func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error)
 			return nil, d.corrupt("bad session id", err)
 		}
 		if c, err = d.next(); err == nil && c != ':' {
-			return nil, d.corrupt(fmt.Sprintf("':' expected after session id %q", sid), nil)
+			return nil, d.corrupt(fmt.Sprintf("':' expected after the id of session #%d", len(out)+1), nil)
 		}
 		if c, err = d.next(); err == nil && c != '{' {
-			return nil, d.corrupt(fmt.Sprintf("session %q must be a JSON object, got %s", sid, describeJSON([]byte{c})), nil)
+			return nil, d.corrupt(fmt.Sprintf("session #%d must be a JSON object, got %s", len(out)+1, describeJSON([]byte{c})), nil)
 		}
 		var raw []byte
 		if err == nil {
 			raw, err = d.object()
 		}
 		if err != nil {
-			return nil, d.corrupt(fmt.Sprintf("reading session %q", sid), err)
+			return nil, d.corrupt(fmt.Sprintf("reading session #%d", len(out)+1), err)
 		}
 		rec, derr := decodeRecord(raw, defaultWritten)
 		if derr != nil {
-			return nil, d.corrupt(fmt.Sprintf("session %q", sid), derr)
+			return nil, d.corrupt(fmt.Sprintf("session #%d", len(out)+1), derr)
 		}
 		out[sid] = rec
 		if c, err = d.next(); err == nil {

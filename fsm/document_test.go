@@ -156,7 +156,7 @@ func TestReadDocumentCorrupt(t *testing.T) {
 		{"empty file", ``, []string{"empty"}},
 		{"white space only", " \n\t ", []string{"empty"}},
 		{"truncated after the brace", `{`, []string{"byte"}},
-		{"truncated in a record", `{"abc":{"foo":"ba`, []string{`"abc"`, "byte"}},
+		{"truncated in a record", `{"abc":{"foo":"ba`, []string{"session #1", "byte"}},
 		{"truncated after a record", `{"abc":{"foo":"bar"}`, []string{"unterminated"}},
 		{"truncated after a comma", `{"abc":{},`, []string{"byte"}},
 		{"not an object: array", `[{"abc":{}}]`, []string{"must be a JSON object"}},
@@ -165,20 +165,20 @@ func TestReadDocumentCorrupt(t *testing.T) {
 		{"not an object: null", `null`, []string{"must be a JSON object"}},
 		{"not JSON", `hello`, []string{"not JSON"}},
 		{"binary garbage", "\x00\x01\xfe\xff", []string{"not JSON"}},
-		{"non-integer _written: string", `{"abc":{"_written":"yesterday"}}`, []string{`"abc"`, "_written must be an integer", `"yesterday"`}},
+		{"non-integer _written: string", `{"abc":{"_written":"yesterday"}}`, []string{"session #1", "_written must be an integer", `"yesterday"`}},
 		{"non-integer _written: float", `{"abc":{"_written":1.5}}`, []string{"_written must be an integer", "1.5"}},
 		{"non-integer _written: exponent", `{"abc":{"_written":1e3}}`, []string{"_written must be an integer"}},
 		{"non-integer _written: null", `{"abc":{"_written":null}}`, []string{"_written must be an integer"}},
 		{"_written out of range", `{"abc":{"_written":99999999999999999999}}`, []string{"_written must be an integer"}},
 		{"trailing garbage", `{"abc":{}} x`, []string{"trailing data"}},
 		{"two documents", `{}{}`, []string{"trailing data"}},
-		{"record is an array", `{"abc":[1,2]}`, []string{`session "abc"`, "array"}},
-		{"record is a string", `{"abc":"data"}`, []string{`session "abc"`, "string"}},
-		{"record is null", `{"abc":null}`, []string{`session "abc"`, "null"}},
-		{"record is a number", `{"abc":5}`, []string{`session "abc"`, "number"}},
+		{"record is an array", `{"abc":[1,2]}`, []string{"session #1", "array"}},
+		{"record is a string", `{"abc":"data"}`, []string{"session #1", "string"}},
+		{"record is null", `{"abc":null}`, []string{"session #1", "null"}},
+		{"record is a number", `{"abc":5}`, []string{"session #1", "number"}},
 		{"empty sid", `{"":{}}`, []string{"bad session id", "empty"}},
 		{"sid too long", `{"` + strings.Repeat("x", MaxSIDLen+1) + `":{}}`, []string{"bad session id", "limit"}},
-		{"bad syntax in a record", `{"abc":{foo:1}}`, []string{`"abc"`}},
+		{"bad syntax in a record", `{"abc":{foo:1}}`, []string{"session #1"}},
 		{"missing colon", `{"abc" {}}`, []string{"byte"}},
 	}
 	for _, tc := range cases {
@@ -254,4 +254,17 @@ func FuzzReadDocument(f *testing.F) {
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		checkDocumentRoundTrip(t, doc)
 	})
+}
+
+// TestReadDocumentErrorsHideSessionIDs: a corrupt save file's error names
+// the session by position, never by its id (ids are bearer credentials).
+func TestReadDocumentErrorsHideSessionIDs(t *testing.T) {
+	for _, doc := range []string{
+		`{"a-secret-sid":[1]}`, `{"ok":{},"a-secret-sid":{"_written":"x"}}`, `{"a-secret-sid":{"x":`, `{"a-secret-sid" {}}`,
+	} {
+		_, err := ReadDocument(strings.NewReader(doc), 0)
+		if err == nil || strings.Contains(err.Error(), "a-secret-sid") {
+			t.Fatalf("ReadDocument(%s) = %v: the error must not name the session id", doc, err)
+		}
+	}
 }

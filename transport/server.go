@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -111,6 +112,8 @@ type Server struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
+
+	refused, refusedReported, refusedLogged atomic.Int64 // for the rate-limited refusal log
 }
 
 // NewServer returns a Server for h.
@@ -228,7 +231,13 @@ func (s *Server) refuse(c net.Conn) {
 		}
 		_, _ = io.Copy(io.Discard, io.LimitReader(c, int64(s.cfg.MaxFrame)))
 	}()
-	s.cfg.Logger.Warn("connection refused: too many connections", "remote", c.RemoteAddr(), "limit", s.cfg.MaxConns)
+	// A flood must not flood the log too: one line a second, with a count.
+	n := s.refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := s.refusedLogged.Load(); now-last >= int64(time.Second) && s.refusedLogged.CompareAndSwap(last, now) {
+		s.cfg.Logger.Warn("connections refused: too many connections", "limit", s.cfg.MaxConns,
+			"refused_since_last_report", n-s.refusedReported.Swap(n), "latest_remote", c.RemoteAddr())
+	}
 }
 
 func (s *Server) track(c net.Conn) bool {
