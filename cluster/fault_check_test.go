@@ -178,3 +178,48 @@ func TestFaultNetCuts(t *testing.T) {
 		t.Fatalf("after the heal: %q %v", buf, err)
 	}
 }
+
+// TestFaultMonotonicCatches shows that the Leader/Stale read check fails a
+// reader that sees a mono session lose a key or vanish, allows overlapping
+// reads to disagree, and excuses a step back across a restart of a pinned
+// reader's node only when told of the restart.
+func TestFaultMonotonicCatches(t *testing.T) {
+	rd := func(reader, node string, call, ret int64, keys ...string) faultkit.MonoRead {
+		r := faultkit.MonoRead{Reader: reader, Node: node, SID: "mono", Call: call, Return: ret}
+		if keys != nil {
+			r.Found, r.Data = true, map[string]string{}
+			for _, k := range keys {
+				r.Data[k] = "1"
+			}
+		}
+		return r
+	}
+	none := []string(nil)
+	restarts := map[string][]int64{"n1": {25}}
+	tests := []struct {
+		name                string
+		reads               []faultkit.MonoRead
+		restarts            map[string][]int64
+		violations, excused int
+	}{
+		{"growing", []faultkit.MonoRead{rd("r", "", 0, 10, none...), rd("r", "", 20, 30, "a"), rd("r", "", 40, 50, "a", "b")}, nil, 0, 0},
+		{"key lost", []faultkit.MonoRead{rd("r", "", 0, 10, "a", "b"), rd("r", "", 20, 30, "a")}, nil, 1, 0},
+		{"session vanished", []faultkit.MonoRead{rd("r", "", 0, 10, "a"), rd("r", "", 20, 30, none...)}, nil, 1, 0},
+		{"lost key stays lost", []faultkit.MonoRead{rd("r", "", 0, 10, "a", "b"), rd("r", "", 20, 30, "a"), rd("r", "", 40, 50, "a", "c")}, nil, 2, 0},
+		{"overlapping reads may disagree", []faultkit.MonoRead{rd("r", "", 0, 30, "a", "b"), rd("r", "", 20, 40, "a")}, nil, 0, 0},
+		{"two readers are independent", []faultkit.MonoRead{rd("r1", "", 0, 10, "a", "b"), rd("r2", "", 20, 30, "a")}, nil, 0, 0},
+		{"back across a restart, excused", []faultkit.MonoRead{rd("s", "n1", 0, 10, "a"), rd("s", "n1", 20, 30, none...)}, restarts, 0, 1},
+		{"back across a restart, strict", []faultkit.MonoRead{rd("s", "n1", 0, 10, "a"), rd("s", "n1", 20, 30, none...)}, nil, 1, 0},
+		{"back after the restart is not excused", []faultkit.MonoRead{rd("s", "n1", 0, 10, "a"), rd("s", "n1", 30, 35, "a", "b"), rd("s", "n1", 40, 50, "a")}, restarts, 1, 0},
+		{"another node's restart excuses nothing", []faultkit.MonoRead{rd("s", "n2", 0, 10, "a"), rd("s", "n2", 20, 30, none...)}, restarts, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var res faultkit.Result
+			res.CheckMonotonic(tt.reads, nil, tt.restarts)
+			if res.MonoViolations != tt.violations || res.MonoExcused != tt.excused || res.MonoReads != len(tt.reads) || res.Failed() != (tt.violations > 0) {
+				t.Errorf("reads %d, violations %d, excused %d, failed %v; want %d, %d, %d\n%s", res.MonoReads, res.MonoViolations, res.MonoExcused, res.Failed(), len(tt.reads), tt.violations, tt.excused, strings.Join(res.Details, "\n"))
+			}
+		})
+	}
+}

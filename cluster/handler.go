@@ -263,10 +263,39 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 	return r.Data, true, nil
 }
 
+// caughtUpSinceStart refuses stale reads on a node that has not yet applied
+// what the cluster had committed when it first heard from a leader after
+// starting: until then it would serve the state it reloaded at start, and a
+// client reading from it could see time go backwards.
+func (n *Node) caughtUpSinceStart() error {
+	if n.caughtUp.Load() {
+		return nil
+	}
+	n.catchUpMu.Lock()
+	defer n.catchUpMu.Unlock()
+	if n.catchUpTarget == 0 {
+		if n.raft.LastContact().IsZero() {
+			return transport.Errorf(transport.CodeUnavailable, "stale read refused: this node has not heard from a leader since it started")
+		}
+		n.catchUpTarget = max(n.raft.CommitIndex(), 1)
+	}
+	if applied := max(n.fsm.applied.get(), n.raft.AppliedIndex()); applied < n.catchUpTarget {
+		return transport.Errorf(transport.CodeUnavailable, "stale read refused: this node is catching up after its start (applied %d of %d)", applied, n.catchUpTarget)
+	}
+	n.caughtUp.Store(true)
+	return nil
+}
+
 // checkStaleness refuses a stale read on a follower that has not heard from
 // its leader within Config.MaxStale (when set).
 func (n *Node) checkStaleness() error {
-	if n.cfg.MaxStale <= 0 || n.raft.State() == raft.Leader {
+	if n.raft.State() == raft.Leader {
+		return nil
+	}
+	if err := n.caughtUpSinceStart(); err != nil {
+		return err
+	}
+	if n.cfg.MaxStale <= 0 {
 		return nil
 	}
 	if since := time.Since(n.raft.LastContact()); since > n.cfg.MaxStale {

@@ -43,10 +43,14 @@ type Node struct {
 	backups *backupStore // backups held for streaming (backup.go)
 
 	clusterID atomic.Pointer[string]
-	leaderMu  sync.Mutex
-	leaderCh  chan struct{} // closed when raft reports a new leader
-	memberMu  sync.Mutex    // one membership change at a time
-	fatal     chan error
+	// caughtUp gates stale reads after start (caughtUpSinceStart).
+	caughtUp      atomic.Bool
+	catchUpMu     sync.Mutex
+	catchUpTarget uint64
+	leaderMu      sync.Mutex
+	leaderCh      chan struct{} // closed when raft reports a new leader
+	memberMu      sync.Mutex    // one membership change at a time
+	fatal         chan error
 
 	ready     atomic.Bool
 	stop      chan struct{}
@@ -486,8 +490,29 @@ func (n *Node) teardown() {
 		n.ln.Close()
 	}
 	if n.raft != nil {
-		if err := n.raft.Shutdown().Error(); err != nil {
-			n.log.Warn("raft shutdown", "error", err)
+		// Raft waits for its replication goroutines; one stuck on a peer
+		// that swallows traffic must not hold the node open forever:
+		// after a while, close the transport under it and wait again.
+		done := make(chan error, 1)
+		go func() { done <- n.raft.Shutdown().Error() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				n.log.Warn("raft shutdown", "error", err)
+			}
+		case <-time.After(10 * time.Second):
+			n.log.Warn("raft is slow to shut down; closing its transport")
+			if n.stream != nil {
+				n.stream.Close()
+			}
+			if n.trans != nil {
+				n.trans.Close()
+			}
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				n.log.Error("raft did not shut down; closing the stores anyway")
+			}
 		}
 	}
 	if n.stream != nil {

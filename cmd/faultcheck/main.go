@@ -6,11 +6,15 @@
 // opened a connection by looking up the socket's owner in /proc). A
 // workload of Go and Kado JSON clients runs throughout; once healed, the
 // history is checked (faultkit: lost acknowledged writes, porcupine
-// linearizability) and the replicas compared. The last line printed is
+// linearizability, Leader/Stale reads that go back in time: see
+// faultkit.CheckMonotonic; KADOSESSION_FAULT_STRICT_STALE=1 also fails a
+// Stale read that goes back across a restart of its node) and the replicas
+// compared. The last line printed is
 //
 //	schedules: N, acknowledged writes: W, lost: L, linearizability violations: V
 //
-// and the exit status is non-zero if L or V (or anything else) failed.
+// and the exit status is non-zero if L or V (or anything else, a Leader or
+// Stale read going back included) failed.
 package main
 
 import (
@@ -55,7 +59,7 @@ func main() {
 			os.Exit(2)
 		}
 	}
-	var acked, lost, violations, errs int
+	var acked, lost, violations, errs, monoReads, monoViolations, monoExcused int
 	for k := 0; k < *schedules; k++ {
 		s := *seed + int64(k)
 		r := &run{bin: *bin, seed: s, length: *length, dir: filepath.Join(root, fmt.Sprintf("seed-%d", s)), verbose: *verbose,
@@ -64,6 +68,9 @@ func main() {
 		acked += res.Acked
 		lost += res.Lost
 		violations += res.Violations
+		monoReads += res.MonoReads
+		monoViolations += res.MonoViolations
+		monoExcused += res.MonoExcused
 		status := "ok"
 		if err != nil {
 			errs++
@@ -71,8 +78,13 @@ func main() {
 		} else if res.Failed() {
 			status = "FAILED"
 		}
-		fmt.Printf("schedule %d/%d seed %d: %d ops, %d acknowledged writes, %d pending, lost %d, violations %d, checker timeouts %d: %s\n",
-			k+1, *schedules, s, res.Ops, res.Acked, res.Pending, res.Lost, res.Violations, res.Unknown, status)
+		fmt.Printf("schedule %d/%d seed %d: %d ops, %d acknowledged writes, %d pending, lost %d, violations %d, checker timeouts %d; Leader/Stale reads %d (%d failed), went backwards %d (+%d across a restart of a pinned Stale reader's node): %s\n",
+			k+1, *schedules, s, res.Ops, res.Acked, res.Pending, res.Lost, res.Violations, res.Unknown, res.MonoReads, r.monoFailed, res.MonoViolations, res.MonoExcused, status)
+		if err == nil && !res.Failed() && res.MonoExcused > 0 {
+			for _, d := range res.Details {
+				fmt.Println("  " + d)
+			}
+		}
 		if err != nil || res.Failed() {
 			fmt.Printf("  schedule:\n    %s\n", strings.Join(r.log, "\n    "))
 			for _, d := range res.Details {
@@ -83,11 +95,12 @@ func main() {
 			os.RemoveAll(r.dir)
 		}
 	}
-	if *workdir == "" && errs == 0 && lost == 0 && violations == 0 {
+	if *workdir == "" && errs == 0 && lost == 0 && violations == 0 && monoViolations == 0 {
 		os.RemoveAll(root)
 	}
+	fmt.Printf("Leader/Stale reads checked: %d, went backwards: %d (+%d excused: across a restart of a pinned Stale reader's node)\n", monoReads, monoViolations, monoExcused)
 	fmt.Printf("schedules: %d, acknowledged writes: %d, lost: %d, linearizability violations: %d\n", *schedules, acked, lost, violations)
-	if lost > 0 || violations > 0 || errs > 0 {
+	if lost > 0 || violations > 0 || monoViolations > 0 || errs > 0 {
 		os.Exit(1)
 	}
 }
@@ -101,11 +114,14 @@ type run struct {
 	verbose bool
 	rng     *rand.Rand
 	start   time.Time
-	log     []string
+
+	monoFailed int // Leader/Stale reads that failed
+	log        []string
 
 	net     *network
 	nodes   [3]*proc
 	proxies [3]string // advertised addresses
+	wl      *faultkit.Workload
 }
 
 // proc is one node process.
@@ -178,6 +194,7 @@ func (r *run) schedule() (res faultkit.Result, err error) {
 	rec := faultkit.NewRecorder()
 	addrs := r.proxies[:]
 	wl := &faultkit.Workload{SIDs: []string{"s0", "s1", "s2"}, Seed: r.seed, Rec: rec, KadoAddrs: addrs}
+	r.wl = wl
 	for k := 0; k < 3; k++ {
 		order := append(append([]string(nil), addrs[k:]...), addrs[:k]...)
 		s, err := client.New(client.Config{Addrs: order, RequestTimeout: time.Second})
@@ -186,6 +203,26 @@ func (r *run) schedule() (res faultkit.Result, err error) {
 		}
 		defer s.Close()
 		wl.Stores = append(wl.Stores, s)
+	}
+	// Two Go clients each write a grow-only mono session; a Leader reader
+	// (every node) and a Stale reader pinned to one node read them and must
+	// never see them go back (faultkit.CheckMonotonic).
+	wl.Mono = 2
+	k := int(uint64(r.seed) % 3)
+	for _, m := range []struct {
+		name, node string
+		addrs      []string
+		c          client.Consistency
+	}{
+		{"leader", "", append(append([]string(nil), addrs[k:]...), addrs[:k]...), client.Leader},
+		{fmt.Sprintf("stale@n%d", k+1), addrs[k], []string{addrs[k]}, client.Stale},
+	} {
+		s, err := client.New(client.Config{Addrs: m.addrs, RequestTimeout: time.Second, Consistency: m.c})
+		if err != nil {
+			return res, err
+		}
+		defer s.Close()
+		wl.MonoReaders = append(wl.MonoReaders, faultkit.MonoReader{Name: m.name, Node: m.node, Store: s})
 	}
 	var d net.Dialer
 	wl.KadoDials = append(wl.KadoDials, func(ctx context.Context, addr string) (net.Conn, error) {
@@ -242,6 +279,12 @@ func (r *run) schedule() (res faultkit.Result, err error) {
 		return res, err
 	}
 	res = faultkit.Check(ops, 20*time.Second, r.dir)
+	restarts := wl.Restarts()
+	if os.Getenv("KADOSESSION_FAULT_STRICT_STALE") != "" {
+		restarts = nil
+	}
+	res.CheckMonotonic(wl.MonoReads(), ops, restarts)
+	r.monoFailed = wl.MonoFailed
 	return res, nil
 }
 
@@ -299,6 +342,9 @@ func opText(found bool, data map[string]string) string {
 
 func (r *run) startNode(i int) error {
 	p := r.nodes[i]
+	if r.wl != nil {
+		r.wl.Restarting(r.proxies[i])
+	}
 	logf, err := os.OpenFile(filepath.Join(r.dir, p.id+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err

@@ -102,11 +102,139 @@ type Result struct {
 	Lost       int      // acknowledged writes missing from the final state though nothing could have overwritten them
 	Violations int      // sessions whose history is not linearizable
 	Unknown    int      // sessions the checker ran out of time on
-	Details    []string // what was lost, what was not linearizable (with a history excerpt)
+	Details    []string // what was lost, what was not linearizable (with a history excerpt), which read went back in time
+
+	MonoReads      int // Leader/Stale reads checked by CheckMonotonic
+	MonoViolations int // of which saw a mono session go back in time
+	MonoExcused    int // went back in time across a restart of the pinned node (not a failure; see CheckMonotonic)
 }
 
-// Failed reports whether anything was lost or not linearizable.
-func (r Result) Failed() bool { return r.Lost > 0 || r.Violations > 0 }
+// Failed reports whether anything was lost, not linearizable, or read
+// going back in time.
+func (r Result) Failed() bool { return r.Lost > 0 || r.Violations > 0 || r.MonoViolations > 0 }
+
+// CheckMonotonic adds to r the check of the mono readers' reads (see
+// Workload): per reader and per session, a read must observe everything
+// that a read of the same reader which returned before it began observed.
+// A mono session only grows (keys are only added), so this is "the reader
+// never sees time go backwards", and it holds whatever order pending
+// writes take effect in. ops, the recorded history, is used to name the
+// write a backwards read missed.
+//
+// restarts (Workload.Restarts), when not nil, excuses one case: a reader
+// pinned to one node (MonoRead.Node) whose node was restarted after the
+// earlier read began and before the later one ended. A restarted node
+// serves from its last snapshot until it has caught up with the leader, so
+// such a step back is what the nodes do today, not a checker error; it is
+// counted in r.MonoExcused (and described) but does not fail r. With
+// restarts nil nothing is excused.
+func (r *Result) CheckMonotonic(reads []MonoRead, ops []Op, restarts map[string][]int64) {
+	restartedBetween := func(node string, from, to int64) bool {
+		for _, t := range restarts[node] {
+			if node != "" && from < t && t < to {
+				return true
+			}
+		}
+		return false
+	}
+	type key struct{ reader, sid string }
+	by := map[key][]*MonoRead{}
+	var keys []key
+	for i := range reads {
+		k := key{reads[i].Reader, reads[i].SID}
+		if _, ok := by[k]; !ok {
+			keys = append(keys, k)
+		}
+		by[k] = append(by[k], &reads[i])
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].reader != keys[j].reader {
+			return keys[i].reader < keys[j].reader
+		}
+		return keys[i].sid < keys[j].sid
+	})
+	writeOf := func(sid, k string) string {
+		for i := range ops {
+			if ops[i].SID == sid && ops[i].Kind != Read {
+				if _, ok := ops[i].Data[k]; ok {
+					return ops[i].String()
+				}
+			}
+		}
+		return "(no recorded write)"
+	}
+	desc := func(rd *MonoRead) string {
+		what := "absent"
+		if rd.Found {
+			what = fmt.Sprintf("%d keys", len(rd.Data))
+		}
+		return fmt.Sprintf("[%.3fs..%.3fs] -> %s", float64(rd.Call)/1e9, float64(rd.Return)/1e9, what)
+	}
+	excused := 0
+	for _, k := range keys {
+		h := by[k]
+		r.MonoReads += len(h)
+		sort.SliceStable(h, func(i, j int) bool { return h[i].Call < h[j].Call })
+		byRet := append([]*MonoRead(nil), h...)
+		sort.SliceStable(byRet, func(i, j int) bool { return byRet[i].Return < byRet[j].Return })
+		// The latest (by call) read, among those that returned before the
+		// one checked began, that saw each key / found the session.
+		seen := map[string]*MonoRead{}
+		var found *MonoRead
+		j := 0
+		for _, b := range h {
+			for ; j < len(byRet) && byRet[j].Return < b.Call; j++ {
+				a := byRet[j]
+				if a.Found && (found == nil || a.Call > found.Call) {
+					found = a
+				}
+				for dk := range a.Data {
+					if seen[dk] == nil || a.Call > seen[dk].Call {
+						seen[dk] = a
+					}
+				}
+			}
+			var why string
+			var witness *MonoRead
+			if found != nil && !b.Found {
+				witness = found
+				why = fmt.Sprintf("the session is absent, but read %s found it", desc(found))
+			} else {
+				var missing []string
+				for dk := range seen {
+					if _, ok := b.Data[dk]; !ok {
+						missing = append(missing, dk)
+					}
+				}
+				if len(missing) > 0 {
+					// The latest witness decides whether a restart excuses it.
+					sort.Slice(missing, func(x, y int) bool {
+						if cx, cy := seen[missing[x]].Call, seen[missing[y]].Call; cx != cy {
+							return cx > cy
+						}
+						return missing[x] < missing[y]
+					})
+					witness = seen[missing[0]]
+					why = fmt.Sprintf("%d key(s) missing that earlier reads saw, e.g. %s, seen by read %s; its write: %s",
+						len(missing), missing[0], desc(witness), writeOf(k.sid, missing[0]))
+				}
+			}
+			switch {
+			case why == "":
+			case restarts != nil && restartedBetween(b.Node, witness.Call, b.Return):
+				r.MonoExcused++
+				if excused++; excused <= 3 {
+					r.Details = append(r.Details, fmt.Sprintf("note: read went backwards across a restart of %s (excused): reader %s, session %s: read %s: %s", b.Node, k.reader, k.sid, desc(b), why))
+				}
+			default:
+				r.MonoViolations++
+				if r.MonoViolations <= 10 {
+					r.Details = append(r.Details, fmt.Sprintf("READ WENT BACKWARDS: reader %s, session %s: read %s: %s", k.reader, k.sid, desc(b), why))
+				}
+			}
+		}
+	}
+}
 
 // Check checks a history whose last operations are one successful final
 // read per session (Via "final", made once the cluster was healed):

@@ -11,6 +11,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kadosession/kadosession/client"
@@ -21,6 +22,13 @@ import (
 // grow-only "ledger" session, where no acknowledged key may ever go
 // missing), and Kado JSON clients doing save and restore on the shared
 // sessions. Every call is recorded in Rec.
+//
+// The first Mono Go clients also each run a "mono" writer: patches adding
+// key n<k> to its grow-only mono session, k counting up (a new session every
+// monoKeys keys). MonoReaders (Leader or Stale consistency) read only the
+// mono sessions; their reads are kept apart (MonoReads) for
+// CheckMonotonic, not in Rec: they are allowed to be stale, so porcupine
+// would reject them.
 type Workload struct {
 	Stores    []*client.Store // one per Go client
 	KadoDials []func(ctx context.Context, addr string) (net.Conn, error)
@@ -31,9 +39,73 @@ type Workload struct {
 	Think     time.Duration // most pause between a client's calls (5 ms)
 	Rec       *Recorder
 
-	mu      sync.Mutex
-	ledgers map[string]bool
-	Failed  int // reads that failed (not recorded: a failed read has no effect)
+	Mono        int          // Go clients (Stores[:Mono]) that also write a mono session
+	MonoReaders []MonoReader // clients reading the mono sessions
+
+	mu         sync.Mutex
+	ledgers    map[string]bool
+	monos      map[string]bool
+	monoGen    []atomic.Int64 // per mono writer: the session it writes now
+	monoReads  []MonoRead
+	restarts   map[string][]int64
+	Failed     int // reads that failed (not recorded: a failed read has no effect)
+	MonoFailed int // mono reads that failed
+}
+
+// MonoReader is a client reading the mono sessions, usually with
+// client.Leader or client.Stale consistency.
+type MonoReader struct {
+	Name  string // shown in the check's output, e.g. "leader" or "stale@addr"
+	Store *client.Store
+	Node  string // the one node Store reads from (Addrs has just it), or "" for any
+}
+
+// MonoRead is one successful read by a MonoReader.
+type MonoRead struct {
+	Reader       string
+	Node         string // MonoReader.Node
+	SID          string
+	Call, Return int64 // Recorder clock
+	Found        bool
+	Data         map[string]string
+}
+
+// monoKeys is the keys per mono session before its writer moves on to a
+// new one (well under the key limit).
+const monoKeys = 250
+
+func monoSID(writer int, gen int64) string { return fmt.Sprintf("mono-c%d-%d", writer, gen) }
+
+// Restarting records that the node at addr (as the clients know it) is
+// about to be started again after a crash: a pinned Stale reader of that
+// node may see its state go back (see CheckMonotonic). Safe for concurrent
+// use, and before Run.
+func (w *Workload) Restarting(addr string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.restarts == nil {
+		w.restarts = map[string][]int64{}
+	}
+	w.restarts[addr] = append(w.restarts[addr], w.Rec.Now())
+}
+
+// Restarts returns the times (Recorder clock) Restarting was called, by
+// node address.
+func (w *Workload) Restarts() map[string][]int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string][]int64, len(w.restarts))
+	for a, ts := range w.restarts {
+		out[a] = append([]int64(nil), ts...)
+	}
+	return out
+}
+
+// MonoReads returns the mono readers' successful reads.
+func (w *Workload) MonoReads() []MonoRead {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]MonoRead(nil), w.monoReads...)
 }
 
 const ledgerKeys = 300 // keys per ledger session, well under the key limit
@@ -48,7 +120,27 @@ func (w *Workload) Run(ctx context.Context) {
 		w.Think = 5 * time.Millisecond
 	}
 	w.ledgers = map[string]bool{}
+	w.monos = map[string]bool{}
+	w.Mono = min(w.Mono, len(w.Stores))
+	w.monoGen = make([]atomic.Int64, w.Mono)
 	var wg sync.WaitGroup
+	for i := range w.Mono {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.monoWriter(ctx, i, w.Stores[i], rand.New(rand.NewSource(w.Seed*131+1000+int64(i))))
+		}()
+	}
+	for j, r := range w.MonoReaders {
+		if w.Mono == 0 {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.monoReader(ctx, r, rand.New(rand.NewSource(w.Seed*131+2000+int64(j))))
+		}()
+	}
 	for i, s := range w.Stores {
 		wg.Add(1)
 		go func() {
@@ -74,6 +166,9 @@ func (w *Workload) AllSIDs() []string {
 	defer w.mu.Unlock()
 	out := append([]string(nil), w.SIDs...)
 	for sid := range w.ledgers {
+		out = append(out, sid)
+	}
+	for sid := range w.monos {
 		out = append(out, sid)
 	}
 	sort.Strings(out)
@@ -122,6 +217,50 @@ func (w *Workload) goClient(ctx context.Context, id int, s *client.Store, rng *r
 			op.Kind = Read
 		}
 		w.goCall(s, &op)
+	}
+}
+
+// monoWriter patches key n<k> = k into mono session monoSID(id, k/monoKeys)
+// for k = 0, 1, 2...: a mono session only grows, whatever order pending
+// writes take effect in, so a read that misses a key an earlier read saw
+// went back in time. The writes are recorded (lost-write and porcupine
+// checks) under client id 100+id.
+func (w *Workload) monoWriter(ctx context.Context, id int, s *client.Store, rng *rand.Rand) {
+	for k := int64(0); w.pause(ctx, rng); k++ {
+		gen := k / monoKeys
+		sid := monoSID(id, gen)
+		w.mu.Lock()
+		w.monos[sid] = true
+		w.mu.Unlock()
+		w.monoGen[id].Store(gen)
+		op := Op{Client: 100 + id, Via: "go", Kind: Patch, SID: sid, Data: map[string]string{fmt.Sprintf("n%d", k): fmt.Sprint(k)}}
+		w.goCall(s, &op)
+	}
+}
+
+// monoReader reads, one call at a time, the mono session a random writer
+// is writing now.
+func (w *Workload) monoReader(ctx context.Context, r MonoReader, rng *rand.Rand) {
+	for w.pause(ctx, rng) {
+		i := rng.Intn(w.Mono)
+		sid := monoSID(i, w.monoGen[i].Load())
+		rd := MonoRead{Reader: r.Name, Node: r.Node, SID: sid}
+		cctx, cancel := context.WithTimeout(context.Background(), w.OpTimeout)
+		rd.Call = w.Rec.Now()
+		data, found, err := r.Store.RestoreRaw(cctx, sid)
+		rd.Return = w.Rec.Now()
+		cancel()
+		if err == nil && found {
+			rd.Found = true
+			rd.Data, err = DecodeData(data)
+		}
+		w.mu.Lock()
+		if err != nil {
+			w.MonoFailed++
+		} else {
+			w.monoReads = append(w.monoReads, rd)
+		}
+		w.mu.Unlock()
 	}
 }
 
