@@ -26,7 +26,10 @@
 # (docs/bench.svg; empty: none), RESULTS (a file to keep the raw JSON lines
 # in), REDIS_BENCHMARK=1 (also print redis-benchmark's own figures, to show
 # what the Go load generator costs).
-# Not yet: --http, --scale, --soak (see issue 5).
+# --scale: the Scale section of issue 5 (scripts/bench_scale.sh: memory,
+#   p99 during snapshots, restart and join times; SCALE_* variables there).
+# --http: the end-to-end HTTP comparison with wrk (scripts/bench_http.sh).
+# Not yet: --soak (see issue 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +40,9 @@ REDIS_CONNS=${REDIS_CONNS:-4}
 SVG=${SVG-docs/bench.svg}
 for a in "$@"; do
   case $a in
-    --http|--scale|--soak) echo "bench.sh: $a is not implemented yet (issue 5)" >&2; exit 2 ;;
+    --scale) shift; exec bash "$(dirname "$0")/bench_scale.sh" "$@" ;;
+    --http) shift; exec bash "$(dirname "$0")/bench_http.sh" "$@" ;;
+    --soak) echo "bench.sh: $a is not implemented yet (issue 5)" >&2; exit 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac

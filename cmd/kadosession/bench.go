@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +11,13 @@ import (
 	"math"
 	"math/bits"
 	"net"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kadosession/kadosession/client"
@@ -45,7 +49,7 @@ const gapReport = 100 * time.Millisecond
 // benchConfig is what the flags of bench say.
 type benchConfig struct {
 	target      string // HOST:PORT[,HOST:PORT…] or redis://HOST:PORT
-	op          string // save, restore or mixed
+	op          string // save, restore, mixed or load
 	protocol    string // native or kado (kadosession targets)
 	clients     int
 	size        int
@@ -59,6 +63,8 @@ type benchConfig struct {
 	consistency string
 	asJSON      bool
 	quiet       bool
+	rate        float64 // total operations per second to pace at (0: as fast as answered)
+	samples     string  // file to write one line per successful operation to ("": none)
 }
 
 // benchWorker is one caller's handle on the target. A worker is used by one
@@ -108,7 +114,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.target, "target", "127.0.0.1:3001", "what to drive: `HOST:PORT[,HOST:PORT…]` of kadosession nodes (the Go client), or redis://HOST:PORT")
 	cluster := fs.String("cluster", "", "alias of --target for kadosession nodes (kept for scripts)")
-	fs.StringVar(&cfg.op, "op", "save", "operation: save, restore or mixed (restores and saves of the same sessions, see --reads)")
+	fs.StringVar(&cfg.op, "op", "save", "operation: save, restore, mixed (restores and saves of the same sessions, see --reads) or load (save every one of --sessions exactly once, then stop; --duration is the cap)")
 	fs.StringVar(&cfg.protocol, "protocol", "native", "kadosession targets: native (the Go client) or kado (one JSON request per connection, as Kado's SessionStoreLocal)")
 	fs.IntVar(&cfg.clients, "clients", 64, "concurrent clients, each with one request in flight (Redis: one connection each)")
 	callers := fs.Int("callers", 0, "alias of --clients (kept for scripts)")
@@ -123,6 +129,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	fs.StringVar(&cfg.consistency, "consistency", "default", "kadosession restores: default (the node's), linearizable, leader or stale")
 	fs.BoolVar(&cfg.asJSON, "json", false, "print one JSON object on stdout")
 	fs.BoolVar(&cfg.quiet, "quiet", false, "no progress lines on stderr")
+	fs.Float64Var(&cfg.rate, "rate", 0, "pace the clients to this many operations per second in total (0: each client sends its next request as soon as the last is answered); a moderate, fixed load for latency under background work")
+	fs.StringVar(&cfg.samples, "samples", "", "write one line per successful operation to `FILE`: the unix time it ended (ns) and its latency (µs), for latency over time")
 	fs.Usage = usageWithEnv(fs, "kadosession bench [flags]",
 		"Measures saves or restores per second, with latency percentiles, against a kadosession node or a Redis server\n(SET key value PX ttl / GET key), with the same load generator. Progress goes to stderr once a second.")
 	if err := parseFlags(fs, args); err != nil {
@@ -147,8 +155,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 
 func (c *benchConfig) validate() error {
 	switch {
-	case c.op != "save" && c.op != "restore" && c.op != "mixed":
-		return fmt.Errorf("--op %q: want save, restore or mixed", c.op)
+	case c.op != "save" && c.op != "restore" && c.op != "mixed" && c.op != "load":
+		return fmt.Errorf("--op %q: want save, restore, mixed or load", c.op)
 	case c.protocol != "native" && c.protocol != "kado":
 		return fmt.Errorf("--protocol %q: want native or kado", c.protocol)
 	case c.clients < 1 || c.clients > benchMaxClients:
@@ -167,6 +175,8 @@ func (c *benchConfig) validate() error {
 		return fmt.Errorf("--pool %d is out of range: 0..%d", c.pool, benchMaxPool)
 	case c.conns < 0 || c.conns > benchMaxPool:
 		return fmt.Errorf("--conns %d is out of range: 0..%d", c.conns, benchMaxPool)
+	case c.rate < 0 || c.rate > 10_000_000 || math.IsNaN(c.rate):
+		return fmt.Errorf("--rate %g is out of range: 0..10000000 operations per second", c.rate)
 	case strings.TrimSpace(c.target) == "":
 		return errors.New("--target is empty: give HOST:PORT[,HOST:PORT…] or redis://HOST:PORT")
 	}
@@ -236,6 +246,8 @@ type benchResult struct {
 	Max         float64   `json:"max_ms"`
 	Gaps        []float64 `json:"gaps_ms"` // every stretch over gapReport with no success, in order
 	FirstError  string    `json:"first_error,omitempty"`
+	Rate        float64   `json:"rate,omitempty"`       // --rate: the paced total rate asked for
+	Incomplete  bool      `json:"incomplete,omitempty"` // --op load: time ran out before every session was written
 }
 
 func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
@@ -260,7 +272,7 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 	for i := range sids {
 		sids[i] = "bench-" + strconv.Itoa(i)
 	}
-	if cfg.op != "save" { // something to read
+	if cfg.op != "save" && cfg.op != "load" { // something to read
 		if !cfg.quiet {
 			fmt.Fprintf(stderr, "bench: writing %d sessions of %d B to read back\n", len(sids), cfg.size)
 		}
@@ -280,9 +292,22 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 		saves, restores atomic.Int64
 		firstErr        atomic.Value
 		hists           = make([]latencyHist, cfg.clients)
+		samples         = make([][]opSample, cfg.clients)
+		nextLoad        atomic.Int64 // --op load: the next session to write
 		wg              sync.WaitGroup
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.duration)
+	// --rate: every client sends on its own fixed schedule, one request
+	// every interval, staggered across clients.
+	var interval time.Duration
+	if cfg.rate > 0 {
+		interval = time.Duration(float64(cfg.clients) / cfg.rate * float64(time.Second))
+	}
+	// SIGINT or SIGTERM ends the run early, like --duration running out:
+	// the figures so far are printed (scripts stop a run when what they
+	// waited for has happened).
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeout(sigCtx, cfg.duration)
 	defer cancel()
 	start := time.Now()
 	lastOK.Store(start.UnixNano())
@@ -302,13 +327,40 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 			// Each client walks the sessions from its own offset, so
 			// clients rarely touch the same session at once.
 			i := g * (len(sids) / cfg.clients)
+			sched := start.Add(interval * time.Duration(g) / time.Duration(cfg.clients))
+			retry := -1 // --op load: a session whose save failed, to write again
 			for n := 0; ctx.Err() == nil; n++ {
-				sid := sids[i%len(sids)]
-				i++
+				var sid string
+				if cfg.op == "load" {
+					k := retry
+					if k < 0 {
+						k = int(nextLoad.Add(1) - 1)
+					}
+					if k >= len(sids) {
+						break
+					}
+					retry, i, sid = -1, k, sids[k]
+				} else {
+					sid = sids[i%len(sids)]
+					i++
+				}
 				// mixed: exactly readPct restores in every 100 operations,
 				// spread evenly.
 				read := cfg.op == "restore" || (cfg.op == "mixed" && ((n+1)*cfg.readPct)/100 > (n*cfg.readPct)/100)
 				t0 := time.Now()
+				if interval > 0 {
+					// Latency counts from when the request was due, not
+					// from when it was sent: a stall delays the requests
+					// queued behind it, and they count it too (no
+					// coordinated omission).
+					if d := time.Until(sched); d > 0 {
+						if !sleepCtx(ctx, d) {
+							break
+						}
+					}
+					t0 = sched
+					sched = sched.Add(interval)
+				}
 				var err error
 				if read {
 					err = w.restore(context.Background(), sid)
@@ -318,10 +370,16 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 				if err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
+					if cfg.op == "load" {
+						retry = i
+					}
 					time.Sleep(benchErrPause)
 					continue
 				}
 				now := time.Now()
+				if cfg.samples != "" {
+					samples[g] = append(samples[g], opSample{end: now.UnixNano(), lat: int64(now.Sub(t0) / time.Microsecond)})
+				}
 				ops.Add(1)
 				if read {
 					restores.Add(1)
@@ -363,7 +421,60 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 	if e := firstErr.Load(); e != nil {
 		res.FirstError = e.(string)
 	}
+	if cfg.op == "load" && res.Saves < int64(len(sids)) {
+		res.Incomplete = true
+	}
+	res.Rate = cfg.rate
+	if cfg.samples != "" {
+		if err := writeSamples(cfg.samples, samples); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// opSample is one successful operation: when it ended (unix ns) and how
+// long it took (µs).
+type opSample struct{ end, lat int64 }
+
+// writeSamples writes every client's samples as "END_NS LATENCY_US" lines,
+// in the order each client made them.
+func writeSamples(path string, samples [][]opSample) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--samples: %w", err)
+	}
+	w := bufio.NewWriterSize(f, 1<<16)
+	var b []byte
+	for _, ss := range samples {
+		for _, x := range ss {
+			b = strconv.AppendInt(b[:0], x.end, 10)
+			b = append(b, ' ')
+			b = strconv.AppendInt(b, x.lat, 10)
+			b = append(b, '\n')
+			if _, err := w.Write(b); err != nil {
+				f.Close()
+				return fmt.Errorf("--samples: %w", err)
+			}
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("--samples: %w", err)
+	}
+	return f.Close()
+}
+
+// sleepCtx sleeps for d or until ctx ends; false when ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // benchProgress prints the operations so far and the rate once a second

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,5 +254,46 @@ func (s *fakeRedis) serve(c net.Conn) {
 				return
 			}
 		}
+	}
+}
+
+// TestBenchLoadRateSamples checks --op load (every session exactly once),
+// --rate (paced) and --samples (one line per operation).
+func TestBenchLoadRateSamples(t *testing.T) {
+	node, err := cluster.Open(cluster.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	for deadline := time.Now().Add(10 * time.Second); !node.Ready(); {
+		if time.Now().After(deadline) {
+			t.Fatal("node not ready after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	res := runBenchJSON(t, "--target", node.Addr(), "--op", "load", "--sessions", "500", "--clients", "7",
+		"--size", "64", "--duration", "30s", "--quiet")
+	if res["saves"].(float64) != 500 || res["incomplete"] != nil {
+		t.Errorf("load: %v saves (incomplete %v), want exactly 500", res["saves"], res["incomplete"])
+	}
+	if n := node.State().Len(); n != 500 {
+		t.Errorf("after load the node holds %d sessions, want 500", n)
+	}
+	samples := t.TempDir() + "/samples.txt"
+	res = runBenchJSON(t, "--target", node.Addr(), "--op", "save", "--sessions", "500", "--clients", "4",
+		"--size", "64", "--duration", "1s", "--rate", "200", "--samples", samples, "--quiet")
+	if ops := res["ops"].(float64); ops < 150 || ops > 210 {
+		t.Errorf("--rate 200 for 1s made %v operations, want about 200", ops)
+	}
+	b, err := os.ReadFile(samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if float64(len(lines)) != res["ops"].(float64) {
+		t.Errorf("--samples has %d lines, want one per operation (%v)", len(lines), res["ops"])
+	}
+	if f := strings.Fields(lines[0]); len(f) != 2 {
+		t.Errorf("--samples line %q: want END_NS LATENCY_US", lines[0])
 	}
 }
