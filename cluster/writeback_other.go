@@ -1,0 +1,8 @@
+//go:build !linux
+
+package cluster
+
+import "os"
+
+// startWriteback does nothing where sync_file_range does not exist.
+func startWriteback(f *os.File, off, n int64) {}
