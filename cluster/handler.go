@@ -143,14 +143,14 @@ func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	norm, err := fsm.NormalizeObject(data)
+	norm, keys, err := fsm.NormalizeObjectKeys(data)
 	if err != nil {
 		return wireError(err)
 	}
 	if len(norm) > n.cfg.MaxSessionSize {
 		return transport.Errorf(transport.CodeTooLarge, "session data is %d bytes, the limit is %d", len(norm), n.cfg.MaxSessionSize)
 	}
-	if keys, _ := fsm.CountMembers(norm); keys > n.cfg.MaxKeys {
+	if keys > n.cfg.MaxKeys {
 		return transport.Errorf(transport.CodeTooLarge, "session data has %d keys, the limit is %d", keys, n.cfg.MaxKeys)
 	}
 	_, err = n.write(ctx, fsm.Command{Op: fsm.OpSave, SID: sid, Data: norm},

@@ -22,6 +22,12 @@ func writeFileAtomic(path string, data []byte) error {
 // createTemp is os.CreateTemp; tests replace it to make the disk fail.
 var createTemp = os.CreateTemp
 
+// WriteFileAtomic writes path through a temporary file in the same
+// directory: write fills it (and may read it back to check it), then it is
+// fsynced, renamed over path and the directory fsynced. When write or any
+// step fails, path is left as it was and the temporary file is removed.
+func WriteFileAtomic(path string, write func(*os.File) error) error { return writeAtomic(path, write) }
+
 func writeAtomic(path string, write func(*os.File) error) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := createTemp(dir, "."+filepath.Base(path)+".tmp-*")

@@ -99,19 +99,30 @@ type Field struct {
 // given twice keeps its first position and its last value, as in
 // JavaScript's JSON.parse. The result is what a Record's Data holds.
 func NormalizeObject(data []byte) ([]byte, error) {
+	norm, _, err := NormalizeObjectKeys(data)
+	return norm, err
+}
+
+// NormalizeObjectKeys is NormalizeObject that also returns how many keys
+// the result holds, from the same pass (the node checks its key limit).
+func NormalizeObjectKeys(data []byte) ([]byte, int, error) {
 	compact, err := compactObject(data)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	// Duplicate keys (JSON.parse keeps the last value) and escaped keys
 	// ("\u005fwritten" is WrittenKey) must come out exactly as ReadDocument
 	// would read them back, or a state restored from a snapshot would differ
 	// from the one that wrote it; objects without them are kept as they are.
 	fields, rewrite, err := splitCompact(compact)
-	if err != nil || !rewrite {
-		return compact, err
+	if err != nil {
+		return nil, 0, err
 	}
-	return EncodeObject(withoutWritten(fields)), nil
+	if !rewrite {
+		return compact, len(fields), nil
+	}
+	kept := withoutWritten(fields)
+	return EncodeObject(kept), len(kept), nil
 }
 
 func withoutWritten(fields []Field) []Field {

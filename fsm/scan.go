@@ -170,31 +170,3 @@ func compactObject(data []byte) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
-
-// CountMembers counts the members of a compact JSON object (a Record's
-// Data, or NormalizeObject's result) without decoding it.
-func CountMembers(obj []byte) (int, error) {
-	if len(obj) < 2 || obj[0] != '{' {
-		return 0, fmt.Errorf("%w: not an object", ErrBadData)
-	}
-	if obj[1] == '}' {
-		return 0, nil
-	}
-	n, i := 0, 1
-	for i < len(obj) {
-		end, _ := scanString(obj, i)
-		if end < 0 {
-			return 0, fmt.Errorf("%w: malformed object", ErrBadData)
-		}
-		vend := scanValue(obj, end+2)
-		if vend < 0 || vend >= len(obj) {
-			return 0, fmt.Errorf("%w: malformed object", ErrBadData)
-		}
-		n++
-		if obj[vend] == '}' {
-			return n, nil
-		}
-		i = vend + 1
-	}
-	return 0, fmt.Errorf("%w: malformed object", ErrBadData)
-}

@@ -38,10 +38,11 @@ func FuzzValidCompact(f *testing.F) {
 	})
 }
 
-func TestCountMembers(t *testing.T) {
-	for in, want := range map[string]int{`{}`: 0, `{"a":1}`: 1, `{"a":{"b":[1,{"c":2}]},"d":"x,}"}`: 2, `{"a":"\"}","b":null,"c":[]}`: 3} {
-		if got, err := CountMembers([]byte(in)); err != nil || got != want {
-			t.Errorf("CountMembers(%s) = %d, %v; want %d", in, got, err, want)
+func TestNormalizeObjectKeys(t *testing.T) {
+	for in, want := range map[string]int{`{}`: 0, `{"a":1}`: 1, `{"a":{"b":[1,{"c":2}]},"d":"x,}"}`: 2, `{"a":"\"}","b":null,"c":[]}`: 3,
+		`{"a":1,"a":2}`: 1, `{"a":1,"_written":5}`: 1} {
+		if _, got, err := NormalizeObjectKeys([]byte(in)); err != nil || got != want {
+			t.Errorf("NormalizeObjectKeys(%s) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 }

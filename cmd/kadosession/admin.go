@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kadosession/kadosession/cluster"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -56,25 +57,40 @@ func (c *connFlags) config() (transport.ConnConfig, error) {
 	return cfg, nil
 }
 
-// adminCall sends one OpAdmin request to addr and returns the JSON answer.
-func adminCall(addr string, cf *connFlags, body []byte) ([]byte, error) {
+// adminSession opens one native connection to addr and returns an
+// AdminFunc over it (each call bounded by perCall) and a closer.
+func adminSession(addr string, cf *connFlags, perCall time.Duration) (cluster.AdminFunc, func(), error) {
 	cfg, err := cf.config()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	c, err := transport.Dial(ctx, addr, cfg)
 	if err != nil {
+		return nil, nil, err
+	}
+	call := func(ctx context.Context, body []byte) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(ctx, perCall)
+		defer cancel()
+		resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", addr, err)
+		}
+		if resp.Err != nil {
+			return nil, fmt.Errorf("%s: %w", addr, resp.Err)
+		}
+		return resp.Data, nil
+	}
+	return call, func() { c.Close() }, nil
+}
+
+// adminCall sends one OpAdmin request to addr and returns the JSON answer.
+func adminCall(addr string, cf *connFlags, body []byte) ([]byte, error) {
+	call, closeConn, err := adminSession(addr, cf, 15*time.Second)
+	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", addr, err)
-	}
-	if resp.Err != nil {
-		return nil, fmt.Errorf("%s: %w", addr, resp.Err)
-	}
-	return resp.Data, nil
+	defer closeConn()
+	return call(context.Background(), body)
 }

@@ -9,41 +9,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/kadosession/kadosession/cluster"
 	"github.com/kadosession/kadosession/fsm"
-	"github.com/kadosession/kadosession/transport"
 )
-
-// adminSession opens one native connection to addr and returns an
-// AdminFunc over it (each call bounded by perCall) and a closer.
-func adminSession(addr string, cf *connFlags, perCall time.Duration) (cluster.AdminFunc, func(), error) {
-	cfg, err := cf.config()
-	if err != nil {
-		return nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	c, err := transport.Dial(ctx, addr, cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	call := func(ctx context.Context, body []byte) ([]byte, error) {
-		ctx, cancel := context.WithTimeout(ctx, perCall)
-		defer cancel()
-		resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", addr, err)
-		}
-		if resp.Err != nil {
-			return nil, fmt.Errorf("%s: %w", addr, resp.Err)
-		}
-		return resp.Data, nil
-	}
-	return call, func() { c.Close() }, nil
-}
 
 // progressLine draws a one-line progress indication on stderr when it is a
 // terminal, and nothing otherwise (logs and pipes stay clean).
@@ -128,60 +98,43 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	}
 	defer closeConn()
 
-	dir := filepath.Dir(*out)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(*out)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create the backup file: %w", err)
-	}
-	keep := false
-	defer func() {
-		if !keep {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	prog := newProgress(stderr, "backup", true)
+	var info cluster.BackupInfo
 	start := time.Now()
-	info, err := cluster.FetchBackup(context.Background(), call, bw, cluster.BackupOptions{Chunk: *chunk, Progress: prog.update})
-	prog.finish()
+	err = cluster.WriteFileAtomic(*out, func(tmp *os.File) error {
+		bw := bufio.NewWriterSize(tmp, 1<<20)
+		prog := newProgress(stderr, "backup", true)
+		var err error
+		info, err = cluster.FetchBackup(context.Background(), call, bw, cluster.BackupOptions{Chunk: *chunk, Progress: prog.update})
+		prog.finish()
+		if err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return fmt.Errorf("write %s: %w", tmp.Name(), err)
+		}
+		// Verify what is in the file, not what was sent: hash it, then
+		// decode it; only then may it replace --out.
+		h := sha256.New()
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.Copy(h, tmp); err != nil {
+			return fmt.Errorf("read back %s: %w", tmp.Name(), err)
+		}
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		records, err := fsm.ReadDocument(bufio.NewReaderSize(tmp, 1<<20), 0)
+		if err != nil {
+			return fmt.Errorf("the backup written to %s does not decode: %w", tmp.Name(), err)
+		}
+		if sum := hex.EncodeToString(h.Sum(nil)); sum != info.SHA256 || len(records) != info.Sessions {
+			return fmt.Errorf("the backup on disk does not match the leader's: %d sessions, sha256 %s; want %d, %s", len(records), sum, info.Sessions, info.SHA256)
+		}
+		return nil
+	})
 	if err != nil {
 		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	// Verify what is on disk, not what was sent: hash it, then decode it.
-	h := sha256.New()
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	if _, err := io.Copy(h, tmp); err != nil {
-		return fmt.Errorf("read back %s: %w", tmp.Name(), err)
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	records, err := fsm.ReadDocument(bufio.NewReaderSize(tmp, 1<<20), 0)
-	if err != nil {
-		return fmt.Errorf("the backup written to %s does not decode: %w", tmp.Name(), err)
-	}
-	if sum := hex.EncodeToString(h.Sum(nil)); sum != info.SHA256 || len(records) != info.Sessions {
-		return fmt.Errorf("the backup on disk does not match the leader's: %d sessions, sha256 %s; want %d, %s", len(records), sum, info.Sessions, info.SHA256)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), *out); err != nil {
-		return fmt.Errorf("move the backup into place: %w", err)
-	}
-	keep = true
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	fmt.Fprintf(stdout, "backup written to %s: %d sessions, %s, sha256 %s (leader %s, raft index %d, %s)\n",
 		*out, info.Sessions, humanBytes(info.Size), info.SHA256, info.Leader, info.Index, time.Since(start).Round(time.Millisecond))

@@ -36,44 +36,17 @@ func clusterStatusJSON(t *testing.T, addr string) (statusJSON, error) {
 // users to: start, join, status --json, kill -9 the leader while writing,
 // restart it with the same command.
 func TestProcessThreeNodeCluster(t *testing.T) {
-	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
-	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	args := func(i int) []string {
-		a := []string{"--id", fmt.Sprintf("n%d", i+1), "--listen", addrs[i], "--data", dirs[i], "--log-level", "warn"}
-		if i > 0 {
-			a = append(a, "--join", addrs[0])
-		}
-		return a
-	}
-	procs := make([]*proc, 3)
-	for i := range procs {
-		procs[i] = startServe(t, args(i)...)
-	}
-	var st statusJSON
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error
-		st, err = clusterStatusJSON(t, addrs[1])
-		up := 0
-		for _, n := range st.Nodes {
-			if n.State == "leader" || n.State == "follower" {
-				up++
-			}
-		}
-		if err == nil && up == 3 && st.LeaderID != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster did not form: %+v %v\n%s\n%s", st, err, procs[1].log(), procs[2].log())
-		}
-		time.Sleep(100 * time.Millisecond)
+	addrs, procs, leader := startProcessCluster(t)
+	// status --json through a follower lists every member as a voter.
+	st, err := clusterStatusJSON(t, addrs[(leader+1)%3])
+	if err != nil || len(st.Nodes) != 3 {
+		t.Fatalf("status --json: %+v %v", st, err)
 	}
 	for _, n := range st.Nodes {
 		if !n.Voter || n.Address == "" {
 			t.Fatalf("status --json node %+v", n)
 		}
 	}
-	leader := int(st.LeaderID[1] - '1')
 
 	// Write through a follower continuously while the leader is killed.
 	acked := map[string]bool{}
@@ -123,7 +96,7 @@ func TestProcessThreeNodeCluster(t *testing.T) {
 	t.Logf("kill -9 of the leader: writes through a follower continued; %d acknowledged", len(acked))
 
 	// The killed node, restarted with the same command, catches up.
-	procs[leader] = startServe(t, args(leader)...)
+	procs[leader] = startServe(t, procs[leader].cmd.Args[2:]...) // the same command line
 	waitServing(t, procs[leader], addrs[leader])
 	var sids []string
 	for sid := range acked {
