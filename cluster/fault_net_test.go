@@ -55,9 +55,16 @@ const (
 	faultRefuse
 	faultDrop
 	faultHold
+	// faultHoldReads lets writes through but holds reads until the link
+	// heals: the peer gets the requests and answers at once, and the
+	// answers reach the dialling node only later (answers in flight across
+	// a process pause).
+	faultHoldReads
 )
 
-func (f fault) String() string { return [...]string{"none", "refuse", "drop", "hold"}[f] }
+func (f fault) String() string {
+	return [...]string{"none", "refuse", "drop", "hold", "hold-reads"}[f]
+}
 
 var errCut = errors.New("faultnet: link cut")
 
@@ -265,18 +272,21 @@ func (c *faultConn) SetWriteDeadline(t time.Time) error {
 // gate applies the link's fault before a read or write: an error for
 // refuse, a wait (within deadline) for hold; it reports whether the data
 // should vanish (drop) and the delay to apply.
-func (c *faultConn) gate(deadline time.Time) (drop bool, d time.Duration, err error) {
+func (c *faultConn) gate(deadline time.Time, read bool) (drop bool, d time.Duration, err error) {
 	f := c.net
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for {
 		flt, dl := f.state(c.l)
+		if flt == faultHoldReads && !read {
+			flt = faultNone
+		}
 		switch flt {
 		case faultRefuse:
 			return false, 0, errCut
 		case faultDrop:
 			return true, 0, nil
-		case faultHold:
+		case faultHold, faultHoldReads:
 			ctx, cancel := context.Background(), context.CancelFunc(func() {})
 			if !deadline.IsZero() {
 				ctx, cancel = context.WithDeadline(ctx, deadline)
@@ -294,7 +304,7 @@ func (c *faultConn) gate(deadline time.Time) (drop bool, d time.Duration, err er
 
 func (c *faultConn) Read(p []byte) (int, error) {
 	for {
-		if _, _, err := c.gate(c.readDeadline()); err != nil {
+		if _, _, err := c.gate(c.readDeadline(), true); err != nil {
 			if errors.Is(err, errCut) {
 				c.Conn.Close()
 			}
@@ -304,7 +314,7 @@ func (c *faultConn) Read(p []byte) (int, error) {
 		if n == 0 || err != nil {
 			return n, err
 		}
-		drop, _, gerr := c.gate(c.readDeadline())
+		drop, _, gerr := c.gate(c.readDeadline(), true)
 		if errors.Is(gerr, errCut) {
 			c.Conn.Close()
 			return 0, gerr
@@ -317,7 +327,7 @@ func (c *faultConn) Read(p []byte) (int, error) {
 }
 
 func (c *faultConn) Write(p []byte) (int, error) {
-	drop, d, err := c.gate(c.writeDeadline())
+	drop, d, err := c.gate(c.writeDeadline(), false)
 	if err != nil {
 		if errors.Is(err, errCut) {
 			c.Conn.Close()

@@ -31,6 +31,28 @@ type adminRequest struct {
 	ClusterID string `json:"cluster_id,omitempty"`
 }
 
+// termReply answers {"op":"term"}: the node's current raft term, which
+// a leader's read confirmation round asks every voter for (readIndex).
+type termReply struct {
+	Term uint64 `json:"term"`
+}
+
+// askTerm asks the node at addr for its current raft term.
+func (n *Node) askTerm(ctx context.Context, addr raft.ServerAddress) (uint64, error) {
+	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"term"}`)})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return 0, err
+	}
+	var r termReply
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return 0, fmt.Errorf("term reply from %s: %w", addr, err)
+	}
+	return r.Term, nil
+}
+
 // JoinReply answers a join.
 type JoinReply struct {
 	ClusterID string `json:"cluster_id"`
@@ -106,6 +128,8 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		return json.Marshal(n.Status())
 	case "cluster":
 		return json.Marshal(n.ClusterStatus(ctx))
+	case "term":
+		return json.Marshal(termReply{Term: n.raft.CurrentTerm()})
 	case "join", "remove", "user_sessions", "revoke_user":
 		if err := n.awaitLeader(ctx); err != nil {
 			return nil, err

@@ -241,7 +241,7 @@ func Open(cfg Config) (*Node, error) {
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
-	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied}
+	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm}
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}

@@ -15,12 +15,25 @@ import (
 // readIndex makes default reads linearizable without writing to the log:
 // once per term a barrier proves the leader has applied everything earlier
 // leaders committed; then each read notes the commit index, joins a
-// VerifyLeader round (one round is shared by every read that arrived before
+// confirmation round (one round is shared by every read that arrived before
 // it started), checks the term did not change, and waits until the state
 // machine has applied the noted index.
+//
+// The round asks every voter for its current term with a request sent
+// after the round started, and needs a quorum (this node included) at or
+// below the leader's term. raft.VerifyLeader is not used: it counts any
+// successful AppendEntries answer that arrives while it waits, including
+// one to a heartbeat sent before the read arrived, so a leader frozen
+// (SIGSTOP, a long GC or VM pause) just after sending a heartbeat could,
+// on waking, confirm itself with its followers' pre-pause answers and
+// serve a read from before a write its successor has since committed.
+// That happened in CI (TestProcessPausedLeaderNeverServesStaleRead).
 type readIndex struct {
 	raft    *raft.Raft
 	applied *appliedIndex
+	self    raft.ServerID
+	// askTerm asks the peer at addr for its current raft term.
+	askTerm func(ctx context.Context, addr raft.ServerAddress) (uint64, error)
 
 	barrierTerm atomic.Uint64
 	barrierMu   sync.Mutex
@@ -28,12 +41,18 @@ type readIndex struct {
 	mu      sync.Mutex
 	next    *verifyRound
 	running bool
+
+	steppingDown atomic.Bool
 }
 
 type verifyRound struct {
 	done chan struct{}
+	term uint64 // the term the round confirmed
 	err  error
 }
+
+// confirmTimeout bounds one confirmation round.
+const confirmTimeout = 2 * time.Second
 
 // wait returns nil once a read made now would be linearizable, or an error
 // (CodeNotLeader with a hint when this node is not the leader).
@@ -46,10 +65,11 @@ func (ri *readIndex) wait(ctx context.Context) error {
 		return err
 	}
 	index := ri.raft.CommitIndex()
-	if err := ri.verify(ctx); err != nil {
+	confirmed, err := ri.verify(ctx)
+	if err != nil {
 		return err
 	}
-	if ri.raft.CurrentTerm() != term {
+	if confirmed != term || ri.raft.CurrentTerm() != term {
 		return notLeader(ri.raft)
 	}
 	return ri.applied.waitFor(ctx, index, ri.raft.AppliedIndex)
@@ -75,7 +95,7 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	return nil
 }
 
-func (ri *readIndex) verify(ctx context.Context) error {
+func (ri *readIndex) verify(ctx context.Context) (uint64, error) {
 	ri.mu.Lock()
 	if ri.next == nil {
 		ri.next = &verifyRound{done: make(chan struct{})}
@@ -88,9 +108,9 @@ func (ri *readIndex) verify(ctx context.Context) error {
 	ri.mu.Unlock()
 	select {
 	case <-r.done:
-		return r.err
+		return r.term, r.err
 	case <-ctx.Done():
-		return transport.Errorf(transport.CodeTimeout, "read timed out confirming leadership: %v", ctx.Err())
+		return 0, transport.Errorf(transport.CodeTimeout, "read timed out confirming leadership: %v", ctx.Err())
 	}
 }
 
@@ -105,11 +125,86 @@ func (ri *readIndex) run() {
 			return
 		}
 		ri.mu.Unlock()
-		if err := ri.raft.VerifyLeader().Error(); err != nil {
-			r.err = applyError(err, ri.raft)
-		}
+		r.term = ri.raft.CurrentTerm()
+		r.err = ri.confirm(r.term)
 		close(r.done)
 	}
+}
+
+// confirm returns nil once a quorum of voters, asked after it was called,
+// answered with a term no later than term: no leader of a later term can
+// then have committed anything before the call (its quorum would overlap
+// ours, and terms never go back).
+func (ri *readIndex) confirm(term uint64) error {
+	if ri.raft.State() != raft.Leader {
+		return notLeader(ri.raft)
+	}
+	f := ri.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return applyError(err, ri.raft)
+	}
+	voters, acks := 0, 0
+	var peers []raft.ServerAddress
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if s.ID == ri.self {
+			acks++
+		} else {
+			peers = append(peers, s.Address)
+		}
+	}
+	need := voters/2 + 1
+	if acks >= need {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	defer cancel()
+	type answer struct {
+		term uint64
+		err  error
+	}
+	answers := make(chan answer, len(peers))
+	for _, addr := range peers {
+		go func() {
+			t, err := ri.askTerm(ctx, addr)
+			answers <- answer{t, err}
+		}()
+	}
+	var lastErr error
+	for range peers {
+		a := <-answers
+		switch {
+		case a.err != nil:
+			lastErr = a.err
+		case a.term > term:
+			ri.stepDown()
+			return &transport.Error{Code: transport.CodeNotLeader, Message: fmt.Sprintf("this node was leader in term %d, but a peer is already in term %d", term, a.term)}
+		default:
+			if acks++; acks >= need {
+				return nil
+			}
+		}
+	}
+	return transport.Errorf(transport.CodeUnavailable, "leadership not confirmed: %d of %d voters answered in term %d (last error: %v)", acks, voters, term, lastErr)
+}
+
+// stepDown makes raft notice, soon, that a peer is in a later term. Raft
+// itself learns it only from a rejected log replication or a failed
+// VerifyLeader (heartbeat rejections count as contact and keep its lease
+// alive), so a leader with nothing to replicate whose successor cannot
+// reach it would otherwise go on believing it leads. A VerifyLeader now
+// fails on the peers' fresh rejections and steps it down.
+func (ri *readIndex) stepDown() {
+	if !ri.steppingDown.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer ri.steppingDown.Store(false)
+		_ = ri.raft.VerifyLeader().Error()
+	}()
 }
 
 func notLeader(r *raft.Raft) error {

@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/client"
+)
+
+// TestHeldAnswersDoNotConfirmDeposedLeader: a leader whose followers'
+// answers to its last heartbeats are still in flight (as across a process
+// pause) is deposed; a logout commits through its successor; then the
+// read through the old leader is made and the held answers arrive. Those
+// answers predate the read, so they must not confirm the old leader's
+// leadership for it: the read must not return the session from before the
+// logout. (raft.VerifyLeader counts such answers; see readIndex.)
+func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
+	const (
+		oldLeader = 2
+		// The old leader heartbeats every 0.6–1.2 s and keeps its lease
+		// for 6 s without answers; the others give up on a silent leader
+		// after 1.5–3 s. So the followers elect a successor, and the read
+		// is made, while the old leader still believes it leads and before
+		// its raft connections' 5 s deadline expires the held answers.
+		slowTimeout = 6 * time.Second
+		fastTimeout = 1500 * time.Millisecond
+	)
+	fn := newFaultNet(1)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
+		c.Dialer = fn.dialer(i - 1)
+		c.HeartbeatTimeout, c.ElectionTimeout = fastTimeout, fastTimeout
+		if i-1 == oldLeader {
+			c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = slowTimeout, slowTimeout, slowTimeout
+		}
+	})
+	t.Cleanup(fn.closeAll)
+	for i, n := range tc.nodes {
+		fn.register(n.Addr(), i)
+	}
+	if l := tc.leader(); l != oldLeader {
+		n := tc.nodes[oldLeader]
+		if err := tc.nodes[l].raft.LeadershipTransferToServer(raft.ServerID(n.cfg.ID), raft.ServerAddress(n.Addr())).Error(); err != nil {
+			t.Fatalf("leadership transfer: %v", err)
+		}
+		poll(t, func() bool { return n.raft.State() == raft.Leader }, 10*time.Second, "n3 to lead")
+	}
+	term := tc.nodes[oldLeader].raft.CurrentTerm()
+	ctx := context.Background()
+	viaOld, err := client.New(client.Config{Addrs: []string{tc.nodes[oldLeader].Addr()}, Dialer: fn.dialer(clientBase), RequestTimeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaOld.Close()
+	if err := viaOld.SaveRaw(ctx, "u", []byte(`{"user":"alice"}`)); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+
+	// The old leader's requests still reach its followers, which answer;
+	// the answers are held. The followers' own requests to it wait.
+	for _, f := range []int{0, 1} {
+		fn.set(link{oldLeader, f}, faultHoldReads)
+		fn.set(link{f, oldLeader}, faultHold)
+	}
+	newLeader := -1
+	poll(t, func() bool {
+		for _, f := range []int{0, 1} {
+			if n := tc.nodes[f]; n.raft.State() == raft.Leader && n.raft.CurrentTerm() > term {
+				newLeader = f
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, "a successor")
+	if st := tc.nodes[oldLeader].raft.State(); st != raft.Leader {
+		t.Fatalf("the old leader already stepped down (%s): the test's timing did not hold", st)
+	}
+	viaNew, err := client.New(client.Config{Addrs: []string{tc.nodes[newLeader].Addr()}, Dialer: fn.dialer(clientBase + 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viaNew.Close()
+	if err := viaNew.SaveRaw(ctx, "u", []byte(`{"user":null}`)); err != nil {
+		t.Fatalf("logout through the successor: %v", err)
+	}
+
+	type result struct {
+		data string
+		err  error
+	}
+	read := make(chan result, 1)
+	go func() {
+		raw, _, err := viaOld.RestoreRaw(ctx, "u")
+		read <- result{string(raw), err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the read is waiting on the old leader
+	for _, f := range []int{0, 1} {
+		fn.set(link{oldLeader, f}, faultNone) // the held answers arrive
+	}
+	// A moment later the rest of the pause ends too: the successor's
+	// requests reach the old leader, which learns who leads now.
+	time.Sleep(300 * time.Millisecond)
+	fn.healAll()
+	var r result
+	select {
+	case r = <-read:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the read through the old leader never finished")
+	}
+	if r.data == `{"user":"alice"}` {
+		t.Fatalf("the read through the deposed leader returned the session from before the logout")
+	}
+	if r.err != nil || r.data != `{"user":null}` {
+		t.Fatalf("read through the old leader: %q %v", r.data, r.err)
+	}
+}
