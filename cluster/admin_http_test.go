@@ -200,6 +200,30 @@ func TestMetricsEndpoint(t *testing.T) {
 	if v := mustMetric(t, fm, "kadosession_sessions", nil); v != 8 {
 		t.Errorf("follower sessions = %v, want 8", v)
 	}
+	if _, ok := metricValue(fm, "kadosession_peer_last_contact_seconds", nil); ok {
+		t.Error("a follower reports last contact per peer")
+	}
+
+	// Last contact per peer, on the leader: both followers answer it (a
+	// read's confirmation round, or the probe within a second); once one
+	// is stopped, its figure grows and the other's does not.
+	other := 3 - l - f
+	poll(t, func() bool {
+		m := scrape(t, leader)
+		for _, i := range []int{f, other} {
+			if v, ok := metricValue(m, "kadosession_peer_last_contact_seconds", map[string]string{"peer": tc.cfgs[i].ID}); !ok || v < 0 || v > 3*peerProbeInterval.Seconds() {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, "the leader's last contact with both followers")
+	tc.stop(f)
+	poll(t, func() bool {
+		m := scrape(t, leader)
+		gone, _ := metricValue(m, "kadosession_peer_last_contact_seconds", map[string]string{"peer": tc.cfgs[f].ID})
+		alive, ok := metricValue(m, "kadosession_peer_last_contact_seconds", map[string]string{"peer": tc.cfgs[other].ID})
+		return gone > 3*peerProbeInterval.Seconds() && ok && alive < 3*peerProbeInterval.Seconds()
+	}, 15*time.Second, "the stopped follower's last contact to grow while the other's stays fresh")
 }
 
 func TestReadyzHealthzStatus(t *testing.T) {

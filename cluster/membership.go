@@ -50,6 +50,7 @@ func (n *Node) askTerm(ctx context.Context, addr raft.ServerAddress) (uint64, er
 	if err := json.Unmarshal(resp.Data, &r); err != nil {
 		return 0, fmt.Errorf("term reply from %s: %w", addr, err)
 	}
+	n.contacts.seen(addr, time.Now())
 	return r.Term, nil
 }
 

@@ -22,6 +22,7 @@ import (
 //	raft_state{state}                  1 for the node's raft state, 0 for the others
 //	raft_term, raft_commit_index, raft_applied_index, raft_last_index
 //	raft_last_contact_seconds          followers: since the leader was last heard from
+//	peer_last_contact_seconds{peer}    leader: since each member last answered it
 //	raft_leader_known, raft_voters, ready
 //	sessions                           sessions held (expired ones until pruned)
 //	open_connections                   client and peer connections on the node's port
@@ -160,6 +161,7 @@ var (
 	descApplied     = prometheus.NewDesc("kadosession_raft_applied_index", "The highest log index applied to the state machine.", nil, nil)
 	descLast        = prometheus.NewDesc("kadosession_raft_last_index", "The last index in the node's log.", nil, nil)
 	descLastContact = prometheus.NewDesc("kadosession_raft_last_contact_seconds", "Followers: seconds since the leader was last heard from (absent on the leader and before any contact).", nil, nil)
+	descPeerContact = prometheus.NewDesc("kadosession_peer_last_contact_seconds", "Leader: seconds since each other member last answered it (probed every second; absent on followers and for a member never heard from).", []string{"peer"}, nil)
 	descLeaderKnown = prometheus.NewDesc("kadosession_raft_leader_known", "1 when the node knows a leader.", nil, nil)
 	descVoters      = prometheus.NewDesc("kadosession_raft_voters", "Voters in the node's latest raft configuration.", nil, nil)
 	descReady       = prometheus.NewDesc("kadosession_ready", "1 when the node serves client requests (see /readyz for the full check).", nil, nil)
@@ -169,7 +171,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLastContact,
-		descLeaderKnown, descVoters, descReady, descSessions, descConns} {
+		descPeerContact, descLeaderKnown, descVoters, descReady, descSessions, descConns} {
 		ch <- d
 	}
 }
@@ -204,6 +206,17 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if st != raft.Leader {
 		if t := r.LastContact(); !t.IsZero() {
 			gauge(descLastContact, time.Since(t).Seconds())
+		}
+		return
+	}
+	if f := r.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.ID == raft.ServerID(n.id) {
+				continue
+			}
+			if t, ok := n.contacts.get(s.Address); ok {
+				gauge(descPeerContact, time.Since(t).Seconds(), string(s.ID))
+			}
 		}
 	}
 }

@@ -37,6 +37,8 @@ type Node struct {
 	commit *committer
 	reads  *readIndex
 	fwd    *forwarder
+	// contacts: when each peer last answered this node as leader (peers.go).
+	contacts *peerContacts
 
 	obs     *metrics     // Prometheus metrics (metrics.go)
 	httpSrv *adminHTTP   // Config.HTTP endpoint, nil when off (admin_http.go)
@@ -106,7 +108,7 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1)}
+	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1), contacts: newPeerContacts()}
 	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
 		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
@@ -238,6 +240,8 @@ func Open(cfg Config) (*Node, error) {
 	}))
 	n.bg.Add(1)
 	go n.watchLeader(obs)
+	n.bg.Add(1)
+	go n.probePeers()
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
