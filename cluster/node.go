@@ -210,6 +210,17 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
+	if metas, err := snaps.List(); err == nil && len(metas) > 0 {
+		start := time.Now()
+		read, err := rememberBeforeSnapshot(logs, metas[0].Index, n.fsm.State, start)
+		if err != nil {
+			// Not fatal: retried writes from before the snapshot are then
+			// not recognised (fsm.DedupeWindow), as before this existed.
+			log.Warn("could not read the log entries before the snapshot to recognise retried writes", "error", err)
+		} else if read > 0 {
+			log.Debug("recognising retried writes from before the snapshot", "entries", read, "took", time.Since(start))
+		}
+	}
 	bootstrapped := false
 	if !hasState && len(cfg.Join) == 0 {
 		conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(id), Address: raft.ServerAddress(cfg.Advertise)}}}

@@ -13,10 +13,13 @@ const DedupeWindow = 60_000
 
 // dedupe remembers applied RequestIDs in the order they were applied, so
 // that forgetting the old ones is a walk from the front. It is not part of
-// snapshots (the save-file document has no place for it): a leader that
-// restored a snapshot taken after a write's first try, within the window,
-// may still apply its retry twice. It never changes what Apply does, so
-// replicas cannot diverge over it.
+// snapshots (the save-file document has no place for it). A node that
+// restarts from its own snapshot refills it from the log entries the
+// snapshot left behind (State.RememberApplied); a follower that installs a
+// snapshot sent by the leader keeps what it had but cannot learn the ids of
+// the entries the snapshot replaced, so if it becomes leader within the
+// window, a retry of one of those writes may still be applied twice. It
+// never changes what Apply does, so replicas cannot diverge over it.
 type dedupe struct {
 	mu    sync.Mutex
 	seen  map[RequestID]int // id → the Count its command returned

@@ -102,6 +102,25 @@ func (s *State) Applied(id RequestID, now int64) (int, bool) {
 	return s.applied.check(id, now)
 }
 
+// RememberApplied records the request ids in c, a command the state
+// already reflects because it was applied before the snapshot the state was
+// restored from (which does not carry the table Applied reads). A node
+// calls it at start for the log entries that snapshot left behind, so that
+// a write retried after a restart is still answered instead of applied
+// twice. The commands' results are not known: Applied reports Count 0 for
+// them. Call it in log order; it does not change the sessions.
+func (s *State) RememberApplied(c *Command) {
+	if c.Op == OpBatch {
+		for i := range c.Batch {
+			s.RememberApplied(&c.Batch[i])
+		}
+		return
+	}
+	if c.ID != (RequestID{}) && c.Op.deduplicated() {
+		s.applied.remember(c.ID, c.Time, 0)
+	}
+}
+
 func (s *State) apply(c *Command) Result {
 	s.version.Add(1)
 	switch c.Op {
