@@ -131,6 +131,8 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		return json.Marshal(n.ClusterStatus(ctx))
 	case "term":
 		return json.Marshal(termReply{Term: n.raft.CurrentTerm()})
+	case "list":
+		return n.adminList(ctx, body) // cluster/list.go
 	case "join", "remove", "user_sessions", "revoke_user":
 		if err := n.awaitLeader(ctx); err != nil {
 			return nil, err
@@ -169,7 +171,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		}
 		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
 	}
-	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join, remove, user_sessions or revoke_user)", req.Op)
+	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join, remove, user_sessions, revoke_user or list)", req.Op)
 }
 
 func quote(s string) string {

@@ -138,6 +138,33 @@ func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.
 	return data, true, nil
 }
 
+// List returns every session whose id starts with prefix ("" for all) and
+// that has not expired, by id, each map as Restore returns it: a non-nil
+// map, empty when none matches. It is scsstore.Lister's List. Expiry is
+// judged exactly as Restore judges it, at one reading of the clock for the
+// whole call. The maps are fresh copies the caller may keep and modify.
+// It fails only on a cancelled context. Safe for concurrent use; it does
+// not block writers for longer than one shard's scan at a time, and it is
+// not a point-in-time snapshot: a session written during the call may or
+// may not be in the answer. Cost: one pass over every stored session.
+func (m *MemoryStore) List(ctx context.Context, prefix string) (map[string]map[string]json.RawMessage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	page, _ := m.state.List(prefix, "", 0, m.nowMs(), m.duration)
+	out := make(map[string]map[string]json.RawMessage, len(page))
+	for _, e := range page {
+		data := make(map[string]json.RawMessage)
+		// Unmarshal copies every value: nothing returned shares the store's bytes.
+		if err := json.Unmarshal(e.Record.Data, &data); err != nil {
+			// Records are validated on the way in; this is a bug.
+			return nil, fmt.Errorf("%w: data of session %q: %v", fsm.ErrCorrupt, e.SID, err)
+		}
+		out[e.SID] = data
+	}
+	return out, nil
+}
+
 // Save implements Store: it replaces the whole session and renews it.
 func (m *MemoryStore) Save(ctx context.Context, sid string, data map[string]json.RawMessage) error {
 	if err := ctx.Err(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -233,5 +234,86 @@ func TestMemoryStoreConcurrentPatches(t *testing.T) {
 	wg.Wait()
 	if data, _, _ := m.Restore(ctx, "s"); len(data) != 32 {
 		t.Fatalf("%d keys survived 32 concurrent patches", len(data))
+	}
+}
+
+// TestMemoryStoreList: List returns the live sessions under a prefix, each
+// as Restore returns it, judging expiry exactly as Restore does, and the
+// maps it returns are the caller's.
+func TestMemoryStoreList(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	m := NewMemoryStore(MemoryOptions{Duration: time.Hour, PruneFrequency: -1, Now: clock.Now})
+	defer m.Close()
+
+	if all, err := m.List(ctx, ""); err != nil || all == nil || len(all) != 0 {
+		t.Fatalf("List on an empty store = %v, %v; want an empty non-nil map", all, err)
+	}
+	save := func(sid, data string) {
+		t.Helper()
+		var d map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(data), &d); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Save(ctx, sid, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save("app:old", `{"n":0}`)
+	clock.Advance(30 * time.Minute)
+	save("app:1", `{"n":1,"o":{"x":[1,2]}}`)
+	save("app:2", `{}`)
+	save("other:1", `{"n":3}`)
+	save("ap", `{"n":4}`)
+
+	check := func(prefix string, want ...string) map[string]map[string]json.RawMessage {
+		t.Helper()
+		got, err := m.List(ctx, prefix)
+		if err != nil {
+			t.Fatalf("List(%q): %v", prefix, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("List(%q) = %v, want the sessions %v", prefix, got, want)
+		}
+		for _, sid := range want {
+			data, ok := got[sid]
+			restored, found, err := m.Restore(ctx, sid)
+			if !ok || err != nil || !found || !reflect.DeepEqual(data, restored) {
+				t.Fatalf("List(%q)[%q] = %s (listed %v); Restore = %s, %v, %v", prefix, sid, data, ok, restored, found, err)
+			}
+		}
+		return got
+	}
+	check("app:", "app:old", "app:1", "app:2")
+	check("", "app:old", "app:1", "app:2", "other:1", "ap")
+	check("ap", "app:old", "app:1", "app:2", "ap")
+	check("nothing")
+
+	// The caller owns the maps and their values.
+	got := check("app:1", "app:1")
+	got["app:1"]["n"][0] = '9'
+	got["app:1"]["new"] = raw(`true`)
+	delete(got["app:1"], "o")
+	check("app:1", "app:1")
+	if data, _, _ := m.Restore(ctx, "app:1"); string(data["n"]) != "1" || len(data) != 2 {
+		t.Fatalf("modifying List's answer changed the store: %s", data)
+	}
+
+	// Expiry exactly as Restore judges it: app:old was written 30 minutes
+	// before the others and expires at Written + Duration, before any prune.
+	clock.Advance(30*time.Minute - time.Millisecond)
+	check("app:", "app:old", "app:1", "app:2")
+	clock.Advance(time.Millisecond)
+	check("app:", "app:1", "app:2")
+	if m.Len() != 5 {
+		t.Fatalf("Len = %d; the expired session should still be stored (not pruned)", m.Len())
+	}
+	clock.Advance(time.Hour)
+	check("")
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if all, err := m.List(cctx, ""); !errors.Is(err, context.Canceled) || all != nil {
+		t.Fatalf("List with a cancelled context = %v, %v; want context.Canceled", all, err)
 	}
 }

@@ -32,8 +32,12 @@
 // # Iteration
 //
 // middleware.Store has no way to list sessions, so All and AllCtx (used by
-// scs's SessionManager.Iterate) work only when the store — or the Lister
-// given with WithLister — implements Lister; otherwise they return
-// ErrNotIterable (scs's Iterate then returns that error instead of
-// panicking, as it would for a store without iteration).
+// scs's SessionManager.Iterate) need a Lister: the store itself when it
+// implements one, or the Lister given with WithLister. Both kadosession
+// stores do: middleware.MemoryStore lists its own state, and client.Store
+// asks the cluster's leader page by page (each page a linearizable read;
+// each costs the leader one pass over all its sessions, so Iterate is for
+// administration, not every request). A store without one makes All and
+// AllCtx return ErrNotIterable (scs's Iterate then returns that error
+// instead of panicking, as it would for a store without iteration).
 package scsstore

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/middleware"
 	"github.com/kadosession/kadosession/middleware/scsstore"
 )
@@ -202,10 +203,25 @@ func TestDelete(t *testing.T) {
 	})
 }
 
+// Both kadosession stores list sessions themselves.
+var (
+	_ scsstore.Lister = (*middleware.MemoryStore)(nil)
+	_ scsstore.Lister = (*client.Store)(nil)
+)
+
+// TestAll runs on each backend through the store's own Lister, no
+// WithLister: MemoryStore.List in process, and client.Store.List over a
+// real node (the "list" admin op).
 func TestAll(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, store middleware.Store, l lister) {
+	forEachBackend(t, func(t *testing.T, store middleware.Store, _ lister) {
+		if r, ok := store.(*recordingStore); ok {
+			store = r.MemoryStore // list with MemoryStore.List, not the recorder's
+		}
+		if _, ok := store.(scsstore.Lister); !ok {
+			t.Fatalf("%T does not implement scsstore.Lister", store)
+		}
 		clk := newClock()
-		s := scsstore.New(store, scsstore.WithClock(clk.Now), scsstore.WithLister(l))
+		s := scsstore.New(store, scsstore.WithClock(clk.Now))
 		all, err := s.All()
 		if err != nil || all == nil || len(all) != 0 {
 			t.Fatalf("All on an empty store = %v, %v; want an empty non-nil map", all, err)
@@ -249,11 +265,27 @@ func TestAll(t *testing.T) {
 	})
 }
 
+// TestAllWithLister: a Lister given with WithLister is used instead of the
+// store's own.
+func TestAllWithLister(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, store middleware.Store, l lister) {
+		s := scsstore.New(store, scsstore.WithLister(l))
+		if err := s.Commit("t", []byte("d"), time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		all, err := s.All()
+		if err != nil || len(all) != 1 || string(all["t"]) != "d" {
+			t.Fatalf("All = %q, %v", all, err)
+		}
+	})
+}
+
 // TestAllStoreIsLister: a store that implements Lister itself needs no
 // WithLister.
 func TestAllStoreIsLister(t *testing.T) {
-	store, _ := openMemory(t) // *recordingStore implements Lister
-	s := scsstore.New(store)
+	m := middleware.NewMemoryStore(middleware.MemoryOptions{PruneFrequency: -1})
+	defer m.Close()
+	s := scsstore.New(m)
 	if err := s.Commit("t", []byte("d"), time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
@@ -263,10 +295,12 @@ func TestAllStoreIsLister(t *testing.T) {
 	}
 }
 
+// TestAllNotIterable: a store without List (here a MemoryStore seen only
+// as a middleware.Store) and no WithLister cannot iterate.
 func TestAllNotIterable(t *testing.T) {
 	m := middleware.NewMemoryStore(middleware.MemoryOptions{PruneFrequency: -1})
 	defer m.Close()
-	s := scsstore.New(m)
+	s := scsstore.New(struct{ middleware.Store }{m})
 	if all, err := s.All(); !errors.Is(err, scsstore.ErrNotIterable) || all != nil {
 		t.Fatalf("All = %v, %v; want nil, ErrNotIterable", all, err)
 	}
