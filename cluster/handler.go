@@ -230,8 +230,12 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 				if transport.FromPeer(ctx) {
 					return nil, false, notLeader(n.raft)
 				}
+				if c != transport.Leader && n.freads.wait(ctx) == nil {
+					break // linearizable here (follower_read.go)
+				}
 				resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
 				if forwarded {
+					n.obs.observeForward("restore")
 					return resp.Data, resp.Found, err
 				}
 			}

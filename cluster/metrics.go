@@ -119,6 +119,15 @@ func (m *metrics) observeRequest(op, protocol string, err error, took time.Durat
 	}
 }
 
+// observeForward counts one request forwarded to the leader outside of
+// observeRequest's accounting (a read a follower could not serve itself).
+func (m *metrics) observeForward(op string) {
+	if m == nil {
+		return
+	}
+	m.forwarded.WithLabelValues(op).Inc()
+}
+
 // observeApply records one group-commit batch of size writes that took d
 // from raft.Apply to its result.
 func (m *metrics) observeApply(size int, d time.Duration) {
@@ -299,11 +308,9 @@ func (h observedHandler) track(ctx context.Context, op string, leaderOnly bool) 
 }
 
 func (h observedHandler) Restore(ctx context.Context, sid string, c transport.Consistency) (data []byte, found bool, err error) {
-	cons := c
-	if cons == transport.Default {
-		cons = h.Node.cfg.Consistency
-	}
-	done := h.track(ctx, "restore", cons != transport.Stale)
+	// A follower serves linearizable reads itself (follower_read.go); the
+	// ones it forwards after all are counted in Node.Restore.
+	done := h.track(ctx, "restore", false)
 	data, found, err = h.Node.Restore(ctx, sid, c)
 	done(err)
 	return data, found, err

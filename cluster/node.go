@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -36,6 +37,8 @@ type Node struct {
 	ln     net.Listener
 	commit *committer
 	reads  *readIndex
+	// freads serves linearizable reads on a follower (follower_read.go).
+	freads *followerReads
 	fwd    *forwarder
 	// contacts: when each peer last answered this node as leader (peers.go).
 	contacts *peerContacts
@@ -65,6 +68,7 @@ type Node struct {
 type trackedFSM struct {
 	*fsm.FSM
 	applied *appliedIndex
+	opened  atomic.Uint64 // see indexedSnapshots
 }
 
 func (t *trackedFSM) Apply(l *raft.Log) any {
@@ -81,7 +85,32 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 	return r
 }
 
+// Restore restores a snapshot; the applied index becomes the snapshot's
+// (noted by indexedSnapshots.Open, which raft calls just before).
+func (t *trackedFSM) Restore(rc io.ReadCloser) error {
+	if err := t.FSM.Restore(rc); err != nil {
+		return err
+	}
+	t.applied.set(t.opened.Load())
+	return nil
+}
+
 var _ raft.BatchingFSM = (*trackedFSM)(nil)
+
+// indexedSnapshots notes the index of the snapshot raft last opened, which
+// is the one it restores next (trackedFSM.Restore).
+type indexedSnapshots struct {
+	raft.SnapshotStore
+	opened *atomic.Uint64
+}
+
+func (s indexedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.SnapshotStore.Open(id)
+	if err == nil {
+		s.opened.Store(meta.Index)
+	}
+	return meta, rc, err
+}
 
 const importMarker = "save-file-imported"
 
@@ -202,7 +231,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, n.obs.snapshotStore(snaps), n.trans)
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(snaps), &n.fsm.opened}, n.trans)
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+
@@ -256,7 +285,8 @@ func Open(cfg Config) (*Node, error) {
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
-	n.reads = &readIndex{raft: n.raft, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm}
+	n.freads = &followerReads{n: n}
+	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm}
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}

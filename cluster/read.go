@@ -30,6 +30,7 @@ import (
 // That happened in CI (TestProcessPausedLeaderNeverServesStaleRead).
 type readIndex struct {
 	raft    *raft.Raft
+	logs    raft.LogStore
 	applied *appliedIndex
 	self    raft.ServerID
 	// askTerm asks the peer at addr for its current raft term.
@@ -57,22 +58,54 @@ const confirmTimeout = 2 * time.Second
 // wait returns nil once a read made now would be linearizable, or an error
 // (CodeNotLeader with a hint when this node is not the leader).
 func (ri *readIndex) wait(ctx context.Context) error {
+	index, err := ri.index(ctx)
+	if err != nil {
+		return err
+	}
+	return ri.applied.waitFor(ctx, index)
+}
+
+// index returns a read index for a read that arrived before the call: once
+// the state machine has applied it (here or on a follower), reading the
+// state is linearizable.
+func (ri *readIndex) index(ctx context.Context) (uint64, error) {
 	if ri.raft.State() != raft.Leader {
-		return notLeader(ri.raft)
+		return 0, notLeader(ri.raft)
 	}
 	term := ri.raft.CurrentTerm()
 	if err := ri.barrier(ctx, term); err != nil {
-		return err
+		return 0, err
 	}
 	index := ri.raft.CommitIndex()
 	confirmed, err := ri.verify(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if confirmed != term || ri.raft.CurrentTerm() != term {
-		return notLeader(ri.raft)
+		return 0, notLeader(ri.raft)
 	}
-	return ri.applied.waitFor(ctx, index, ri.raft.AppliedIndex)
+	return ri.fsmIndex(index), nil
+}
+
+// fsmIndex returns the index of the last log entry at or before i that the
+// state machine sees (a command or a configuration change; raft keeps
+// barriers and no-ops to itself), so that "the state machine applied it"
+// is what a read waits for. Raft's own applied index is no substitute: it
+// moves when entries are handed to the state machine, before they are
+// applied, and another node may already have served a read of them.
+func (ri *readIndex) fsmIndex(i uint64) uint64 {
+	for j := i; j > 0; j-- {
+		var l raft.Log
+		if err := ri.logs.GetLog(j, &l); err != nil {
+			// Compacted into a snapshot (never so close to the commit
+			// index with trailing logs kept): wait for j itself.
+			return j
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return j
+		}
+	}
+	return 0
 }
 
 func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
@@ -241,29 +274,19 @@ func (a *appliedIndex) get() uint64 {
 	return a.index
 }
 
-// waitFor returns once index i has been applied. raftApplied is raft's own
-// applied index, which also counts entries that never reach the state
-// machine (no-ops, barriers); it may run ahead of the state machine only by
-// entries no client has been told about yet, so a read may count on it.
-func (a *appliedIndex) waitFor(ctx context.Context, i uint64, raftApplied func() uint64) error {
-	var poll *time.Timer
+// waitFor returns once the state machine has applied index i (an index
+// readIndex.fsmIndex returned), or ctx ends.
+func (a *appliedIndex) waitFor(ctx context.Context, i uint64) error {
 	for {
 		a.mu.Lock()
-		if a.index >= i || raftApplied() >= i {
+		if a.index >= i {
 			a.mu.Unlock()
 			return nil
 		}
 		wake := a.wake
 		a.mu.Unlock()
-		if poll == nil {
-			poll = time.NewTimer(time.Millisecond)
-			defer poll.Stop()
-		} else {
-			poll.Reset(time.Millisecond)
-		}
 		select {
 		case <-wake:
-		case <-poll.C:
 		case <-ctx.Done():
 			return transport.Errorf(transport.CodeTimeout, "read timed out waiting for index %d to be applied: %v", i, ctx.Err())
 		}

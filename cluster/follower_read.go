@@ -1,0 +1,114 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/transport"
+)
+
+// followerReads serves linearizable reads on a follower from its own state,
+// as etcd does: the follower asks the leader for a read index (the leader
+// confirms its leadership with a quorum, readIndex.index), waits until its
+// own state machine has applied that index, and reads locally. One request
+// to the leader is shared by every read that arrived before it was sent, so
+// a busy follower asks once per round trip, not once per read; and the
+// session data never crosses the network twice, as a forwarded read's does.
+type followerReads struct {
+	n *Node
+
+	mu      sync.Mutex
+	next    *indexRound
+	running bool
+}
+
+type indexRound struct {
+	done  chan struct{}
+	index uint64
+	err   error
+}
+
+// readIndexReply answers {"op":"read_index"}.
+type readIndexReply struct {
+	Index uint64 `json:"index"`
+}
+
+// wait returns nil once this follower's state can answer a read that arrived
+// before the call linearizably, or an error; on an error the caller forwards
+// the read to the leader instead.
+func (fr *followerReads) wait(ctx context.Context) error {
+	fr.mu.Lock()
+	if fr.next == nil {
+		fr.next = &indexRound{done: make(chan struct{})}
+		if !fr.running {
+			fr.running = true
+			go fr.run()
+		}
+	}
+	r := fr.next
+	fr.mu.Unlock()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", ctx.Err())
+	}
+	if r.err != nil {
+		return r.err
+	}
+	return fr.n.fsm.applied.waitFor(ctx, r.index)
+}
+
+func (fr *followerReads) run() {
+	for {
+		fr.mu.Lock()
+		r := fr.next
+		fr.next = nil
+		if r == nil {
+			fr.running = false
+			fr.mu.Unlock()
+			return
+		}
+		fr.mu.Unlock()
+		r.index, r.err = fr.ask()
+		close(r.done)
+	}
+}
+
+// ask asks the leader raft names for a read index.
+func (fr *followerReads) ask() (uint64, error) {
+	n := fr.n
+	addr, _ := n.raft.LeaderWithID()
+	if addr == "" || string(addr) == n.cfg.Advertise {
+		return 0, notLeader(n.raft)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	defer cancel()
+	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"read_index"}`)})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return 0, err
+	}
+	var r readIndexReply
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return 0, fmt.Errorf("read index reply from %s: %w", addr, err)
+	}
+	return r.Index, nil
+}
+
+// adminReadIndex answers a follower's {"op":"read_index"} on the leader.
+func (n *Node) adminReadIndex(ctx context.Context) ([]byte, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, notLeader(n.raft)
+	}
+	index, err := n.reads.index(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(readIndexReply{Index: index})
+}
