@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
@@ -100,6 +101,12 @@ func splitCompact(obj []byte) (fields []Field, rewrite bool, err error) {
 func scanString(obj []byte, i int) (int, bool) {
 	escaped := false
 	for j := i + 1; j < len(obj); j++ {
+		for j+8 <= len(obj) && !quoteOrBackslash8(binary.LittleEndian.Uint64(obj[j:])) {
+			j += 8
+		}
+		if j >= len(obj) {
+			break
+		}
 		switch obj[j] {
 		case '\\':
 			escaped = true
@@ -109,6 +116,13 @@ func scanString(obj []byte, i int) (int, bool) {
 		}
 	}
 	return -1, escaped
+}
+
+// quoteOrBackslash8 reports whether one of the 8 bytes in x is '"' or '\\'.
+func quoteOrBackslash8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	q, b := x^(ones*'"'), x^(ones*'\\')
+	return ((q-ones)&^q|(b-ones)&^b)&highs != 0
 }
 
 // scanValue returns the index just past the compact JSON value starting at

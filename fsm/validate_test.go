@@ -2,7 +2,9 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"math/rand"
 	"testing"
 )
 
@@ -43,6 +45,41 @@ func TestNormalizeObjectKeys(t *testing.T) {
 		`{"a":1,"a":2}`: 1, `{"a":1,"_written":5}`: 1} {
 		if _, got, err := NormalizeObjectKeys([]byte(in)); err != nil || got != want {
 			t.Errorf("NormalizeObjectKeys(%s) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+}
+
+// TestPlain8 checks the 8-byte fast path of the string scanner against the
+// byte-by-byte rule: every byte value in every position, then random words
+// (special bytes next to high ones, where the bit tricks borrow).
+func TestPlain8(t *testing.T) {
+	special := func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 }
+	for pos := 0; pos < 8; pos++ {
+		for c := 0; c < 256; c++ {
+			b := []byte("abcdefgh")
+			b[pos] = byte(c)
+			if got, want := plain8(binary.LittleEndian.Uint64(b)), !special(byte(c)); got != want {
+				t.Fatalf("plain8(%q) = %v, want %v", b, got, want)
+			}
+		}
+	}
+	rng := rand.New(rand.NewSource(1))
+	for i := 0; i < 1_000_000; i++ {
+		x := rng.Uint64()
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], x)
+		want := true
+		for _, c := range b {
+			if special(c) {
+				want = false
+			}
+		}
+		if got := plain8(x); got != want {
+			t.Fatalf("plain8(%q) = %v, want %v", b, got, want)
+		}
+		wantQB := bytes.IndexByte(b[:], '"') >= 0 || bytes.IndexByte(b[:], '\\') >= 0
+		if got := quoteOrBackslash8(x); got != wantQB {
+			t.Fatalf("quoteOrBackslash8(%q) = %v, want %v", b, got, wantQB)
 		}
 	}
 }
