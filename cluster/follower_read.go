@@ -32,6 +32,14 @@ type indexRound struct {
 	err   error
 }
 
+// readIndexRequest is {"op":"read_index","id":ID,"term":T}: the asking
+// follower's id and its current term when it sent the request.
+type readIndexRequest struct {
+	Op   string `json:"op"`
+	ID   string `json:"id"`
+	Term uint64 `json:"term"`
+}
+
 // readIndexReply answers {"op":"read_index"}.
 type readIndexReply struct {
 	Index uint64 `json:"index"`
@@ -85,9 +93,15 @@ func (fr *followerReads) ask() (uint64, error) {
 	if addr == "" || string(addr) == n.cfg.Advertise {
 		return 0, notLeader(n.raft)
 	}
+	// Our term, read now (after every read of this round arrived), is our
+	// answer to the leader's confirmation round (readIndex.indexFor).
+	body, err := json.Marshal(readIndexRequest{Op: "read_index", ID: n.id, Term: n.raft.CurrentTerm()})
+	if err != nil {
+		return 0, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
-	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"read_index"}`)})
+	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err == nil && resp.Err != nil {
 		err = resp.Err
 	}
@@ -102,11 +116,15 @@ func (fr *followerReads) ask() (uint64, error) {
 }
 
 // adminReadIndex answers a follower's {"op":"read_index"} on the leader.
-func (n *Node) adminReadIndex(ctx context.Context) ([]byte, error) {
+func (n *Node) adminReadIndex(ctx context.Context, body []byte) ([]byte, error) {
 	if n.raft.State() != raft.Leader {
 		return nil, notLeader(n.raft)
 	}
-	index, err := n.reads.index(ctx)
+	var req readIndexRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, transport.Errorf(transport.CodeBadRequest, "read_index request: %v", err)
+	}
+	index, err := n.reads.indexFor(ctx, raft.ServerID(req.ID), req.Term)
 	if err != nil {
 		return nil, err
 	}

@@ -132,7 +132,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	case "term":
 		return json.Marshal(termReply{Term: n.raft.CurrentTerm()})
 	case "read_index":
-		return n.adminReadIndex(ctx) // cluster/follower_read.go
+		return n.adminReadIndex(ctx, body) // cluster/follower_read.go
 	case "list":
 		return n.adminList(ctx, body) // cluster/list.go
 	case "join", "remove", "user_sessions", "revoke_user":

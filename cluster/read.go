@@ -69,6 +69,15 @@ func (ri *readIndex) wait(ctx context.Context) error {
 // the state machine has applied it (here or on a follower), reading the
 // state is linearizable.
 func (ri *readIndex) index(ctx context.Context) (uint64, error) {
+	return ri.indexFor(ctx, "", 0)
+}
+
+// indexFor is index for reads that arrived at the voter asker before it
+// sent, in its term askerTerm, the request being served ("" for reads made
+// here). The asker's term is an answer to a confirmation round sent after
+// those reads arrived: when it is at most ours and the asker and this node
+// make a quorum (three voters), no round is needed at all.
+func (ri *readIndex) indexFor(ctx context.Context, asker raft.ServerID, askerTerm uint64) (uint64, error) {
 	if ri.raft.State() != raft.Leader {
 		return 0, notLeader(ri.raft)
 	}
@@ -77,6 +86,16 @@ func (ri *readIndex) index(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	index := ri.raft.CommitIndex()
+	if asker != "" && askerTerm > term {
+		ri.stepDown()
+		return 0, &transport.Error{Code: transport.CodeNotLeader, Message: fmt.Sprintf("this node leads in term %d, but %s is already in term %d", term, asker, askerTerm)}
+	}
+	if asker != "" && askerTerm > 0 && ri.quorumWith(asker) {
+		if ri.raft.State() != raft.Leader || ri.raft.CurrentTerm() != term {
+			return 0, notLeader(ri.raft)
+		}
+		return ri.fsmIndex(index), nil
+	}
 	confirmed, err := ri.verify(ctx)
 	if err != nil {
 		return 0, err
@@ -162,6 +181,26 @@ func (ri *readIndex) run() {
 		r.err = ri.confirm(r.term)
 		close(r.done)
 	}
+}
+
+// quorumWith reports whether this node and voter id are a quorum of the
+// latest configuration's voters.
+func (ri *readIndex) quorumWith(id raft.ServerID) bool {
+	f := ri.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	voters, acks := 0, 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if s.ID == ri.self || s.ID == id {
+			acks++
+		}
+	}
+	return acks == 2 && acks >= voters/2+1
 }
 
 // confirm returns nil once a quorum of voters, asked after it was called,
