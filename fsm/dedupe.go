@@ -37,18 +37,14 @@ type dedupeEntry struct {
 func (d *dedupe) check(id RequestID, now int64) (int, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for d.head < len(d.order) && d.order[d.head].time+DedupeWindow <= now {
-		delete(d.seen, d.order[d.head].id)
-		d.head++
-	}
-	if d.head > 4096 && d.head*2 > len(d.order) {
-		d.order = append(d.order[:0], d.order[d.head:]...)
-		d.head = 0
-	}
+	d.expire(now)
 	count, ok := d.seen[id]
 	return count, ok
 }
 
+// remember records id, applied at now (command time), and forgets the ids
+// that fell out of the window by then: a follower never calls check, and
+// its table must not grow with every write it ever applied.
 func (d *dedupe) remember(id RequestID, now int64, count int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -57,6 +53,19 @@ func (d *dedupe) remember(id RequestID, now int64, count int) {
 	}
 	d.seen[id] = count
 	d.order = append(d.order, dedupeEntry{id: id, time: now})
+	d.expire(now)
+}
+
+// expire forgets the ids older than the window at now (mu held).
+func (d *dedupe) expire(now int64) {
+	for d.head < len(d.order) && d.order[d.head].time+DedupeWindow <= now {
+		delete(d.seen, d.order[d.head].id)
+		d.head++
+	}
+	if d.head > 4096 && d.head*2 > len(d.order) {
+		d.order = append(d.order[:0], d.order[d.head:]...)
+		d.head = 0
+	}
 }
 
 // Len returns how many request ids the state machine remembers.

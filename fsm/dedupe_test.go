@@ -24,3 +24,21 @@ func TestAppliedRemembersWrites(t *testing.T) {
 		t.Fatalf("dedupe table holds %d ids after the window", n)
 	}
 }
+
+// TestAppliedForgetsWithoutChecks: a follower applies writes but never asks
+// Applied (only a leader does, before proposing); its table must still
+// forget ids past the window instead of growing with every write.
+func TestAppliedForgetsWithoutChecks(t *testing.T) {
+	s := NewState()
+	for i := 0; i < 100_000; i++ {
+		var id RequestID
+		id[0], id[1], id[2] = byte(i), byte(i>>8), byte(i>>16)
+		s.Apply(&Command{Op: OpSave, ID: id, SID: "s", Data: []byte(`{}`), Time: int64(i)}) // 1 ms apart
+	}
+	if n := s.applied.Len(); n > DedupeWindow+1 {
+		t.Fatalf("after 100000 writes 1 ms apart the table holds %d ids; the window is %d ms", n, DedupeWindow)
+	}
+	if len(s.applied.order)-s.applied.head > DedupeWindow+1 {
+		t.Fatalf("the order list holds %d live entries", len(s.applied.order)-s.applied.head)
+	}
+}
