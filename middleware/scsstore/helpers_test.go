@@ -45,7 +45,8 @@ func forEachBackend(t *testing.T, f func(t *testing.T, store middleware.Store, l
 }
 
 // recordingStore wraps a MemoryStore and remembers every sid saved or
-// patched, which lets it list sessions by restoring each.
+// patched, which lets it list sessions by restoring each: a Lister of its
+// own, for TestAllWithLister (MemoryStore implements Lister itself now).
 type recordingStore struct {
 	*middleware.MemoryStore
 	mu   sync.Mutex
@@ -98,7 +99,8 @@ func openMemory(t *testing.T) (middleware.Store, lister) {
 }
 
 // nodeLister lists a real node's sessions from its state machine's save-file
-// document (a test stands in for the listing API a cluster does not have).
+// document: a Lister given with WithLister, for TestAllWithLister (the
+// cluster client implements Lister itself now).
 type nodeLister struct{ node *cluster.Node }
 
 func (n nodeLister) List(_ context.Context, prefix string) (map[string]map[string]json.RawMessage, error) {
