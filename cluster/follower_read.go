@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -67,8 +68,17 @@ func (fr *followerReads) wait(ctx context.Context) error {
 	if r.err != nil {
 		return r.err
 	}
-	return fr.n.fsm.applied.waitFor(ctx, r.index)
+	// A follower far behind (catching up after a restart or a partition)
+	// would keep the reader waiting: after followerApplyWait the read goes
+	// to the leader instead.
+	wctx, cancel := context.WithTimeout(ctx, followerApplyWait)
+	defer cancel()
+	return fr.n.fsm.applied.waitFor(wctx, r.index)
 }
+
+// followerApplyWait bounds how long a follower waits to apply up to a read
+// index before forwarding the read to the leader.
+const followerApplyWait = 200 * time.Millisecond
 
 func (fr *followerReads) run() {
 	for {
