@@ -235,15 +235,21 @@ func TestReadyzHealthzStatus(t *testing.T) {
 	}
 	poll(t, func() bool { code, _ := httpGet(t, n, "/readyz"); return code == http.StatusOK }, 10*time.Second, "/readyz 200 on a follower")
 
-	code, body := httpGet(t, n, "/status")
-	if code != http.StatusOK {
-		t.Fatalf("/status = %d %s", code, body)
-	}
+	// The follower may not have applied the third member's configuration
+	// entry yet (waitMembers asks the leader): wait until it lists three.
 	var st ClusterStatus
-	if err := json.Unmarshal([]byte(body), &st); err != nil {
-		t.Fatalf("/status is not ClusterStatus JSON: %v\n%s", err, body)
-	}
-	if len(st.Nodes) != 3 || st.LeaderID == "" || st.ClusterID != n.ClusterID() {
+	poll(t, func() bool {
+		code, body := httpGet(t, n, "/status")
+		if code != http.StatusOK {
+			t.Fatalf("/status = %d %s", code, body)
+		}
+		st = ClusterStatus{}
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			t.Fatalf("/status is not ClusterStatus JSON: %v\n%s", err, body)
+		}
+		return len(st.Nodes) == 3
+	}, 10*time.Second, "/status listing three members")
+	if st.LeaderID == "" || st.ClusterID != n.ClusterID() {
 		t.Fatalf("/status = %+v", st)
 	}
 	for _, ns := range st.Nodes {

@@ -17,13 +17,17 @@ import (
 )
 
 // fullDisk makes every new save file fail as a full disk would, until the
-// test ends.
-func fullDisk(t *testing.T) {
+// test ends. n, which writes save files in the background, is closed first
+// (cleanups run last-registered first, and n's own would run after this).
+func fullDisk(t *testing.T, n *Node) {
 	orig := createTemp
 	createTemp = func(dir, pattern string) (*os.File, error) {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: syscall.ENOSPC}
 	}
-	t.Cleanup(func() { createTemp = orig })
+	t.Cleanup(func() {
+		n.Close()
+		createTemp = orig
+	})
 }
 
 func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
@@ -34,7 +38,7 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	path := filepath.Join(dir, "sessions.json")
 	poll(t, func() bool { b, _ := os.ReadFile(path); return strings.Contains(string(b), `"a"`) }, 5*time.Second, "first save file")
 	before, _ := os.ReadFile(path)
-	fullDisk(t)
+	fullDisk(t, n)
 	mustSave(t, n, "b", `{"v":2}`)
 	time.Sleep(100 * time.Millisecond) // several save-file rounds fail
 	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "previous save file is intact") {
