@@ -16,10 +16,17 @@ import (
 // the walk goes backwards from snapIndex and stops at the first one older
 // than the window, or at the first entry the log still has. It reports how
 // many entries it read.
-func rememberBeforeSnapshot(logs raft.LogStore, snapIndex uint64, st *fsm.State, now time.Time) (int, error) {
+func rememberBeforeSnapshot(logs raft.LogStore, snapIndex, snapTerm uint64, st *fsm.State, now time.Time) (int, error) {
 	first, err := logs.FirstIndex()
 	if err != nil || first == 0 || snapIndex < first {
 		return 0, err
+	}
+	// Only a log whose entry at snapIndex has the snapshot's term holds the
+	// committed entries before it: after installing a leader's snapshot, a
+	// node may keep an old tail of entries that were never committed.
+	var at raft.Log
+	if err := logs.GetLog(snapIndex, &at); err != nil || at.Term != snapTerm {
+		return 0, nil
 	}
 	horizon := now.UnixMilli() - fsm.DedupeWindow
 	var cmds []fsm.Command

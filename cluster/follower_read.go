@@ -127,6 +127,9 @@ func (fr *followerReads) ask() (uint64, error) {
 
 // adminReadIndex answers a follower's {"op":"read_index"} on the leader.
 func (n *Node) adminReadIndex(ctx context.Context, body []byte) ([]byte, error) {
+	if !n.ready.Load() {
+		return nil, errStarting // still importing its save file
+	}
 	if n.raft.State() != raft.Leader {
 		return nil, notLeader(n.raft)
 	}

@@ -35,10 +35,12 @@ type adminRequest struct {
 // a leader's read confirmation round asks every voter for (readIndex).
 type termReply struct {
 	Term uint64 `json:"term"`
+	ID   string `json:"id"`
 }
 
-// askTerm asks the node at addr for its current raft term.
-func (n *Node) askTerm(ctx context.Context, addr raft.ServerAddress) (uint64, error) {
+// askTerm asks the member id at addr for its current raft term. An answer
+// from another node (an address reused, a member replaced) is an error.
+func (n *Node) askTerm(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
 	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"term"}`)})
 	if err == nil && resp.Err != nil {
 		err = resp.Err
@@ -49,6 +51,9 @@ func (n *Node) askTerm(ctx context.Context, addr raft.ServerAddress) (uint64, er
 	var r termReply
 	if err := json.Unmarshal(resp.Data, &r); err != nil {
 		return 0, fmt.Errorf("term reply from %s: %w", addr, err)
+	}
+	if r.ID != string(id) {
+		return 0, fmt.Errorf("term asked of %s at %s, answered by %q", id, addr, r.ID)
 	}
 	n.contacts.seen(addr, time.Now())
 	return r.Term, nil
@@ -130,7 +135,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	case "cluster":
 		return json.Marshal(n.ClusterStatus(ctx))
 	case "term":
-		return json.Marshal(termReply{Term: n.raft.CurrentTerm()})
+		return json.Marshal(termReply{Term: n.raft.CurrentTerm(), ID: n.id})
 	case "read_index":
 		return n.adminReadIndex(ctx, body) // cluster/follower_read.go
 	case "list":

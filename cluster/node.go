@@ -241,7 +241,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	if metas, err := snaps.List(); err == nil && len(metas) > 0 {
 		start := time.Now()
-		read, err := rememberBeforeSnapshot(logs, metas[0].Index, n.fsm.State, start)
+		read, err := rememberBeforeSnapshot(logs, metas[0].Index, metas[0].Term, n.fsm.State, start)
 		if err != nil {
 			// Not fatal: retried writes from before the snapshot are then
 			// not recognised (fsm.DedupeWindow), as before this existed.

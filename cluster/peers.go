@@ -69,14 +69,14 @@ func (n *Node) probePeers() {
 				continue
 			}
 			wg.Add(1)
-			go func(addr raft.ServerAddress) {
+			go func(id raft.ServerID, addr raft.ServerAddress) {
 				defer wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), peerProbeInterval)
 				defer cancel()
 				// askTerm records the contact; a peer in a later term is
 				// for raft itself to act on.
-				_, _ = n.askTerm(ctx, addr)
-			}(s.Address)
+				_, _ = n.askTerm(ctx, id, addr)
+			}(s.ID, s.Address)
 		}
 		wg.Wait()
 	}

@@ -33,8 +33,8 @@ type readIndex struct {
 	logs    raft.LogStore
 	applied *appliedIndex
 	self    raft.ServerID
-	// askTerm asks the peer at addr for its current raft term.
-	askTerm func(ctx context.Context, addr raft.ServerAddress) (uint64, error)
+	// askTerm asks the member id at addr for its current raft term.
+	askTerm func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error)
 
 	barrierTerm atomic.Uint64
 	barrierMu   sync.Mutex
@@ -117,8 +117,11 @@ func (ri *readIndex) fsmIndex(i uint64) uint64 {
 		var l raft.Log
 		if err := ri.logs.GetLog(j, &l); err != nil {
 			// Compacted into a snapshot (never so close to the commit
-			// index with trailing logs kept): wait for j itself.
-			return j
+			// index with trailing logs kept): every state machine entry
+			// up to j is in it, so this node's applied index covers them
+			// all when it is below j; j itself may be an entry the state
+			// machine never sees.
+			return min(j, ri.applied.get())
 		}
 		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
 			return j
@@ -216,7 +219,7 @@ func (ri *readIndex) confirm(term uint64) error {
 		return applyError(err, ri.raft)
 	}
 	voters, acks := 0, 0
-	var peers []raft.ServerAddress
+	var peers []raft.Server
 	for _, s := range f.Configuration().Servers {
 		if s.Suffrage != raft.Voter {
 			continue
@@ -225,7 +228,7 @@ func (ri *readIndex) confirm(term uint64) error {
 		if s.ID == ri.self {
 			acks++
 		} else {
-			peers = append(peers, s.Address)
+			peers = append(peers, s)
 		}
 	}
 	need := voters/2 + 1
@@ -239,9 +242,9 @@ func (ri *readIndex) confirm(term uint64) error {
 		err  error
 	}
 	answers := make(chan answer, len(peers))
-	for _, addr := range peers {
+	for _, p := range peers {
 		go func() {
-			t, err := ri.askTerm(ctx, addr)
+			t, err := ri.askTerm(ctx, p.ID, p.Address)
 			answers <- answer{t, err}
 		}()
 	}

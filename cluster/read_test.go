@@ -119,3 +119,18 @@ func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
 		t.Fatalf("read through the old leader: %q %v", r.data, r.err)
 	}
 }
+
+// TestAskTermChecksWhoAnswers: a confirmation answer counts only from the
+// member asked; another node at that address (reused, replaced) is an error.
+func TestAskTermChecksWhoAnswers(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l, f := tc.leader(), tc.follower()
+	ctx := context.Background()
+	addr := raft.ServerAddress(tc.nodes[f].Addr())
+	if _, err := tc.nodes[l].askTerm(ctx, raft.ServerID(tc.cfgs[f].ID), addr); err != nil {
+		t.Fatalf("askTerm of the member there: %v", err)
+	}
+	if _, err := tc.nodes[l].askTerm(ctx, "someone-else", addr); err == nil {
+		t.Fatal("askTerm accepted an answer from a node other than the one asked")
+	}
+}

@@ -42,3 +42,23 @@ func TestAppliedForgetsWithoutChecks(t *testing.T) {
 		t.Fatalf("the order list holds %d live entries", len(s.applied.order)-s.applied.head)
 	}
 }
+
+// TestRememberAppliedSkipsPatches: the ids refilled at start (from log
+// entries before the snapshot) come without results; a patch may have
+// failed in Apply, so its retry must not be answered as done.
+func TestRememberAppliedSkipsPatches(t *testing.T) {
+	s := NewState()
+	s.RememberApplied(&Command{Op: OpBatch, Time: 1000, Batch: []Command{
+		{Op: OpSave, ID: RequestID{1}, SID: "a", Data: []byte(`{}`), Time: 1000},
+		{Op: OpPatch, ID: RequestID{2}, SID: "a", Time: 1000},
+		{Op: OpDelete, ID: RequestID{3}, SID: "a", Time: 1000},
+	}})
+	for id, want := range map[byte]bool{1: true, 2: false, 3: true} {
+		if _, ok := s.Applied(RequestID{id}, 1001); ok != want {
+			t.Errorf("Applied(%d) = %v, want %v", id, ok, want)
+		}
+	}
+	if _, ok := s.Get("a", 1001, 0); ok {
+		t.Error("RememberApplied changed the sessions")
+	}
+}

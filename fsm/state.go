@@ -108,7 +108,9 @@ func (s *State) Applied(id RequestID, now int64) (int, bool) {
 // calls it at start for the log entries that snapshot left behind, so that
 // a write retried after a restart is still answered instead of applied
 // twice. The commands' results are not known: Applied reports Count 0 for
-// them. Call it in log order; it does not change the sessions.
+// them, and patches are skipped (a patch can fail in Apply, over the size
+// or key limit, and its retry must then fail again, not be answered as
+// done). Call it in log order; it does not change the sessions.
 func (s *State) RememberApplied(c *Command) {
 	if c.Op == OpBatch {
 		for i := range c.Batch {
@@ -116,7 +118,7 @@ func (s *State) RememberApplied(c *Command) {
 		}
 		return
 	}
-	if c.ID != (RequestID{}) && c.Op.deduplicated() {
+	if c.ID != (RequestID{}) && c.Op.deduplicated() && c.Op != OpPatch {
 		s.applied.remember(c.ID, c.Time, 0)
 	}
 }
