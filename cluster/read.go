@@ -37,7 +37,7 @@ type readIndex struct {
 	askTerm func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error)
 
 	barrierTerm atomic.Uint64
-	barrierMu   sync.Mutex
+	barrierSem  chan struct{} // one barrier at a time (capacity 1)
 
 	mu      sync.Mutex
 	next    *verifyRound
@@ -134,17 +134,27 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	if ri.barrierTerm.Load() == term {
 		return nil
 	}
-	ri.barrierMu.Lock()
-	defer ri.barrierMu.Unlock()
+	// One barrier at a time; waiting for it, like the barrier itself, ends
+	// with the caller's context (raft's Barrier timeout bounds only its
+	// getting into raft's queue, not its commit).
+	select {
+	case ri.barrierSem <- struct{}{}:
+	case <-ctx.Done():
+		return transport.Errorf(transport.CodeTimeout, "timed out waiting for the leader's first entry of term %d to commit: %v", term, ctx.Err())
+	}
+	defer func() { <-ri.barrierSem }()
 	if ri.barrierTerm.Load() == term {
 		return nil
 	}
-	timeout := 5 * time.Second
-	if d, ok := ctx.Deadline(); ok {
-		timeout = time.Until(d)
-	}
-	if err := ri.raft.Barrier(timeout).Error(); err != nil {
-		return applyError(err, ri.raft)
+	done := make(chan error, 1)
+	go func() { done <- ri.raft.Barrier(5 * time.Second).Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return applyError(err, ri.raft)
+		}
+	case <-ctx.Done():
+		return transport.Errorf(transport.CodeTimeout, "timed out waiting for the leader's first entry of term %d to commit: %v", term, ctx.Err())
 	}
 	ri.barrierTerm.Store(term)
 	return nil
