@@ -80,9 +80,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+. scripts/lib.sh # free_port, now_ms (the working directory is the repo root)
 
 echo "== building kadosession"
 bin=$work/kadosession

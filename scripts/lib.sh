@@ -7,6 +7,14 @@ build_dir=$scripts_dir/.build
 bin=$build_dir/kadosession
 export PATH="$PATH:/usr/local/go/bin"
 
+# free_port prints a TCP port on loopback that is free at the moment.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# now_ms prints the time in milliseconds since the epoch.
+now_ms() { date +%s%3N; }
+
 # build_binary builds the static binary into scripts/.build/kadosession.
 # KADOSESSION_SRC names another source tree to build (default: this repo);
 # KADOSESSION_SKIP_BUILD=1 uses the binary already there.
