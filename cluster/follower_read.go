@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -20,17 +19,8 @@ import (
 // a busy follower asks once per round trip, not once per read; and the
 // session data never crosses the network twice, as a forwarded read's does.
 type followerReads struct {
-	n *Node
-
-	mu      sync.Mutex
-	next    *indexRound
-	running bool
-}
-
-type indexRound struct {
-	done  chan struct{}
-	index uint64
-	err   error
+	n      *Node
+	rounds rounds // read-index requests to the leader (ask)
 }
 
 // readIndexRequest is {"op":"read_index","id":ID,"term":T}: the asking
@@ -50,51 +40,24 @@ type readIndexReply struct {
 // before the call linearizably, or an error; on an error the caller forwards
 // the read to the leader instead.
 func (fr *followerReads) wait(ctx context.Context) error {
-	fr.mu.Lock()
-	if fr.next == nil {
-		fr.next = &indexRound{done: make(chan struct{})}
-		if !fr.running {
-			fr.running = true
-			go fr.run()
+	index, err := fr.rounds.join(ctx)
+	if err != nil {
+		if ctx.Err() != nil && err == ctx.Err() {
+			return transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", err)
 		}
-	}
-	r := fr.next
-	fr.mu.Unlock()
-	select {
-	case <-r.done:
-	case <-ctx.Done():
-		return transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", ctx.Err())
-	}
-	if r.err != nil {
-		return r.err
+		return err
 	}
 	// A follower far behind (catching up after a restart or a partition)
 	// would keep the reader waiting: after followerApplyWait the read goes
 	// to the leader instead.
 	wctx, cancel := context.WithTimeout(ctx, followerApplyWait)
 	defer cancel()
-	return fr.n.fsm.applied.waitFor(wctx, r.index)
+	return fr.n.fsm.applied.waitFor(wctx, index)
 }
 
 // followerApplyWait bounds how long a follower waits to apply up to a read
 // index before forwarding the read to the leader.
 const followerApplyWait = 200 * time.Millisecond
-
-func (fr *followerReads) run() {
-	for {
-		fr.mu.Lock()
-		r := fr.next
-		fr.next = nil
-		if r == nil {
-			fr.running = false
-			fr.mu.Unlock()
-			return
-		}
-		fr.mu.Unlock()
-		r.index, r.err = fr.ask()
-		close(r.done)
-	}
-}
 
 // ask asks the leader raft names for a read index.
 func (fr *followerReads) ask() (uint64, error) {

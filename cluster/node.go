@@ -286,8 +286,10 @@ func Open(cfg Config) (*Node, error) {
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
 	n.freads = &followerReads{n: n}
+	n.freads.rounds.do = n.freads.ask
 	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm,
 		barrierSem: make(chan struct{}, 1)}
+	n.reads.rounds.do = n.reads.confirmRound
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}

@@ -39,17 +39,9 @@ type readIndex struct {
 	barrierTerm atomic.Uint64
 	barrierSem  chan struct{} // one barrier at a time (capacity 1)
 
-	mu      sync.Mutex
-	next    *verifyRound
-	running bool
+	rounds rounds // confirmation rounds (confirmRound), shared by the reads waiting
 
 	steppingDown atomic.Bool
-}
-
-type verifyRound struct {
-	done chan struct{}
-	term uint64 // the term the round confirmed
-	err  error
 }
 
 // confirmTimeout bounds one confirmation round.
@@ -160,40 +152,20 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	return nil
 }
 
+// verify joins a confirmation round (see rounds) and returns the term it
+// confirmed.
 func (ri *readIndex) verify(ctx context.Context) (uint64, error) {
-	ri.mu.Lock()
-	if ri.next == nil {
-		ri.next = &verifyRound{done: make(chan struct{})}
-		if !ri.running {
-			ri.running = true
-			go ri.run()
-		}
+	term, err := ri.rounds.join(ctx)
+	if ctx.Err() != nil && err == ctx.Err() {
+		return 0, transport.Errorf(transport.CodeTimeout, "read timed out confirming leadership: %v", err)
 	}
-	r := ri.next
-	ri.mu.Unlock()
-	select {
-	case <-r.done:
-		return r.term, r.err
-	case <-ctx.Done():
-		return 0, transport.Errorf(transport.CodeTimeout, "read timed out confirming leadership: %v", ctx.Err())
-	}
+	return term, err
 }
 
-func (ri *readIndex) run() {
-	for {
-		ri.mu.Lock()
-		r := ri.next
-		ri.next = nil
-		if r == nil {
-			ri.running = false
-			ri.mu.Unlock()
-			return
-		}
-		ri.mu.Unlock()
-		r.term = ri.raft.CurrentTerm()
-		r.err = ri.confirm(r.term)
-		close(r.done)
-	}
+// confirmRound is one confirmation round: the current term, confirmed.
+func (ri *readIndex) confirmRound() (uint64, error) {
+	term := ri.raft.CurrentTerm()
+	return term, ri.confirm(term)
 }
 
 // quorumWith reports whether this node and voter id are a quorum of the
