@@ -163,7 +163,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	var logStore raft.LogStore = n.bolt
+	var logStore raft.LogStore = chunkedCompaction{n.bolt}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
@@ -231,7 +231,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(snaps), &n.fsm.opened}, n.trans)
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{snaps, cfg.DataDir}), &n.fsm.opened}, n.trans)
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+

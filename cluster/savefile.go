@@ -59,34 +59,13 @@ func writeAtomic(path string, write func(*os.File) error) (err error) {
 	return nil
 }
 
-// writeSaveFile writes a view as the save-file document, atomically. It
-// starts the writeback of every few MiB as it goes (startWriteback), so the
-// closing fsync is short and the raft log's fsyncs are not queued behind a
-// whole large file.
+// writeSaveFile writes a view as the save-file document, atomically, paced
+// (diskPacer) so that the raft log's fsyncs are not queued behind it.
 func writeSaveFile(path string, v *fsm.View) error {
 	return writeAtomic(path, func(f *os.File) error {
-		_, err := v.WriteTo(&writebackWriter{f: f})
+		_, err := v.WriteTo(newPacedWriter(f))
 		return err
 	})
-}
-
-// writeback is how much a save file is written between writeback starts.
-const writeback = 8 << 20
-
-type writebackWriter struct {
-	f       *os.File
-	off     int64 // bytes written
-	flushed int64 // bytes whose writeback was started
-}
-
-func (w *writebackWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.off += int64(n)
-	if w.off-w.flushed >= writeback {
-		startWriteback(w.f, w.flushed, w.off-w.flushed)
-		w.flushed = w.off
-	}
-	return n, err
 }
 
 // readSaveFile reads the save file at path. A missing file is an empty

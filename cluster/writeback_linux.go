@@ -5,14 +5,21 @@ import (
 	"syscall"
 )
 
-// syncFileRangeWrite is SYNC_FILE_RANGE_WRITE: start writing the range back
-// without waiting for it.
-const syncFileRangeWrite = 0x2
+// sync_file_range flags (linux/fs.h).
+const (
+	syncFileRangeWaitBefore = 0x1
+	syncFileRangeWrite      = 0x2
+	syncFileRangeWaitAfter  = 0x4
+)
 
 // startWriteback asks the kernel to start writing a range of f to disk now,
-// so that the fsync that ends a large save file finds little left to do:
-// one long fsync would queue the raft log's fsyncs behind it and stall every
-// write for as long.
+// without waiting for it.
 func startWriteback(f *os.File, off, n int64) {
 	_ = syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWrite)
+}
+
+// awaitWriteback writes a range of f to disk and waits until it is there
+// (the data only: it is no fsync, and gives no durability by itself).
+func awaitWriteback(f *os.File, off, n int64) {
+	_ = syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWaitBefore|syncFileRangeWrite|syncFileRangeWaitAfter)
 }

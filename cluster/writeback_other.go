@@ -6,3 +6,6 @@ import "os"
 
 // startWriteback does nothing where sync_file_range does not exist.
 func startWriteback(f *os.File, off, n int64) {}
+
+// awaitWriteback does nothing where sync_file_range does not exist.
+func awaitWriteback(f *os.File, off, n int64) {}

@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/raft"
+)
+
+// Large background writes (the save file, raft snapshots, log compaction)
+// share one disk with the raft log, whose fsyncs every acknowledged write
+// waits for. This file keeps them from stalling those fsyncs.
+
+// paceChunk is how much of a large file is written between pacing steps.
+const paceChunk = 1 << 20
+
+// diskPacer paces the writing of one large file: each chunk written is sent
+// to disk at once, and the writer waits until the chunk before it is there.
+// At most two chunks of the file are on their way to disk at any time, so a
+// raft log fsync never queues behind the whole file (as it does when one
+// closing fsync flushes 100 MB), and that closing fsync has little left to
+// do. The file is still made durable by its own fsync: this only spreads
+// the work out.
+type diskPacer struct {
+	f       *os.File
+	written int64 // bytes written to f
+	started int64 // bytes whose writeback was started
+	waited  int64 // bytes known to be on disk
+}
+
+// wrote tells the pacer that n more bytes were written to the file.
+func (p *diskPacer) wrote(n int) {
+	p.written += int64(n)
+	if p.written-p.started < paceChunk {
+		return
+	}
+	if p.started > p.waited {
+		awaitWriteback(p.f, p.waited, p.started-p.waited)
+		p.waited = p.started
+	}
+	startWriteback(p.f, p.started, p.written-p.started)
+	p.started = p.written
+}
+
+// pacedWriter writes to a file through a diskPacer.
+type pacedWriter struct{ diskPacer }
+
+func newPacedWriter(f *os.File) *pacedWriter { return &pacedWriter{diskPacer{f: f}} }
+
+func (w *pacedWriter) Write(b []byte) (int, error) {
+	n, err := w.f.Write(b)
+	w.wrote(n)
+	return n, err
+}
+
+// pacedSnapshots paces the state file of every snapshot written to a
+// raft.FileSnapshotStore in dir (taken here or installed from a leader).
+// The sink does not expose its file, so the pacer opens the file by the
+// path FileSnapshotStore gives it (snapshots/ID.tmp/state.bin); should
+// that ever fail, the snapshot is written unpaced, as before.
+type pacedSnapshots struct {
+	raft.SnapshotStore
+	dir string
+}
+
+func (s pacedSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := s.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(s.dir, "snapshots", sink.ID()+".tmp", "state.bin"))
+	if err != nil {
+		return sink, nil
+	}
+	return &pacedSink{SnapshotSink: sink, pace: diskPacer{f: f}}, nil
+}
+
+type pacedSink struct {
+	raft.SnapshotSink
+	pace diskPacer
+}
+
+func (s *pacedSink) Write(b []byte) (int, error) {
+	n, err := s.SnapshotSink.Write(b)
+	s.pace.wrote(n)
+	return n, err
+}
+
+func (s *pacedSink) Close() error {
+	s.pace.f.Close()
+	return s.SnapshotSink.Close()
+}
+
+func (s *pacedSink) Cancel() error {
+	s.pace.f.Close()
+	return s.SnapshotSink.Cancel()
+}
+
+// compactChunk is how many log entries one transaction of a log compaction
+// deletes.
+const compactChunk = 2048
+
+// chunkedCompaction deletes the head of the log (raft's compaction after a
+// snapshot, tens of thousands of entries at a time) in transactions of
+// compactChunk entries, oldest first. The log store has one writer at a
+// time: deleting 70,000 entries in one transaction held back every write
+// behind it for 60-200 ms; in chunks, the leader's appends go in between.
+// Every intermediate state is a shorter compaction, which raft accepts after
+// a crash. Other deletions (a follower truncating a conflicting tail) are
+// short and pass through whole.
+type chunkedCompaction struct{ raft.LogStore }
+
+func (s chunkedCompaction) DeleteRange(from, to uint64) error {
+	first, err := s.FirstIndex()
+	if err != nil || from != first || to-from < compactChunk {
+		return s.LogStore.DeleteRange(from, to)
+	}
+	for lo := from; ; lo += compactChunk {
+		hi := min(lo+compactChunk-1, to)
+		if err := s.LogStore.DeleteRange(lo, hi); err != nil {
+			return err
+		}
+		if hi == to {
+			return nil
+		}
+	}
+}
