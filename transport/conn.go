@@ -163,10 +163,10 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 		}
 		inflight <- struct{}{}
 		wg.Add(1)
-		go func() {
+		s.workers.run(func() {
 			defer func() { <-inflight; wg.Done() }()
 			w.send(req.Op, s.handle(&req, peer))
-		}()
+		})
 	}
 }
 

