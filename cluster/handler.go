@@ -43,6 +43,9 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 	if n.ready.Load() && n.raft.State() == raft.Leader {
 		return nil
 	}
+	if addr, _ := n.raft.LeaderWithID(); addr != "" && n.ready.Load() {
+		return nil
+	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {

@@ -171,8 +171,7 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 }
 
 func (s *Server) handle(req *Request, peer bool) *Response {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RequestTimeout)
-	defer cancel()
+	ctx := s.requestContext()
 	if peer {
 		ctx = context.WithValue(ctx, fromPeerKey{}, true)
 	}

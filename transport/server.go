@@ -113,6 +113,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
 	workers  *workers
+	reqCtx   requestContexts
 
 	refused, refusedReported, refusedLogged atomic.Int64 // for the rate-limited refusal log
 }
