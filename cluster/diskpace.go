@@ -99,7 +99,7 @@ func (s *pacedSink) Cancel() error {
 
 // compactChunk is how many log entries one transaction of a log compaction
 // deletes.
-const compactChunk = 2048
+const compactChunk = 512
 
 // chunkedCompaction deletes the head of the log (raft's compaction after a
 // snapshot, tens of thousands of entries at a time) in transactions of

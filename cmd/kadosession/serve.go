@@ -8,6 +8,7 @@ import (
 	_ "net/http/pprof" // served only with --pprof
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -59,6 +60,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
 	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
 	fs.StringVar(&cfg.HTTP, "http", "", "serve /metrics (Prometheus), /healthz, /readyz and /status on `HOST:PORT` (off by default; no auth: keep it on loopback or a private network)")
+	gcPercent := fs.Int("gc-percent", 50, "Go garbage collector target: how far (`PERCENT`) the heap may grow over the live sessions before a collection; "+
+		"lower keeps resident memory closer to the data, at some CPU (a GOGC environment variable, when set, wins)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
 	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
 		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+
@@ -88,6 +91,12 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if err := sec.apply(&cfg); err != nil {
 		return err
+	}
+	if *gcPercent < 10 {
+		return fmt.Errorf("--gc-percent %d: want at least 10 (lower would collect garbage almost continuously)", *gcPercent)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gcPercent)
 	}
 	warnIfExposed(&cfg, cfg.Logger)
 	node, err := cluster.Open(cfg)
