@@ -83,3 +83,37 @@ func TestPlain8(t *testing.T) {
 		}
 	}
 }
+
+func TestDecodeObjectMatchesEncodingJSON(t *testing.T) {
+	for _, obj := range []string{
+		`{}`,
+		`{"a":1}`,
+		`{"a":1,"b":"x","c":[1,{"d":null}],"e":{"f":true}}`,
+		`{"a":1,"a":2}`,          // the last of duplicates wins
+		`{"\u0061b":"\"q\\"}`,    // an escaped key
+		`{"_written":5,"k":"v"}`, // WrittenKey is a member like any other here
+		`{"n":-1.5e3,"s":"h\u00e9"}`,
+	} {
+		got, err := DecodeObject([]byte(obj))
+		if err != nil {
+			t.Fatalf("DecodeObject(%s): %v", obj, err)
+		}
+		var want map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(obj), &want); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("DecodeObject(%s) = %v, encoding/json %v", obj, got, want)
+		}
+		for k, v := range want {
+			if string(got[k]) != string(v) {
+				t.Fatalf("DecodeObject(%s)[%q] = %s, encoding/json %s", obj, k, got[k], v)
+			}
+		}
+	}
+	for _, bad := range []string{``, `[]`, `{"a"}`, `{"a":1,}`, `{"a":1}x`, `{a:1}`} {
+		if _, err := DecodeObject([]byte(bad)); err == nil {
+			t.Errorf("DecodeObject(%q): no error", bad)
+		}
+	}
+}

@@ -317,3 +317,32 @@ func TestMemoryStoreList(t *testing.T) {
 		t.Fatalf("List with a cancelled context = %v, %v; want context.Canceled", all, err)
 	}
 }
+
+// Restore's map is the caller's: changing the bytes of its values (which
+// share one buffer) must not reach the stored session.
+func TestMemoryStoreRestoreIsACopy(t *testing.T) {
+	m := NewMemoryStore(MemoryOptions{})
+	defer m.Close()
+	ctx := context.Background()
+	sid := strings.Repeat("a", 40)
+	if err := m.Save(ctx, sid, map[string]json.RawMessage{"k": json.RawMessage(`"value"`), "n": json.RawMessage(`12`)}); err != nil {
+		t.Fatal(err)
+	}
+	first, _, err := m.Restore(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range first {
+		for i := range v {
+			v[i] = 'X'
+		}
+	}
+	first["k"] = json.RawMessage(`"other"`)
+	again, _, err := m.Restore(ctx, sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(again["k"]) != `"value"` || string(again["n"]) != `12` {
+		t.Fatalf("stored session changed through a restored map: %s", again)
+	}
+}

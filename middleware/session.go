@@ -197,6 +197,9 @@ func (s *Session) modifiedLocked() bool {
 
 // callCtx bounds one store call by the session's timeout.
 func (s *Session) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := s.store.(interface{ inProcess() }); ok {
+		return ctx, func() {}
+	}
 	if s.timeout > 0 {
 		return context.WithTimeout(ctx, s.timeout)
 	}
