@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -109,7 +110,88 @@ func (s *Session) GetInto(key string, v any) error {
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrKeyNotFound, key)
 	}
+	if decodeScalar(raw, v) {
+		return nil
+	}
 	return json.Unmarshal(raw, v)
+}
+
+// decodeScalar decodes the commonest session values (an integer into an
+// *int or *int64, a string without escapes into a *string) without
+// encoding/json's reflection, with json.Unmarshal's result. It reports
+// false, having changed nothing, for anything else.
+func decodeScalar(raw []byte, v any) bool {
+	switch p := v.(type) {
+	case *int64:
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || !plainInt(raw) {
+			return false
+		}
+		*p = n
+	case *int:
+		n, err := strconv.ParseInt(string(raw), 10, strconv.IntSize)
+		if err != nil || !plainInt(raw) {
+			return false
+		}
+		*p = int(n)
+	case *string:
+		if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+			return false
+		}
+		body := raw[1 : len(raw)-1]
+		for _, c := range body {
+			if c == '\\' || c == '"' || c < 0x20 || c >= 0x80 {
+				return false
+			}
+		}
+		*p = string(body)
+	default:
+		return false
+	}
+	return true
+}
+
+// plainInt reports whether raw is a JSON integer as strconv and JSON both
+// read it: an optional minus, then digits without a leading zero.
+func plainInt(raw []byte) bool {
+	d := raw
+	if len(d) > 0 && d[0] == '-' {
+		d = d[1:]
+	}
+	if len(d) == 0 || (d[0] == '0' && len(d) > 1) {
+		return false
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// encodeScalar is json.Marshal for the commonest session values (integers,
+// booleans, strings of printable ASCII that JSON and its HTML-safe escaping
+// leave alone), without reflection; ok is false for anything else.
+func encodeScalar(value any) (raw []byte, ok bool) {
+	switch x := value.(type) {
+	case int:
+		return strconv.AppendInt(nil, int64(x), 10), true
+	case int64:
+		return strconv.AppendInt(nil, x, 10), true
+	case bool:
+		return strconv.AppendBool(nil, x), true
+	case string:
+		for i := 0; i < len(x); i++ {
+			if c := x[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+				return nil, false
+			}
+		}
+		raw = make([]byte, 0, len(x)+2)
+		raw = append(raw, '"')
+		raw = append(raw, x...)
+		return append(raw, '"'), true
+	}
+	return nil, false
 }
 
 // Set stores value, encoded with json.Marshal, under key and returns s for
@@ -118,7 +200,11 @@ func (s *Session) GetInto(key string, v any) error {
 // and returned by the next Save (in a middleware request the response
 // becomes HTTP 500).
 func (s *Session) Set(key string, value any) *Session {
-	raw, err := json.Marshal(value) // outside the lock: value's MarshalJSON may be slow
+	raw, ok := encodeScalar(value)
+	var err error
+	if !ok {
+		raw, err = json.Marshal(value) // outside the lock: value's MarshalJSON may be slow
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: key %q: %v", ErrInvalidValue, key, err)
 	} else if kerr := fsm.ValidateKey(key); kerr != nil {

@@ -237,3 +237,45 @@ func TestSessionConcurrentUse(t *testing.T) {
 		t.Fatalf("%d keys, want 8", got)
 	}
 }
+
+// The fast paths for common values give exactly what encoding/json gives.
+func TestScalarFastPathsMatchEncodingJSON(t *testing.T) {
+	for _, v := range []any{0, -1, 42, int64(-9223372036854775808), int64(9223372036854775807), true, false,
+		"", "plain text 123", "a<b>&c", "quote\"", "back\\slash", "tab\t", "é", "\x7f", "\u2028"} {
+		want, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := encodeScalar(v); ok && string(got) != string(want) {
+			t.Errorf("encodeScalar(%#v) = %s, json.Marshal %s", v, got, want)
+		}
+	}
+	for _, raw := range []string{`0`, `-0`, `7`, `-12`, `007`, `+1`, `1e3`, `1.5`, `null`, `"x"`, `9223372036854775808`,
+		`"abc"`, `"a\"b"`, `"\u0041"`, `"é"`, `5`, `""`} {
+		var n1, n2 int64
+		ok := decodeScalar([]byte(raw), &n1)
+		err := json.Unmarshal([]byte(raw), &n2)
+		if ok && (err != nil || n1 != n2) {
+			t.Errorf("decodeScalar(%s) into int64 = %d, json.Unmarshal %d, %v", raw, n1, n2, err)
+		}
+		var i1, i2 int
+		ok = decodeScalar([]byte(raw), &i1)
+		err = json.Unmarshal([]byte(raw), &i2)
+		if ok && (err != nil || i1 != i2) {
+			t.Errorf("decodeScalar(%s) into int = %d, json.Unmarshal %d, %v", raw, i1, i2, err)
+		}
+		var s1, s2 string
+		ok = decodeScalar([]byte(raw), &s1)
+		err = json.Unmarshal([]byte(raw), &s2)
+		if ok && (err != nil || s1 != s2) {
+			t.Errorf("decodeScalar(%s) into string = %q, json.Unmarshal %q, %v", raw, s1, s2, err)
+		}
+	}
+	var n int64
+	if !decodeScalar([]byte(`123`), &n) || n != 123 {
+		t.Fatal("the int64 fast path is not taken")
+	}
+	if _, ok := encodeScalar(5); !ok {
+		t.Fatal("the int fast path is not taken")
+	}
+}
