@@ -33,7 +33,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`HOST:PORT` peers and clients are told to use (default: --listen; never 0.0.0.0)")
 	fs.StringVar(&cfg.DataDir, "data", cluster.DefaultDataDir, "data `DIR`: raft log, snapshots, node id, save file")
 	fs.StringVar(&cfg.SaveFile, "save-file", "", "Kado-format save file `PATH` (default DIR/sessions.json); imported at first start")
-	fs.DurationVar(&cfg.SaveFrequency, "save-frequency", cluster.DefaultSaveFrequency, "how often the save file is rewritten while anything changed")
+	fs.DurationVar(&cfg.SaveFrequency, "save-frequency", cluster.DefaultSaveFrequency, "how often the save file is rewritten while anything changed (after a write that took long, the next waits at least 4 times as long)")
 	fs.DurationVar(&cfg.Duration, "duration", cluster.DefaultDuration, "how long a session lives after its last save")
 	fs.DurationVar(&cfg.PruneFrequency, "prune-frequency", cluster.DefaultPruneFrequency, "how often the leader prunes expired sessions")
 	fs.StringVar(&join, "join", "", "`HOST:PORT[,HOST:PORT…]` of an existing cluster to join (instead of starting a new one)")
