@@ -132,3 +132,40 @@ func TestPacedWriterWritesEverything(t *testing.T) {
 		t.Fatalf("read back %d bytes (%v), want %d", len(got), err, len(data))
 	}
 }
+
+func TestReplacingALargeFileShrinksTheOldOne(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sessions.json")
+	large := func(p string) {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sparse: as large as a big save file to Stat, cheap to make.
+		if err := f.Truncate(slowDeleteAbove + 3*shrinkStep/2); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	large(path)
+	large(path + ".old") // a leftover from a crash between rename and shrink
+	if err := writeFileAtomic(path, []byte(`{"a":{"x":1}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(path); err != nil || string(got) != `{"a":{"x":1}}` {
+		t.Fatalf("save file after replacing a large one: %q, %v", got, err)
+	}
+	if _, err := os.Lstat(path + ".old"); !os.IsNotExist(err) {
+		t.Fatalf("the old file's second name is still there: %v", err)
+	}
+	// A small file is replaced as before, with no second name.
+	if err := writeFileAtomic(path, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != `{}` {
+		t.Fatalf("save file after replacing a small one: %q", got)
+	}
+	if keepLargeFile(path) != "" {
+		t.Fatal("a small file was given a second name")
+	}
+}
