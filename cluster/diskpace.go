@@ -58,13 +58,19 @@ func (w *pacedWriter) Write(b []byte) (int, error) {
 // The sink does not expose its file, so the pacer opens the file by the
 // path FileSnapshotStore gives it (snapshots/ID.tmp/state.bin); should
 // that ever fail, the snapshot is written unpaced, as before.
+//
+// It also removes the snapshot that a new one makes obsolete in steps
+// (shrinkAndRemove): raft deletes it whole, which frees up to a gigabyte at
+// once and holds the filesystem's journal, as replacing a save file did.
 type pacedSnapshots struct {
 	raft.SnapshotStore
-	dir string
+	dir    string
+	retain int // how many snapshots the store keeps
 }
 
 func (s pacedSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
 	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	s.clearReaped()
 	sink, err := s.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 	if err != nil {
 		return nil, err
@@ -73,12 +79,51 @@ func (s pacedSnapshots) Create(version raft.SnapshotVersion, index, term uint64,
 	if err != nil {
 		return sink, nil
 	}
-	return &pacedSink{SnapshotSink: sink, pace: diskPacer{f: f}}, nil
+	return &pacedSink{SnapshotSink: sink, pace: diskPacer{f: f}, store: s}, nil
+}
+
+// reapedPrefix names, in the data directory, the second names of snapshot
+// files that raft is about to delete.
+const reapedPrefix = ".reaping-"
+
+// keepReaped gives the state file of every snapshot that finishing a new
+// one will make raft delete a second name, and returns those names.
+func (s pacedSnapshots) keepReaped() []string {
+	metas, err := s.SnapshotStore.List()
+	if err != nil || s.retain < 1 || len(metas) < s.retain {
+		return nil
+	}
+	var kept []string
+	for _, m := range metas[s.retain-1:] {
+		state := filepath.Join(s.dir, "snapshots", m.ID, "state.bin")
+		name := filepath.Join(s.dir, reapedPrefix+m.ID)
+		if fi, err := os.Stat(state); err == nil && fi.Size() >= slowDeleteAbove && os.Link(state, name) == nil {
+			kept = append(kept, name)
+		}
+	}
+	return kept
+}
+
+// clearReaped removes the second names keepReaped made: a file whose
+// snapshot raft deleted is shrunk away in steps; one whose snapshot is
+// still there (the new one failed, or a crash came between) only loses
+// the extra name.
+func (s pacedSnapshots) clearReaped() {
+	names, _ := filepath.Glob(filepath.Join(s.dir, reapedPrefix+"*"))
+	for _, name := range names {
+		id := filepath.Base(name)[len(reapedPrefix):]
+		if _, err := os.Stat(filepath.Join(s.dir, "snapshots", id)); err == nil {
+			os.Remove(name)
+		} else {
+			shrinkAndRemove(name)
+		}
+	}
 }
 
 type pacedSink struct {
 	raft.SnapshotSink
-	pace diskPacer
+	pace  diskPacer
+	store pacedSnapshots
 }
 
 func (s *pacedSink) Write(b []byte) (int, error) {
@@ -89,7 +134,13 @@ func (s *pacedSink) Write(b []byte) (int, error) {
 
 func (s *pacedSink) Close() error {
 	s.pace.f.Close()
-	return s.SnapshotSink.Close()
+	kept := s.store.keepReaped()
+	err := s.SnapshotSink.Close()
+	if len(kept) > 0 {
+		// In the background: on a follower, Close runs in raft's main loop.
+		go s.store.clearReaped()
+	}
+	return err
 }
 
 func (s *pacedSink) Cancel() error {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -72,7 +73,7 @@ func TestSnapshotStateFileIsPaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := pacedSnapshots{fss, dir}
+	store := pacedSnapshots{fss, dir, 2}
 	sink, err := store.Create(raft.SnapshotVersionMax, 10, 1, raft.Configuration{}, 1, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -167,5 +168,66 @@ func TestReplacingALargeFileShrinksTheOldOne(t *testing.T) {
 	}
 	if keepLargeFile(path) != "" {
 		t.Fatal("a small file was given a second name")
+	}
+}
+
+func TestObsoleteSnapshotsAreShrunkAway(t *testing.T) {
+	defer func(v int64) { slowDeleteAbove = v }(slowDeleteAbove)
+	slowDeleteAbove = 1 << 20
+	dir := t.TempDir()
+	fss, err := raft.NewFileSnapshotStore(dir, 2, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := pacedSnapshots{fss, dir, 2}
+	data := bytes.Repeat([]byte("x"), 2<<20)
+	snapshot := func(index uint64) string {
+		sink, err := store.Create(raft.SnapshotVersionMax, index, 1, raft.Configuration{}, 1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sink.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := sink.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return sink.ID()
+	}
+	reaping := func() []string {
+		names, _ := filepath.Glob(filepath.Join(dir, reapedPrefix+"*"))
+		return names
+	}
+	first := snapshot(10)
+	snapshot(20)
+
+	// The snapshot a third one would make raft delete gets a second name;
+	// while it still exists, clearing only drops that name.
+	kept := store.keepReaped()
+	if len(kept) != 1 || filepath.Base(kept[0]) != reapedPrefix+first {
+		t.Fatalf("kept %v, want the oldest snapshot %s", kept, first)
+	}
+	store.clearReaped()
+	if names := reaping(); len(names) != 0 {
+		t.Fatalf("second names left: %v", names)
+	}
+	if _, rc, err := store.Open(first); err != nil {
+		t.Fatalf("the oldest snapshot was damaged by clearing its second name: %v", err)
+	} else {
+		got, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(got, data) {
+			t.Fatal("the oldest snapshot's data changed")
+		}
+	}
+
+	snapshot(30)
+	poll(t, func() bool { return len(reaping()) == 0 }, 5*time.Second, "the obsolete snapshot's file to be removed")
+	metas, err := store.List()
+	if err != nil || len(metas) != 2 || metas[1].Index != 20 {
+		t.Fatalf("snapshots after a third: %v, %v", metas, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "snapshots", first)); !os.IsNotExist(err) {
+		t.Fatalf("the oldest snapshot is still there: %v", err)
 	}
 }

@@ -114,6 +114,9 @@ func (s indexedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 
 const importMarker = "save-file-imported"
 
+// snapshotsRetained is how many snapshots a node keeps.
+const snapshotsRetained = 2
+
 // Open validates cfg, opens (or creates) the node's data directory, starts
 // raft and serves the node's port. A new data directory without Join
 // bootstraps a single-node cluster; its save file, if any, is imported
@@ -171,7 +174,7 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, log.Named("snapshot"))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, log.Named("snapshot"))
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -231,7 +234,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{snaps, cfg.DataDir}), &n.fsm.opened}, n.trans)
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{snaps, cfg.DataDir, snapshotsRetained}), &n.fsm.opened}, n.trans)
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+

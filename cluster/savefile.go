@@ -69,7 +69,7 @@ func writeAtomic(path string, write func(*os.File) error) (err error) {
 
 // slowDeleteAbove is the size from which a file being replaced is removed
 // in steps (keepLargeFile).
-const slowDeleteAbove = 64 << 20
+var slowDeleteAbove int64 = 64 << 20 // a variable for tests
 
 // keepLargeFile gives a large file at path a second name (path + ".old")
 // before a rename replaces it, and returns that name ("" when path is
