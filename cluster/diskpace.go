@@ -86,37 +86,33 @@ func (s pacedSnapshots) Create(version raft.SnapshotVersion, index, term uint64,
 // files that raft is about to delete.
 const reapedPrefix = ".reaping-"
 
-// keepReaped gives the state file of every snapshot that finishing a new
-// one will make raft delete a second name, and returns those names.
-func (s pacedSnapshots) keepReaped() []string {
-	metas, err := s.SnapshotStore.List()
-	if err != nil || s.retain < 1 || len(metas) < s.retain {
-		return nil
-	}
-	var kept []string
-	for _, m := range metas[s.retain-1:] {
-		state := filepath.Join(s.dir, "snapshots", m.ID, "state.bin")
-		name := filepath.Join(s.dir, reapedPrefix+m.ID)
-		if fi, err := os.Stat(state); err == nil && fi.Size() >= slowDeleteAbove && os.Link(state, name) == nil {
-			kept = append(kept, name)
-		}
-	}
-	return kept
+// stateFile is the path of a finished snapshot's state file.
+func (s pacedSnapshots) stateFile(id string) string {
+	return filepath.Join(s.dir, "snapshots", id, "state.bin")
 }
 
-// clearReaped removes the second names keepReaped made: a file whose
-// snapshot raft deleted is shrunk away in steps; one whose snapshot is
-// still there (the new one failed, or a crash came between) only loses
-// the extra name.
+// keepReaped gives the state file of every snapshot that finishing a new
+// one will make raft delete a second name (keepSecondName), and reports
+// whether there was any.
+func (s pacedSnapshots) keepReaped() bool {
+	metas, err := s.SnapshotStore.List()
+	if err != nil || s.retain < 1 || len(metas) < s.retain {
+		return false
+	}
+	for _, m := range metas[s.retain-1:] {
+		keepSecondName(s.stateFile(m.ID), filepath.Join(s.dir, reapedPrefix+m.ID))
+	}
+	return true
+}
+
+// clearReaped drops every second name keepReaped made (dropSecondName):
+// the files of snapshots raft deleted are shrunk away in steps; those of
+// snapshots still there (the new one failed, or a crash came between) only
+// lose the extra name.
 func (s pacedSnapshots) clearReaped() {
 	names, _ := filepath.Glob(filepath.Join(s.dir, reapedPrefix+"*"))
 	for _, name := range names {
-		id := filepath.Base(name)[len(reapedPrefix):]
-		if _, err := os.Stat(filepath.Join(s.dir, "snapshots", id)); err == nil {
-			os.Remove(name)
-		} else {
-			shrinkAndRemove(name)
-		}
+		dropSecondName(s.stateFile(filepath.Base(name)[len(reapedPrefix):]), name)
 	}
 }
 
@@ -136,7 +132,7 @@ func (s *pacedSink) Close() error {
 	s.pace.f.Close()
 	kept := s.store.keepReaped()
 	err := s.SnapshotSink.Close()
-	if len(kept) > 0 {
+	if kept {
 		// In the background: on a follower, Close runs in raft's main loop.
 		go s.store.clearReaped()
 	}

@@ -166,8 +166,22 @@ func TestReplacingALargeFileShrinksTheOldOne(t *testing.T) {
 	if got, _ := os.ReadFile(path); string(got) != `{}` {
 		t.Fatalf("save file after replacing a small one: %q", got)
 	}
-	if keepLargeFile(path) != "" {
-		t.Fatal("a small file was given a second name")
+	keepSecondName(path, path+".old")
+	if _, err := os.Lstat(path + ".old"); !os.IsNotExist(err) {
+		t.Fatalf("a small file was given a second name: %v", err)
+	}
+
+	// A crash between giving the live file its second name and the rename
+	// leaves two names for one file: dropping the extra name must leave the
+	// live file whole.
+	large(path)
+	keepSecondName(path, path+".old")
+	dropSecondName(path, path+".old")
+	if fi, err := os.Stat(path); err != nil || fi.Size() != slowDeleteAbove+3*shrinkStep/2 {
+		t.Fatalf("the live file after dropping its second name: %v, %v", fi, err)
+	}
+	if _, err := os.Lstat(path + ".old"); !os.IsNotExist(err) {
+		t.Fatalf("the second name is still there: %v", err)
 	}
 }
 
@@ -203,8 +217,10 @@ func TestObsoleteSnapshotsAreShrunkAway(t *testing.T) {
 
 	// The snapshot a third one would make raft delete gets a second name;
 	// while it still exists, clearing only drops that name.
-	kept := store.keepReaped()
-	if len(kept) != 1 || filepath.Base(kept[0]) != reapedPrefix+first {
+	if !store.keepReaped() {
+		t.Fatal("keepReaped found no snapshot a third would make obsolete")
+	}
+	if kept := reaping(); len(kept) != 1 || filepath.Base(kept[0]) != reapedPrefix+first {
 		t.Fatalf("kept %v, want the oldest snapshot %s", kept, first)
 	}
 	store.clearReaped()

@@ -40,20 +40,12 @@ func wireError(err error) error {
 // known, so that a request arriving during an election or at start-up is
 // served when it ends instead of failing at once.
 func (n *Node) awaitLeader(ctx context.Context) error {
-	if n.ready.Load() && n.raft.State() == raft.Leader {
-		return nil
-	}
-	if addr, _ := n.raft.LeaderWithID(); addr != "" && n.ready.Load() {
+	if n.leaderKnown() {
 		return nil
 	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if n.ready.Load() {
-			if addr, _ := n.raft.LeaderWithID(); addr != "" {
-				return nil
-			}
-		}
 		select {
 		case <-ctx.Done():
 			if !n.ready.Load() {
@@ -64,7 +56,23 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 			return errCommitterStopped
 		case <-t.C:
 		}
+		if n.leaderKnown() {
+			return nil
+		}
 	}
+}
+
+// leaderKnown reports whether the node is ready and knows a leader (itself
+// or another).
+func (n *Node) leaderKnown() bool {
+	if !n.ready.Load() {
+		return false
+	}
+	if n.raft.State() == raft.Leader {
+		return true
+	}
+	addr, _ := n.raft.LeaderWithID()
+	return addr != ""
 }
 
 // write validates nothing further: it submits cmd through the group

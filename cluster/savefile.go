@@ -50,45 +50,52 @@ func writeAtomic(path string, write func(*os.File) error) (err error) {
 	if err = tmp.Close(); err != nil {
 		return err
 	}
-	kept := keepLargeFile(path)
+	old := path + ".old"
+	dropSecondName(path, old) // a leftover from a crash
+	keepSecondName(path, old)
 	if err = os.Rename(tmp.Name(), path); err != nil {
-		if kept != "" {
-			os.Remove(kept) // path still has the file: only the extra name goes
-		}
+		dropSecondName(path, old)
 		return err
 	}
 	if d, derr := os.Open(dir); derr == nil {
 		_ = d.Sync()
 		d.Close()
 	}
-	if kept != "" {
-		shrinkAndRemove(kept)
-	}
+	dropSecondName(path, old)
 	return nil
 }
 
-// slowDeleteAbove is the size from which a file being replaced is removed
-// in steps (keepLargeFile).
+// slowDeleteAbove is the size from which a file being replaced or deleted
+// is removed in steps (keepSecondName).
 var slowDeleteAbove int64 = 64 << 20 // a variable for tests
 
-// keepLargeFile gives a large file at path a second name (path + ".old")
-// before a rename replaces it, and returns that name ("" when path is
-// small, absent or cannot be linked). Replacing a file frees all of its
-// blocks inside the rename, and the filesystem's journal is held meanwhile
-// (ext4: 160-200 ms for a 1 GB save file), and with it every raft log
-// fsync: acknowledged writes stalled that long. Kept, the old file is
-// shrunk in steps once the new one is in place (shrinkAndRemove). A
-// leftover from a crash in between is shrunk first.
-func keepLargeFile(path string) string {
-	old := path + ".old"
-	if _, err := os.Lstat(old); err == nil {
-		shrinkAndRemove(old)
+// keepSecondName gives the file at path, when it is large, a second name
+// (a hard link) before a rename replaces it or raft deletes it. Either
+// frees all of its blocks at once, and the filesystem's journal is held
+// meanwhile (ext4: 160-200 ms for a 1 GB save file), and with it every
+// raft log fsync: acknowledged writes stalled that long. Kept, the file is
+// removed in steps afterwards by dropSecondName. Small files, and
+// filesystems without hard links, are left alone.
+func keepSecondName(path, name string) {
+	if fi, err := os.Stat(path); err == nil && fi.Size() >= slowDeleteAbove {
+		_ = os.Link(path, name)
 	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() < slowDeleteAbove || os.Link(path, old) != nil {
-		return ""
+}
+
+// dropSecondName removes name, a second name keepSecondName gave the file
+// at path. When name still names the file at path (it was not replaced or
+// deleted: a failed rename, or a crash in between), only the name goes;
+// otherwise the file, now under name alone, is shrunk away in steps.
+func dropSecondName(path, name string) {
+	kept, err := os.Stat(name)
+	if err != nil {
+		return
 	}
-	return old
+	if cur, err := os.Stat(path); err == nil && os.SameFile(kept, cur) {
+		os.Remove(name)
+		return
+	}
+	shrinkAndRemove(name)
 }
 
 // shrinkStep is how much of a large file one truncation frees.

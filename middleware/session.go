@@ -117,52 +117,59 @@ func (s *Session) GetInto(key string, v any) error {
 }
 
 // decodeScalar decodes the commonest session values (an integer into an
-// *int or *int64, a string without escapes into a *string) without
-// encoding/json's reflection, with json.Unmarshal's result. It reports
-// false, having changed nothing, for anything else.
+// *int or *int64, a plain string into a *string) without encoding/json's
+// reflection, with json.Unmarshal's result. It reports false, having
+// changed nothing, for anything else.
 func decodeScalar(raw []byte, v any) bool {
 	switch p := v.(type) {
 	case *int64:
-		n, err := strconv.ParseInt(string(raw), 10, 64)
-		if err != nil || !plainInt(raw) {
-			return false
+		n, ok := plainInt(raw, 64)
+		if ok {
+			*p = n
 		}
-		*p = n
+		return ok
 	case *int:
-		n, err := strconv.ParseInt(string(raw), 10, strconv.IntSize)
-		if err != nil || !plainInt(raw) {
-			return false
+		n, ok := plainInt(raw, strconv.IntSize)
+		if ok {
+			*p = int(n)
 		}
-		*p = int(n)
+		return ok
 	case *string:
-		if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' || !plainString(raw[1:len(raw)-1]) {
 			return false
 		}
-		body := raw[1 : len(raw)-1]
-		for _, c := range body {
-			if c == '\\' || c == '"' || c < 0x20 || c >= 0x80 {
-				return false
-			}
-		}
-		*p = string(body)
-	default:
-		return false
+		*p = string(raw[1 : len(raw)-1])
+		return true
 	}
-	return true
+	return false
 }
 
-// plainInt reports whether raw is a JSON integer as strconv and JSON both
-// read it: an optional minus, then digits without a leading zero.
-func plainInt(raw []byte) bool {
+// plainInt parses raw when it is a JSON integer that fits in bits, written
+// as strconv and JSON both read it: an optional minus, then digits without
+// a leading zero.
+func plainInt(raw []byte, bits int) (int64, bool) {
 	d := raw
 	if len(d) > 0 && d[0] == '-' {
 		d = d[1:]
 	}
 	if len(d) == 0 || (d[0] == '0' && len(d) > 1) {
-		return false
+		return 0, false
 	}
 	for _, c := range d {
 		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(string(raw), 10, bits)
+	return n, err == nil
+}
+
+// plainString reports whether s is printable ASCII that JSON writes as is,
+// without escapes (json.Marshal's HTML-safe escaping included), so that
+// quoting it is its JSON encoding and unquoting it its decoding.
+func plainString[T string | []byte](s T) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
 			return false
 		}
 	}
@@ -170,8 +177,8 @@ func plainInt(raw []byte) bool {
 }
 
 // encodeScalar is json.Marshal for the commonest session values (integers,
-// booleans, strings of printable ASCII that JSON and its HTML-safe escaping
-// leave alone), without reflection; ok is false for anything else.
+// booleans, plain strings), without reflection; ok is false for anything
+// else.
 func encodeScalar(value any) (raw []byte, ok bool) {
 	switch x := value.(type) {
 	case int:
@@ -181,10 +188,8 @@ func encodeScalar(value any) (raw []byte, ok bool) {
 	case bool:
 		return strconv.AppendBool(nil, x), true
 	case string:
-		for i := 0; i < len(x); i++ {
-			if c := x[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-				return nil, false
-			}
+		if !plainString(x) {
+			return nil, false
 		}
 		raw = make([]byte, 0, len(x)+2)
 		raw = append(raw, '"')

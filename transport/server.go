@@ -113,7 +113,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
 	workers  *workers
-	reqCtx   requestContexts
+	reqCtx   atomic.Pointer[sharedContext]
 
 	refused, refusedReported, refusedLogged atomic.Int64 // for the rate-limited refusal log
 }
