@@ -53,14 +53,24 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// freeAddr returns a loopback address that was free a moment ago, with a
+// port below the kernel's ephemeral range (32768 and up on Linux). Tests in
+// other packages, running at the same time, bind port 0 and get ephemeral
+// ports: one of them could take a port this package freed before its node
+// bound it, and the node under test would then be a stranger (CI once
+// restored a backup into another package's cluster that way).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
+		if err != nil {
+			continue
+		}
+		defer l.Close()
+		return l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free loopback port in 20000-31999 after 100 tries")
+	return ""
 }
 
 type proc struct {
