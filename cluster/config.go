@@ -69,6 +69,10 @@ type Config struct {
 	CommitTimeout      time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot (8192).
 	SnapshotThreshold uint64
+	// SnapshotLogBytes: a snapshot is also taken when the log entries
+	// applied since the last one add up to this many bytes, or to the last
+	// snapshot's size if that is larger (256 MiB; loggrowth.go).
+	SnapshotLogBytes uint64
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
 	// followers that lag a little (4096).
 	TrailingLogs uint64
@@ -145,6 +149,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.SnapshotThreshold == 0 {
 		out.SnapshotThreshold = 8192
+	}
+	if out.SnapshotLogBytes == 0 {
+		out.SnapshotLogBytes = DefaultSnapshotLogBytes
 	}
 	if out.TrailingLogs == 0 {
 		out.TrailingLogs = 4096

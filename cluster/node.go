@@ -69,11 +69,13 @@ type trackedFSM struct {
 	*fsm.FSM
 	applied *appliedIndex
 	opened  atomic.Uint64 // see indexedSnapshots
+	growth  *logGrowth
 }
 
 func (t *trackedFSM) Apply(l *raft.Log) any {
 	r := t.FSM.Apply(l)
 	t.applied.set(l.Index)
+	t.growth.add(len(l.Data))
 	return r
 }
 
@@ -82,7 +84,23 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 	if len(logs) > 0 {
 		t.applied.set(logs[len(logs)-1].Index)
 	}
+	size := 0
+	for _, l := range logs {
+		size += len(l.Data)
+	}
+	t.growth.add(size)
 	return r
+}
+
+// Snapshot captures the state; once written, the log it covers no longer
+// counts toward the next snapshot (logGrowth).
+func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
+	mark := t.growth.captured()
+	s, err := t.FSM.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return &countedSnapshot{FSMSnapshot: s, growth: t.growth, mark: mark}, nil
 }
 
 // Restore restores a snapshot; the applied index becomes the snapshot's
@@ -92,6 +110,7 @@ func (t *trackedFSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	t.applied.set(t.opened.Load())
+	t.growth.restored()
 	return nil
 }
 
@@ -219,7 +238,7 @@ func Open(cfg Config) (*Node, error) {
 		Timeout: 5 * time.Second,
 		Logger:  log.Named("raft-net"),
 	})
-	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex()}
+	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
 	rc.Logger = log.Named("raft")
@@ -285,6 +304,8 @@ func Open(cfg Config) (*Node, error) {
 	go n.watchLeader(obs)
 	n.bg.Add(1)
 	go n.probePeers()
+	n.bg.Add(1)
+	go n.snapshotOnLogGrowth()
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs

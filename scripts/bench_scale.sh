@@ -17,7 +17,9 @@
 #      behind it) over the same sessions, with every operation's end time
 #      and latency kept (--samples). Raft snapshots come by themselves:
 #      every node checks every 120-240 s (hashicorp/raft's SnapshotInterval)
-#      and snapshots when 8192 entries were appended since its last one. A
+#      and snapshots when 8192 entries were appended since its last one (at
+#      this rate the other trigger, log bytes past the last snapshot's
+#      size, does not come within the run). A
 #      snapshot runs, on a node, from raft's "starting snapshot up to" log
 #      line to its "snapshot complete up to" line (the state is captured
 #      just before the first; the second comes after the log compaction).

@@ -30,8 +30,10 @@
 #      (go_memstats_heap_inuse_bytes, heap_alloc), goroutines, sessions,
 #      snapshots taken and the raft term, one line per sample on stderr
 #      (samples are taken while the soak's load runs).
-#      Raft snapshots (a node checks every 120-240 s and snapshots after
-#      8192 entries) and save-file writes (every 15 s) come by themselves
+#      Snapshots (raft checks every 120-240 s and snapshots after 8192
+#      entries; a node also snapshots as soon as the log applied since its
+#      last snapshot outgrows 256 MiB or that snapshot's size, whichever is
+#      larger) and save-file writes (every 15 s) come by themselves
 #      and show as bumps; so does the first minute's growth of the table of
 #      applied requests (60 s window).
 # Memory rule: the steady phase starts after SOAK_WARMUP (default a tenth of
@@ -44,7 +46,8 @@
 # judged rather than VmRSS: VmRSS also counts RssFile, mostly the pages of
 # the raft log (raft.db, a memory-mapped BoltDB file) the node has touched.
 # Those follow the log's length: it grows with every save (at 2000 saves/s
-# about 100 MB a minute) until a snapshot compacts it (every 2-4 minutes);
+# about 100 MB a minute) until a snapshot compacts it (at most 256 MiB of
+# log past the 4096 entries a snapshot leaves, at 100k sessions);
 # BoltDB then reuses the freed pages, so RssFile should climb to the
 # longest stretch between snapshots and stay there. They are clean file
 # pages the kernel may drop. SOAK_MEMORY=rss judges VmRSS instead; both are

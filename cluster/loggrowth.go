@@ -1,0 +1,125 @@
+package cluster
+
+import (
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// DefaultSnapshotLogBytes is Config.SnapshotLogBytes's default.
+const DefaultSnapshotLogBytes = 256 << 20
+
+// logGrowth decides when the log has grown enough since the last snapshot
+// to take another, by bytes. Raft's own trigger counts entries
+// (Config.SnapshotThreshold) and looks only every 2-4 minutes; an entry
+// here carries up to a batch of saves, so under heavy writes the log grew
+// to gigabytes between snapshots: bolt's mapped pages, its in-memory
+// freelist and each compaction all grew with it. A snapshot is due when the
+// log entries applied since the last one add up to the larger of
+// Config.SnapshotLogBytes and the size of the last snapshot, so that a
+// large state is not rewritten after every small stretch of log (as an
+// append-only file is rewritten when it has doubled).
+//
+// add and the capture in trackedFSM.Snapshot run on raft's FSM goroutine;
+// the snapshot's size is noted when it has been written.
+type logGrowth struct {
+	floor    uint64
+	applied  atomic.Uint64 // bytes of log entries applied since the node started
+	base     atomic.Uint64 // applied, as of the last snapshot written or restored
+	lastSize atomic.Uint64 // bytes of the last snapshot this node wrote
+	due      chan struct{} // one pending signal to snapshotOnLogGrowth
+}
+
+func newLogGrowth(floor uint64) *logGrowth {
+	return &logGrowth{floor: floor, due: make(chan struct{}, 1)}
+}
+
+// limit is how many bytes of log may be applied before a snapshot is due.
+func (g *logGrowth) limit() uint64 { return max(g.floor, g.lastSize.Load()) }
+
+// add counts one applied entry's bytes and signals when a snapshot is due.
+func (g *logGrowth) add(n int) {
+	v := g.applied.Add(uint64(n))
+	if v-g.base.Load() >= g.limit() {
+		select {
+		case g.due <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// captured returns the mark a snapshot captured now covers; written(mark,
+// size) makes it the base once the snapshot is safely on disk.
+func (g *logGrowth) captured() uint64 { return g.applied.Load() }
+
+func (g *logGrowth) written(mark uint64, size int64) {
+	if mark > g.base.Load() {
+		g.base.Store(mark)
+	}
+	g.lastSize.Store(uint64(size))
+}
+
+// restored: the state is now a snapshot's; the log before it is covered.
+func (g *logGrowth) restored() { g.base.Store(g.applied.Load()) }
+
+// snapshotOnLogGrowth takes a snapshot whenever logGrowth says one is due.
+// A failed snapshot is retried after a pause rather than at once.
+func (n *Node) snapshotOnLogGrowth() {
+	defer n.bg.Done()
+	g := n.fsm.growth
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-g.due:
+		}
+		if g.applied.Load()-g.base.Load() < g.limit() {
+			continue // a snapshot raft took by itself came first
+		}
+		start := time.Now()
+		err := n.raft.Snapshot().Error()
+		switch {
+		case err == nil:
+			n.log.Info("snapshot taken: the log had grown past its limit", "limit_bytes", g.limit(), "took", time.Since(start).Round(time.Millisecond))
+		case errors.Is(err, raft.ErrNothingNewToSnapshot):
+		case errors.Is(err, raft.ErrRaftShutdown):
+			return
+		default:
+			n.log.Warn("snapshot for log growth failed; retrying later", "error", err)
+			select {
+			case <-n.stop:
+				return
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}
+}
+
+// countedSnapshot reports a snapshot's size to logGrowth once written.
+type countedSnapshot struct {
+	raft.FSMSnapshot
+	growth *logGrowth
+	mark   uint64
+}
+
+func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
+	c := &countingSink{SnapshotSink: sink}
+	err := s.FSMSnapshot.Persist(c)
+	if err == nil {
+		s.growth.written(s.mark, c.n)
+	}
+	return err
+}
+
+type countingSink struct {
+	raft.SnapshotSink
+	n int64
+}
+
+func (c *countingSink) Write(p []byte) (int, error) {
+	n, err := c.SnapshotSink.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,89 @@
+package cluster
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// latestSnapshot reads the newest snapshot's metadata in a node's data
+// directory (zero when there is none).
+func latestSnapshot(t *testing.T, dir string) raft.SnapshotMeta {
+	t.Helper()
+	fss, err := raft.NewFileSnapshotStore(dir, snapshotsRetained, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, err := fss.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(metas) == 0 {
+		return raft.SnapshotMeta{}
+	}
+	return *metas[0]
+}
+
+// TestSnapshotsFollowLogBytes: with raft's own entry-count trigger out of
+// reach, every node snapshots when the log applied since its last snapshot
+// outgrows the larger of SnapshotLogBytes and that snapshot's size, and
+// not before; the snapshot compacts the log.
+func TestSnapshotsFollowLogBytes(t *testing.T) {
+	const floor = 64 << 10
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.SnapshotThreshold = 1 << 40
+		c.TrailingLogs = 16
+		c.SnapshotLogBytes = floor
+	})
+	l := tc.nodes[tc.leader()]
+	value := `{"p":"` + strings.Repeat("x", 1000) + `"}`
+	save := func(from, to int) {
+		for i := from; i < to; i++ {
+			mustSave(t, l, fmt.Sprintf("s%04d", i), value)
+		}
+		tc.waitSame()
+	}
+	// 200 KB of state: past the floor, so every node snapshots on its own.
+	save(0, 200)
+	for i := range tc.nodes {
+		dir := tc.cfgs[i].DataDir
+		poll(t, func() bool { return latestSnapshot(t, dir).Index > 0 }, 10*time.Second, "a snapshot on "+tc.nodes[i].ID())
+	}
+	// A snapshot of the whole state now: the next is due after as many
+	// bytes of log as it holds (~200 KB), not after the 64 KB floor.
+	before := make([]raft.SnapshotMeta, len(tc.nodes))
+	for i, n := range tc.nodes {
+		if err := n.raft.Snapshot().Error(); err != nil {
+			t.Fatal(err)
+		}
+		before[i] = latestSnapshot(t, tc.cfgs[i].DataDir)
+		if before[i].Size < 200<<10 {
+			t.Fatalf("%s: snapshot of %d bytes, want the whole state", n.ID(), before[i].Size)
+		}
+	}
+	save(200, 300) // ~100 KB of log
+	time.Sleep(300 * time.Millisecond)
+	for i, n := range tc.nodes {
+		if got := latestSnapshot(t, tc.cfgs[i].DataDir); got.Index != before[i].Index {
+			t.Fatalf("%s snapshotted after ~100 KB of log (index %d -> %d); its last snapshot holds %d bytes",
+				n.ID(), before[i].Index, got.Index, before[i].Size)
+		}
+	}
+	save(300, 450) // ~250 KB since the snapshot: due
+	for i, n := range tc.nodes {
+		dir := tc.cfgs[i].DataDir
+		poll(t, func() bool { return latestSnapshot(t, dir).Index > before[i].Index }, 10*time.Second,
+			"a snapshot after the log outgrew the last one on "+n.ID())
+		first, err := n.bolt.FirstIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first <= before[i].Index {
+			t.Fatalf("%s: log starts at %d, not compacted past the earlier snapshot at %d", n.ID(), first, before[i].Index)
+		}
+	}
+}
