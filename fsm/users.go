@@ -110,7 +110,10 @@ func (s *State) remove(sid string) int {
 	sh := s.shard(sid)
 	sh.mu.Lock()
 	old, ok := sh.sessions[sid]
-	delete(sh.sessions, sid)
+	if ok {
+		sh.own()
+		delete(sh.sessions, sid)
+	}
 	sh.mu.Unlock()
 	if !ok {
 		return 0
