@@ -27,6 +27,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // only with --pprof
 	"os"
 	"os/signal"
 	"strconv"
@@ -59,7 +60,11 @@ func run() error {
 	redisAddr := flag.String("redis", "", "scs-redis: `HOST:PORT` of Redis")
 	precreate := flag.Int("precreate", 1000, "sessions to make before serving (with --cookies)")
 	cookies := flag.String("cookies", "", "write the pre-created sessions' Cookie header values to `FILE`, one a line")
+	pprofAddr := flag.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (for profiling a stack; off by default)")
 	flag.Parse()
+	if *pprofAddr != "" {
+		go func() { fmt.Fprintln(os.Stderr, "benchhttp: pprof:", http.ListenAndServe(*pprofAddr, nil)) }()
+	}
 
 	var (
 		h       http.Handler
