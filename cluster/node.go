@@ -153,11 +153,17 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The save file is read first: a corrupt one stops start-up before
-	// anything else is touched.
-	imported, err := readSaveFile(cfg.SaveFile, time.Now().UnixMilli())
-	if err != nil {
-		return nil, err
+	// The save file is read first, when it may be imported (no import
+	// recorded yet): a corrupt one stops start-up before anything else is
+	// touched. Once imported it is only written: reading it at every start
+	// cost a restart with 1M sessions seconds and a second copy in memory.
+	markerPath := filepath.Join(cfg.DataDir, importMarker)
+	_, markerErr := os.Stat(markerPath)
+	var imported map[string]*fsm.Record
+	if errors.Is(markerErr, os.ErrNotExist) {
+		if imported, err = readSaveFile(cfg.SaveFile, time.Now().UnixMilli()); err != nil {
+			return nil, err
+		}
 	}
 	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1), contacts: newPeerContacts()}
 	n.obs, n.backups = newMetrics(n), newBackupStore()
@@ -286,8 +292,6 @@ func Open(cfg Config) (*Node, error) {
 		n.setClusterID(clusterID)
 		log.Info("bootstrapped a new single-node cluster", "id", id, "address", cfg.Advertise, "cluster_id", clusterID)
 	}
-	markerPath := filepath.Join(cfg.DataDir, importMarker)
-	_, markerErr := os.Stat(markerPath)
 	needImport := errors.Is(markerErr, os.ErrNotExist) && (bootstrapped || hasState)
 	if !needImport && errors.Is(markerErr, os.ErrNotExist) {
 		// A joining node takes its state from the cluster, never from a file.

@@ -99,10 +99,8 @@ func serve(args []string, stderr io.Writer) error {
 		debug.SetGCPercent(*gcPercent)
 	}
 	warnIfExposed(&cfg, cfg.Logger)
-	node, err := cluster.Open(cfg)
-	if err != nil {
-		return err
-	}
+	// pprof first, so that a slow start (restoring a large snapshot,
+	// replaying the log) can be profiled too.
 	if *pprofAddr != "" {
 		go func() {
 			cfg.Logger.Info("serving pprof", "address", *pprofAddr)
@@ -110,6 +108,10 @@ func serve(args []string, stderr io.Writer) error {
 				cfg.Logger.Error("pprof server stopped", "error", err)
 			}
 		}()
+	}
+	node, err := cluster.Open(cfg)
+	if err != nil {
+		return err
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
