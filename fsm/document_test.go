@@ -2,8 +2,11 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -266,5 +269,54 @@ func TestReadDocumentErrorsHideSessionIDs(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "a-secret-sid") {
 			t.Fatalf("ReadDocument(%s) = %v: the error must not name the session id", doc, err)
 		}
+	}
+}
+
+// TestDocumentOrdersIDsByBytes: the document lists ids in byte order
+// whatever they share: prefixes of each other, a difference only past the
+// 8 and 16 bytes WriteTo's sort compares first, or at their boundaries.
+func TestDocumentOrdersIDsByBytes(t *testing.T) {
+	ids := []string{"a", "ab", "abcdefgh", "abcdefgg", "abcdefghi", "abcdefgh0",
+		"abcdefghijklmnop", "abcdefghijklmnoo", "abcdefghijklmnopq", "abcdefghijklmnopp",
+		"abcdefghijklmnop-x", "abcdefghijklmnop-w", "user-1", "user-10", "user-9", "user-100000000000000002",
+		"user-100000000000000001", "é", "e", "~", "0", strings.Repeat("z", MaxSIDLen)}
+	ids = append(ids, awkwardSIDs...)
+	for i := range 300 {
+		ids = append(ids, fmt.Sprintf("bench-%d", i), fmt.Sprintf("%040x", i*7919))
+	}
+	s := NewState()
+	for _, sid := range ids {
+		s.Apply(&Command{Op: OpSave, Time: 1, SID: sid, Data: []byte(`{}`)})
+	}
+	var doc bytes.Buffer
+	if _, err := s.Capture().WriteTo(&doc); err != nil {
+		t.Fatal(err)
+	}
+	dec := json.NewDecoder(&doc)
+	if _, err := dec.Token(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, tok.(string))
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := slices.Clone(ids)
+	slices.Sort(want)
+	want = slices.Compact(want)
+	if !slices.Equal(got, want) {
+		for i := range min(len(got), len(want)) {
+			if got[i] != want[i] {
+				t.Fatalf("id #%d is %q, want %q (byte order)", i, got[i], want[i])
+			}
+		}
+		t.Fatalf("%d ids in the document, want %d", len(got), len(want))
 	}
 }
