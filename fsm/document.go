@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
@@ -296,17 +297,30 @@ func (d *docReader) object() ([]byte, error) {
 			}
 		}
 		chunk, _ := d.r.Peek(d.r.Buffered())
-		for i, c := range chunk {
+		for i := 0; i < len(chunk); i++ {
+			c := chunk[i]
 			switch {
 			case escape:
 				escape = false
 			case inString:
-				switch c {
-				case '\\':
-					escape = true
-				case '"':
-					inString = false
+				// Most of a record is string content: jump to the next
+				// quote, and look for a backslash only before it.
+				rest := chunk[i:]
+				q := bytes.IndexByte(rest, '"')
+				if q >= 0 {
+					rest = rest[:q]
 				}
+				if b := bytes.IndexByte(rest, '\\'); b >= 0 {
+					i += b // the backslash; the loop steps past it
+					escape = true
+					continue
+				}
+				if q < 0 {
+					i = len(chunk) - 1 // the string goes on in the next chunk
+					continue
+				}
+				i += q
+				inString = false
 			case c == '"':
 				inString = true
 			case c == '{' || c == '[':

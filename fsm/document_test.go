@@ -135,17 +135,22 @@ func TestReadDocumentKado(t *testing.T) {
 			map[string]want{`q"uote`: {`{}`, def}, "é": {`{}`, def}, "__proto__": {`{"a":1}`, def}, "constructor": {`{}`, def}}},
 		{"duplicate sid: last wins", `{"a":{"v":1},"a":{"v":2}}`, map[string]want{"a": {`{"v":2}`, def}}},
 		{"duplicate key: last value", `{"a":{"k":1,"j":0,"k":2}}`, map[string]want{"a": {`{"k":2,"j":0}`, def}}},
+		{"brackets, quotes and backslashes inside strings", `{"a":{"s":"}]\"{[\\","t":"\\\\","u":"\"","v":["}",{"w":"\\\""}]},"b":{}}`,
+			map[string]want{"a": {`{"s":"}]\"{[\\","t":"\\\\","u":"\"","v":["}",{"w":"\\\""}]}`, def}, "b": {`{}`, def}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// One byte at a time: the reader must not assume big reads.
-			m, err := ReadDocument(iotest.OneByteReader(strings.NewReader(tc.in)), def)
-			if err != nil {
-				t.Fatalf("ReadDocument: %v", err)
+			// One byte at a time (the reader must not assume big reads),
+			// then all at once.
+			for _, r := range []io.Reader{iotest.OneByteReader(strings.NewReader(tc.in)), strings.NewReader(tc.in)} {
+				m, err := ReadDocument(r, def)
+				if err != nil {
+					t.Fatalf("ReadDocument: %v", err)
+				}
+				s := NewState()
+				s.Replace(m)
+				checkSessions(t, s, tc.want)
 			}
-			s := NewState()
-			s.Replace(m)
-			checkSessions(t, s, tc.want)
 		})
 	}
 }
