@@ -85,6 +85,37 @@ func (v *View) WriteTo(w io.Writer) (int64, error) {
 	return cw.n, err
 }
 
+// writtenLast finds, in a compact object whose last member is WrittenKey
+// with an integer value (as appendRecord writes it), the index at which the
+// object without that member would close (its ',' or, when it is the only
+// member, its '"'), and the integer.
+func writtenLast(obj []byte) (at int, written int64, ok bool) {
+	const member = `"` + WrittenKey + `":`
+	end := len(obj) - 1 // the closing '}'
+	if end < 1 || obj[end] != '}' {
+		return 0, 0, false
+	}
+	digits := end
+	for digits > 0 && (obj[digits-1] >= '0' && obj[digits-1] <= '9' || obj[digits-1] == '-') {
+		digits--
+	}
+	start := digits - len(member)
+	if start < 1 || string(obj[start:digits]) != member {
+		return 0, 0, false
+	}
+	written, err := strconv.ParseInt(string(obj[digits:end]), 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	switch obj[start-1] {
+	case ',':
+		return start - 1, written, true
+	case '{':
+		return start, written, true
+	}
+	return 0, 0, false
+}
+
 // docEntry is one session in WriteTo's sort: key and key2 are bytes 0-7
 // and 8-15 of sid, big-endian, zero-padded, so that (key, key2) order
 // agrees with sid order wherever they differ (random ids like
@@ -144,13 +175,24 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // that is not an object, an invalid sid or a non-integer WrittenKey is
 // reported as ErrCorrupt with the byte offset where it was found.
 func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error) {
+	out := make(map[string]*Record)
+	err := readDocument(r, defaultWritten, func(sid string, rec *Record) { out[sid] = rec })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readDocument is ReadDocument handing each session to put, in document
+// order (a repeated id: the later one last).
+func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record)) error {
 	d := &docReader{r: bufio.NewReaderSize(r, 256<<10)}
 	c, err := d.next()
 	if errors.Is(err, io.EOF) {
-		return nil, d.corrupt("the file is empty (an empty store is written as {})", nil)
+		return d.corrupt("the file is empty (an empty store is written as {})", nil)
 	}
 	if err != nil {
-		return nil, d.corrupt("read failed", err)
+		return d.corrupt("read failed", err)
 	}
 	if c != '{' {
 		what := "the document must be a JSON object of sessions"
@@ -159,56 +201,57 @@ func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error)
 		} else {
 			what += ", got " + kind
 		}
-		return nil, d.corrupt(what, nil)
+		return d.corrupt(what, nil)
 	}
-	out := make(map[string]*Record)
+	count := 0 // sessions read
 	c, err = d.next()
 	for err == nil && c != '}' {
 		if c != '"' {
-			return nil, d.corrupt("a session id (a JSON string) was expected", nil)
+			return d.corrupt("a session id (a JSON string) was expected", nil)
 		}
 		var sid string
 		if sid, err = d.key(); err != nil {
-			return nil, d.corrupt("reading a session id", err)
+			return d.corrupt("reading a session id", err)
 		}
 		if err := ValidateSID(sid); err != nil {
-			return nil, d.corrupt("bad session id", err)
+			return d.corrupt("bad session id", err)
 		}
 		if c, err = d.next(); err == nil && c != ':' {
-			return nil, d.corrupt(fmt.Sprintf("':' expected after the id of session #%d", len(out)+1), nil)
+			return d.corrupt(fmt.Sprintf("':' expected after the id of session #%d", count+1), nil)
 		}
 		if c, err = d.next(); err == nil && c != '{' {
-			return nil, d.corrupt(fmt.Sprintf("session #%d must be a JSON object, got %s", len(out)+1, describeJSON([]byte{c})), nil)
+			return d.corrupt(fmt.Sprintf("session #%d must be a JSON object, got %s", count+1, describeJSON([]byte{c})), nil)
 		}
 		var raw []byte
 		if err == nil {
 			raw, err = d.object()
 		}
 		if err != nil {
-			return nil, d.corrupt(fmt.Sprintf("reading session #%d", len(out)+1), err)
+			return d.corrupt(fmt.Sprintf("reading session #%d", count+1), err)
 		}
 		rec, derr := decodeRecord(raw, defaultWritten)
 		if derr != nil {
-			return nil, d.corrupt(fmt.Sprintf("session #%d", len(out)+1), derr)
+			return d.corrupt(fmt.Sprintf("session #%d", count+1), derr)
 		}
-		out[sid] = rec
+		put(sid, rec)
+		count++
 		if c, err = d.next(); err == nil {
 			switch c {
 			case ',':
 				c, err = d.next()
 			case '}':
 			default:
-				return nil, d.corrupt("',' or '}' expected after a session", nil)
+				return d.corrupt("',' or '}' expected after a session", nil)
 			}
 		}
 	}
 	if err != nil {
-		return nil, d.corrupt("unterminated document", err)
+		return d.corrupt("unterminated document", err)
 	}
 	if _, err := d.next(); !errors.Is(err, io.EOF) {
-		return nil, d.corrupt("trailing data after the document", err)
+		return d.corrupt("trailing data after the document", err)
 	}
-	return out, nil
+	return nil
 }
 
 // docReader reads the save-file document's outer object a byte at a time
@@ -345,6 +388,17 @@ func decodeRecord(raw []byte, defaultWritten int64) (*Record, error) {
 	compact, err := compactObject(raw)
 	if err != nil {
 		return nil, err
+	}
+	if at, written, ok := writtenLast(compact); ok {
+		// What WriteTo writes: WrittenKey last. The rest is kept as it is
+		// when it needs no rewriting (no other WrittenKey, no duplicate or
+		// escaped key), instead of being split up and encoded again.
+		was := compact[at]
+		compact[at] = '}'
+		if _, rewrite, err := splitCompact(compact[:at+1]); err == nil && !rewrite {
+			return &Record{Written: written, Data: compact[:at+1]}, nil
+		}
+		compact[at] = was
 	}
 	fields, rewrite, err := splitCompact(compact)
 	if err != nil {

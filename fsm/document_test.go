@@ -135,6 +135,8 @@ func TestReadDocumentKado(t *testing.T) {
 			map[string]want{`q"uote`: {`{}`, def}, "é": {`{}`, def}, "__proto__": {`{"a":1}`, def}, "constructor": {`{}`, def}}},
 		{"duplicate sid: last wins", `{"a":{"v":1},"a":{"v":2}}`, map[string]want{"a": {`{"v":2}`, def}}},
 		{"duplicate key: last value", `{"a":{"k":1,"j":0,"k":2}}`, map[string]want{"a": {`{"k":2,"j":0}`, def}}},
+		{"_written twice, last at the end", `{"a":{"_written":1,"x":2,"_written":3}}`, map[string]want{"a": {`{"x":2}`, 3}}},
+		{"_written last after an escaped key", `{"a":{"t\u0061b":1,"_written":4}}`, map[string]want{"a": {`{"tab":1}`, 4}}},
 		{"brackets, quotes and backslashes inside strings", `{"a":{"s":"}]\"{[\\","t":"\\\\","u":"\"","v":["}",{"w":"\\\""}]},"b":{}}`,
 			map[string]want{"a": {`{"s":"}]\"{[\\","t":"\\\\","u":"\"","v":["}",{"w":"\\\""}]}`, def}, "b": {`{}`, def}}},
 	}

@@ -59,11 +59,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // Restore replaces the state with a snapshot, which is a save-file document.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	m, err := ReadDocument(rc, 0)
-	if err != nil {
+	if err := f.State.Restore(rc); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
-	f.State.Replace(m)
 	return nil
 }
 

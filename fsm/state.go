@@ -3,6 +3,7 @@ package fsm
 import (
 	"fmt"
 	"hash/maphash"
+	"io"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -295,29 +296,64 @@ func (s *State) Capture() *View {
 	return v
 }
 
-// Replace swaps the whole state for the sessions in m (a restored snapshot or
-// an imported save file). It takes every shard's lock in turn.
+// Replace swaps the whole state for the sessions in m (an imported save
+// file or backup). It takes every shard's lock in turn.
 func (s *State) Replace(m map[string]*Record) {
-	fresh := make([]map[string]*Record, shardCount)
-	for i := range fresh {
-		fresh[i] = make(map[string]*Record, len(m)/shardCount+1)
-	}
-	users := map[string]map[string]struct{}{}
+	b := newStateBuilder(len(m))
 	for sid, r := range m {
-		r.User = userOf(r.Data)
-		if r.User != "" {
-			if users[r.User] == nil {
-				users[r.User] = map[string]struct{}{}
-			}
-			users[r.User][sid] = struct{}{}
-		}
-		fresh[shardIndex(sid)][sid] = r
+		b.put(sid, r)
 	}
-	s.users.reset(users)
+	s.install(b)
+}
+
+// Restore swaps the whole state for the sessions of a save-file document
+// (a raft snapshot), read straight into the new shards rather than into one
+// map first. On an error the state is unchanged.
+func (s *State) Restore(r io.Reader) error {
+	b := newStateBuilder(0)
+	if err := readDocument(r, 0, b.put); err != nil {
+		return err
+	}
+	s.install(b)
+	return nil
+}
+
+// stateBuilder collects a whole new state's shards and user index.
+type stateBuilder struct {
+	shards []map[string]*Record
+	users  map[string]map[string]struct{}
+}
+
+func newStateBuilder(sessions int) *stateBuilder {
+	b := &stateBuilder{shards: make([]map[string]*Record, shardCount), users: map[string]map[string]struct{}{}}
+	for i := range b.shards {
+		b.shards[i] = make(map[string]*Record, sessions/shardCount+1)
+	}
+	return b
+}
+
+// put adds one session; a later one with the same id replaces it.
+func (b *stateBuilder) put(sid string, r *Record) {
+	shard := b.shards[shardIndex(sid)]
+	if old, ok := shard[sid]; ok && old.User != "" {
+		delete(b.users[old.User], sid)
+	}
+	r.User = userOf(r.Data)
+	if r.User != "" {
+		if b.users[r.User] == nil {
+			b.users[r.User] = map[string]struct{}{}
+		}
+		b.users[r.User][sid] = struct{}{}
+	}
+	shard[sid] = r
+}
+
+func (s *State) install(b *stateBuilder) {
+	s.users.reset(b.users)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		sh.sessions = fresh[i]
+		sh.sessions = b.shards[i]
 		sh.shared = false
 		sh.mu.Unlock()
 	}
