@@ -30,8 +30,8 @@ func latestSnapshot(t *testing.T, dir string) raft.SnapshotMeta {
 
 // TestSnapshotsFollowLogBytes: with raft's own entry-count trigger out of
 // reach, every node snapshots when the log applied since its last snapshot
-// outgrows the larger of SnapshotLogBytes and that snapshot's size, and
-// not before; the snapshot compacts the log.
+// outgrows the larger of SnapshotLogBytes and that snapshot's size (times
+// 1 to 1.5), and not before; the snapshot compacts the log.
 func TestSnapshotsFollowLogBytes(t *testing.T) {
 	const floor = 64 << 10
 	tc := newTestCluster(t, 3, func(c *Config) {
@@ -53,8 +53,9 @@ func TestSnapshotsFollowLogBytes(t *testing.T) {
 		dir := tc.cfgs[i].DataDir
 		poll(t, func() bool { return latestSnapshot(t, dir).Index > 0 }, 10*time.Second, "a snapshot on "+tc.nodes[i].ID())
 	}
-	// A snapshot of the whole state now: the next is due after as many
-	// bytes of log as it holds (~200 KB), not after the 64 KB floor.
+	// A snapshot of the whole state now: the next is due after 1 to 1.5
+	// times as many bytes of log as it holds (~200 KB), not after the
+	// 64 KB floor.
 	before := make([]raft.SnapshotMeta, len(tc.nodes))
 	for i, n := range tc.nodes {
 		if err := n.raft.Snapshot().Error(); err != nil {
@@ -73,7 +74,7 @@ func TestSnapshotsFollowLogBytes(t *testing.T) {
 				n.ID(), before[i].Index, got.Index, before[i].Size)
 		}
 	}
-	save(300, 450) // ~250 KB since the snapshot: due
+	save(300, 550) // ~350 KB since the snapshot: due
 	for i, n := range tc.nodes {
 		dir := tc.cfgs[i].DataDir
 		poll(t, func() bool { return latestSnapshot(t, dir).Index > before[i].Index }, 10*time.Second,
@@ -85,5 +86,32 @@ func TestSnapshotsFollowLogBytes(t *testing.T) {
 		if first <= before[i].Index {
 			t.Fatalf("%s: log starts at %d, not compacted past the earlier snapshot at %d", n.ID(), first, before[i].Index)
 		}
+	}
+}
+
+// TestLogGrowthLimitsAreJittered: the limit after a snapshot is its size
+// (or the floor) times a factor from 1 to 1.5, drawn anew each time, so
+// nodes applying the same log do not all snapshot at once.
+func TestLogGrowthLimitsAreJittered(t *testing.T) {
+	const floor, size = 1 << 20, 10 << 20
+	seen := map[uint64]bool{}
+	for range 50 {
+		g := newLogGrowth(floor)
+		if l := g.limit(); l < floor || l >= floor*3/2 {
+			t.Fatalf("first limit %d, want [%d, %d)", l, floor, floor*3/2)
+		}
+		g.written(g.captured(), size)
+		l := g.limit()
+		if l < size || l >= size*3/2 {
+			t.Fatalf("limit after a %d-byte snapshot: %d, want [%d, %d)", size, l, size, size*3/2)
+		}
+		seen[l] = true
+		g.written(g.captured(), 10)
+		if l := g.limit(); l < floor || l >= floor*3/2 {
+			t.Fatalf("limit after a tiny snapshot: %d, want the floor's [%d, %d)", l, floor, floor*3/2)
+		}
+	}
+	if len(seen) < 40 {
+		t.Fatalf("only %d different limits in 50 draws", len(seen))
 	}
 }
