@@ -71,7 +71,8 @@ type Config struct {
 	SnapshotThreshold uint64
 	// SnapshotLogBytes: a snapshot is also taken when the log entries
 	// applied since the last one add up to this many bytes, or to the last
-	// snapshot's size if that is larger (256 MiB; loggrowth.go).
+	// snapshot's size if that is larger, times a random 1 to 1.5 (256 MiB;
+	// loggrowth.go).
 	SnapshotLogBytes uint64
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
 	// followers that lag a little (4096).

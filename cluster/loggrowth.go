@@ -48,10 +48,14 @@ func jittered(n uint64) uint64 { return n + uint64(rand.Float64()*float64(n)/2) 
 // limit is how many bytes of log may be applied before a snapshot is due.
 func (g *logGrowth) limit() uint64 { return g.next.Load() }
 
-// add counts one applied entry's bytes and signals when a snapshot is due.
+// overdue reports whether the log applied since the last snapshot has
+// reached limit.
+func (g *logGrowth) overdue(limit uint64) bool { return g.applied.Load()-g.base.Load() >= limit }
+
+// add counts applied entries' bytes and signals when a snapshot is due.
 func (g *logGrowth) add(n int) {
-	v := g.applied.Add(uint64(n))
-	if v-g.base.Load() >= g.limit() {
+	g.applied.Add(uint64(n))
+	if g.overdue(g.limit()) {
 		select {
 		case g.due <- struct{}{}:
 		default:
@@ -85,7 +89,7 @@ func (n *Node) snapshotOnLogGrowth() {
 		case <-g.due:
 		}
 		limit := g.limit()
-		if g.applied.Load()-g.base.Load() < limit {
+		if !g.overdue(limit) {
 			continue // a snapshot raft took by itself came first
 		}
 		start := time.Now()

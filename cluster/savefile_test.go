@@ -187,7 +187,7 @@ func TestSaveFileNotReadAfterImport(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sessions.json")
 	n := startNode(t, Config{DataDir: dir})
-	mustSaveKado(t, n, "abc", `{"foo":"bar"}`)
+	mustSave(t, n, "abc", `{"foo":"bar"}`)
 	n.Close()
 	if err := os.WriteFile(path, []byte(`{"abc":{"foo":"ba`), 0o600); err != nil {
 		t.Fatal(err)
@@ -196,16 +196,9 @@ func TestSaveFileNotReadAfterImport(t *testing.T) {
 	if got := kadoRequest(t, n2.Addr(), []byte(`{"restore":{"sid":"abc"}}`)); got != `{"status":"ok","result":{"foo":"bar"}}` {
 		t.Fatalf("after restart = %s", got)
 	}
-	mustSaveKado(t, n2, "def", `{"x":1}`)
+	mustSave(t, n2, "def", `{"x":1}`)
 	poll(t, func() bool {
 		b, err := os.ReadFile(path)
 		return err == nil && bytes.Contains(b, []byte(`"def"`)) && json.Valid(b)
 	}, 10*time.Second, "a good save file over the damaged one")
-}
-
-func mustSaveKado(t *testing.T, n *Node, sid, data string) {
-	t.Helper()
-	if got := kadoRequest(t, n.Addr(), []byte(`{"save":{"sid":"`+sid+`","data":`+data+`}}`)); got != `{"status":"ok"}` {
-		t.Fatalf("save %s: %s", sid, got)
-	}
 }
