@@ -30,7 +30,7 @@ func TestCompactionDeletesInChunksOldestFirst(t *testing.T) {
 		}
 	}
 	rec := &deleteRecorder{LogStore: mem}
-	s := chunkedCompaction{rec}
+	s := chunkedCompaction{LogStore: rec}
 
 	if err := s.DeleteRange(1, 4500); err != nil {
 		t.Fatal(err)

@@ -9,3 +9,6 @@ func startWriteback(f *os.File, off, n int64) {}
 
 // awaitWriteback does nothing where sync_file_range does not exist.
 func awaitWriteback(f *os.File, off, n int64) {}
+
+// dropMapped does nothing where MADV_PAGEOUT does not exist.
+func dropMapped(path string) {}

@@ -1,0 +1,169 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+)
+
+// mappedResident returns how many bytes of the file named name this process
+// has resident through its mappings of it (/proc/self/smaps).
+func mappedResident(t *testing.T, name string) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var total int64
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if strings.Contains(fields[0], "-") && len(fields) >= 5 { // a mapping's header line
+			in = len(fields) >= 6 && fields[5] == name
+			continue
+		}
+		if in && fields[0] == "Rss:" && len(fields) >= 2 {
+			kb, _ := strconv.ParseInt(fields[1], 10, 64)
+			total += kb << 10
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
+func openTestBolt(t *testing.T) (*raftboltdb.BoltStore, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "raft.db")
+	// The node's options, and a mapping large enough that bbolt never
+	// remaps the file in the test (a new mapping starts with nothing
+	// resident, which would hide what the tests look for).
+	s, err := raftboltdb.New(raftboltdb.Options{Path: path,
+		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+			InitialMmapSize: 1 << 30}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func entryData(i uint64, size int) []byte {
+	return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, size/2)
+}
+
+func storeEntries(t *testing.T, s raft.LogStore, from, to uint64, size int) {
+	t.Helper()
+	for i := from; i <= to; i += 8 {
+		var batch []*raft.Log
+		for j := i; j < i+8 && j <= to; j++ {
+			batch = append(batch, &raft.Log{Index: j, Term: 1, Type: raft.LogCommand, Data: entryData(j, size)})
+		}
+		if err := s.StoreLogs(batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestCompactionDropsMappedLogPages: reading the log through bbolt's
+// mapping makes it resident; a compaction drops those pages, and the log
+// left reads back intact. Without mappedPages the pages stay (checked on a
+// store with mapped == nil, so the test shows it can fail).
+func TestCompactionDropsMappedLogPages(t *testing.T) {
+	for _, drop := range []bool{false, true} {
+		bolt, path := openTestBolt(t)
+		name := mappedName(path)
+		s := chunkedCompaction{LogStore: bolt}
+		if drop {
+			s.mapped = newMappedPages(path)
+			if s.mapped == nil || s.mapped.path != name {
+				t.Fatalf("newMappedPages(%s) = %+v, want the path %s", path, s.mapped, name)
+			}
+		}
+		const n, size = 1600, 32 << 10 // 50 MiB: below dropMappedBytes
+		storeEntries(t, s, 1, n, size)
+		var l raft.Log
+		for i := uint64(1); i <= n; i++ {
+			if err := s.GetLog(i, &l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := mappedResident(t, name)
+		if before < n*size/2 {
+			t.Fatalf("after reading %d MiB of log, %d MiB of it resident: the test cannot tell a drop", n*size>>20, before>>20)
+		}
+		if err := s.DeleteRange(1, 1200); err != nil {
+			t.Fatal(err)
+		}
+		after := mappedResident(t, name)
+		t.Logf("drop=%v: %d MiB of the log file resident before the compaction, %d MiB after", drop, before>>20, after>>20)
+		if drop && after > 4<<20 {
+			t.Errorf("after a compaction %d MiB of the log file is still resident, want at most 4", after>>20)
+		}
+		if !drop && after < before/2 {
+			t.Errorf("without mappedPages, %d MiB resident after the compaction of %d MiB: the drop is not what this test measures", after>>20, before>>20)
+		}
+		for i := uint64(1201); i <= n; i++ {
+			if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, entryData(i, size)) {
+				t.Fatalf("entry %d after the compaction: err %v, data intact %v", i, err, bytes.Equal(l.Data, entryData(i, size)))
+			}
+		}
+	}
+}
+
+// TestStoringLogDropsMappedPages: the log a leader reads to send to its
+// followers becomes resident too, with no compaction to drop it; every
+// dropMappedBytes of log stored, the pages are dropped.
+func TestStoringLogDropsMappedPages(t *testing.T) {
+	for _, drop := range []bool{false, true} {
+		bolt, path := openTestBolt(t)
+		name := mappedName(path)
+		s := chunkedCompaction{LogStore: bolt}
+		if drop {
+			s.mapped = newMappedPages(path)
+		}
+		const size = 64 << 10
+		read := uint64(dropMappedBytes/size) - 32 // 62 MiB, stored and read back
+		storeEntries(t, s, 1, read, size)
+		var l raft.Log
+		for i := uint64(1); i <= read; i++ {
+			if err := s.GetLog(i, &l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := uint64(dropMappedBytes/size) + 8 // past the drop
+		storeEntries(t, s, read+1, n, size)
+		deadline := time.Now().Add(5 * time.Second)
+		for drop && s.mapped.running.Load() && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		res := mappedResident(t, name)
+		t.Logf("drop=%v: %d MiB of log stored, %d MiB read back, %d MiB resident", drop, n*size>>20, read*size>>20, res>>20)
+		if drop && res > 16<<20 {
+			t.Errorf("%d MiB of the log file resident after storing %d MiB, want at most 16", res>>20, n*size>>20)
+		}
+		if !drop && res < 32<<20 {
+			t.Errorf("without mappedPages only %d MiB of the %d MiB read back is resident: the test cannot tell a drop", res>>20, read*size>>20)
+		}
+		for _, i := range []uint64{1, n / 2, n} {
+			if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, entryData(i, size)) {
+				t.Fatalf("entry %d: err %v, data intact %v", i, err, bytes.Equal(l.Data, entryData(i, size)))
+			}
+		}
+	}
+}
