@@ -232,3 +232,25 @@ func TestSnapshotPersistError(t *testing.T) {
 		t.Fatalf("sink closed = %v, cancelled = %v; want cancelled only", sink.closed, sink.cancelled)
 	}
 }
+
+// TestAppliedSaveOwnsItsData: a saved record must not point into the log
+// entry it came in. An entry holds a batch of saves, and a record sharing
+// its bytes kept the whole entry alive after the batch's other sessions
+// were overwritten. Checked by writing over the entry after it was applied.
+func TestAppliedSaveOwnsItsData(t *testing.T) {
+	f := NewFSM()
+	entry := (&Command{Op: OpBatch, Time: 5, Batch: []Command{
+		{Op: OpSave, Time: 5, SID: "a", Data: []byte(`{"n":"aaaa"}`)},
+		{Op: OpSave, Time: 5, SID: "b", Data: []byte(`{"n":"bbbb"}`)},
+	}}).Encode(nil)
+	f.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: entry})
+	for i := range entry {
+		entry[i] = 'x'
+	}
+	for sid, want := range map[string]string{"a": `{"n":"aaaa"}`, "b": `{"n":"bbbb"}`} {
+		r, ok := f.State.Get(sid, 5, 0)
+		if !ok || string(r.Data) != want {
+			t.Fatalf("session %s after its log entry was overwritten: %q (found %v), want %s", sid, r.Data, ok, want)
+		}
+	}
+}
