@@ -8,7 +8,6 @@ import (
 	_ "net/http/pprof" // served only with --pprof
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -16,8 +15,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kadosession/kadosession/cluster"
+	"github.com/kadosession/kadosession/internal/gcpace"
 	"github.com/kadosession/kadosession/transport"
 )
+
+// gcFloor is the least the heap may grow over the live data before a
+// collection, whatever --gc-percent says (see package gcpace).
+const gcFloor = 64 << 20
 
 func serve(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -60,8 +64,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
 	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
 	fs.StringVar(&cfg.HTTP, "http", "", "serve /metrics (Prometheus), /healthz, /readyz and /status on `HOST:PORT` (off by default; no auth: keep it on loopback or a private network)")
-	gcPercent := fs.Int("gc-percent", 50, "Go garbage collector target: how far (`PERCENT`) the heap may grow over the live sessions before a collection; "+
-		"lower keeps resident memory closer to the data, at some CPU (a GOGC environment variable, when set, wins)")
+	gcPercent := fs.Int("gc-percent", 25, "Go garbage collector target: how far (`PERCENT`) the heap may grow over the live sessions before a collection, "+
+		"and at least 64 MiB; lower keeps resident memory closer to the data, at some CPU (a GOGC environment variable, when set, wins)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (off by default; keep it on loopback)")
 	fs.Usage = usageWithEnv(fs, "kadosession serve [flags]",
 		"Runs one node. With no flags it is a single node on 127.0.0.1:3001 keeping its data in ./kadosession-data,\n"+
@@ -96,7 +100,9 @@ func serve(args []string, stderr io.Writer) error {
 		return fmt.Errorf("--gc-percent %d: want at least 10 (lower would collect garbage almost continuously)", *gcPercent)
 	}
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(*gcPercent)
+		gcStop := make(chan struct{})
+		defer close(gcStop)
+		go gcpace.Run(gcStop, *gcPercent, gcFloor, time.Second)
 	}
 	warnIfExposed(&cfg, cfg.Logger)
 	// pprof first, so that a slow start (restoring a large snapshot,
