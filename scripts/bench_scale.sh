@@ -48,7 +48,9 @@
 # only queues),
 # SCALE_RATE_CLIENTS (16), SCALE_WINDOW_MIN (30), SCALE_WINDOW_MAX (270),
 # SCALE_SAVE_FREQUENCY (the nodes' --save-frequency; default theirs, 15s),
-# RESULTS (a file to keep the figures in, as JSON).
+# RESULTS (a file to keep the figures in, as JSON), SCALE_KEEP (a directory
+# to copy the nodes' logs and the per-save samples into before the run's
+# files are removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +63,7 @@ RATE_CLIENTS=${SCALE_RATE_CLIENTS:-16}
 WINDOW_MIN=${SCALE_WINDOW_MIN:-30}
 WINDOW_MAX=${SCALE_WINDOW_MAX:-270}
 SAVE_FREQ=${SCALE_SAVE_FREQUENCY:-}
+KEEP=${SCALE_KEEP:-}
 for v in N SIZE LOAD_CLIENTS LOAD_MAX RATE RATE_CLIENTS WINDOW_MIN WINDOW_MAX; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench_scale.sh: $v=${!v}: want a positive whole number" >&2; exit 2; }
 done
@@ -79,6 +82,9 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
+  if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP" && cp "$work"/*.log "$work"/*.txt "$work"/*.json "$work"/*.err "$KEEP"/ 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
