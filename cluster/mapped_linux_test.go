@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -60,7 +62,25 @@ func openTestBolt(t *testing.T) (*raftboltdb.BoltStore, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, path
+	name, err := filepath.EvalSymlinks(path) // as /proc/self/smaps names it
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, name
+}
+
+// TestNewMappedPagesFindsTheDatabase: mappedPages reaches into
+// raft-boltdb's store for its bbolt database; an upgrade that moves it
+// would silently turn the drops off.
+func TestNewMappedPagesFindsTheDatabase(t *testing.T) {
+	bolt, _ := openTestBolt(t)
+	m := newMappedPages(bolt)
+	if m == nil || m.db == nil {
+		t.Fatal("newMappedPages found no bbolt database in the raft-boltdb store")
+	}
+	if m.db.Path() == "" || m.db.Info().Data == 0 {
+		t.Fatalf("the database found (%s) is not open", m.db.Path())
+	}
 }
 
 func entryData(i uint64, size int) []byte {
@@ -81,19 +101,15 @@ func storeEntries(t *testing.T, s raft.LogStore, from, to uint64, size int) {
 }
 
 // TestCompactionDropsMappedLogPages: reading the log through bbolt's
-// mapping makes it resident; a compaction drops those pages, and the log
-// left reads back intact. Without mappedPages the pages stay (checked on a
+// mapping makes it resident; a compaction drops those pages from the
+// process but not from the page cache, and the log left reads back intact. Without mappedPages the pages stay (checked on a
 // store with mapped == nil, so the test shows it can fail).
 func TestCompactionDropsMappedLogPages(t *testing.T) {
 	for _, drop := range []bool{false, true} {
-		bolt, path := openTestBolt(t)
-		name := mappedName(path)
+		bolt, name := openTestBolt(t)
 		s := chunkedCompaction{LogStore: bolt}
 		if drop {
-			s.mapped = newMappedPages(path)
-			if s.mapped == nil || s.mapped.path != name {
-				t.Fatalf("newMappedPages(%s) = %+v, want the path %s", path, s.mapped, name)
-			}
+			s.mapped = newMappedPages(bolt)
 		}
 		const n, size = 1600, 32 << 10 // 50 MiB: below dropMappedBytes
 		storeEntries(t, s, 1, n, size)
@@ -107,10 +123,14 @@ func TestCompactionDropsMappedLogPages(t *testing.T) {
 		if before < n*size/2 {
 			t.Fatalf("after reading %d MiB of log, %d MiB of it resident: the test cannot tell a drop", n*size>>20, before>>20)
 		}
+		cachedBefore := cachedPages(t, name)
 		if err := s.DeleteRange(1, 1200); err != nil {
 			t.Fatal(err)
 		}
 		after := mappedResident(t, name)
+		if cached := cachedPages(t, name); cached < cachedBefore*9/10 {
+			t.Errorf("the page cache held %d pages of the log file before the compaction, %d after: the drop evicted them", cachedBefore, cached)
+		}
 		t.Logf("drop=%v: %d MiB of the log file resident before the compaction, %d MiB after", drop, before>>20, after>>20)
 		if drop && after > 4<<20 {
 			t.Errorf("after a compaction %d MiB of the log file is still resident, want at most 4", after>>20)
@@ -131,11 +151,10 @@ func TestCompactionDropsMappedLogPages(t *testing.T) {
 // dropMappedBytes of log stored, the pages are dropped.
 func TestStoringLogDropsMappedPages(t *testing.T) {
 	for _, drop := range []bool{false, true} {
-		bolt, path := openTestBolt(t)
-		name := mappedName(path)
+		bolt, name := openTestBolt(t)
 		s := chunkedCompaction{LogStore: bolt}
 		if drop {
-			s.mapped = newMappedPages(path)
+			s.mapped = newMappedPages(bolt)
 		}
 		const size = 64 << 10
 		read := uint64(dropMappedBytes/size) - 32 // 62 MiB, stored and read back
@@ -166,4 +185,33 @@ func TestStoringLogDropsMappedPages(t *testing.T) {
 			}
 		}
 	}
+}
+
+// cachedPages counts the pages of the file at path in the page cache
+// (mincore over a mapping of its own).
+func cachedPages(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Munmap(b)
+	vec := make([]byte, (len(b)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := syscall.Syscall(syscall.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }

@@ -179,9 +179,8 @@ func Open(cfg Config) (*Node, error) {
 			n.teardown()
 		}
 	}()
-	boltPath := filepath.Join(cfg.DataDir, "raft.db")
 	n.bolt, err = raftboltdb.New(raftboltdb.Options{
-		Path: boltPath,
+		Path: filepath.Join(cfg.DataDir, "raft.db"),
 		// The freelist is rebuilt when the file is opened instead of being
 		// written by every commit: one write less per fsync.
 		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
@@ -192,7 +191,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: newMappedPages(boltPath)}
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: newMappedPages(n.bolt)}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}

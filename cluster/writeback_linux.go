@@ -1,10 +1,10 @@
 package cluster
 
 import (
-	"bytes"
 	"os"
-	"strconv"
 	"syscall"
+
+	"go.etcd.io/bbolt"
 )
 
 // sync_file_range flags (linux/fs.h).
@@ -26,42 +26,17 @@ func awaitWriteback(f *os.File, off, n int64) {
 	_ = syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWaitBefore|syncFileRangeWrite|syncFileRangeWaitAfter)
 }
 
-// madvPageout is MADV_PAGEOUT (linux/mman.h, Linux 5.4).
-const madvPageout = 21
-
-// dropMapped asks the kernel to drop from this process the pages it maps
-// of the file at path (every mapping of it /proc/self/maps lists). For a
-// file mapped read-only and shared, as bbolt maps its file, they are clean
-// page-cache pages: the next access reads them back, nothing is lost. A
-// range unmapped or reused meanwhile is harmless too: MADV_PAGEOUT only
-// reclaims, it never changes what memory holds. Errors are ignored (an
-// older kernel: the pages stay, as before).
-func dropMapped(path string) {
-	maps, err := os.ReadFile("/proc/self/maps")
+// dropMapped drops from this process the pages of db's file that it maps,
+// with MADV_DONTNEED: bbolt maps its file read-only and shared, so they are
+// page-cache pages, which stay cached (nothing is read back from disk) and
+// come back on the next access. The read transaction holds bbolt's mapping
+// in place (a remap waits for it), so the range is bbolt's. Errors are
+// ignored: the pages stay, as before.
+func dropMapped(db *bbolt.DB) {
+	tx, err := db.Begin(false)
 	if err != nil {
 		return
 	}
-	for len(maps) > 0 {
-		line := maps
-		if i := bytes.IndexByte(maps, '\n'); i >= 0 {
-			line, maps = maps[:i], maps[i+1:]
-		} else {
-			maps = nil
-		}
-		// "start-end perms offset dev inode   path"
-		f := bytes.Fields(line)
-		if len(f) < 6 || string(f[5]) != path {
-			continue
-		}
-		lo, hi, ok := bytes.Cut(f[0], []byte{'-'})
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(string(lo), 16, 64)
-		end, err2 := strconv.ParseUint(string(hi), 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
-			continue
-		}
-		_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, uintptr(start), uintptr(end-start), madvPageout)
-	}
+	defer tx.Rollback()
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, db.Info().Data, uintptr(tx.Size()), syscall.MADV_DONTNEED)
 }

@@ -2,7 +2,11 @@
 
 package cluster
 
-import "os"
+import (
+	"os"
+
+	"go.etcd.io/bbolt"
+)
 
 // startWriteback does nothing where sync_file_range does not exist.
 func startWriteback(f *os.File, off, n int64) {}
@@ -10,5 +14,5 @@ func startWriteback(f *os.File, off, n int64) {}
 // awaitWriteback does nothing where sync_file_range does not exist.
 func awaitWriteback(f *os.File, off, n int64) {}
 
-// dropMapped does nothing where MADV_PAGEOUT does not exist.
-func dropMapped(path string) {}
+// dropMapped does nothing where madvise does not exist.
+func dropMapped(db *bbolt.DB) {}
