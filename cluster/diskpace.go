@@ -173,12 +173,13 @@ func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 	if err != nil || from != first || to-from < compactChunk {
 		return s.LogStore.DeleteRange(from, to)
 	}
-	if s.mapped != nil {
-		defer s.mapped.drop()
-	}
 	for lo := from; ; lo += compactChunk {
 		hi := min(lo+compactChunk-1, to)
-		if err := s.LogStore.DeleteRange(lo, hi); err != nil {
+		err := s.LogStore.DeleteRange(lo, hi)
+		if s.mapped != nil {
+			s.mapped.drop() // a chunk's pages at a time, not the whole log's
+		}
+		if err != nil {
 			return err
 		}
 		if hi == to {
@@ -198,13 +199,21 @@ func (s chunkedCompaction) StoreLogs(logs []*raft.Log) error {
 		for _, l := range logs {
 			n += len(l.Data)
 		}
-		s.mapped.stored(n)
+		s.mapped.touched(n)
 	}
 	return err
 }
 
-// dropMappedBytes is how much log may be stored between two drops of the
-// log store's mapped pages.
+func (s chunkedCompaction) GetLog(index uint64, l *raft.Log) error {
+	err := s.LogStore.GetLog(index, l)
+	if s.mapped != nil && err == nil {
+		s.mapped.touched(len(l.Data))
+	}
+	return err
+}
+
+// dropMappedBytes is how much log may be stored or read between two drops
+// of the log store's mapped pages.
 const dropMappedBytes = 64 << 20
 
 // mappedPages keeps the pages of the log store's file that bbolt maps from
@@ -213,19 +222,22 @@ const dropMappedBytes = 64 << 20
 // its followers and every compaction (which reads each page it frees) map
 // pages, and the kernel maps the cached pages around each one too, so the
 // log written since the last compaction stayed resident (RssFile 600 MB on
-// a single node after loading 1M sessions). They are dropped after every
-// compaction and after every dropMappedBytes of log stored (on a goroutine
-// of its own), with MADV_DONTNEED: the pages leave this process but stay in
+// a single node after loading 1M sessions), and a restart's replay of the
+// log after its snapshot added as much. They are dropped after every
+// chunk of a compaction and after every dropMappedBytes of log stored or read (on a
+// goroutine of its own), with MADV_DONTNEED: the pages leave this process but stay in
 // the page cache. MADV_PAGEOUT, tried first, also evicted them from the
 // cache, and the next compaction read every page it freed back from disk
 // while it held bbolt's one writer: saves stalled for 2.8 s.
 type mappedPages struct {
 	db      *bbolt.DB
-	since   atomic.Int64 // log bytes stored since the last drop
+	since   atomic.Int64 // log bytes stored or read since the last drop
 	running atomic.Bool  // a drop is under way
 }
 
-func (m *mappedPages) stored(n int) {
+// touched counts n bytes of log stored or read, and drops the pages once
+// dropMappedBytes have been since the last drop.
+func (m *mappedPages) touched(n int) {
 	if m.since.Add(int64(n)) < dropMappedBytes || !m.running.CompareAndSwap(false, true) {
 		return
 	}

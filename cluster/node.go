@@ -31,6 +31,7 @@ type Node struct {
 	fsm    *trackedFSM
 	raft   *raft.Raft
 	bolt   *raftboltdb.BoltStore
+	mapped *mappedPages // the log store's mapped pages (nil: not dropped)
 	trans  *raft.NetworkTransport
 	stream *streamLayer
 	server *transport.Server
@@ -191,7 +192,13 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: newMappedPages(n.bolt)}
+	n.mapped = newMappedPages(n.bolt)
+	if n.mapped != nil {
+		// Opening read every page of the file: bbolt rebuilds its freelist
+		// by walking the tree (NoFreelistSync).
+		n.mapped.drop()
+	}
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
@@ -330,11 +337,36 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.startHTTP(); err != nil {
 		return nil, err
 	}
+	if last, err := logs.LastIndex(); err == nil && last > 0 && n.mapped != nil {
+		n.bg.Add(1)
+		go n.dropAfterReplay(last)
+	}
 	n.bg.Add(1)
 	go n.startup(needImport, imported, markerPath, len(cfg.Join) > 0 && !hasState)
 	ok = true
 	log.Info("node started", "id", id, "listen", n.ln.Addr().String(), "advertise", cfg.Advertise, "data", cfg.DataDir)
 	return n, nil
+}
+
+// dropAfterReplay drops the log store's mapped pages once the state machine
+// has applied the log a restart found (index last): raft replays the
+// entries after the snapshot through bbolt's mapping, and they stayed
+// resident (1M sessions, single node: 510 MB, VmRSS 2.1 GB at its peak)
+// until the next compaction.
+func (n *Node) dropAfterReplay(last uint64) {
+	defer n.bg.Done()
+	// Raft's applied index, not the state machine's: the log may end in
+	// entries the state machine never sees (a new leader's no-op).
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for n.raft.AppliedIndex() < last {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+	}
+	n.mapped.drop()
 }
 
 // startup waits for a leader, imports the save file when this is the node's
