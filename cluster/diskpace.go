@@ -223,12 +223,12 @@ const dropMappedBytes = 64 << 20
 // pages, and the kernel maps the cached pages around each one too, so the
 // log written since the last compaction stayed resident (RssFile 600 MB on
 // a single node after loading 1M sessions), and a restart's replay of the
-// log after its snapshot added as much. They are dropped after every
-// chunk of a compaction and after every dropMappedBytes of log stored or read (on a
-// goroutine of its own), with MADV_DONTNEED: the pages leave this process but stay in
-// the page cache. MADV_PAGEOUT, tried first, also evicted them from the
-// cache, and the next compaction read every page it freed back from disk
-// while it held bbolt's one writer: saves stalled for 2.8 s.
+// log after its snapshot added as much. They are dropped after each chunk
+// of a compaction and after every dropMappedBytes of log stored or read (on
+// a goroutine of its own), with MADV_DONTNEED: the pages leave this process
+// but stay in the page cache. MADV_PAGEOUT, tried first, also evicted them
+// from the cache, and the next compaction read every page it freed back
+// from disk while it held bbolt's one writer: saves stalled for 2.8 s.
 type mappedPages struct {
 	db      *bbolt.DB
 	since   atomic.Int64 // log bytes stored or read since the last drop

@@ -348,8 +348,8 @@ func Open(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// dropAfterReplay drops the log store's mapped pages once the state machine
-// has applied the log a restart found (index last): raft replays the
+// dropAfterReplay drops the log store's mapped pages once raft has applied
+// the log a restart found (up to index last): raft replays the
 // entries after the snapshot through bbolt's mapping, and they stayed
 // resident (1M sessions, single node: 510 MB, VmRSS 2.1 GB at its peak)
 // until the next compaction.
