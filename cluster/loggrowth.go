@@ -120,7 +120,7 @@ type countedSnapshot struct {
 
 func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	c := &countingSink{SnapshotSink: sink}
-	err := s.FSMSnapshot.Persist(c)
+	err := inBackground(func() error { return s.FSMSnapshot.Persist(c) })
 	if err == nil {
 		s.growth.written(s.mark, c.n)
 	}

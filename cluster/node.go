@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -512,15 +513,19 @@ func (n *Node) saveLoop() {
 				continue
 			}
 			start := time.Now()
-			v, err := n.saveIfChanged(last)
+			var v uint64
+			err := inBackground(func() (err error) { v, err = n.saveIfChanged(last); return err })
 			took := time.Since(start)
 			// A large save file is a long write on the disk the raft log
 			// fsyncs to: the next waits saveRest times as long (1M sessions
 			// took 5.5 s a write; every 15 s, three nodes on one disk kept
-			// it busy a third of the time and acknowledged writes stalled).
-			rested = time.Now().Add(saveRest * took)
+			// it busy a third of the time and acknowledged writes stalled),
+			// times a random 1-1.5, so that nodes started together do not
+			// keep writing theirs at the same moment.
+			rest := time.Duration(float64(saveRest*took) * (1 + rand.Float64()/2))
+			rested = time.Now().Add(rest)
 			if took > n.cfg.SaveFrequency/saveRest {
-				n.log.Debug("save file write was long; the next one waits", "took", took, "rest", saveRest*took)
+				n.log.Debug("save file write was long; the next one waits", "took", took, "rest", rest)
 			}
 			if err != nil {
 				n.log.Error("save file not written; still serving", "error", err)

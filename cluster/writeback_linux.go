@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"os"
+	"runtime"
 	"syscall"
 
 	"go.etcd.io/bbolt"
@@ -39,4 +40,23 @@ func dropMapped(db *bbolt.DB) {
 	}
 	defer tx.Rollback()
 	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, db.Info().Data, uintptr(tx.Size()), syscall.MADV_DONTNEED)
+}
+
+// backgroundNice is the nice value full-state writes run at.
+const backgroundNice = 10
+
+// inBackground runs f, which writes the whole state (a snapshot or the save
+// file: seconds of CPU at 1M sessions), on an OS thread of its own at nice
+// backgroundNice, so the threads serving requests, on this node and on any
+// other sharing the machine, come first. The thread ends with the call
+// (locked to its goroutine, it is not handed back to the Go scheduler), and
+// its priority with it.
+func inBackground(f func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		_ = syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), backgroundNice)
+		done <- f()
+	}()
+	return <-done
 }

@@ -16,3 +16,6 @@ func awaitWriteback(f *os.File, off, n int64) {}
 
 // dropMapped does nothing where madvise does not exist.
 func dropMapped(db *bbolt.DB) {}
+
+// inBackground runs f.
+func inBackground(f func() error) error { return f() }

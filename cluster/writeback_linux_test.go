@@ -3,9 +3,11 @@ package cluster
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -243,5 +245,43 @@ func TestRestartDropsMappedLogPages(t *testing.T) {
 		"the log file's pages out of resident memory after the replay")
 	if n2.State().Len() != 500 {
 		t.Fatalf("%d sessions after the restart, want 500", n2.State().Len())
+	}
+}
+
+// threadNice reads the nice value of the calling thread (field 19 of
+// /proc/thread-self/stat).
+func threadNice(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // after "pid (comm) "
+	nice, err := strconv.Atoi(fields[16])                         // field 19 of the whole line
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nice
+}
+
+// TestInBackgroundRunsNiced: a full-state write runs at backgroundNice, on
+// a thread of its own; the caller's thread keeps its priority, and f's
+// error comes back.
+func TestInBackgroundRunsNiced(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadNice(t)
+	var inside int
+	want := errors.New("from f")
+	err := inBackground(func() error { inside = threadNice(t); return want })
+	if err != want {
+		t.Fatalf("inBackground returned %v, want f's error", err)
+	}
+	if inside != backgroundNice {
+		t.Fatalf("f ran at nice %d, want %d", inside, backgroundNice)
+	}
+	if after := threadNice(t); after != before {
+		t.Fatalf("the caller's thread went from nice %d to %d", before, after)
 	}
 }
