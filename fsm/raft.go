@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 
@@ -34,6 +35,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	if err != nil {
 		panic(fmt.Sprintf("fsm: log entry %d (term %d): %v", l.Index, l.Term, err))
 	}
+	ownData(&c)
 	if c.Op == OpBatch {
 		return f.State.ApplyBatch(c.Batch)
 	}
@@ -78,3 +80,17 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 
 // Release does nothing: the view is garbage once unreferenced.
 func (s *snapshot) Release() {}
+
+// ownData copies the data of c's saves out of the log entry they were
+// decoded from: an entry carries a batch of up to 64 saves, and one record
+// still pointing into it kept all of it alive after the others were
+// overwritten. (Patches build new data; other stores, such as
+// middleware.MemoryStore, hand State fresh data and need no copy.)
+func ownData(c *Command) {
+	if c.Op == OpSave {
+		c.Data = bytes.Clone(c.Data)
+	}
+	for i := range c.Batch {
+		ownData(&c.Batch[i])
+	}
+}

@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"bytes"
 	"fmt"
 	"hash/maphash"
 	"io"
@@ -146,10 +145,7 @@ func (s *State) apply(c *Command) Result {
 	s.version.Add(1)
 	switch c.Op {
 	case OpSave:
-		// The data is copied out of the log entry it arrived in: an entry
-		// carries a batch of up to 64 saves, and one record still pointing
-		// into it kept all of it alive after the others were overwritten.
-		s.put(c.SID, &Record{Data: bytes.Clone(c.Data), Written: c.Time})
+		s.put(c.SID, &Record{Data: c.Data, Written: c.Time})
 		return Result{}
 	case OpPatch:
 		return s.patch(c)
