@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,13 +115,16 @@ func (n *Node) snapshotOnLogGrowth() {
 // countedSnapshot reports a snapshot's size to logGrowth once written.
 type countedSnapshot struct {
 	raft.FSMSnapshot
-	growth *logGrowth
-	mark   uint64
+	growth  *logGrowth
+	mark    uint64
+	writing *sync.Mutex // trackedFSM.writing
 }
 
 func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	c := &countingSink{SnapshotSink: sink}
+	s.writing.Lock()
 	err := inBackground(func() error { return s.FSMSnapshot.Persist(c) })
+	s.writing.Unlock()
 	if err == nil {
 		s.growth.written(s.mark, c.n)
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
 )
 
 // latestSnapshot reads the newest snapshot's metadata in a node's data
@@ -113,5 +115,44 @@ func TestLogGrowthLimitsAreJittered(t *testing.T) {
 	}
 	if len(seen) < 40 {
 		t.Fatalf("only %d different limits in 50 draws", len(seen))
+	}
+}
+
+// persistRecorder is an FSMSnapshot that notes that it was persisted.
+type persistRecorder struct{ done chan struct{} }
+
+func (p *persistRecorder) Persist(sink raft.SnapshotSink) error { close(p.done); return sink.Close() }
+func (p *persistRecorder) Release()                             {}
+
+// discardSink is a SnapshotSink that keeps nothing.
+type discardSink struct{}
+
+func (discardSink) Write(b []byte) (int, error) { return len(b), nil }
+func (discardSink) Close() error                { return nil }
+func (discardSink) Cancel() error               { return nil }
+func (discardSink) ID() string                  { return "discard" }
+
+// TestSnapshotWaitsForSaveFile: a snapshot is not written while the save
+// file is (trackedFSM.writing), and is once it is done.
+func TestSnapshotWaitsForSaveFile(t *testing.T) {
+	tf := &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(1 << 20)}
+	rec := &persistRecorder{done: make(chan struct{})}
+	s := &countedSnapshot{FSMSnapshot: rec, growth: tf.growth, writing: &tf.writing}
+	tf.writing.Lock() // a save file being written
+	errc := make(chan error, 1)
+	go func() { errc <- s.Persist(discardSink{}) }()
+	select {
+	case <-rec.done:
+		t.Fatal("the snapshot was written while the save file was")
+	case <-time.After(100 * time.Millisecond):
+	}
+	tf.writing.Unlock()
+	select {
+	case <-rec.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the snapshot was not written after the save file was done")
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }
