@@ -566,18 +566,36 @@ func (n *Node) pruneLoop() {
 	}
 }
 
-// Prune replicates a prune command stamped with this leader's time and
-// returns how many sessions it removed.
+// Prune removes the sessions expired at this leader's time and returns how
+// many it removed. The expired sessions are found here, off the goroutine
+// that applies, and removed by OpExpire commands naming them (at most
+// pruneBatch each), which check each one again when applied.
 func (n *Node) Prune(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpPrune, Duration: n.cfg.Duration.Milliseconds()})
-	n.obs.observePrune(r.Count, err)
-	if err == nil && r.Count > 0 {
-		n.log.Debug("pruned expired sessions", "count", r.Count)
+	if n.raft.State() != raft.Leader {
+		return 0, notLeader(n.raft)
 	}
-	return r.Count, err
+	duration := n.cfg.Duration.Milliseconds()
+	expired := n.fsm.State.ExpiredSessions(time.Now().UnixMilli(), duration, 0)
+	total := 0
+	var err error
+	for len(expired) > 0 && err == nil {
+		k := min(len(expired), pruneBatch)
+		var r fsm.Result
+		r, err = n.commit.submit(ctx, fsm.Command{Op: fsm.OpExpire, Duration: duration, Del: expired[:k]})
+		total += r.Count
+		expired = expired[k:]
+	}
+	n.obs.observePrune(total, err)
+	if total > 0 {
+		n.log.Debug("pruned expired sessions", "count", total)
+	}
+	return total, err
 }
+
+// pruneBatch is how many sessions one OpExpire names at most.
+const pruneBatch = 4096
 
 // Close stops the node: it stops accepting connections, hands leadership to
 // a peer when it leads a multi-node cluster, writes the save file, shuts raft

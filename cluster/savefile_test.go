@@ -123,9 +123,13 @@ func TestExpiryAndReplicatedPrune(t *testing.T) {
 	if n.State().Len() != 1 {
 		t.Fatalf("expired session should still be stored until the prune, have %d", n.State().Len())
 	}
+	n.Save(ctx, "fresh", []byte(`{"b":2}`))
 	count, err := n.Prune(ctx)
-	if err != nil || count != 1 || n.State().Len() != 0 {
-		t.Fatalf("prune removed %d (err %v), %d left", count, err, n.State().Len())
+	if err != nil || count != 1 || n.State().Len() != 1 {
+		t.Fatalf("prune removed %d (err %v), %d left; want 1 removed, the fresh one left", count, err, n.State().Len())
+	}
+	if _, found, _ := n.Restore(ctx, "fresh", transport.Default); !found {
+		t.Fatal("the prune removed a session that had not expired")
 	}
 }
 

@@ -65,12 +65,15 @@ func sampleCommands() []struct {
 		{"touch with duration", Command{Op: OpTouch, Time: 8, SID: "t", Duration: 1000}},
 		{"prune", Command{Op: OpPrune, Time: 1 << 62, Duration: 21600000}},
 		{"prune zero", Command{Op: OpPrune}},
+		{"expire", Command{Op: OpExpire, Time: 50, Duration: 1000, Del: []string{"a", "sé\"", ""}}},
+		{"expire none", Command{Op: OpExpire, Time: 50, Duration: 1000}},
 		{"batch", Command{Op: OpBatch, Time: 99, Batch: []Command{
 			{Op: OpSave, Time: 99, SID: "a", Data: []byte(`{"a":1}`)},
 			{Op: OpPatch, Time: 99, SID: "b", Duration: 10, MaxSize: 100, Set: []Field{{Key: "k", Value: []byte(`true`)}}, Del: []string{"z"}},
 			{Op: OpDelete, Time: 99, SID: "c"},
 			{Op: OpTouch, Time: 99, SID: "d", Duration: 5},
 			{Op: OpPrune, Time: 99, Duration: 10},
+			{Op: OpExpire, Time: 99, Duration: 10, Del: []string{"e"}},
 		}}},
 		{"empty batch", Command{Op: OpBatch, Time: 3}},
 	}
@@ -187,7 +190,7 @@ func TestDecodeCommandBitFlips(t *testing.T) {
 
 func TestOpString(t *testing.T) {
 	for op, want := range map[Op]string{OpSave: "save", OpPatch: "patch", OpDelete: "delete",
-		OpTouch: "touch", OpPrune: "prune", OpBatch: "batch", Op(77): "op(77)"} {
+		OpTouch: "touch", OpPrune: "prune", OpBatch: "batch", OpExpire: "expire", Op(77): "op(77)"} {
 		if got := op.String(); got != want {
 			t.Errorf("Op(%d).String() = %q, want %q", byte(op), got, want)
 		}

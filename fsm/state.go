@@ -165,6 +165,8 @@ func (s *State) apply(c *Command) Result {
 		return Result{}
 	case OpPrune:
 		return Result{Count: s.prune(c.Time, c.Duration)}
+	case OpExpire:
+		return Result{Count: s.expire(c.Del, c.Time, c.Duration)}
 	case OpBatch:
 		total := 0
 		for _, r := range s.ApplyBatch(c.Batch) {
@@ -274,6 +276,56 @@ func (s *State) prune(now, duration int64) int {
 		}
 	}
 	return n
+}
+
+// expire removes the sessions among sids that are expired at now.
+func (s *State) expire(sids []string, now, duration int64) int {
+	if duration <= 0 {
+		return 0
+	}
+	n := 0
+	for _, sid := range sids {
+		sh := s.shard(sid)
+		sh.mu.Lock()
+		old, ok := sh.sessions[sid]
+		ok = ok && old.Expired(now, duration)
+		if ok {
+			sh.own()
+			delete(sh.sessions, sid)
+		}
+		sh.mu.Unlock()
+		if ok {
+			s.users.move(sid, old.User, "")
+			n++
+		}
+	}
+	return n
+}
+
+// ExpiredSessions returns the ids of up to limit sessions expired at now
+// for duration (all of them when limit <= 0), for an OpExpire. It reads
+// each shard under its read lock and may run beside Apply; a session it
+// names may be saved again before the OpExpire applies, which then leaves
+// it alone.
+func (s *State) ExpiredSessions(now, duration int64, limit int) []string {
+	if duration <= 0 {
+		return nil
+	}
+	var out []string
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		for sid, r := range sh.sessions {
+			if r.Expired(now, duration) {
+				out = append(out, sid)
+			}
+		}
+		sh.mu.RUnlock()
+		if limit > 0 && len(out) >= limit {
+			return out[:limit]
+		}
+	}
+	return out
 }
 
 // Version counts applied commands (and Replace calls); a saver compares it

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,6 +200,22 @@ func TestApply(t *testing.T) {
 			name:  "prune with no duration removes nothing",
 			setup: []Command{save("s", `{}`, 0)},
 			cmd:   Command{Op: OpPrune, Time: 1 << 60},
+			after: map[string]want{"s": {`{}`, 0}},
+		},
+		{
+			name: "expire removes the named sessions that are expired, and only those",
+			setup: []Command{save("w0", `{}`, 0), save("w10", `{}`, 10), save("w21", `{}`, 21),
+				save("w30", `{}`, 30)},
+			// w0 expired and named; w10 expired, not named; w21 named, saved
+			// again since (not expired at 30); "absent" was never there.
+			cmd:   Command{Op: OpExpire, Time: 30, Duration: 10, Del: []string{"w0", "w21", "absent"}},
+			count: 1,
+			after: map[string]want{"w10": {`{}`, 10}, "w21": {`{}`, 21}, "w30": {`{}`, 30}},
+		},
+		{
+			name:  "expire with no duration removes nothing",
+			setup: []Command{save("s", `{}`, 0)},
+			cmd:   Command{Op: OpExpire, Time: 1 << 60, Del: []string{"s"}},
 			after: map[string]want{"s": {`{}`, 0}},
 		},
 		{
@@ -775,5 +792,40 @@ func TestCaptureSharesAndWritesCopy(t *testing.T) {
 	}
 	if captured.Len() != plain.Len() {
 		t.Fatalf("Len %d, want %d", captured.Len(), plain.Len())
+	}
+}
+
+func TestExpiredSessions(t *testing.T) {
+	s := NewState()
+	for i := range 100 {
+		s.Apply(&Command{Op: OpSave, Time: int64(i), SID: fmt.Sprintf("s%d", i), Data: []byte(`{}`)})
+	}
+	// Written+10 <= 50: s0..s40.
+	got := s.ExpiredSessions(50, 10, 0)
+	slices.Sort(got)
+	var want []string
+	for i := 0; i <= 40; i++ {
+		want = append(want, fmt.Sprintf("s%d", i))
+	}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("ExpiredSessions(50, 10) = %v, want %v", got, want)
+	}
+	if n := len(s.ExpiredSessions(50, 10, 7)); n != 7 {
+		t.Fatalf("ExpiredSessions with limit 7 gave %d", n)
+	}
+	if got := s.ExpiredSessions(50, 0, 0); len(got) != 0 {
+		t.Fatalf("no lifetime: %v expired, want none", got)
+	}
+	// Named at a time when none had expired, none goes; at 50, all do,
+	// and the scan then finds none.
+	if r := s.Apply(&Command{Op: OpExpire, Time: 5, Duration: 10, Del: want}); r.Count != 0 {
+		t.Fatalf("expire at 5 removed %d, want 0", r.Count)
+	}
+	if r := s.Apply(&Command{Op: OpExpire, Time: 50, Duration: 10, Del: want}); r.Count != 41 || s.Len() != 59 {
+		t.Fatalf("expire removed %d, %d left; want 41 and 59", r.Count, s.Len())
+	}
+	if got := s.ExpiredSessions(50, 10, 0); len(got) != 0 {
+		t.Fatalf("after the expire, %v still expired", got)
 	}
 }
