@@ -250,10 +250,12 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 					return resp.Data, resp.Found, err
 				}
 			}
+			var err error
 			if c == transport.Leader {
-				break
+				err = n.reads.caughtUp(ctx)
+			} else {
+				err = n.reads.wait(ctx)
 			}
-			err := n.reads.wait(ctx)
 			if err == nil {
 				break
 			}

@@ -57,6 +57,19 @@ func (ri *readIndex) wait(ctx context.Context) error {
 	return ri.applied.waitFor(ctx, index)
 }
 
+// caughtUp returns nil once this leader's state machine holds everything
+// committed before its term began (raft's barrier for the term, once per
+// term): what a Leader read needs, without a confirmation round. A node
+// just elected may not have applied its log yet, and a Leader read served
+// from it then missed sessions earlier reads had found (a fault schedule
+// caught it after the leader was restarted and elected again).
+func (ri *readIndex) caughtUp(ctx context.Context) error {
+	if ri.raft.State() != raft.Leader {
+		return notLeader(ri.raft)
+	}
+	return ri.barrier(ctx, ri.raft.CurrentTerm())
+}
+
 // index returns a read index for a read that arrived before the call: once
 // the state machine has applied it (here or on a follower), reading the
 // state is linearizable.
