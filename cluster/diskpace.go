@@ -178,12 +178,17 @@ func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 	if err != nil || from != first || to-from < compactChunk {
 		return s.LogStore.DeleteRange(from, to)
 	}
+	// The whole log goes when a follower installs a snapshot, on raft's
+	// main goroutine, which nothing else is waiting to write behind: no
+	// pauses then.
+	last, err := s.LastIndex()
+	whole := err == nil && to >= last
 	for lo := from; ; lo += compactChunk {
 		hi := min(lo+compactChunk-1, to)
 		start := time.Now()
 		err := s.LogStore.DeleteRange(lo, hi)
 		if s.mapped != nil {
-			s.mapped.drop() // a chunk's pages at a time, not the whole log's
+			s.mapped.drop() // after each chunk, so no more than a chunk's pages pile up
 		}
 		if err != nil {
 			return err
@@ -194,7 +199,9 @@ func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 		// Leave the log store's one writer free as long again, so the
 		// leader's appends are not queued behind chunk after chunk (78,000
 		// entries deleted back to back in 0.4 s held saves for 170 ms).
-		time.Sleep(min(time.Since(start), compactPauseMax))
+		if !whole {
+			time.Sleep(min(time.Since(start), compactPauseMax))
+		}
 	}
 }
 

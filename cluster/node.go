@@ -488,6 +488,8 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // SaveNow writes the save file if anything changed since the last write.
 func (n *Node) SaveNow() error {
+	n.fsm.writing.Lock()
+	defer n.fsm.writing.Unlock()
 	_, err := n.saveIfChanged(0)
 	return err
 }
@@ -613,7 +615,7 @@ func (n *Node) Close() error {
 		n.commit.close()
 		n.fwd.close()
 		n.bg.Wait()
-		if _, err := n.saveIfChanged(0); err != nil {
+		if err := n.SaveNow(); err != nil {
 			n.log.Error("final save file not written", "error", err)
 			n.closeErr = err
 		}

@@ -20,12 +20,16 @@ import (
 // maxPercent bounds the target a tiny live heap would get from the floor.
 const maxPercent = 10000
 
+// minLive is the live heap assumed below Go's own minimum heap (4 MiB at
+// GOGC 100): before the first collection there is no live heap to go by,
+// and the floor over nothing would let the first collection wait for
+// hundreds of MB.
+const minLive = 4 << 20
+
 // Percent returns the GOGC value that lets the heap grow over live bytes of
 // live data by percent, or by floor bytes if that is more.
 func Percent(live uint64, percent int, floor uint64) int {
-	if live == 0 {
-		return maxPercent
-	}
+	live = max(live, minLive)
 	p := (floor*100 + live - 1) / live // ceil(100 * floor / live)
 	if p > maxPercent {
 		return maxPercent

@@ -15,20 +15,21 @@ func TestPercent(t *testing.T) {
 		percent int
 		want    int
 	}{
-		{0, 25, maxPercent},             // nothing marked yet
-		{1, 25, maxPercent},             // the floor alone would ask for more
-		{16 * mib, 25, 400},             // 64 MiB over 16 MiB
-		{64 * mib, 25, 100},             // the floor still wins
-		{256 * mib, 25, 25},             // the two agree
-		{1000 * mib, 25, 25},            // the percentage wins
-		{1000 * mib, 50, 50},            // whatever percentage is asked
-		{3 * mib, 25, (64*100+2)/3 + 0}, // rounded up: never less than the floor
+		{0, 25, 1600},        // nothing marked yet: as if Go's 4 MiB minimum heap were live
+		{1, 25, 1600},        // below the minimum heap, the same
+		{16 * mib, 25, 400},  // 64 MiB over 16 MiB
+		{64 * mib, 25, 100},  // the floor still wins
+		{256 * mib, 25, 25},  // the two agree
+		{1000 * mib, 25, 25}, // the percentage wins
+		{1000 * mib, 50, 50}, // whatever percentage is asked
+		{3 * mib, 25, 1600},  // below the minimum heap
+		{6 * mib, 25, 1067},  // 1066.7, rounded up: never less than the floor
 	} {
 		got := Percent(c.live, c.percent, 64*mib)
 		if got != c.want {
 			t.Errorf("Percent(%d MiB, %d, 64 MiB) = %d, want %d", c.live/mib, c.percent, got, c.want)
 		}
-		if c.live > 0 && got < maxPercent && c.live*uint64(got)/100 < 64*mib {
+		if c.live >= minLive && got < maxPercent && c.live*uint64(got)/100 < 64*mib {
 			t.Errorf("Percent(%d, %d) = %d gives less than the floor", c.live, c.percent, got)
 		}
 	}
@@ -60,7 +61,7 @@ func TestRunFollowsLiveHeap(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	waitFor("over 100 while the live heap is small", func(p int) bool { return p > 100 })
+	waitFor("over 100 while the live heap is small", func(p int) bool { return p > 100 && p <= 1600 })
 
 	live := make([][]byte, 256)
 	for i := range live {
