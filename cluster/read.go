@@ -39,6 +39,11 @@ type readIndex struct {
 	barrierTerm atomic.Uint64
 	barrierSem  chan struct{} // one barrier at a time (capacity 1)
 
+	// lastFSMIndex caches fsmIndex's last answer from the log: every read
+	// asked it for the same commit index, and each GetLog took the log
+	// cache's one lock (5% of a single node's CPU under 64 readers).
+	lastFSMIndex atomic.Pointer[fsmIndexAt]
+
 	rounds rounds // confirmation rounds (confirmRound), shared by the reads waiting
 
 	steppingDown atomic.Bool
@@ -118,6 +123,9 @@ func (ri *readIndex) indexFor(ctx context.Context, asker raft.ServerID, askerTer
 // moves when entries are handed to the state machine, before they are
 // applied, and another node may already have served a read of them.
 func (ri *readIndex) fsmIndex(i uint64) uint64 {
+	if c := ri.lastFSMIndex.Load(); c != nil && c.commit == i {
+		return c.fsm
+	}
 	for j := i; j > 0; j-- {
 		var l raft.Log
 		if err := ri.logs.GetLog(j, &l); err != nil {
@@ -129,11 +137,18 @@ func (ri *readIndex) fsmIndex(i uint64) uint64 {
 			return min(j, ri.applied.get())
 		}
 		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			// Committed entries never change, so the answer for i is
+			// final (not so the compacted case above, which follows the
+			// applied index).
+			ri.lastFSMIndex.Store(&fsmIndexAt{commit: i, fsm: j})
 			return j
 		}
 	}
 	return 0
 }
+
+// fsmIndexAt is fsmIndex's answer fsm for commit index commit.
+type fsmIndexAt struct{ commit, fsm uint64 }
 
 func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	if ri.barrierTerm.Load() == term {

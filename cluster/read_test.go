@@ -136,3 +136,46 @@ func TestAskTermChecksWhoAnswers(t *testing.T) {
 		t.Fatal("askTerm accepted an answer from a node other than the one asked")
 	}
 }
+
+// getCounter is a log store that counts GetLog calls.
+type getCounter struct {
+	raft.LogStore
+	gets int
+}
+
+func (g *getCounter) GetLog(i uint64, l *raft.Log) error {
+	g.gets++
+	return g.LogStore.GetLog(i, l)
+}
+
+// TestFSMIndexIsCached: fsmIndex finds the last entry the state machine
+// sees at or before a commit index, and asked again for the same index it
+// answers without reading the log (every read asks it).
+func TestFSMIndexIsCached(t *testing.T) {
+	mem := raft.NewInmemStore()
+	for _, l := range []*raft.Log{
+		{Index: 1, Term: 1, Type: raft.LogCommand},
+		{Index: 2, Term: 2, Type: raft.LogNoop},
+		{Index: 3, Term: 2, Type: raft.LogBarrier},
+		{Index: 4, Term: 2, Type: raft.LogCommand},
+	} {
+		if err := mem.StoreLog(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &getCounter{LogStore: mem}
+	ri := &readIndex{logs: logs, applied: newAppliedIndex()}
+	for _, c := range []struct{ commit, want uint64 }{{3, 1}, {3, 1}, {4, 4}, {4, 4}, {3, 1}} {
+		before := logs.gets
+		if got := ri.fsmIndex(c.commit); got != c.want {
+			t.Fatalf("fsmIndex(%d) = %d, want %d", c.commit, got, c.want)
+		}
+		t.Logf("fsmIndex(%d): %d log reads", c.commit, logs.gets-before)
+	}
+	before := logs.gets
+	ri.fsmIndex(3)
+	ri.fsmIndex(3)
+	if logs.gets-before != 0 {
+		t.Fatalf("asked twice for the index it last answered, fsmIndex read the log %d times", logs.gets-before)
+	}
+}
