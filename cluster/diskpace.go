@@ -170,7 +170,7 @@ const (
 // The log store's file stays out of resident memory (mappedPages).
 type chunkedCompaction struct {
 	raft.LogStore
-	mapped *mappedPages // nil: nothing to drop
+	mapped *mappedPages // nil: nothing is dropped
 }
 
 func (s chunkedCompaction) DeleteRange(from, to uint64) error {
@@ -187,9 +187,7 @@ func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 		hi := min(lo+compactChunk-1, to)
 		start := time.Now()
 		err := s.LogStore.DeleteRange(lo, hi)
-		if s.mapped != nil {
-			s.mapped.drop() // after each chunk, so no more than a chunk's pages pile up
-		}
+		s.mapped.drop() // after each chunk, so no more than a chunk's pages pile up
 		if err != nil {
 			return err
 		}
@@ -211,19 +209,17 @@ func (s chunkedCompaction) StoreLog(l *raft.Log) error {
 
 func (s chunkedCompaction) StoreLogs(logs []*raft.Log) error {
 	err := s.LogStore.StoreLogs(logs)
-	if s.mapped != nil {
-		n := 0
-		for _, l := range logs {
-			n += len(l.Data)
-		}
-		s.mapped.touched(n)
+	n := 0
+	for _, l := range logs {
+		n += len(l.Data)
 	}
+	s.mapped.touched(n)
 	return err
 }
 
 func (s chunkedCompaction) GetLog(index uint64, l *raft.Log) error {
 	err := s.LogStore.GetLog(index, l)
-	if s.mapped != nil && err == nil {
+	if err == nil {
 		s.mapped.touched(len(l.Data))
 	}
 	return err
@@ -253,9 +249,10 @@ type mappedPages struct {
 }
 
 // touched counts n bytes of log stored or read, and drops the pages once
-// dropMappedBytes have been since the last drop.
+// dropMappedBytes have been since the last drop. Like drop, it does nothing
+// on a nil *mappedPages (a store whose database was not found).
 func (m *mappedPages) touched(n int) {
-	if m.since.Add(int64(n)) < dropMappedBytes || !m.running.CompareAndSwap(false, true) {
+	if m == nil || m.since.Add(int64(n)) < dropMappedBytes || !m.running.CompareAndSwap(false, true) {
 		return
 	}
 	m.since.Store(0)
@@ -266,6 +263,9 @@ func (m *mappedPages) touched(n int) {
 }
 
 func (m *mappedPages) drop() {
+	if m == nil {
+		return
+	}
 	m.since.Store(0)
 	dropMapped(m.db)
 }

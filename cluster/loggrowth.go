@@ -3,7 +3,6 @@ package cluster
 import (
 	"errors"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,16 +114,14 @@ func (n *Node) snapshotOnLogGrowth() {
 // countedSnapshot reports a snapshot's size to logGrowth once written.
 type countedSnapshot struct {
 	raft.FSMSnapshot
-	growth  *logGrowth
-	mark    uint64
-	writing *sync.Mutex // trackedFSM.writing
+	growth     *logGrowth
+	mark       uint64
+	writeState func(func() error) error // trackedFSM.writeState
 }
 
 func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	c := &countingSink{SnapshotSink: sink}
-	s.writing.Lock()
-	err := inBackground(func() error { return s.FSMSnapshot.Persist(c) })
-	s.writing.Unlock()
+	err := s.writeState(func() error { return s.FSMSnapshot.Persist(c) })
 	if err == nil {
 		s.growth.written(s.mark, c.n)
 	}

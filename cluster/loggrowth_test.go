@@ -133,11 +133,11 @@ func (discardSink) Cancel() error               { return nil }
 func (discardSink) ID() string                  { return "discard" }
 
 // TestSnapshotWaitsForSaveFile: a snapshot is not written while the save
-// file is (trackedFSM.writing), and is once it is done.
+// file is (trackedFSM.writeState), and is once it is done.
 func TestSnapshotWaitsForSaveFile(t *testing.T) {
 	tf := &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(1 << 20)}
 	rec := &persistRecorder{done: make(chan struct{})}
-	s := &countedSnapshot{FSMSnapshot: rec, growth: tf.growth, writing: &tf.writing}
+	s := &countedSnapshot{FSMSnapshot: rec, growth: tf.growth, writeState: tf.writeState}
 	tf.writing.Lock() // a save file being written
 	errc := make(chan error, 1)
 	go func() { errc <- s.Persist(discardSink{}) }()

@@ -72,11 +72,17 @@ type trackedFSM struct {
 	applied *appliedIndex
 	opened  atomic.Uint64 // see indexedSnapshots
 	growth  *logGrowth
-	// writing is held by a snapshot's Persist and a periodic save-file
-	// write: the same document, one at a time (the leader once encoded
-	// both at once while a follower wrote its own, and saves stalled
-	// for 0.9 s).
-	writing sync.Mutex
+	writing sync.Mutex // held by writeState
+}
+
+// writeState runs write, which writes the whole state (a snapshot's Persist
+// or the save file: the same document), one at a time and in the
+// background (inBackground). The leader once encoded both at once while a
+// follower wrote its own, and saves stalled for 0.9 s.
+func (t *trackedFSM) writeState(write func() error) error {
+	t.writing.Lock()
+	defer t.writing.Unlock()
+	return inBackground(write)
 }
 
 func (t *trackedFSM) Apply(l *raft.Log) any {
@@ -107,7 +113,7 @@ func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countedSnapshot{FSMSnapshot: s, growth: t.growth, mark: mark, writing: &t.writing}, nil
+	return &countedSnapshot{FSMSnapshot: s, growth: t.growth, mark: mark, writeState: t.writeState}, nil
 }
 
 // Restore restores a snapshot; the applied index becomes the snapshot's
@@ -199,11 +205,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
 	n.mapped = newMappedPages(n.bolt)
-	if n.mapped != nil {
-		// Opening read every page of the file: bbolt rebuilds its freelist
-		// by walking the tree (NoFreelistSync).
-		n.mapped.drop()
-	}
+	// Opening read every page of the file: bbolt rebuilds its freelist by
+	// walking the tree (NoFreelistSync).
+	n.mapped.drop()
 	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
@@ -343,7 +347,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.startHTTP(); err != nil {
 		return nil, err
 	}
-	if last, err := logs.LastIndex(); err == nil && last > 0 && n.mapped != nil {
+	if last, err := logs.LastIndex(); err == nil && last > 0 {
 		n.bg.Add(1)
 		go n.dropAfterReplay(last)
 	}
@@ -488,8 +492,6 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // SaveNow writes the save file if anything changed since the last write.
 func (n *Node) SaveNow() error {
-	n.fsm.writing.Lock()
-	defer n.fsm.writing.Unlock()
 	_, err := n.saveIfChanged(0)
 	return err
 }
@@ -499,7 +501,7 @@ func (n *Node) saveIfChanged(last uint64) (uint64, error) {
 	if v == last && last != 0 {
 		return last, nil
 	}
-	if err := writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()); err != nil {
+	if err := n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) }); err != nil {
 		return last, fmt.Errorf("write save file %s: %w (the previous save file is intact)", n.cfg.SaveFile, err)
 	}
 	return v, nil
@@ -520,10 +522,7 @@ func (n *Node) saveLoop() {
 				continue
 			}
 			start := time.Now()
-			var v uint64
-			n.fsm.writing.Lock()
-			err := inBackground(func() (err error) { v, err = n.saveIfChanged(last); return err })
-			n.fsm.writing.Unlock()
+			v, err := n.saveIfChanged(last)
 			took := time.Since(start)
 			// A large save file is a long write on the disk the raft log
 			// fsyncs to: the next waits saveRest times as long (1M sessions
@@ -579,7 +578,7 @@ func (n *Node) Prune(ctx context.Context) (int, error) {
 		return 0, notLeader(n.raft)
 	}
 	duration := n.cfg.Duration.Milliseconds()
-	expired := n.fsm.State.ExpiredSessions(time.Now().UnixMilli(), duration, 0)
+	expired := n.fsm.State.ExpiredSessions(time.Now().UnixMilli(), duration)
 	total := 0
 	var err error
 	for len(expired) > 0 && err == nil {

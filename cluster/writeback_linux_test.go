@@ -86,6 +86,29 @@ func TestNewMappedPagesFindsTheDatabase(t *testing.T) {
 	}
 }
 
+// openTestLog is a log store wrapped as a node wraps it, dropping its
+// mapped pages or (drop false) not, and its file's name in /proc/self/smaps.
+func openTestLog(t *testing.T, drop bool) (chunkedCompaction, string) {
+	t.Helper()
+	bolt, name := openTestBolt(t)
+	s := chunkedCompaction{LogStore: bolt}
+	if drop {
+		s.mapped = newMappedPages(bolt)
+	}
+	return s, name
+}
+
+// readBack reads entries from..to and checks their data (entryData).
+func readBack(t *testing.T, s raft.LogStore, from, to uint64, size int) {
+	t.Helper()
+	var l raft.Log
+	for i := from; i <= to; i++ {
+		if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, entryData(i, size)) {
+			t.Fatalf("entry %d: err %v, data intact %v", i, err, err == nil && bytes.Equal(l.Data, entryData(i, size)))
+		}
+	}
+}
+
 func entryData(i uint64, size int) []byte {
 	return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, size/2)
 }
@@ -105,23 +128,15 @@ func storeEntries(t *testing.T, s raft.LogStore, from, to uint64, size int) {
 
 // TestCompactionDropsMappedLogPages: reading the log through bbolt's
 // mapping makes it resident; a compaction drops those pages from the
-// process but not from the page cache, and the log left reads back intact. Without mappedPages the pages stay (checked on a
-// store with mapped == nil, so the test shows it can fail).
+// process but not from the page cache, and the log left reads back
+// intact. Without mappedPages the pages stay (checked on a store with
+// mapped == nil, so the test shows it can fail).
 func TestCompactionDropsMappedLogPages(t *testing.T) {
 	for _, drop := range []bool{false, true} {
-		bolt, name := openTestBolt(t)
-		s := chunkedCompaction{LogStore: bolt}
-		if drop {
-			s.mapped = newMappedPages(bolt)
-		}
+		s, name := openTestLog(t, drop)
 		const n, size = 1600, 32 << 10 // 50 MiB: below dropMappedBytes
 		storeEntries(t, s, 1, n, size)
-		var l raft.Log
-		for i := uint64(1); i <= n; i++ {
-			if err := s.GetLog(i, &l); err != nil {
-				t.Fatal(err)
-			}
-		}
+		readBack(t, s, 1, n, size)
 		before := mappedResident(t, name)
 		if before < n*size/2 {
 			t.Fatalf("after reading %d MiB of log, %d MiB of it resident: the test cannot tell a drop", n*size>>20, before>>20)
@@ -141,11 +156,7 @@ func TestCompactionDropsMappedLogPages(t *testing.T) {
 		if !drop && after < before/2 {
 			t.Errorf("without mappedPages, %d MiB resident after the compaction of %d MiB: the drop is not what this test measures", after>>20, before>>20)
 		}
-		for i := uint64(1201); i <= n; i++ {
-			if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, entryData(i, size)) {
-				t.Fatalf("entry %d after the compaction: err %v, data intact %v", i, err, bytes.Equal(l.Data, entryData(i, size)))
-			}
-		}
+		readBack(t, s, 1201, n, size) // intact after the compaction
 	}
 }
 
@@ -155,22 +166,13 @@ func TestCompactionDropsMappedLogPages(t *testing.T) {
 // pages are dropped, so no more than about that much stays resident.
 func TestTouchedLogDropsMappedPages(t *testing.T) {
 	for _, drop := range []bool{false, true} {
-		bolt, name := openTestBolt(t)
-		s := chunkedCompaction{LogStore: bolt}
-		if drop {
-			s.mapped = newMappedPages(bolt)
-		}
+		s, name := openTestLog(t, drop)
 		const size = 64 << 10
 		const round = 32 << 20 / size // entries of 32 MiB
 		most, res := int64(0), int64(0)
-		var l raft.Log
 		for r := uint64(0); r < 4; r++ {
 			storeEntries(t, s, r*round+1, (r+1)*round, size)
-			for i := r*round + 1; i <= (r+1)*round; i++ {
-				if err := s.GetLog(i, &l); err != nil || !bytes.Equal(l.Data, entryData(i, size)) {
-					t.Fatalf("entry %d: err %v, data intact %v", i, err, bytes.Equal(l.Data, entryData(i, size)))
-				}
-			}
+			readBack(t, s, r*round+1, (r+1)*round, size)
 			deadline := time.Now().Add(5 * time.Second)
 			for drop && s.mapped.running.Load() && time.Now().Before(deadline) {
 				time.Sleep(time.Millisecond)

@@ -119,10 +119,7 @@ func (c *Command) Encode(dst []byte) []byte {
 			dst = appendBytes(dst, []byte(f.Key))
 			dst = appendBytes(dst, f.Value)
 		}
-		dst = binary.AppendUvarint(dst, uint64(len(c.Del)))
-		for _, k := range c.Del {
-			dst = appendBytes(dst, []byte(k))
-		}
+		dst = appendStrings(dst, c.Del)
 	case OpDelete, OpDeleteUser:
 		dst = appendBytes(dst, []byte(c.SID))
 	case OpTouch:
@@ -132,10 +129,7 @@ func (c *Command) Encode(dst []byte) []byte {
 		dst = binary.AppendVarint(dst, c.Duration)
 	case OpExpire:
 		dst = binary.AppendVarint(dst, c.Duration)
-		dst = binary.AppendUvarint(dst, uint64(len(c.Del)))
-		for _, sid := range c.Del {
-			dst = appendBytes(dst, []byte(sid))
-		}
+		dst = appendStrings(dst, c.Del)
 	case OpBatch:
 		dst = binary.AppendUvarint(dst, uint64(len(c.Batch)))
 		var sub []byte
@@ -143,6 +137,15 @@ func (c *Command) Encode(dst []byte) []byte {
 			sub = c.Batch[i].Encode(sub[:0])
 			dst = appendBytes(dst, sub)
 		}
+	}
+	return dst
+}
+
+// appendStrings appends a count and then each string (decoder.strings).
+func appendStrings(dst []byte, ss []string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(ss)))
+	for _, s := range ss {
+		dst = appendBytes(dst, []byte(s))
 	}
 	return dst
 }
@@ -211,6 +214,16 @@ func (d *decoder) bytes() []byte {
 	return out
 }
 
+// strings reads what appendStrings wrote.
+func (d *decoder) strings() []string {
+	n := d.count()
+	out := make([]string, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		out = append(out, string(d.bytes()))
+	}
+	return out
+}
+
 func (d *decoder) count() int {
 	n := d.uvarint()
 	if n > uint64(len(d.b)) { // every element takes at least one byte
@@ -251,11 +264,7 @@ func (d *decoder) command(depth int) Command {
 			k := string(d.bytes())
 			c.Set = append(c.Set, Field{Key: k, Value: d.bytes()})
 		}
-		n = d.count()
-		c.Del = make([]string, 0, n)
-		for i := 0; i < n && d.err == nil; i++ {
-			c.Del = append(c.Del, string(d.bytes()))
-		}
+		c.Del = d.strings()
 	case OpDelete, OpDeleteUser:
 		c.SID = string(d.bytes())
 	case OpTouch:
@@ -265,11 +274,7 @@ func (d *decoder) command(depth int) Command {
 		c.Duration = d.varint()
 	case OpExpire:
 		c.Duration = d.varint()
-		n := d.count()
-		c.Del = make([]string, 0, n)
-		for i := 0; i < n && d.err == nil; i++ {
-			c.Del = append(c.Del, string(d.bytes()))
-		}
+		c.Del = d.strings()
 	case OpBatch:
 		if depth > 0 {
 			d.fail("nested batch")

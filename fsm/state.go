@@ -283,31 +283,19 @@ func (s *State) expire(sids []string, now, duration int64) int {
 	if duration <= 0 {
 		return 0
 	}
+	expired := func(r *Record) bool { return r.Expired(now, duration) }
 	n := 0
 	for _, sid := range sids {
-		sh := s.shard(sid)
-		sh.mu.Lock()
-		old, ok := sh.sessions[sid]
-		ok = ok && old.Expired(now, duration)
-		if ok {
-			sh.own()
-			delete(sh.sessions, sid)
-		}
-		sh.mu.Unlock()
-		if ok {
-			s.users.move(sid, old.User, "")
-			n++
-		}
+		n += s.removeIf(sid, expired)
 	}
 	return n
 }
 
-// ExpiredSessions returns the ids of up to limit sessions expired at now
-// for duration (all of them when limit <= 0), for an OpExpire. It reads
-// each shard under its read lock and may run beside Apply; a session it
-// names may be saved again before the OpExpire applies, which then leaves
-// it alone.
-func (s *State) ExpiredSessions(now, duration int64, limit int) []string {
+// ExpiredSessions returns the ids of the sessions expired at now for
+// duration, for an OpExpire. It reads each shard under its read lock and
+// may run beside Apply; a session it names may be saved again before the
+// OpExpire applies, which then leaves it alone.
+func (s *State) ExpiredSessions(now, duration int64) []string {
 	if duration <= 0 {
 		return nil
 	}
@@ -321,9 +309,6 @@ func (s *State) ExpiredSessions(now, duration int64, limit int) []string {
 			}
 		}
 		sh.mu.RUnlock()
-		if limit > 0 && len(out) >= limit {
-			return out[:limit]
-		}
 	}
 	return out
 }

@@ -106,10 +106,15 @@ func (s *State) deleteUser(user string) int {
 }
 
 // remove deletes one session and its index entry; 1 if it existed.
-func (s *State) remove(sid string) int {
+func (s *State) remove(sid string) int { return s.removeIf(sid, nil) }
+
+// removeIf removes the session sid if it exists and cond (when not nil)
+// holds for it, and returns how many it removed (0 or 1).
+func (s *State) removeIf(sid string, cond func(*Record) bool) int {
 	sh := s.shard(sid)
 	sh.mu.Lock()
 	old, ok := sh.sessions[sid]
+	ok = ok && (cond == nil || cond(old))
 	if ok {
 		sh.own()
 		delete(sh.sessions, sid)
