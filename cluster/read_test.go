@@ -4,12 +4,14 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/transport"
 )
 
 // TestHeldAnswersDoNotConfirmDeposedLeader: a leader whose followers'
@@ -177,5 +179,45 @@ func TestFSMIndexIsCached(t *testing.T) {
 	ri.fsmIndex(3)
 	if logs.gets-before != 0 {
 		t.Fatalf("asked twice for the index it last answered, fsmIndex read the log %d times", logs.gets-before)
+	}
+}
+
+// A node that is its cluster's only voter is a quorum on its own: its
+// linearizable reads need no confirmation round (and skip the rounds'
+// goroutine and channels). A leader with peers still confirms.
+func TestSoleVoterReadsSkipTheRound(t *testing.T) {
+	countRounds := func(n *Node) *atomic.Int64 {
+		var c atomic.Int64
+		do := n.reads.rounds.do
+		n.reads.rounds.do = func() (uint64, error) { c.Add(1); return do() }
+		return &c
+	}
+	read := func(n *Node, sid, want string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		data, ok, err := n.Restore(ctx, sid, transport.Linearizable)
+		if err != nil || !ok || string(data) != want {
+			t.Fatalf("restore %s via %s: %q %v %v, want %q", sid, n.ID(), data, ok, err, want)
+		}
+	}
+
+	single := startNode(t, Config{})
+	rounds := countRounds(single)
+	mustSave(t, single, "sole-voter", `{"a":1}`)
+	for range 10 {
+		read(single, "sole-voter", `{"a":1}`)
+	}
+	if got := rounds.Load(); got != 0 {
+		t.Fatalf("single node: %d confirmation rounds for 10 reads, want none", got)
+	}
+
+	tc := newTestCluster(t, 3, nil)
+	leader := tc.node(tc.leader())
+	rounds = countRounds(leader)
+	mustSave(t, leader, "three-voters", `{"b":2}`)
+	read(leader, "three-voters", `{"b":2}`)
+	if rounds.Load() == 0 {
+		t.Fatal("leader of three voters served a linearizable read without a confirmation round")
 	}
 }
