@@ -34,8 +34,8 @@ func New(opts Options) func(http.Handler) http.Handler {
 	cfg := newConfig(opts)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			s := cfg.newSession(r)
-			rw := &responseWriter{ResponseWriter: w, s: s}
+			q := cfg.newRequest(w, r)
+			s, rw := &q.session, &q.rw
 			next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s)))
 			rw.finish()
 		})
@@ -63,17 +63,28 @@ type webRequest struct {
 	cookie      cookieOp
 }
 
-func (c *config) newSession(r *http.Request) *Session {
-	web := &webRequest{cfg: c, req: r, ip: r.RemoteAddr, agent: r.UserAgent()}
+// request is what the middleware keeps for one request, allocated at once.
+type request struct {
+	session Session
+	web     webRequest
+	rw      responseWriter
+}
+
+// newRequest makes the Session of request r and the writer the handler
+// gets in place of w.
+func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
+	q := &request{}
+	q.rw = responseWriter{ResponseWriter: w, s: &q.session}
+	web := &q.web
+	*web = webRequest{cfg: c, req: r, ip: r.RemoteAddr, agent: r.UserAgent()}
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		web.ip = host
 	}
-	s := &Session{
-		store:   c.Store,
-		base:    context.WithoutCancel(r.Context()), // a save that started must finish even if the client left
-		timeout: c.Timeout,
-		web:     web,
-	}
+	s := &q.session
+	s.store = c.Store
+	s.base = context.WithoutCancel(r.Context()) // a save that started must finish even if the client left
+	s.timeout = c.Timeout
+	s.web = web
 	for _, ck := range r.CookiesNamed(c.Name) {
 		web.hadCookie = true
 		if validID(ck.Value) {
@@ -82,7 +93,7 @@ func (c *config) newSession(r *http.Request) *Session {
 			break
 		}
 	}
-	return s
+	return q
 }
 
 // saved records that the session sid was written to the store.

@@ -38,7 +38,7 @@ type Session struct {
 	loaded   bool
 	isNew    bool                       // the store holds no record for id (yet)
 	data     map[string]json.RawMessage // the session as this request sees it
-	dirty    map[string]struct{}        // keys set (in data) or deleted (not in data)
+	dirty    []string                   // keys set (in data) or deleted (not in data), each once
 	cleared  bool                       // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
@@ -227,7 +227,7 @@ func (s *Session) Set(key string, value any) *Session {
 		return s
 	}
 	s.data[key] = raw
-	s.dirty[key] = struct{}{}
+	s.markDirty(key)
 	return s
 }
 
@@ -239,7 +239,7 @@ func (s *Session) Delete(key string) *Session {
 	s.loadLocked(s.base)
 	if _, ok := s.data[key]; ok {
 		delete(s.data, key)
-		s.dirty[key] = struct{}{}
+		s.markDirty(key)
 	}
 	return s
 }
@@ -251,7 +251,7 @@ func (s *Session) Clear() {
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
 	clear(s.data)
-	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 	s.cleared = true
 }
 
@@ -278,6 +278,14 @@ func (s *Session) Err() error {
 		return s.loadErr
 	}
 	return s.valueErr
+}
+
+// markDirty notes that key was set or deleted. A request touches few keys:
+// a slice scanned costs less than a map made for every request.
+func (s *Session) markDirty(key string) {
+	if !slices.Contains(s.dirty, key) {
+		s.dirty = append(s.dirty, key)
+	}
 }
 
 // modifiedLocked reports whether the session holds changes the store has not

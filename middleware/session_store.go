@@ -19,12 +19,16 @@ func (s *Session) loadLocked(ctx context.Context) {
 		return
 	}
 	s.loaded = true
-	s.data = make(map[string]json.RawMessage)
-	s.dirty = make(map[string]struct{})
+	s.data = nil
+	s.dirty = s.dirty[:0]
 	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := s.store.Restore(cctx, s.id)
+	s.data = data
+	if s.data == nil {
+		s.data = make(map[string]json.RawMessage)
+	}
 	switch {
 	case err != nil:
 		s.loadErr = fmt.Errorf("%w: restore: %w", ErrStoreUnavailable, err)
@@ -33,10 +37,7 @@ func (s *Session) loadLocked(ctx context.Context) {
 	case !found:
 		s.isNew = true
 	default:
-		delete(data, fsm.WrittenKey)
-		if data != nil {
-			s.data = data
-		}
+		delete(s.data, fsm.WrittenKey)
 		s.isNew = false
 		s.takeMetaLocked()
 		if why := s.endedLocked(); why != "" {
@@ -55,7 +56,7 @@ func (s *Session) freshLocked() {
 	s.loaded = true
 	s.isNew = true
 	s.data = make(map[string]json.RawMessage)
-	s.dirty = make(map[string]struct{})
+	s.dirty = s.dirty[:0]
 	s.cleared = false
 	s.loadErr = nil
 	s.valueErr = nil
@@ -124,7 +125,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	case len(s.dirty) > 0 || s.metaDirty:
 		set := make(map[string]json.RawMessage, len(s.dirty)+1)
 		var del []string
-		for k := range s.dirty {
+		for _, k := range s.dirty {
 			if v, ok := s.data[k]; ok {
 				set[k] = v
 			} else {
@@ -146,7 +147,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 	if s.web != nil {
 		s.web.saved(s.id, wasNew)
 	}
@@ -193,7 +194,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 	if s.web != nil {
 		s.web.saved(newID, true)
 	}
