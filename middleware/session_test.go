@@ -279,3 +279,38 @@ func TestScalarFastPathsMatchEncodingJSON(t *testing.T) {
 		t.Fatal("the int fast path is not taken")
 	}
 }
+
+// patchRecorder is a Store that remembers the last Patch it was sent.
+type patchRecorder struct {
+	Store
+	set map[string]json.RawMessage
+	del []string
+}
+
+func (p *patchRecorder) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	p.set, p.del = set, slices.Clone(del)
+	return p.Store.Patch(ctx, sid, set, del)
+}
+
+// A key set or deleted many times in one request is sent once, as its last
+// state left it.
+func TestSessionSaveSendsEachKeyOnce(t *testing.T) {
+	ctx := context.Background()
+	rec := &patchRecorder{Store: newStore(t)}
+	sid := GenerateID("", "")
+	if err := rec.Save(ctx, sid, map[string]json.RawMessage{"a": json.RawMessage(`1`), "b": json.RawMessage(`2`)}); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSession(sid, rec)
+	s.Set("c", 1).Set("c", 2).Delete("a").Set("a", 5).Delete("a").Delete("b").Set("b", 7).Set("c", 3)
+	if err := s.Save(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(rec.set, rec.del); got != "map[b:[55] c:[51]] [a]" {
+		t.Fatalf("Patch got set, del = %s, want map[b:7 c:3] [a]", got)
+	}
+	data, _, _ := rec.Restore(ctx, sid)
+	if got := fmt.Sprint(data); got != "map[b:[55] c:[51]]" {
+		t.Fatalf("stored %s, want b=7, c=3", got)
+	}
+}
