@@ -245,9 +245,10 @@ func TestRestartDropsMappedLogPages(t *testing.T) {
 	var res int64
 	poll(t, func() bool { res = mappedResident(t, name); return res <= 2<<20 }, 5*time.Second,
 		"the log file's pages out of resident memory after the replay")
-	if n2.State().Len() != 500 {
-		t.Fatalf("%d sessions after the restart, want 500", n2.State().Len())
-	}
+	// Raft's applied index moves when entries are handed to the state
+	// machine, before they are applied (CI, under the race detector, saw
+	// 321 of 500 applied at this point).
+	poll(t, func() bool { return n2.State().Len() == 500 }, 10*time.Second, "the 500 sessions back after the restart")
 }
 
 // threadNice reads the nice value of the calling thread (field 19 of
