@@ -19,14 +19,13 @@ func (s *Session) loadLocked(ctx context.Context) {
 		return
 	}
 	s.loaded = true
-	s.data = nil
 	s.dirty = s.dirty[:0]
 	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := s.store.Restore(cctx, s.id)
-	s.data = data
-	if s.data == nil {
+	s.data = data // the store's map when it found the session: no copy made
+	if err != nil || !found || s.data == nil {
 		s.data = make(map[string]json.RawMessage)
 	}
 	switch {
