@@ -1,11 +1,9 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -374,10 +372,12 @@ func (n *Node) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	return n.adminJSON(ctx, body)
 }
 
+// compactJSON returns v compacted: v itself when it already is (a request's
+// values are its own copies, transport.DecodeRequest).
 func compactJSON(v []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, v); err != nil {
+	c, err := fsm.CompactValue(v)
+	if err != nil {
 		return nil, fmt.Errorf("not valid JSON: %v", err)
 	}
-	return buf.Bytes(), nil
+	return c, nil
 }

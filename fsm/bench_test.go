@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -206,4 +207,30 @@ func BenchmarkNormalizeObject(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkCompactValue is a patched value's check on its way in (a node's
+// Patch, MemoryStore's Save and Patch): a 1 KiB compact JSON object, by
+// CompactValue and by json.Compact, which they used before.
+func BenchmarkCompactValue(b *testing.B) {
+	v := []byte(`{"cart":[` + strings.Repeat(`{"sku":"A-1042","qty":2,"price":19.99,"note":"gift \"wrap\""},`, 15) + `{"sku":"Z","qty":1}],"user":"alice"}`)
+	b.Run("CompactValue", func(b *testing.B) {
+		b.SetBytes(int64(len(v)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := CompactValue(v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("json.Compact", func(b *testing.B) {
+		b.SetBytes(int64(len(v)))
+		b.ReportAllocs()
+		for b.Loop() {
+			var buf bytes.Buffer
+			if err := json.Compact(&buf, v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -185,6 +185,21 @@ func compactObject(data []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// CompactValue returns v, one JSON value, as json.Compact writes it: v
+// itself when it is already compact (the usual case: no copy, and none of
+// encoding/json's cost), else a compacted copy. It fails when v is not one
+// JSON value, with encoding/json's explanation.
+func CompactValue(v []byte) ([]byte, error) {
+	if validCompact(v) {
+		return v, nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
 // DecodeObject returns the members of a session's stored data (a valid,
 // compact JSON object: a Record's Data, or what a node answers to a
 // restore) as a map, as json.Unmarshal into a map[string]json.RawMessage

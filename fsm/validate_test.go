@@ -117,3 +117,26 @@ func TestDecodeObjectMatchesEncodingJSON(t *testing.T) {
 		}
 	}
 }
+
+// CompactValue answers as json.Compact does, and hands a compact value back
+// without copying it (FuzzValidCompact holds the two to each other).
+func TestCompactValue(t *testing.T) {
+	for _, in := range []string{`1`, `"x y"`, `{"a":[1,{"b":null}]}`, ` 1`, `{"a": 1}`, "[1,\n2]", `{"a":01}`, `tru`, ``} {
+		var buf bytes.Buffer
+		werr := json.Compact(&buf, []byte(in))
+		b := []byte(in)
+		got, err := CompactValue(b)
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("CompactValue(%q) error %v, json.Compact's %v", in, err, werr)
+		}
+		if err != nil {
+			continue
+		}
+		if !bytes.Equal(got, buf.Bytes()) {
+			t.Fatalf("CompactValue(%q) = %q, json.Compact gives %q", in, got, buf.Bytes())
+		}
+		if compact := bytes.Equal(b, buf.Bytes()); compact != (&got[0] == &b[0]) {
+			t.Fatalf("CompactValue(%q): copied %v, want a copy only of a loose value", in, &got[0] != &b[0])
+		}
+	}
+}

@@ -274,11 +274,13 @@ func encodeFields(data map[string]json.RawMessage) ([]fsm.Field, error) {
 		if err := fsm.ValidateKey(k); err != nil {
 			return nil, err
 		}
-		var buf bytes.Buffer
-		if err := json.Compact(&buf, data[k]); err != nil {
+		// The value may be the caller's own slice: the state copies it
+		// into the record it encodes.
+		v, err := fsm.CompactValue(data[k])
+		if err != nil {
 			return nil, fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, k, err)
 		}
-		fields = append(fields, fsm.Field{Key: k, Value: buf.Bytes()})
+		fields = append(fields, fsm.Field{Key: k, Value: v})
 	}
 	return fields, nil
 }
