@@ -165,6 +165,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"kadosession_request_duration_seconds", map[string]string{"op": "save", "protocol": "kado"}, func(v float64) bool { return v == 3 }, "3 observations"},
 		{"kadosession_commit_batch_size", nil, func(v float64) bool { return v >= 1 }, ">= 1 batch"},
 		{"kadosession_raft_apply_duration_seconds", nil, func(v float64) bool { return v >= 1 }, ">= 1 batch"},
+		{"kadosession_log_store_duration_seconds", nil, func(v float64) bool { return v >= 1 }, ">= 1 log append"},
 		{"kadosession_prunes_total", map[string]string{"result": "ok"}, func(v float64) bool { return v == 1 }, "1"},
 		{"kadosession_snapshots_total", map[string]string{"result": "ok"}, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"kadosession_snapshot_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},

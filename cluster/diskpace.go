@@ -171,6 +171,7 @@ const (
 type chunkedCompaction struct {
 	raft.LogStore
 	mapped *mappedPages // nil: nothing is dropped
+	obs    *metrics     // log_store_duration_seconds; nil: none
 }
 
 func (s chunkedCompaction) DeleteRange(from, to uint64) error {
@@ -208,7 +209,9 @@ func (s chunkedCompaction) StoreLog(l *raft.Log) error {
 }
 
 func (s chunkedCompaction) StoreLogs(logs []*raft.Log) error {
+	start := time.Now()
 	err := s.LogStore.StoreLogs(logs)
+	s.obs.observeLogStore(time.Since(start))
 	n := 0
 	for _, l := range logs {
 		n += len(l.Data)

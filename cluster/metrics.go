@@ -30,6 +30,7 @@ import (
 //	                                   protocol: native, kado or peer (forwarded to us)
 //	forwarded_requests_total{op}       requests this node sent on to the leader
 //	commit_batch_size, raft_apply_duration_seconds   the group committer's batches
+//	log_store_duration_seconds         each write to the raft log (appends, leader and followers)
 //	prunes_total{result}, pruned_sessions_total
 //	snapshot_duration_seconds, snapshot_size_bytes, snapshots_total{result}
 //	backups_total{result}, restored_sessions_total
@@ -41,6 +42,7 @@ type metrics struct {
 	forwarded    *prometheus.CounterVec
 	batchSize    prometheus.Histogram
 	applyLatency prometheus.Histogram
+	logStore     prometheus.Histogram
 	prunes       *prometheus.CounterVec
 	prunedTotal  prometheus.Counter
 	snapDuration prometheus.Histogram
@@ -74,6 +76,8 @@ func newMetrics(n *Node) *metrics {
 		[]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}))
 	m.applyLatency = prometheus.NewHistogram(hist("raft_apply_duration_seconds",
 		"Time from handing a batch to raft until it was committed and applied (leader).", latencyBuckets))
+	m.logStore = prometheus.NewHistogram(hist("log_store_duration_seconds",
+		"Time to append entries to the raft log and fsync them (leader and followers): the disk's share of every write.", latencyBuckets))
 	m.prunes = prometheus.NewCounterVec(prometheus.CounterOpts(f("prunes_total",
 		"Prune commands this node replicated as leader, by result.")), []string{"result"})
 	m.prunedTotal = prometheus.NewCounter(prometheus.CounterOpts(f("pruned_sessions_total",
@@ -89,7 +93,7 @@ func newMetrics(n *Node) *metrics {
 		"Backups captured by this node as leader, by result.")), []string{"result"})
 	m.restored = prometheus.NewCounter(prometheus.CounterOpts(f("restored_sessions_total",
 		"Sessions loaded from backups through this node as leader.")))
-	m.reg.MustRegister(m.requests, m.latency, m.forwarded, m.batchSize, m.applyLatency, m.prunes, m.prunedTotal,
+	m.reg.MustRegister(m.requests, m.latency, m.forwarded, m.batchSize, m.applyLatency, m.logStore, m.prunes, m.prunedTotal,
 		m.snapDuration, m.snapSize, m.snapCount, m.backups, m.restored,
 		&nodeCollector{n: n},
 		collectors.NewGoCollector(),
@@ -136,6 +140,14 @@ func (m *metrics) observeApply(size int, d time.Duration) {
 	}
 	m.batchSize.Observe(float64(size))
 	m.applyLatency.Observe(d.Seconds())
+}
+
+// observeLogStore records one append to the raft log that took d.
+func (m *metrics) observeLogStore(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.logStore.Observe(d.Seconds())
 }
 
 func (m *metrics) observePrune(count int, err error) {

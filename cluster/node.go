@@ -208,7 +208,7 @@ func Open(cfg Config) (*Node, error) {
 	// Opening read every page of the file: bbolt rebuilds its freelist by
 	// walking the tree (NoFreelistSync).
 	n.mapped.drop()
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped}
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
