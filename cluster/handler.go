@@ -372,12 +372,16 @@ func (n *Node) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	return n.adminJSON(ctx, body)
 }
 
-// compactJSON returns v compacted: v itself when it already is (a request's
-// values are its own copies, transport.DecodeRequest).
+// compactJSON returns a compacted copy of v. The copy matters: Node.Patch is
+// also called in process, and a write whose caller gave up may still wait
+// in the committer's queue after the caller reused its buffer.
 func compactJSON(v []byte) ([]byte, error) {
 	c, err := fsm.CompactValue(v)
 	if err != nil {
 		return nil, fmt.Errorf("not valid JSON: %v", err)
+	}
+	if len(c) > 0 && &c[0] == &v[0] {
+		c = append([]byte(nil), c...)
 	}
 	return c, nil
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"io"
 	"net"
 	"strings"
@@ -148,5 +149,27 @@ func TestKadoProtocolTooLarge(t *testing.T) {
 	}
 	if got := kadoRequest(t, n.Addr(), []byte(kadoSave)); got != `{"status":"ok"}` {
 		t.Fatalf("save after oversized = %s", got)
+	}
+}
+
+// Node.Patch keeps nothing of its caller's: a value buffer reused right
+// after the call (as by a caller that gave up waiting) does not change what
+// was written.
+func TestPatchCopiesValues(t *testing.T) {
+	n := startNode(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v := []byte(`"first"`)
+	if err := n.Patch(ctx, "copied", []transport.KV{{Key: "k", Value: v}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	copy(v, `"xxxxx"`)
+	data, ok, err := n.Restore(ctx, "copied", transport.Linearizable)
+	if err != nil || !ok || !strings.Contains(string(data), `"k":"first"`) {
+		t.Fatalf("restore: %s %v %v, want k=\"first\"", data, ok, err)
+	}
+	got, err := compactJSON(v)
+	if err != nil || &got[0] == &v[0] {
+		t.Fatalf("compactJSON returned the caller's slice (err %v)", err)
 	}
 }
