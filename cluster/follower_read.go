@@ -47,15 +47,10 @@ func (fr *followerReads) wait(ctx context.Context) error {
 		}
 		return err
 	}
-	if fr.n.fsm.applied.get() >= index {
-		return nil // the usual case: no deadline of its own to set up
-	}
 	// A follower far behind (catching up after a restart or a partition)
 	// would keep the reader waiting: after followerApplyWait the read goes
 	// to the leader instead.
-	wctx, cancel := context.WithTimeout(ctx, followerApplyWait)
-	defer cancel()
-	return fr.n.fsm.applied.waitFor(wctx, index)
+	return fr.n.fsm.applied.waitFor(ctx, index, followerApplyWait)
 }
 
 // followerApplyWait bounds how long a follower waits to apply up to a read

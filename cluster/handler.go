@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -380,8 +381,5 @@ func compactJSON(v []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("not valid JSON: %v", err)
 	}
-	if len(c) > 0 && &c[0] == &v[0] {
-		c = append([]byte(nil), c...)
-	}
-	return c, nil
+	return bytes.Clone(c), nil
 }

@@ -174,15 +174,11 @@ func compactObject(data []byte) ([]byte, error) {
 	if len(data) == 0 || data[0] != '{' {
 		return nil, fmt.Errorf("%w, got %s", ErrBadData, describeJSON(data))
 	}
-	if validCompact(data) {
-		return append([]byte(nil), data...), nil
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(data))
-	if err := json.Compact(&buf, data); err != nil {
+	c, err := CompactValue(data)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadData, err)
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(c), nil // c may be data itself: the record gets its own
 }
 
 // CompactValue returns v, one JSON value, as json.Compact writes it: v
@@ -194,6 +190,7 @@ func CompactValue(v []byte) ([]byte, error) {
 		return v, nil
 	}
 	var buf bytes.Buffer
+	buf.Grow(len(v))
 	if err := json.Compact(&buf, v); err != nil {
 		return nil, err
 	}

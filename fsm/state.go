@@ -251,31 +251,9 @@ func (s *State) patch(c *Command) Result {
 	return Result{}
 }
 
+// prune removes every session expired at now (OpPrune).
 func (s *State) prune(now, duration int64) int {
-	if duration <= 0 {
-		return 0
-	}
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		var gone []string
-		for sid, r := range sh.sessions {
-			if r.Expired(now, duration) {
-				sh.own() // (iterating the shared map while deleting from the copy)
-				if r.User != "" {
-					gone = append(gone, sid, r.User)
-				}
-				delete(sh.sessions, sid)
-				n++
-			}
-		}
-		sh.mu.Unlock()
-		for j := 0; j < len(gone); j += 2 {
-			s.users.move(gone[j], gone[j+1], "")
-		}
-	}
-	return n
+	return s.expire(s.ExpiredSessions(now, duration), now, duration)
 }
 
 // expire removes the sessions among sids that are expired at now.

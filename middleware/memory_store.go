@@ -252,9 +252,16 @@ func (m *MemoryStore) Touch(ctx context.Context, sid string) error {
 // before now (Kado: _written + duration <= now) and returns how many it
 // removed. It is safe for concurrent use.
 func (m *MemoryStore) Prune() int {
+	// Found without the store's lock, so writers wait only for the
+	// removal, as on a node (Node.Prune); the removal checks each again.
+	now := m.nowMs()
+	expired := m.state.ExpiredSessions(now, m.duration)
+	if len(expired) == 0 {
+		return 0
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.state.Apply(&fsm.Command{Op: fsm.OpPrune, Time: m.nowMs(), Duration: m.duration}).Count
+	return m.state.Apply(&fsm.Command{Op: fsm.OpExpire, Time: now, Duration: m.duration, Del: expired}).Count
 }
 
 // Len returns the number of stored sessions, expired ones not yet pruned
