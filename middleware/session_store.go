@@ -111,6 +111,9 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	if s.isNew && !explicit && len(s.dirty) == 0 {
 		return nil // a new session nobody wrote to is not worth storing
 	}
+	if !explicit && !s.isNew && !s.cleared && len(s.dirty) == 0 && !s.metaDirty {
+		return nil // nothing to write (a read-only request): no store call
+	}
 	if explicit || s.isNew || s.modifiedLocked() || s.metaDirty {
 		s.stampLocked()
 	}
@@ -135,10 +138,8 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 			set[MetaKey] = s.metaValue()
 		}
 		err = s.store.Patch(cctx, s.id, set, del)
-	case explicit:
+	default: // explicit, nothing changed: renew it
 		err = s.store.Touch(cctx, s.id)
-	default:
-		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("%w: save: %w", ErrStoreUnavailable, err)
