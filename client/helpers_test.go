@@ -17,6 +17,7 @@ import (
 // for every request and its non-nil error is returned instead.
 type memHandler struct {
 	calls atomic.Int64
+	reads atomic.Int64 // restores among the calls
 	hook  func(ctx context.Context, op transport.Op, sid string) error
 
 	mu   sync.Mutex
@@ -27,6 +28,9 @@ func newMemHandler() *memHandler { return &memHandler{data: map[string][]byte{}}
 
 func (h *memHandler) enter(ctx context.Context, op transport.Op, sid string) error {
 	h.calls.Add(1)
+	if op == transport.OpRestore {
+		h.reads.Add(1)
+	}
 	if h.hook != nil {
 		return h.hook(ctx, op, sid)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/kadosession/kadosession/transport"
@@ -25,13 +26,23 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 	var last *callError // the last retryable failure
 	for attempt := 0; ; attempt++ {
 		n := s.cur.Load()
+		var r *reader // the follower a read went to, if any
+		if attempt == 0 && s.spreads(req) {
+			if r = s.reader(n); r != nil {
+				n = r.pool
+			}
+		}
 		resp, err := s.attempt(ctx, n, req)
 		if err == nil {
+			r.ok()
 			return resp, nil
 		}
 		var ce *callError
 		if !errors.As(err, &ce) {
 			return resp, err
+		}
+		if r != nil && ce.class != classFinal && ce.class != classEnded {
+			r.fail()
 		}
 		switch ce.class {
 		case classFinal:
@@ -64,6 +75,9 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		if ce.class == classFollow {
 			s.follow(ce.leader)
 			continue
+		}
+		if r != nil {
+			continue // the read failed on a follower: the leader next, at once
 		}
 		s.advance(n)
 		if err := s.sleep(ctx, backoff(backoffs)); err != nil {
@@ -153,6 +167,99 @@ func (s *Store) advance(n *transport.Pool) {
 	s.cur.Store(s.nodes[s.addrs[(i+1)%len(s.addrs)]])
 }
 
+// readerPause is how long a node that failed a read is left out of the
+// readers before one read tries it again.
+var readerPause = 2 * time.Second
+
+// reader is a node reads may go to, with its health.
+type reader struct {
+	pool *transport.Pool
+	// downUntil is 0 while the node serves reads; after a failure, the
+	// time (UnixNano) until which reads skip it.
+	downUntil atomic.Int64
+}
+
+// readerSet is where reads go while writes go to writer: every other known
+// node.
+type readerSet struct {
+	writer *transport.Pool
+	nodes  []*reader
+}
+
+// spreads reports whether req is a read for a follower (Config.Reads).
+func (s *Store) spreads(req *transport.Request) bool {
+	return req.Op == transport.OpRestore && s.cfg.Reads == ReadFollower && req.Consistency != Leader
+}
+
+// reader returns the node other than writer a read goes to: this Store's
+// follower (the first healthy one from its random place in the list), or
+// nil when there is none.
+func (s *Store) reader(writer *transport.Pool) *reader {
+	set := s.readers.Load()
+	if set == nil || set.writer != writer {
+		set = s.makeReaders(writer)
+	}
+	k := uint32(len(set.nodes))
+	if k == 0 {
+		return nil
+	}
+	now := time.Now().UnixNano()
+	for j := range k {
+		if r := set.nodes[(s.readStart+j)%k]; r.usable(now) {
+			return r
+		}
+	}
+	return nil
+}
+
+// makeReaders makes and keeps the readers for writer: every known node
+// but writer.
+func (s *Store) makeReaders(writer *transport.Pool) *readerSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := &readerSet{writer: writer}
+	for _, a := range s.addrs {
+		n := s.nodes[a]
+		if n == writer {
+			continue
+		}
+		r := s.readMap[n]
+		if r == nil {
+			r = &reader{pool: n}
+			s.readMap[n] = r
+		}
+		set.nodes = append(set.nodes, r)
+	}
+	s.readers.Store(set)
+	return set
+}
+
+// usable reports whether reads may go to r now: it is healthy, or it has
+// been left out for readerPause and this caller is the one read that
+// tries it again (the others go on skipping it until that read succeeds).
+func (r *reader) usable(now int64) bool {
+	d := r.downUntil.Load()
+	switch {
+	case d == 0:
+		return true
+	case now < d:
+		return false
+	}
+	return r.downUntil.CompareAndSwap(d, now+int64(readerPause))
+}
+
+// ok notes that r (if not nil) served a read.
+func (r *reader) ok() {
+	if r != nil && r.downUntil.Load() != 0 {
+		r.downUntil.Store(0)
+	}
+}
+
+// fail leaves r out of the readers for readerPause.
+func (r *reader) fail() {
+	r.downUntil.Store(time.Now().Add(readerPause).UnixNano())
+}
+
 // nodeLocked returns the node (its connection pool) for addr, adding it to the known nodes if it
 // is new. s.mu is held.
 func (s *Store) nodeLocked(addr string) *transport.Pool {
@@ -161,6 +268,7 @@ func (s *Store) nodeLocked(addr string) *transport.Pool {
 		n = transport.NewPool(addr, s.cfg.PoolSize, s.connCfg)
 		s.nodes[addr] = n
 		s.addrs = append(s.addrs, addr)
+		s.readers.Store(nil) // a node to read from, or the writer itself
 	}
 	return n
 }

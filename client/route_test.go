@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
@@ -24,8 +27,10 @@ func TestNotLeaderHintMovesToLeader(t *testing.T) {
 	followerH := followerHandler(&transport.Error{Code: transport.CodeNotLeader, Message: "not the leader", Leader: leader.addr})
 	follower := startServer(t, "127.0.0.1:0", followerH)
 
-	// Only the follower is known; the leader is learnt from its hint.
-	s := newStore(t, client.Config{Addrs: []string{follower.addr}})
+	// Only the follower is known; the leader is learnt from its hint. (Its
+	// reads go to the leader too: the follower is left out of the readers
+	// as one that fails them; see TestFailingReaderIsLeftOut.)
+	s := newStore(t, client.Config{Addrs: []string{follower.addr}, Reads: client.ReadLeader})
 	ctx := context.Background()
 	want := map[string]json.RawMessage{"k": raw(`"v"`)}
 	if err := s.Save(ctx, "sid", want); err != nil {
@@ -169,5 +174,123 @@ func TestLeaderHintOnSuccessMovesToLeader(t *testing.T) {
 				t.Errorf("B served %d requests; want %d", n, tt.wantB)
 			}
 		})
+	}
+}
+
+// threeNodes starts a leader and two followers, each holding session sid,
+// and returns their handlers and addresses (the leader first).
+func threeNodes(t *testing.T, sid string) ([]*memHandler, []string) {
+	var hs []*memHandler
+	var addrs []string
+	for range 3 {
+		h := newMemHandler()
+		h.data[sid] = []byte(`{"k":"v"}`)
+		hs = append(hs, h)
+		addrs = append(addrs, startServer(t, "127.0.0.1:0", h).addr)
+	}
+	return hs, addrs
+}
+
+func TestReadsGoToOneFollower(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    client.Config
+		leader int64   // reads the leader serves, of 40
+		fols   []int64 // reads the followers serve, fewest first
+	}{
+		{"default", client.Config{}, 0, []int64{0, 40}},
+		{"stale", client.Config{Consistency: client.Stale}, 0, []int64{0, 40}},
+		{"leader reads", client.Config{Reads: client.ReadLeader}, 40, []int64{0, 0}},
+		{"leader consistency", client.Config{Consistency: client.Leader}, 40, []int64{0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hs, addrs := threeNodes(t, "sid")
+			cfg := tt.cfg
+			cfg.Addrs = addrs
+			s := newStore(t, cfg)
+			ctx := context.Background()
+			for range 40 {
+				if _, found, err := s.Restore(ctx, "sid"); err != nil || !found {
+					t.Fatalf("Restore: %v, %v", found, err)
+				}
+				if err := s.Touch(ctx, "sid"); err != nil {
+					t.Fatalf("Touch: %v", err)
+				}
+			}
+			fols := []int64{hs[1].reads.Load(), hs[2].reads.Load()}
+			slices.Sort(fols)
+			if l := hs[0].reads.Load(); l != tt.leader || !slices.Equal(fols, tt.fols) {
+				t.Errorf("reads served by the leader: %d, by the followers: %v; want %d and %v", l, fols, tt.leader, tt.fols)
+			}
+			if n := hs[0].calls.Load() - hs[0].reads.Load(); n != 40 {
+				t.Errorf("the leader served %d writes, want 40: writes go to the leader", n)
+			}
+		})
+	}
+}
+
+// TestFailingReaderIsLeftOut: a follower that fails a read is left out
+// (the read is retried on the leader at once, later reads go to the other
+// follower); after the pause one read tries it again, and reads go back to
+// it once it serves them.
+func TestFailingReaderIsLeftOut(t *testing.T) {
+	client.SetReaderPause(t, 100*time.Millisecond)
+	hs, addrs := threeNodes(t, "sid")
+	var broken atomic.Pointer[memHandler]
+	for _, h := range hs[1:] {
+		h.hook = func(_ context.Context, op transport.Op, _ string) error {
+			if broken.Load() == h {
+				return transport.Errorf(transport.CodeUnavailable, "catching up")
+			}
+			return nil
+		}
+	}
+	s := newStore(t, client.Config{Addrs: addrs})
+	ctx := context.Background()
+	// reads makes n reads and returns how many the leader, the Store's own
+	// follower and the other one served.
+	var own, other *memHandler
+	reads := func(n int) []int64 {
+		t.Helper()
+		before := []int64{hs[0].reads.Load(), own.reads.Load(), other.reads.Load()}
+		for range n {
+			if _, found, err := s.Restore(ctx, "sid"); err != nil || !found {
+				t.Fatalf("Restore with a follower failing: %v, %v", found, err)
+			}
+		}
+		return []int64{hs[0].reads.Load() - before[0], own.reads.Load() - before[1], other.reads.Load() - before[2]}
+	}
+	own, other = hs[1], hs[2]
+	if got := reads(1); got[2] == 1 {
+		own, other = other, own
+	}
+	broken.Store(own)
+	if got := reads(20); !slices.Equal(got, []int64{1, 1, 19}) {
+		t.Errorf("reads served (leader, failing follower, other) = %v, want [1 1 19]: one failure, retried on the leader, then the other follower", got)
+	}
+	time.Sleep(150 * time.Millisecond)
+	if got := reads(20); !slices.Equal(got, []int64{1, 1, 19}) {
+		t.Errorf("after the pause, still failing: %v, want [1 1 19]: one read tries it again", got)
+	}
+	broken.Store(nil)
+	time.Sleep(150 * time.Millisecond)
+	if got := reads(20); !slices.Equal(got, []int64{0, 20, 0}) {
+		t.Errorf("after the pause, healthy again: %v, want [0 20 0]: back on it", got)
+	}
+}
+
+func TestDeadFollowerReadsGoElsewhere(t *testing.T) {
+	h := newMemHandler()
+	h.data["sid"] = []byte(`{}`)
+	leader := startServer(t, "127.0.0.1:0", h)
+	s := newStore(t, client.Config{Addrs: []string{leader.addr, freeAddr(t)}})
+	for range 5 {
+		if _, found, err := s.Restore(context.Background(), "sid"); err != nil || !found {
+			t.Fatalf("Restore with the only follower down: %v, %v", found, err)
+		}
+	}
+	if n := h.reads.Load(); n != 5 {
+		t.Errorf("the leader served %d reads, want 5", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -31,11 +32,14 @@ type Store struct {
 	connCfg   transport.ConnConfig           // how every node's connections are dialled
 	done      chan struct{}                  // closed by Close
 	cur       atomic.Pointer[transport.Pool] // the node calls go to first
+	readers   atomic.Pointer[readerSet]      // where reads go (ReadFollower); nil: to be made
+	readStart uint32                         // this Store's place in the readers (random)
 
-	mu     sync.Mutex
-	closed bool
-	addrs  []string // every known node, in the order learnt
-	nodes  map[string]*transport.Pool
+	mu      sync.Mutex
+	closed  bool
+	addrs   []string // every known node, in the order learnt
+	nodes   map[string]*transport.Pool
+	readMap map[*transport.Pool]*reader // each node's read health, kept across readerSets
 }
 
 // New returns a Store for the cluster cfg names. It checks cfg (see
@@ -50,6 +54,9 @@ func New(cfg Config) (*Store, error) {
 		cfg:   cfg.withDefaults(),
 		done:  make(chan struct{}),
 		nodes: make(map[string]*transport.Pool),
+
+		readMap:   make(map[*transport.Pool]*reader),
+		readStart: mrand.Uint32(),
 	}
 	s.connCfg = transport.ConnConfig{
 		DialTimeout:  s.cfg.DialTimeout,

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
@@ -219,5 +222,60 @@ func TestSoleVoterReadsSkipTheRound(t *testing.T) {
 	read(leader, "three-voters", `{"b":2}`)
 	if rounds.Load() == 0 {
 		t.Fatal("leader of three voters served a linearizable read without a confirmation round")
+	}
+}
+
+// TestClientReadsFromFollowers: a client that knows every node sends its
+// writes to the leader and its reads to one follower, which serves them
+// from its own state (none forwarded), and every read made after a write
+// returns that write.
+func TestClientReadsFromFollowers(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	addrs := []string{tc.nodes[l].Addr()}
+	for i, n := range tc.nodes {
+		if i != l {
+			addrs = append(addrs, n.Addr())
+		}
+	}
+	c, err := client.New(client.Config{Addrs: addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 40 {
+		sid, want := fmt.Sprintf("r%d", i), fmt.Sprintf(`{"i":%d}`, i)
+		if err := c.SaveRaw(ctx, sid, []byte(want)); err != nil {
+			t.Fatalf("save %s: %v", sid, err)
+		}
+		got, found, err := c.RestoreRaw(ctx, sid)
+		if err != nil || !found || string(got) != want {
+			t.Fatalf("restore %s right after its save: %s, %v, %v; want %s", sid, got, found, err, want)
+		}
+	}
+	count := func(n *Node, name string, labels map[string]string) float64 {
+		fams, err := n.obs.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]*dto.MetricFamily{}
+		for _, f := range fams {
+			byName[f.GetName()] = f
+		}
+		v, _ := metricValue(byName, name, labels)
+		return v
+	}
+	restores := map[string]string{"op": "restore", "protocol": "native"}
+	var served []float64 // by the leader, then the followers
+	forwarded := 0.0
+	for _, i := range append([]int{l}, slices.DeleteFunc([]int{0, 1, 2}, func(i int) bool { return i == l })...) {
+		served = append(served, count(tc.nodes[i], "kadosession_requests_total", restores))
+		forwarded += count(tc.nodes[i], "kadosession_forwarded_requests_total", map[string]string{"op": "restore"})
+	}
+	slices.Sort(served[1:])
+	if !slices.Equal(served, []float64{0, 0, 40}) || forwarded != 0 {
+		t.Errorf("reads served by the leader, then the followers: %v, %v forwarded; want [0 0 40], none forwarded: all on the client's follower", served, forwarded)
 	}
 }

@@ -1,0 +1,14 @@
+package client
+
+import (
+	"testing"
+	"time"
+)
+
+// SetReaderPause sets how long a node that failed a read is left out of
+// the readers, for the test t.
+func SetReaderPause(t testing.TB, d time.Duration) {
+	old := readerPause
+	readerPause = d
+	t.Cleanup(func() { readerPause = old })
+}
