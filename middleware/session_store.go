@@ -23,7 +23,7 @@ func (s *Session) loadLocked(ctx context.Context) {
 	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	data, found, err := s.store.Restore(cctx, s.id)
+	data, found, err := restore(cctx, s.store, s.id)
 	s.data = data // the store's map when it found the session: no copy made
 	if err != nil || !found || s.data == nil {
 		s.data = make(map[string]json.RawMessage)
