@@ -108,4 +108,3 @@ func decodeObject(raw []byte) (map[string]json.RawMessage, error) {
 	}
 	return fsm.DecodeObject(compact)
 }
-
