@@ -23,14 +23,6 @@ type followerReads struct {
 	rounds rounds // read-index requests to the leader (ask)
 }
 
-// readIndexRequest is {"op":"read_index","id":ID,"term":T}: the asking
-// follower's id and its current term when it sent the request.
-type readIndexRequest struct {
-	Op   string `json:"op"`
-	ID   string `json:"id"`
-	Term uint64 `json:"term"`
-}
-
 // readIndexReply answers {"op":"read_index"}.
 type readIndexReply struct {
 	Index uint64 `json:"index"`
@@ -66,7 +58,7 @@ func (fr *followerReads) ask() (uint64, error) {
 	}
 	// Our term, read now (after every read of this round arrived), is our
 	// answer to the leader's confirmation round (readIndex.indexFor).
-	body, err := json.Marshal(readIndexRequest{Op: "read_index", ID: n.id, Term: n.raft.CurrentTerm()})
+	body, err := json.Marshal(adminRequest{Op: "read_index", ID: n.id, Term: n.raft.CurrentTerm()})
 	if err != nil {
 		return 0, err
 	}
@@ -86,17 +78,15 @@ func (fr *followerReads) ask() (uint64, error) {
 	return r.Index, nil
 }
 
-// adminReadIndex answers a follower's {"op":"read_index"} on the leader.
-func (n *Node) adminReadIndex(ctx context.Context, body []byte) ([]byte, error) {
+// adminReadIndex answers a follower's {"op":"read_index","id":ID,"term":T}
+// on the leader: the asking follower's id and its current term when it
+// sent the request.
+func (n *Node) adminReadIndex(ctx context.Context, req adminRequest) ([]byte, error) {
 	if !n.ready.Load() {
 		return nil, errStarting // still importing its save file
 	}
 	if n.raft.State() != raft.Leader {
 		return nil, notLeader(n.raft)
-	}
-	var req readIndexRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, transport.Errorf(transport.CodeBadRequest, "read_index request: %v", err)
 	}
 	index, err := n.reads.indexFor(ctx, raft.ServerID(req.ID), req.Term)
 	if err != nil {

@@ -29,6 +29,7 @@ type adminRequest struct {
 	ID        string `json:"id,omitempty"`
 	Address   string `json:"address,omitempty"`
 	ClusterID string `json:"cluster_id,omitempty"`
+	Term      uint64 `json:"term,omitempty"` // read_index: the asking follower's term
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -137,7 +138,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	case "term":
 		return json.Marshal(termReply{Term: n.raft.CurrentTerm(), ID: n.id})
 	case "read_index":
-		return n.adminReadIndex(ctx, body) // cluster/follower_read.go
+		return n.adminReadIndex(ctx, req) // cluster/follower_read.go
 	case "list":
 		return n.adminList(ctx, body) // cluster/list.go
 	case "join", "remove", "user_sessions", "revoke_user":
