@@ -34,21 +34,24 @@ const (
 type ReadRouting uint8
 
 const (
-	// ReadFollower, the default, sends reads to one of the known nodes
-	// other than the one writes go to (the leader, once a node has named
-	// it): each Store picks its follower at random, so the reads of many
-	// app instances spread over the followers, and the reads of one share
-	// the follower's requests to the leader. A follower answers a
-	// linearizable read by asking the leader for a read index (one request
-	// for every read waiting there) and reading its own state, so the
-	// leader is left its writes and those requests. A node that fails a
+	// ReadLeader, the default, sends reads to the leader, like writes.
+	ReadLeader ReadRouting = iota
+	// ReadFollower sends reads to one of the known nodes other than the one
+	// writes go to (the leader, once a node has named it): each Store picks
+	// its follower at random, so the reads of many app instances spread
+	// over the followers, and the reads of one share the follower's
+	// requests to the leader. A follower answers a linearizable read by
+	// asking the leader for a read index (one request for every read
+	// waiting there) and reading its own state once it has applied that
+	// index, so the leader is left its writes and those requests. It suits
+	// read-mostly loads: while the cluster takes writes, a follower learns
+	// that they committed only with the leader's next append (within the
+	// node's --commit-timeout), and reads wait for it. A node that fails a
 	// read is left out for a while (the read is retried on the leader, the
 	// next on another follower), then tried again by one read. Reads go to
 	// the leader when no other node is known or healthy, and with
 	// Consistency Leader.
-	ReadFollower ReadRouting = iota
-	// ReadLeader sends reads to the leader, like writes.
-	ReadLeader
+	ReadFollower
 )
 
 // Defaults for the zero values of Config.
@@ -95,9 +98,10 @@ type Config struct {
 	// Consistency is the read guarantee Restore and RestoreRaw ask for
 	// (Default: the node's own default).
 	Consistency Consistency
-	// Reads says which node reads go to (ReadFollower: a follower, picked
-	// at random per Store; ReadLeader). The known nodes are Addrs and the
-	// leaders the nodes name, so give every node's address.
+	// Reads says which node reads go to: ReadLeader (the default), or
+	// ReadFollower (a follower, picked at random per Store; the known
+	// nodes are Addrs and the leaders the nodes name, so give every node's
+	// address).
 	Reads ReadRouting
 	// MaxRetries bounds the retries of a call after a retryable failure: a
 	// connection that could not be made or was lost, or a node answering
@@ -142,8 +146,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: RequestTimeout %s is negative", ErrInvalidConfig, c.RequestTimeout)
 	case c.Consistency > Stale:
 		return fmt.Errorf("%w: unknown Consistency %d: use Default, Linearizable, Leader or Stale", ErrInvalidConfig, byte(c.Consistency))
-	case c.Reads > ReadLeader:
-		return fmt.Errorf("%w: unknown Reads %d: use ReadFollower or ReadLeader", ErrInvalidConfig, byte(c.Reads))
+	case c.Reads > ReadFollower:
+		return fmt.Errorf("%w: unknown Reads %d: use ReadLeader or ReadFollower", ErrInvalidConfig, byte(c.Reads))
 	}
 	return nil
 }

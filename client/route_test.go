@@ -27,10 +27,8 @@ func TestNotLeaderHintMovesToLeader(t *testing.T) {
 	followerH := followerHandler(&transport.Error{Code: transport.CodeNotLeader, Message: "not the leader", Leader: leader.addr})
 	follower := startServer(t, "127.0.0.1:0", followerH)
 
-	// Only the follower is known; the leader is learnt from its hint. (Its
-	// reads go to the leader too: the follower is left out of the readers
-	// as one that fails them; see TestFailingReaderIsLeftOut.)
-	s := newStore(t, client.Config{Addrs: []string{follower.addr}, Reads: client.ReadLeader})
+	// Only the follower is known; the leader is learnt from its hint.
+	s := newStore(t, client.Config{Addrs: []string{follower.addr}})
 	ctx := context.Background()
 	want := map[string]json.RawMessage{"k": raw(`"v"`)}
 	if err := s.Save(ctx, "sid", want); err != nil {
@@ -191,17 +189,17 @@ func threeNodes(t *testing.T, sid string) ([]*memHandler, []string) {
 	return hs, addrs
 }
 
-func TestReadsGoToOneFollower(t *testing.T) {
+func TestReadRouting(t *testing.T) {
 	tests := []struct {
 		name   string
 		cfg    client.Config
 		leader int64   // reads the leader serves, of 40
 		fols   []int64 // reads the followers serve, fewest first
 	}{
-		{"default", client.Config{}, 0, []int64{0, 40}},
-		{"stale", client.Config{Consistency: client.Stale}, 0, []int64{0, 40}},
-		{"leader reads", client.Config{Reads: client.ReadLeader}, 40, []int64{0, 0}},
-		{"leader consistency", client.Config{Consistency: client.Leader}, 40, []int64{0, 0}},
+		{"default", client.Config{}, 40, []int64{0, 0}},
+		{"follower reads", client.Config{Reads: client.ReadFollower}, 0, []int64{0, 40}},
+		{"follower reads, stale", client.Config{Reads: client.ReadFollower, Consistency: client.Stale}, 0, []int64{0, 40}},
+		{"follower reads, leader consistency", client.Config{Reads: client.ReadFollower, Consistency: client.Leader}, 40, []int64{0, 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -246,7 +244,7 @@ func TestFailingReaderIsLeftOut(t *testing.T) {
 			return nil
 		}
 	}
-	s := newStore(t, client.Config{Addrs: addrs})
+	s := newStore(t, client.Config{Addrs: addrs, Reads: client.ReadFollower})
 	ctx := context.Background()
 	// reads makes n reads and returns how many the leader, the Store's own
 	// follower and the other one served.
@@ -284,7 +282,7 @@ func TestDeadFollowerReadsGoElsewhere(t *testing.T) {
 	h := newMemHandler()
 	h.data["sid"] = []byte(`{}`)
 	leader := startServer(t, "127.0.0.1:0", h)
-	s := newStore(t, client.Config{Addrs: []string{leader.addr, freeAddr(t)}})
+	s := newStore(t, client.Config{Addrs: []string{leader.addr, freeAddr(t)}, Reads: client.ReadFollower})
 	for range 5 {
 		if _, found, err := s.Restore(context.Background(), "sid"); err != nil || !found {
 			t.Fatalf("Restore with the only follower down: %v, %v", found, err)

@@ -225,8 +225,8 @@ func TestSoleVoterReadsSkipTheRound(t *testing.T) {
 	}
 }
 
-// TestClientReadsFromFollowers: a client that knows every node sends its
-// writes to the leader and its reads to one follower, which serves them
+// TestClientReadsFromFollowers: a client with ReadFollower that knows every
+// node sends its writes to the leader and its reads to one follower, which serves them
 // from its own state (none forwarded), and every read made after a write
 // returns that write.
 func TestClientReadsFromFollowers(t *testing.T) {
@@ -238,7 +238,7 @@ func TestClientReadsFromFollowers(t *testing.T) {
 			addrs = append(addrs, n.Addr())
 		}
 	}
-	c, err := client.New(client.Config{Addrs: addrs})
+	c, err := client.New(client.Config{Addrs: addrs, Reads: client.ReadFollower})
 	if err != nil {
 		t.Fatal(err)
 	}
