@@ -28,26 +28,20 @@ type readIndexReply struct {
 	Index uint64 `json:"index"`
 }
 
-// wait returns nil once this follower's state can answer a read that arrived
-// before the call linearizably, or an error; on an error the caller forwards
-// the read to the leader instead.
-func (fr *followerReads) wait(ctx context.Context) error {
+// index returns a read index for a read that arrived before the call:
+// once this node has applied it, its state answers the read linearizably.
+// On an error the caller forwards the read to the leader instead.
+func (fr *followerReads) index(ctx context.Context) (uint64, error) {
 	index, err := fr.rounds.join(ctx)
-	if err != nil {
-		if ctx.Err() != nil && err == ctx.Err() {
-			return transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", err)
-		}
-		return err
+	if err != nil && ctx.Err() != nil && err == ctx.Err() {
+		return 0, transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", err)
 	}
-	// A follower far behind (catching up after a restart or a partition)
-	// would keep the reader waiting: after followerApplyWait the read goes
-	// to the leader instead.
-	return fr.n.fsm.applied.waitFor(ctx, index, followerApplyWait)
+	return index, err
 }
 
-// followerApplyWait bounds how long a follower waits to apply up to a read
-// index before forwarding the read to the leader.
-const followerApplyWait = 200 * time.Millisecond
+// atIndexWait bounds how long a node serving an AtIndex read (usually the
+// leader, which has applied the index or is about to) waits to apply it.
+const atIndexWait = 200 * time.Millisecond
 
 // ask asks the leader raft names for a read index.
 func (fr *followerReads) ask() (uint64, error) {

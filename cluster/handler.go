@@ -220,9 +220,11 @@ func (n *Node) Touch(ctx context.Context, sid string) error {
 
 // Restore returns a session's data with the requested consistency
 // (transport.Default means the node's --consistency, linearizable unless
-// set otherwise). A follower forwards linearizable and leader reads to the
-// leader and serves stale reads itself, refusing them when it has not heard
-// from a leader within the staleness bound.
+// set otherwise). A follower serves linearizable reads itself once it has
+// applied the leader's read index, and forwards them to the leader, to be
+// served at that index, when it has not; it forwards leader reads, and
+// serves stale reads itself, refusing them when it has not heard from a
+// leader within the staleness bound.
 func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency) ([]byte, bool, error) {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return nil, false, wireError(err)
@@ -240,10 +242,21 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 				if transport.FromPeer(ctx) {
 					return nil, false, notLeader(n.raft)
 				}
-				if c != transport.Leader && n.freads.wait(ctx) == nil {
-					break // linearizable here (follower_read.go)
+				req := &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid}
+				if c != transport.Leader {
+					if index, err := n.freads.index(ctx); err == nil {
+						if n.fsm.applied.get() >= index {
+							break // linearizable here (follower_read.go)
+						}
+						// Behind the index: raft tells a follower of commits
+						// only with the leader's next append, which may be a
+						// --commit-timeout away. The leader has applied them,
+						// or is about to: it serves the read at the index,
+						// without a round of its own.
+						req.Consistency, req.Index = transport.AtIndex, index
+					}
 				}
-				resp, forwarded, err := n.forward(ctx, &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid})
+				resp, forwarded, err := n.forward(ctx, req)
 				if forwarded {
 					n.obs.observeForward("restore")
 					return resp.Data, resp.Found, err
@@ -261,6 +274,19 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 			if !n.retryElsewhere(ctx, err) {
 				return nil, false, err
 			}
+		}
+	case transport.AtIndex:
+		// Any node that has applied the index answers linearizably: the
+		// index is at least the commit index when the read arrived.
+		index, ok := transport.ReadIndex(ctx)
+		if !ok || !transport.FromPeer(ctx) {
+			return nil, false, transport.Errorf(transport.CodeBadRequest, "at-index reads are sent by the nodes of a cluster to each other, not by clients")
+		}
+		if !n.ready.Load() {
+			return nil, false, errStarting
+		}
+		if err := n.fsm.applied.waitFor(ctx, index, atIndexWait); err != nil {
+			return nil, false, err
 		}
 	case transport.Stale:
 		if !n.ready.Load() {

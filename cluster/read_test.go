@@ -267,15 +267,89 @@ func TestClientReadsFromFollowers(t *testing.T) {
 		v, _ := metricValue(byName, name, labels)
 		return v
 	}
+	// The cluster is idle now: once the followers have heard of the last
+	// commit, the follower serves reads from its own state.
+	poll(t, func() bool {
+		for _, n := range tc.nodes {
+			if n.fsm.applied.get() < tc.nodes[l].fsm.applied.get() {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, "the followers to apply the last save")
 	restores := map[string]string{"op": "restore", "protocol": "native"}
+	fwd := map[string]string{"op": "restore"}
+	var before []float64
+	for _, n := range tc.nodes {
+		before = append(before, count(n, "kadosession_forwarded_requests_total", fwd))
+	}
+	for i := range 40 {
+		sid, want := fmt.Sprintf("r%d", i), fmt.Sprintf(`{"i":%d}`, i)
+		if got, found, err := c.RestoreRaw(ctx, sid); err != nil || !found || string(got) != want {
+			t.Fatalf("restore %s: %s, %v, %v; want %s", sid, got, found, err, want)
+		}
+	}
 	var served []float64 // by the leader, then the followers
 	forwarded := 0.0
 	for _, i := range append([]int{l}, slices.DeleteFunc([]int{0, 1, 2}, func(i int) bool { return i == l })...) {
 		served = append(served, count(tc.nodes[i], "kadosession_requests_total", restores))
-		forwarded += count(tc.nodes[i], "kadosession_forwarded_requests_total", map[string]string{"op": "restore"})
+		forwarded += count(tc.nodes[i], "kadosession_forwarded_requests_total", fwd) - before[i]
 	}
 	slices.Sort(served[1:])
-	if !slices.Equal(served, []float64{0, 0, 40}) || forwarded != 0 {
-		t.Errorf("reads served by the leader, then the followers: %v, %v forwarded; want [0 0 40], none forwarded: all on the client's follower", served, forwarded)
+	if !slices.Equal(served, []float64{0, 0, 80}) || forwarded != 0 {
+		t.Errorf("reads served by the leader, then the followers: %v, %v of the last 40 forwarded; want [0 0 80], none forwarded: all on the client's follower", served, forwarded)
+	}
+}
+
+// TestBehindFollowerReadsAtIndex: a follower that has not yet learnt that
+// a write committed (raft tells it with the leader's next append, here a
+// second away) does not wait for it: it sends the read to the leader to be
+// served at its read index, and the leader serves it without a
+// confirmation round of its own. The read returns the write.
+func TestBehindFollowerReadsAtIndex(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = time.Second })
+	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
+	var rounds atomic.Int64
+	do := leader.reads.rounds.do
+	leader.reads.rounds.do = func() (uint64, error) { rounds.Add(1); return do() }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	forwarded := func() float64 {
+		fams, err := follower.obs.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]*dto.MetricFamily{}
+		for _, f := range fams {
+			byName[f.GetName()] = f
+		}
+		v, _ := metricValue(byName, "kadosession_forwarded_requests_total", map[string]string{"op": "restore"})
+		return v
+	}
+	for i := range 5 {
+		want := fmt.Sprintf(`{"v":%d}`, i)
+		mustSave(t, leader, "at-index", want)
+		start := time.Now()
+		data, found, err := follower.Restore(ctx, "at-index", transport.Linearizable)
+		took := time.Since(start)
+		if err != nil || !found || string(data) != want {
+			t.Fatalf("read through the follower right after save %d: %s, %v, %v; want %s", i, data, found, err, want)
+		}
+		if took >= 900*time.Millisecond {
+			t.Errorf("read %d took %s: it waited for the leader's next append", i, took)
+		}
+	}
+	if f := forwarded(); f == 0 {
+		t.Error("the follower forwarded no read: it was never behind, so the test tested nothing")
+	}
+	if n := rounds.Load(); n != 0 {
+		t.Errorf("the leader ran %d confirmation rounds: at-index reads need none", n)
+	}
+
+	// Clients may not ask for it: it skips the staleness bound.
+	c := nativeConn(t, follower.Addr())
+	resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpRestore, Consistency: transport.AtIndex, Index: 1, SID: "at-index"})
+	if err != nil || resp.Err == nil || resp.Err.Code != transport.CodeBadRequest {
+		t.Fatalf("an at-index read from a client: %+v, %v; want a bad request", resp, err)
 	}
 }

@@ -178,6 +178,9 @@ func (s *Server) handle(req *Request, peer bool) *Response {
 	if req.Nonce != (Nonce{}) {
 		ctx = context.WithValue(ctx, nonceKey{}, req.Nonce)
 	}
+	if req.Op == OpRestore && req.Consistency == AtIndex {
+		ctx = context.WithValue(ctx, readIndexKey{}, req.Index)
+	}
 	var hint string
 	ctx = context.WithValue(ctx, leaderHintKey{}, &hint)
 	resp := &Response{ID: req.ID}
@@ -211,6 +214,15 @@ type leaderHintKey struct{}
 type fromPeerKey struct{}
 
 type nonceKey struct{}
+
+type readIndexKey struct{}
+
+// ReadIndex returns the index of the native AtIndex restore ctx belongs
+// to, and whether it is one.
+func ReadIndex(ctx context.Context) (uint64, bool) {
+	i, ok := ctx.Value(readIndexKey{}).(uint64)
+	return i, ok
+}
 
 // RequestNonce returns the nonce of the native write request ctx belongs
 // to, and whether it had one.

@@ -79,6 +79,11 @@ const (
 	Linearizable Consistency = 1 // read index confirmed by a quorum
 	Leader       Consistency = 2 // the leader's state without a quorum check
 	Stale        Consistency = 3 // any node's state
+	// AtIndex is for the nodes of a cluster, not clients: the node's state
+	// once it has applied Request.Index, a read index the leader gave for
+	// the read. A follower whose state is behind the index sends the read
+	// to the leader this way instead of waiting to learn of the commits.
+	AtIndex Consistency = 4
 )
 
 func (c Consistency) String() string {
@@ -91,6 +96,8 @@ func (c Consistency) String() string {
 		return "leader"
 	case Stale:
 		return "stale"
+	case AtIndex:
+		return "at-index"
 	}
 	return fmt.Sprintf("consistency(%d)", byte(c))
 }
@@ -111,6 +118,7 @@ type Request struct {
 	// node makes one up (it then protects only its own retries).
 	Nonce       Nonce
 	Consistency Consistency // OpRestore
+	Index       uint64      // OpRestore with AtIndex
 	SID         string      // OpRestore, OpSave, OpPatch, OpDelete, OpTouch
 	Data        []byte      // OpSave: a JSON object; OpAdmin: a JSON body
 	Set         []KV        // OpPatch
@@ -146,6 +154,9 @@ func AppendRequest(dst []byte, req *Request) []byte {
 	case OpRestore:
 		dst = append(dst, byte(req.Consistency))
 		dst = appendString(dst, req.SID)
+		if req.Consistency == AtIndex {
+			dst = binary.AppendUvarint(dst, req.Index)
+		}
 	case OpSave:
 		dst = appendString(dst, req.SID)
 		dst = append(dst, req.Data...)
@@ -278,7 +289,10 @@ func DecodeRequest(frame []byte) (Request, error) {
 	case OpRestore:
 		req.Consistency = Consistency(d.byte())
 		req.SID = d.string()
-		if req.Consistency > Stale {
+		switch {
+		case req.Consistency == AtIndex:
+			req.Index = d.uvarint()
+		case req.Consistency > AtIndex:
 			d.fail("unknown consistency %d", byte(req.Consistency))
 		}
 	case OpSave:

@@ -55,6 +55,7 @@ func sampleRequests() []struct {
 		{"restore linearizable", Request{ID: 3, Op: OpRestore, Consistency: Linearizable, SID: "__proto__"}},
 		{"restore leader", Request{ID: 4, Op: OpRestore, Consistency: Leader, SID: "constructor"}},
 		{"restore stale", Request{ID: 5, Op: OpRestore, Consistency: Stale, SID: "é☃"}},
+		{"restore at index", Request{ID: 5, Op: OpRestore, Consistency: AtIndex, SID: "s", Index: 1<<40 + 5}},
 		{"save", Request{ID: 6, Op: OpSave, SID: "s", Data: []byte(`{"a":1}`)}},
 		{"save empty data", Request{ID: 7, Op: OpSave, SID: "s"}},
 		{"patch", Request{ID: 8, Op: OpPatch, SID: "p",
@@ -360,7 +361,7 @@ func TestOpAndConsistencyStrings(t *testing.T) {
 		}
 	}
 	for v, want := range map[Consistency]string{Default: "default", Linearizable: "linearizable", Leader: "leader",
-		Stale: "stale", Consistency(9): "consistency(9)"} {
+		Stale: "stale", AtIndex: "at-index", Consistency(9): "consistency(9)"} {
 		if v.String() != want {
 			t.Errorf("Consistency(%d) = %q, want %q", byte(v), v.String(), want)
 		}

@@ -60,6 +60,7 @@ func run() error {
 	redisAddr := flag.String("redis", "", "scs-redis: `HOST:PORT` of Redis")
 	precreate := flag.Int("precreate", 1000, "sessions to make before serving (with --cookies)")
 	cookies := flag.String("cookies", "", "write the pre-created sessions' Cookie header values to `FILE`, one a line")
+	reads := flag.String("reads", "leader", "kado-node: where the Go client sends reads: leader or follower (client.Config.Reads)")
 	pprofAddr := flag.String("pprof", "", "serve Go's net/http/pprof profiles on `HOST:PORT` (for profiling a stack; off by default)")
 	flag.Parse()
 	if *pprofAddr != "" {
@@ -90,7 +91,15 @@ func run() error {
 			if *nodes == "" {
 				return errors.New("--stack kado-node needs --nodes")
 			}
-			c, err := client.New(client.Config{Addrs: strings.Split(*nodes, ",")})
+			cfg := client.Config{Addrs: strings.Split(*nodes, ",")}
+			switch *reads {
+			case "leader":
+			case "follower":
+				cfg.Reads = client.ReadFollower
+			default:
+				return fmt.Errorf("--reads %q: want leader or follower", *reads)
+			}
+			c, err := client.New(cfg)
 			if err != nil {
 				return err
 			}
