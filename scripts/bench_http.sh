@@ -13,7 +13,9 @@
 #   kado-single        kadosession's middleware, the Go client, one node
 #   kado-3node         kadosession's middleware, the Go client, a three-node
 #                      cluster (the client follows the leader; reads at the
-#                      nodes' default, linearizable)
+#                      nodes' default, linearizable, through the leader)
+#   kado-3node-fr      the same with client.Config{Reads: ReadFollower}:
+#                      linearizable reads through a follower
 #   scs-memstore       alexedwards/scs v2 + memstore
 #   scs-redis-aof      scs v2 + redisstore (redigo) on Redis with
 #                      appendonly yes + appendfsync always
@@ -34,7 +36,7 @@ WARMUP=${HTTP_WARMUP:-2s}
 CONNS=${HTTP_CONNS:-64}
 THREADS=${HTTP_THREADS:-2}
 COOKIES=${HTTP_COOKIES:-1000}
-STACKS=${HTTP_STACKS:-none kado-memory kado-single kado-3node scs-memstore scs-redis-aof}
+STACKS=${HTTP_STACKS:-none kado-memory kado-single kado-3node kado-3node-fr scs-memstore scs-redis-aof}
 for d in "$DURATION" "$WARMUP"; do
   [[ $d =~ ^[1-9][0-9]?s$ ]] || { echo "bench_http.sh: durations are whole seconds, 1s..99s (got $d)" >&2; exit 2; }
 done
@@ -115,7 +117,7 @@ if [[ " $STACKS " == *" kado-single "* ]]; then
   ks=$(free_port); start_node kado-single "$ks" s1
   wait_nodes "$ks" 1
 fi
-if [[ " $STACKS " == *" kado-3node "* ]]; then
+if [[ " $STACKS " == *" kado-3node "* || " $STACKS " == *" kado-3node-fr "* ]]; then
   echo "== starting a three-node kadosession cluster"
   k1=$(free_port); k2=$(free_port); k3=$(free_port)
   start_node kado-n1 "$k1" n1
@@ -147,6 +149,7 @@ for name in $STACKS; do
     none|kado-memory|scs-memstore) args+=(--stack "$name") ;;
     kado-single) args+=(--stack kado-node --nodes "127.0.0.1:$ks") ;;
     kado-3node) args+=(--stack kado-node --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
+    kado-3node-fr) args+=(--stack kado-node --reads follower --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
     scs-redis-aof) args+=(--stack scs-redis --redis "127.0.0.1:$rp") ;;
     *) echo "bench_http.sh: unknown stack $name" >&2; exit 2 ;;
   esac
@@ -176,7 +179,7 @@ python3 - "$results" "$DURATION" "$CONNS" "$COOKIES" <<'PY'
 import json, sys, os, platform
 path, duration, conns, cookies = sys.argv[1:5]
 R = {(r["name"], r["path"]): r for r in map(json.loads, open(path))}
-order = ["none", "kado-memory", "kado-single", "kado-3node", "scs-memstore", "scs-redis-aof"]
+order = ["none", "kado-memory", "kado-single", "kado-3node", "kado-3node-fr", "scs-memstore", "scs-redis-aof"]
 def get(n, p, f="rps"):
     r = R.get((n, p))
     return None if r is None else r[f]
@@ -206,6 +209,8 @@ def goal(text, v, t):
     goals.append((text, v, t, None if v is None else v >= t))
 goal("kado 3-node /write vs scs + Redis AOF always", ratio(get("kado-3node", "/write"), get("scs-redis-aof", "/write")), 1.0)
 goal("kado 3-node /read vs scs + Redis AOF always", ratio(get("kado-3node", "/read"), get("scs-redis-aof", "/read")), 1.5)
+goal("kado 3-node, follower reads, /write vs scs + Redis AOF always", ratio(get("kado-3node-fr", "/write"), get("scs-redis-aof", "/write")), 1.0)
+goal("kado 3-node, follower reads, /read vs scs + Redis AOF always", ratio(get("kado-3node-fr", "/read"), get("scs-redis-aof", "/read")), 1.5)
 goal("kado single node /write vs scs + Redis AOF always", ratio(get("kado-single", "/write"), get("scs-redis-aof", "/write")), 2.0)
 goal("kado MemoryStore /write vs scs + memstore", ratio(get("kado-memory", "/write"), get("scs-memstore", "/write")), 2.0)
 goal("kado MemoryStore /read vs scs + memstore", ratio(get("kado-memory", "/read"), get("scs-memstore", "/read")), 2.0)
