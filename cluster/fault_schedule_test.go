@@ -167,15 +167,20 @@ func runFaultSchedule(t *testing.T, seed int64) faultkit.Result {
 	}
 	r := &faultRun{t: t, seed: seed, tc: tc, net: fn, start: time.Now()}
 
-	// Three Go clients, each starting at a different node, and one Kado
-	// JSON client picking a node per request; all dial through fn.
+	// Three Go clients, each starting at a different node (the last sends
+	// its reads to a follower: client.ReadFollower), and one Kado JSON
+	// client picking a node per request; all dial through fn.
 	rec := faultkit.NewRecorder()
 	wl := &faultkit.Workload{SIDs: []string{"s0", "s1", "s2"}, Seed: seed, Rec: rec, KadoAddrs: addrs}
 	r.wl = wl
 	for k := 0; k < 3; k++ {
 		r.clients = append(r.clients, clientBase+k)
 		order := append(append([]string(nil), addrs[k:]...), addrs[:k]...)
-		s, err := client.New(client.Config{Addrs: order, Dialer: fn.dialer(clientBase + k), RequestTimeout: time.Second, Consistency: faultReads(t)})
+		cfg := client.Config{Addrs: order, Dialer: fn.dialer(clientBase + k), RequestTimeout: time.Second, Consistency: faultReads(t)}
+		if k == 2 {
+			cfg.Reads = client.ReadFollower
+		}
+		s, err := client.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -197,7 +197,11 @@ func (r *run) schedule() (res faultkit.Result, err error) {
 	r.wl = wl
 	for k := 0; k < 3; k++ {
 		order := append(append([]string(nil), addrs[k:]...), addrs[:k]...)
-		s, err := client.New(client.Config{Addrs: order, RequestTimeout: time.Second})
+		cfg := client.Config{Addrs: order, RequestTimeout: time.Second}
+		if k == 2 {
+			cfg.Reads = client.ReadFollower // one client reads through a follower
+		}
+		s, err := client.New(cfg)
 		if err != nil {
 			return res, err
 		}
