@@ -23,6 +23,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		return transport.Response{}, ErrClosed
 	}
 	backoffs := 0
+	skipped := 0        // 1 once a read failed on this Store's follower
 	var last *callError // the last retryable failure
 	for attempt := 0; ; attempt++ {
 		n := s.cur.Load()
@@ -41,9 +42,6 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		if !errors.As(err, &ce) {
 			return resp, err
 		}
-		if r != nil && ce.class != classFinal && ce.class != classEnded {
-			r.fail()
-		}
 		switch ce.class {
 		case classFinal:
 			return resp, err
@@ -54,14 +52,27 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 			// The context ended during a retry: say so, and keep what the
 			// retries were up against.
 			return resp, fmt.Errorf("kadosession: %s: %w while retrying; last failure: %w", req.Op, ce.cause, last)
-		case classTimedOut:
+		}
+		if r != nil {
+			// The read failed on this Store's follower (refused,
+			// unreachable, or not answering in time): leave it out for a
+			// while and ask the leader at once. The follower's attempt
+			// does not count against MaxRetries.
+			r.fail()
+			last, skipped = ce, 1
+			if ce.class == classFollow {
+				s.follow(ce.leader)
+			}
+			continue
+		}
+		if ce.class == classTimedOut {
 			// The node took the request but did not answer in time: it may
 			// be cut off. Do not pile another attempt on a struggling
 			// cluster, but send the next call elsewhere.
 			s.advance(n)
 			return resp, err
 		}
-		if attempt >= s.cfg.MaxRetries {
+		if attempt-skipped >= s.cfg.MaxRetries {
 			if attempt == 0 {
 				return resp, err
 			}
@@ -75,9 +86,6 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 		if ce.class == classFollow {
 			s.follow(ce.leader)
 			continue
-		}
-		if r != nil {
-			continue // the read failed on a follower: the leader next, at once
 		}
 		s.advance(n)
 		if err := s.sleep(ctx, backoff(backoffs)); err != nil {
@@ -205,7 +213,7 @@ func (s *Store) reader(writer *transport.Pool) *reader {
 	}
 	now := time.Now().UnixNano()
 	for j := range k {
-		if r := set.nodes[(s.readStart+j)%k]; r.usable(now) {
+		if r := set.nodes[(s.readStart%k+j)%k]; r.usable(now) {
 			return r
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -290,5 +291,112 @@ func TestDeadFollowerReadsGoElsewhere(t *testing.T) {
 	}
 	if n := h.reads.Load(); n != 5 {
 		t.Errorf("the leader served %d reads, want 5", n)
+	}
+}
+
+// TestFailedFollowerReadFallsBack: a read that fails on the Store's
+// follower goes to the leader at once (no backoff: within a deadline
+// shorter than the shortest one), also when the follower does not answer
+// in time, and also with retries disabled.
+func TestFailedFollowerReadFallsBack(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  client.Config
+		hook func(context.Context) error
+		ctx  time.Duration // the read's deadline (0: none)
+	}{
+		{"unavailable", client.Config{}, func(context.Context) error {
+			return transport.Errorf(transport.CodeUnavailable, "catching up")
+		}, 9 * time.Millisecond},
+		{"retries disabled", client.Config{MaxRetries: -1}, func(context.Context) error {
+			return transport.Errorf(transport.CodeUnavailable, "catching up")
+		}, 0},
+		{"no answer in time", client.Config{RequestTimeout: 100 * time.Millisecond}, func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hs, addrs := threeNodes(t, "sid")
+			for _, h := range hs[1:] {
+				h.hook = func(ctx context.Context, op transport.Op, _ string) error {
+					if op == transport.OpRestore {
+						return tt.hook(ctx)
+					}
+					return nil
+				}
+			}
+			// A deadline shorter than the shortest backoff (10 ms) holds only
+			// if the leader is asked at once; a loaded machine gets 5 tries.
+			var err error
+			for range 5 {
+				cfg := tt.cfg
+				cfg.Addrs, cfg.Reads = addrs, client.ReadFollower
+				s := newStore(t, cfg)
+				ctx, cancel := context.Background(), context.CancelFunc(func() {})
+				if tt.ctx > 0 {
+					ctx, cancel = context.WithTimeout(ctx, tt.ctx)
+				}
+				_, _, err = s.Restore(ctx, "sid")
+				cancel()
+				if err == nil {
+					break
+				}
+			}
+			if err != nil {
+				t.Fatalf("Restore with the follower failing: %v", err)
+			}
+			if n := hs[0].reads.Load(); n == 0 {
+				t.Error("the leader served no read")
+			}
+		})
+	}
+}
+
+// TestOneReadProbesAPausedFollower: when a failing follower's pause ends,
+// one read tries it; the reads made meanwhile skip it.
+func TestOneReadProbesAPausedFollower(t *testing.T) {
+	client.SetReaderPause(t, 50*time.Millisecond)
+	hs, addrs := threeNodes(t, "sid")
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the servers stop, should the test fail early
+	var probing atomic.Bool
+	for _, h := range hs[1:] {
+		h.hook = func(_ context.Context, op transport.Op, _ string) error {
+			if op != transport.OpRestore {
+				return nil
+			}
+			if probing.Load() {
+				<-release // the probe holds on while the others read
+			}
+			return transport.Errorf(transport.CodeUnavailable, "catching up")
+		}
+	}
+	s := newStore(t, client.Config{Addrs: addrs, Reads: client.ReadFollower})
+	ctx := context.Background()
+	for range 2 { // each follower fails once and is paused
+		if _, _, err := s.Restore(ctx, "sid"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := hs[1].reads.Load() + hs[2].reads.Load()
+	time.Sleep(80 * time.Millisecond)
+	probing.Store(true)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			if _, _, err := s.Restore(ctx, "sid"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	poll(t, func() bool { return hs[1].reads.Load()+hs[2].reads.Load()-before >= 2 && hs[0].reads.Load() >= 14 }, 5*time.Second)
+	free()
+	wg.Wait()
+	if n := hs[1].reads.Load() + hs[2].reads.Load() - before; n != 2 {
+		t.Errorf("16 reads after the pause sent %d to the paused followers, want 2: one probe each", n)
 	}
 }

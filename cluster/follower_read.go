@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -38,10 +37,6 @@ func (fr *followerReads) index(ctx context.Context) (uint64, error) {
 	}
 	return index, err
 }
-
-// atIndexWait bounds how long a node serving an AtIndex read (usually the
-// leader, which has applied the index or is about to) waits to apply it.
-const atIndexWait = 200 * time.Millisecond
 
 // ask asks the leader raft names for a read index.
 func (fr *followerReads) ask() (uint64, error) {

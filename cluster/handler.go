@@ -257,6 +257,12 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 					}
 				}
 				resp, forwarded, err := n.forward(ctx, req)
+				if forwarded && req.Consistency == transport.AtIndex && errors.Is(err, transport.ErrBadRequest) {
+					// A leader from before at-index reads (a rolling
+					// upgrade): it serves the read the old way.
+					req.Consistency, req.Index = c, 0
+					resp, forwarded, err = n.forward(ctx, req)
+				}
 				if forwarded {
 					n.obs.observeForward("restore")
 					return resp.Data, resp.Found, err
@@ -279,13 +285,18 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 		// Any node that has applied the index answers linearizably: the
 		// index is at least the commit index when the read arrived.
 		index, ok := transport.ReadIndex(ctx)
+		if n.refuseAtIndex.Load() {
+			return nil, false, transport.Errorf(transport.CodeBadRequest, "unknown consistency %d", byte(c))
+		}
 		if !ok || !transport.FromPeer(ctx) {
 			return nil, false, transport.Errorf(transport.CodeBadRequest, "at-index reads are sent by the nodes of a cluster to each other, not by clients")
 		}
 		if !n.ready.Load() {
 			return nil, false, errStarting
 		}
-		if err := n.fsm.applied.waitFor(ctx, index, atIndexWait); err != nil {
+		// The index is committed, so it will be applied here: wait as long
+		// as the request may (like the leader's own reads), not less.
+		if err := n.fsm.applied.waitFor(ctx, index, 0); err != nil {
 			return nil, false, err
 		}
 	case transport.Stale:

@@ -64,6 +64,10 @@ type Node struct {
 	bg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+
+	// refuseAtIndex makes the node answer at-index reads as nodes from
+	// before them do (tests of the rolling-upgrade fallback).
+	refuseAtIndex atomic.Bool
 }
 
 // trackedFSM is the fsm.FSM raft applies to, noting the applied index.

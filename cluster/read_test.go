@@ -353,3 +353,57 @@ func TestBehindFollowerReadsAtIndex(t *testing.T) {
 		t.Fatalf("an at-index read from a client: %+v, %v; want a bad request", resp, err)
 	}
 }
+
+// TestAtIndexFallsBackForOlderLeader: a leader from before at-index reads
+// refuses them as a bad request; the follower then forwards the read the
+// old way (the leader confirms it with a round) and the client sees the
+// write, not an error.
+func TestAtIndexFallsBackForOlderLeader(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = time.Second })
+	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
+	leader.refuseAtIndex.Store(true)
+	var rounds atomic.Int64
+	do := leader.reads.rounds.do
+	leader.reads.rounds.do = func() (uint64, error) { rounds.Add(1); return do() }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		want := fmt.Sprintf(`{"v":%d}`, i)
+		mustSave(t, leader, "older", want)
+		data, found, err := follower.Restore(ctx, "older", transport.Linearizable)
+		if err != nil || !found || string(data) != want {
+			t.Fatalf("read %d through the follower: %s, %v, %v; want %s", i, data, found, err, want)
+		}
+	}
+	if rounds.Load() == 0 {
+		t.Error("the leader ran no confirmation round: the reads never fell back to a plain forward")
+	}
+}
+
+// TestAtIndexWaitsOnABehindNode: a node asked for a read at an index it
+// has not applied yet (here a follower that learns of commits only with
+// the leader's next append, a second away) waits for it, and answers with
+// the write.
+func TestAtIndexWaitsOnABehindNode(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = time.Second })
+	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
+	mustSave(t, leader, "behind", `{"v":1}`)
+	index := leader.fsm.applied.get()
+	if follower.fsm.applied.get() >= index {
+		t.Fatal("the follower already applied the save: the commit timeout did not hold its next append back")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, follower.Addr(), transport.ConnConfig{Magic: transport.MagicPeer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpRestore, Consistency: transport.AtIndex, Index: index, SID: "behind"})
+	if err != nil || resp.Err != nil || !resp.Found || string(resp.Data) != `{"v":1}` {
+		t.Fatalf("at-index read on the behind follower: %+v, %v; want the save", resp, err)
+	}
+	if got := follower.fsm.applied.get(); got < index {
+		t.Errorf("answered with applied index %d < %d", got, index)
+	}
+}
