@@ -61,6 +61,7 @@ type benchConfig struct {
 	conns       int           // Redis: shared pipelined connections (0: one per client)
 	pin         bool          // kadosession: never follow leader hints
 	consistency string
+	readFrom    string // kadosession, Go client: leader or follower (client.Config.Reads)
 	asJSON      bool
 	quiet       bool
 	rate        float64 // total operations per second to pace at (0: as fast as answered)
@@ -127,6 +128,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	fs.IntVar(&cfg.pool, "pool", 0, "kadosession targets: connections per node of the Go client (0: the client's default)")
 	fs.BoolVar(&cfg.pin, "pin", false, "kadosession targets: send every request to the first address and never follow leader hints (measures a follower's forwarding)")
 	fs.StringVar(&cfg.consistency, "consistency", "default", "kadosession restores: default (the node's), linearizable, leader or stale")
+	fs.StringVar(&cfg.readFrom, "read-from", "leader", "kadosession restores through the Go client: leader, or follower (client.ReadFollower: give every node's address)")
 	fs.BoolVar(&cfg.asJSON, "json", false, "print one JSON object on stdout")
 	fs.BoolVar(&cfg.quiet, "quiet", false, "no progress lines on stderr")
 	fs.Float64Var(&cfg.rate, "rate", 0, "pace the clients to this many operations per second in total (0: each client sends its next request as soon as the last is answered); a moderate, fixed load for latency under background work")
@@ -187,10 +189,16 @@ func (c *benchConfig) validate() error {
 		if _, err := parseRedisTarget(c.target); err != nil {
 			return err
 		}
-		if c.protocol != "native" || c.pin || c.pool != 0 || c.consistency != "default" {
-			return errors.New("--protocol, --pin, --pool and --consistency apply to kadosession targets, not Redis")
+		if c.protocol != "native" || c.pin || c.pool != 0 || c.consistency != "default" || c.readFrom != "leader" {
+			return errors.New("--protocol, --pin, --pool, --consistency and --read-from apply to kadosession targets, not Redis")
 		}
 		return nil
+	}
+	switch {
+	case c.readFrom != "leader" && c.readFrom != "follower":
+		return fmt.Errorf("--read-from %q: want leader or follower", c.readFrom)
+	case c.readFrom == "follower" && (c.pin || c.protocol != "native"):
+		return errors.New("--read-from applies to the Go client: not with --pin or --protocol kado")
 	}
 	if c.conns != 0 {
 		return errors.New("--conns applies to Redis targets (kadosession targets: --pool)")
@@ -233,6 +241,7 @@ type benchResult struct {
 	Pinned      bool      `json:"pinned,omitempty"`
 	Conns       int       `json:"conns,omitempty"` // Redis: shared pipelined connections
 	Consistency string    `json:"consistency,omitempty"`
+	ReadFrom    string    `json:"read_from,omitempty"` // kadosession: follower when --read-from follower
 	Ops         int64     `json:"ops"`
 	Saves       int64     `json:"saves"`
 	Restores    int64     `json:"restores"`
@@ -417,6 +426,9 @@ func runBench(cfg benchConfig, stderr io.Writer) (*benchResult, error) {
 	} else {
 		res.Pinned = cfg.pin
 		res.Consistency = cfg.consistency
+		if cfg.readFrom == "follower" {
+			res.ReadFrom = cfg.readFrom
+		}
 	}
 	if e := firstErr.Load(); e != nil {
 		res.FirstError = e.(string)
@@ -579,7 +591,11 @@ func newNodeTarget(cfg benchConfig) (*nodeTarget, error) {
 	t.consistency, _ = parseConsistency(cfg.consistency)
 	var err error
 	// The Go client also prepares the sessions restores read.
-	t.store, err = client.New(client.Config{Addrs: t.addrs, PoolSize: cfg.pool, Consistency: t.consistency})
+	ccfg := client.Config{Addrs: t.addrs, PoolSize: cfg.pool, Consistency: t.consistency}
+	if cfg.readFrom == "follower" {
+		ccfg.Reads = client.ReadFollower
+	}
+	t.store, err = client.New(ccfg)
 	if err != nil {
 		return nil, err
 	}

@@ -81,6 +81,13 @@ func TestBenchNode(t *testing.T) {
 	if res["clients"].(float64) != 3 || res["saves"].(float64) == 0 || res["restores"].(float64) == 0 {
 		t.Errorf("aliases / mixed: %v", res)
 	}
+	// Follower reads on a single node: there is no follower, the leader
+	// serves them; the result says how reads were routed.
+	res = runBenchJSON(t, "--target", node.Addr(), "--op", "restore", "--read-from", "follower",
+		"--sessions", "20", "--duration", "300ms", "--quiet")
+	if res["read_from"] != "follower" {
+		t.Errorf("--read-from follower: result %v has no read_from", res)
+	}
 }
 
 func TestBenchRedis(t *testing.T) {
@@ -143,6 +150,9 @@ func TestBenchBadInput(t *testing.T) {
 		{[]string{"--target", "a:1", "--cluster", "b:2"}, "disagree"},
 		{[]string{"--clients", "2", "--callers", "3"}, "disagree"},
 		{[]string{"--consistency", "strong"}, "--consistency"},
+		{[]string{"--read-from", "nearest"}, "--read-from"},
+		{[]string{"--read-from", "follower", "--pin"}, "--read-from"},
+		{[]string{"--target", "redis://127.0.0.1:6379", "--read-from", "follower"}, "not Redis"},
 		{[]string{"--conns", "2"}, "--conns"},
 		{[]string{"--target", "redis://127.0.0.1:6379", "--conns", "-1"}, "--conns"},
 	} {
