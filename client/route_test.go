@@ -234,7 +234,9 @@ func TestReadRouting(t *testing.T) {
 // follower); after the pause one read tries it again, and reads go back to
 // it once it serves them.
 func TestFailingReaderIsLeftOut(t *testing.T) {
-	client.SetReaderPause(t, 100*time.Millisecond)
+	// A pause far longer than 20 reads take, even under -race on a busy
+	// machine: the counts below are exact.
+	client.SetReaderPause(t, 500*time.Millisecond)
 	hs, addrs := threeNodes(t, "sid")
 	var broken atomic.Pointer[memHandler]
 	for _, h := range hs[1:] {
@@ -268,12 +270,12 @@ func TestFailingReaderIsLeftOut(t *testing.T) {
 	if got := reads(20); !slices.Equal(got, []int64{1, 1, 19}) {
 		t.Errorf("reads served (leader, failing follower, other) = %v, want [1 1 19]: one failure, retried on the leader, then the other follower", got)
 	}
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond)
 	if got := reads(20); !slices.Equal(got, []int64{1, 1, 19}) {
 		t.Errorf("after the pause, still failing: %v, want [1 1 19]: one read tries it again", got)
 	}
 	broken.Store(nil)
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(600 * time.Millisecond)
 	if got := reads(20); !slices.Equal(got, []int64{0, 20, 0}) {
 		t.Errorf("after the pause, healthy again: %v, want [0 20 0]: back on it", got)
 	}
@@ -357,7 +359,7 @@ func TestFailedFollowerReadFallsBack(t *testing.T) {
 // TestOneReadProbesAPausedFollower: when a failing follower's pause ends,
 // one read tries it; the reads made meanwhile skip it.
 func TestOneReadProbesAPausedFollower(t *testing.T) {
-	client.SetReaderPause(t, 50*time.Millisecond)
+	client.SetReaderPause(t, 400*time.Millisecond) // longer than the 14 reads around the probes take
 	hs, addrs := threeNodes(t, "sid")
 	release := make(chan struct{})
 	var once sync.Once
@@ -383,7 +385,7 @@ func TestOneReadProbesAPausedFollower(t *testing.T) {
 		}
 	}
 	before := hs[1].reads.Load() + hs[2].reads.Load()
-	time.Sleep(80 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	probing.Store(true)
 	var wg sync.WaitGroup
 	for range 16 {
