@@ -242,7 +242,7 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 				if transport.FromPeer(ctx) {
 					return nil, false, notLeader(n.raft)
 				}
-				req := &transport.Request{Op: transport.OpRestore, Consistency: c, SID: sid}
+				fc, at := c, uint64(0) // how the read is forwarded, if it is
 				if c != transport.Leader {
 					if index, err := n.freads.index(ctx); err == nil {
 						if n.fsm.applied.get() >= index {
@@ -253,9 +253,10 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 						// --commit-timeout away. The leader has applied them,
 						// or is about to: it serves the read at the index,
 						// without a round of its own.
-						req.Consistency, req.Index = transport.AtIndex, index
+						fc, at = transport.AtIndex, index
 					}
 				}
+				req := &transport.Request{Op: transport.OpRestore, Consistency: fc, Index: at, SID: sid}
 				resp, forwarded, err := n.forward(ctx, req)
 				if forwarded && req.Consistency == transport.AtIndex && errors.Is(err, transport.ErrBadRequest) {
 					// A leader from before at-index reads (a rolling
