@@ -28,7 +28,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 	for attempt := 0; ; attempt++ {
 		n := s.cur.Load()
 		var r *reader // the follower a read went to, if any
-		if attempt == 0 && s.spreads(req) {
+		if attempt == 0 && s.toFollower(req) {
 			if r = s.reader(n); r != nil {
 				n = r.pool
 			}
@@ -194,8 +194,9 @@ type readerSet struct {
 	nodes  []*reader
 }
 
-// spreads reports whether req is a read for a follower (Config.Reads).
-func (s *Store) spreads(req *transport.Request) bool {
+// toFollower reports whether req is a read for this Store's follower
+// (Config.Reads).
+func (s *Store) toFollower(req *transport.Request) bool {
 	return req.Op == transport.OpRestore && s.cfg.Reads == ReadFollower && req.Consistency != Leader
 }
 

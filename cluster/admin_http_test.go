@@ -81,6 +81,22 @@ next:
 	return 0, false
 }
 
+// gathered is metricValue on n's registry, read in process (no --http
+// needed); 0 when there is no such series yet.
+func gathered(t *testing.T, n *Node, name string, want map[string]string) float64 {
+	t.Helper()
+	fams, err := n.obs.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := make(map[string]*dto.MetricFamily, len(fams))
+	for _, f := range fams {
+		byName[f.GetName()] = f
+	}
+	v, _ := metricValue(byName, name, want)
+	return v
+}
+
 func mustMetric(t *testing.T, fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
 	t.Helper()
 	v, ok := metricValue(fams, name, want)

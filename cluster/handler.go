@@ -297,7 +297,7 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 		}
 		// The index is committed, so it will be applied here: wait as long
 		// as the request may (like the leader's own reads), not less.
-		if err := n.fsm.applied.waitFor(ctx, index, 0); err != nil {
+		if err := n.fsm.applied.waitFor(ctx, index); err != nil {
 			return nil, false, err
 		}
 	case transport.Stale:

@@ -59,7 +59,7 @@ func (ri *readIndex) wait(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return ri.applied.waitFor(ctx, index, 0)
+	return ri.applied.waitFor(ctx, index)
 }
 
 // caughtUp returns nil once this leader's state machine holds everything
@@ -336,16 +336,10 @@ func (a *appliedIndex) set(i uint64) {
 func (a *appliedIndex) get() uint64 { return a.index.Load() }
 
 // waitFor returns once the state machine has applied index i (an index
-// readIndex.fsmIndex returned), or ctx ends, or limit (when not 0) passes.
-// A read that needs no waiting, the usual case, sets up no timer.
-func (a *appliedIndex) waitFor(ctx context.Context, i uint64, limit time.Duration) error {
-	var expired <-chan time.Time
+// readIndex.fsmIndex returned), or ctx ends. A read that needs no waiting,
+// the usual case, takes no lock.
+func (a *appliedIndex) waitFor(ctx context.Context, i uint64) error {
 	for a.index.Load() < i {
-		if expired == nil && limit > 0 {
-			t := time.NewTimer(limit)
-			defer t.Stop()
-			expired = t.C
-		}
 		a.mu.Lock()
 		if a.index.Load() >= i {
 			a.mu.Unlock()
@@ -357,8 +351,6 @@ func (a *appliedIndex) waitFor(ctx context.Context, i uint64, limit time.Duratio
 		case <-wake:
 		case <-ctx.Done():
 			return transport.Errorf(transport.CodeTimeout, "read timed out waiting for index %d to be applied: %v", i, ctx.Err())
-		case <-expired:
-			return transport.Errorf(transport.CodeTimeout, "read timed out waiting for index %d to be applied: %v", i, context.DeadlineExceeded)
 		}
 	}
 	return nil

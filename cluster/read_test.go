@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
@@ -255,18 +254,6 @@ func TestClientReadsFromFollowers(t *testing.T) {
 			t.Fatalf("restore %s right after its save: %s, %v, %v; want %s", sid, got, found, err, want)
 		}
 	}
-	count := func(n *Node, name string, labels map[string]string) float64 {
-		fams, err := n.obs.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		byName := map[string]*dto.MetricFamily{}
-		for _, f := range fams {
-			byName[f.GetName()] = f
-		}
-		v, _ := metricValue(byName, name, labels)
-		return v
-	}
 	// The cluster is idle now: once the followers have heard of the last
 	// commit, the follower serves reads from its own state.
 	poll(t, func() bool {
@@ -281,7 +268,7 @@ func TestClientReadsFromFollowers(t *testing.T) {
 	fwd := map[string]string{"op": "restore"}
 	var before []float64
 	for _, n := range tc.nodes {
-		before = append(before, count(n, "kadosession_forwarded_requests_total", fwd))
+		before = append(before, gathered(t, n, "kadosession_forwarded_requests_total", fwd))
 	}
 	for i := range 40 {
 		sid, want := fmt.Sprintf("r%d", i), fmt.Sprintf(`{"i":%d}`, i)
@@ -292,8 +279,8 @@ func TestClientReadsFromFollowers(t *testing.T) {
 	var served []float64 // by the leader, then the followers
 	forwarded := 0.0
 	for _, i := range append([]int{l}, slices.DeleteFunc([]int{0, 1, 2}, func(i int) bool { return i == l })...) {
-		served = append(served, count(tc.nodes[i], "kadosession_requests_total", restores))
-		forwarded += count(tc.nodes[i], "kadosession_forwarded_requests_total", fwd) - before[i]
+		served = append(served, gathered(t, tc.nodes[i], "kadosession_requests_total", restores))
+		forwarded += gathered(t, tc.nodes[i], "kadosession_forwarded_requests_total", fwd) - before[i]
 	}
 	slices.Sort(served[1:])
 	if !slices.Equal(served, []float64{0, 0, 80}) || forwarded != 0 {
@@ -314,18 +301,6 @@ func TestBehindFollowerReadsAtIndex(t *testing.T) {
 	leader.reads.rounds.do = func() (uint64, error) { rounds.Add(1); return do() }
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	forwarded := func() float64 {
-		fams, err := follower.obs.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		byName := map[string]*dto.MetricFamily{}
-		for _, f := range fams {
-			byName[f.GetName()] = f
-		}
-		v, _ := metricValue(byName, "kadosession_forwarded_requests_total", map[string]string{"op": "restore"})
-		return v
-	}
 	for i := range 5 {
 		want := fmt.Sprintf(`{"v":%d}`, i)
 		mustSave(t, leader, "at-index", want)
@@ -339,7 +314,7 @@ func TestBehindFollowerReadsAtIndex(t *testing.T) {
 			t.Errorf("read %d took %s: it waited for the leader's next append", i, took)
 		}
 	}
-	if f := forwarded(); f == 0 {
+	if f := gathered(t, follower, "kadosession_forwarded_requests_total", map[string]string{"op": "restore"}); f == 0 {
 		t.Error("the follower forwarded no read: it was never behind, so the test tested nothing")
 	}
 	if n := rounds.Load(); n != 0 {

@@ -96,15 +96,17 @@ func restore(ctx context.Context, store Store, sid string) (map[string]json.RawM
 	return data, true, nil
 }
 
-// decodeObject decodes raw, one JSON object, into its members. The values
-// are raw's own bytes.
+// decodeObject decodes raw, one JSON object from outside the process, into
+// its members as json.Unmarshal would (the last of duplicate keys wins),
+// with fsm's checking scanner instead of encoding/json's reflection.
 func decodeObject(raw []byte) (map[string]json.RawMessage, error) {
-	compact, err := fsm.CompactValue(raw) // validates; raw itself when compact
+	fields, err := fsm.ParseObject(raw)
 	if err != nil {
 		return nil, err
 	}
-	if compact[0] != '{' {
-		return nil, fmt.Errorf("a JSON value starting with %q", compact[0])
+	data := make(map[string]json.RawMessage, len(fields))
+	for _, f := range fields {
+		data[f.Key] = f.Value
 	}
-	return fsm.DecodeObject(compact)
+	return data, nil
 }
