@@ -111,12 +111,10 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	if s.isNew && !explicit && len(s.dirty) == 0 {
 		return nil // a new session nobody wrote to is not worth storing
 	}
-	if !explicit && !s.isNew && !s.cleared && len(s.dirty) == 0 && !s.metaDirty {
+	if !explicit && !s.isNew && !s.modifiedLocked() && !s.metaDirty {
 		return nil // nothing to write (a read-only request): no store call
 	}
-	if explicit || s.isNew || s.modifiedLocked() || s.metaDirty {
-		s.stampLocked()
-	}
+	s.stampLocked()
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	var err error
