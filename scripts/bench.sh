@@ -11,7 +11,7 @@
 #                      forwarded to the leader, every restore is served by the
 #                      follower at the default (linearizable) consistency
 # then runs {save, restore} x {1, 64 clients} x 1 KiB against each for
-# DURATION. Every client has one request in flight. The kadosession Go
+# DURATION, ROUNDS times. Every client has one request in flight. The kadosession Go
 # client carries them over 4 pipelined connections per node, so Redis is
 # driven the same way (--conns 4: 4 shared, pipelined connections), and,
 # for reference at 64 clients, also with one connection per client (as
@@ -21,7 +21,13 @@
 # figures as an SVG bar chart (docs/bench.svg). Everything started is
 # stopped on exit.
 #
-# Environment: DURATION (5s), SIZE (1024), SESSIONS (10000), REDIS_CONNS
+# ROUNDS (1) repeats the whole matrix, each round visiting the targets of a
+# cell in another order, and reports per cell the median of the rounds'
+# figures and, as each ratio, the median of the per-round ratios (each
+# taken from runs minutes apart at most, on a machine whose speed drifts)
+# with their range: on a noisy machine, ROUNDS=3 tells a real difference
+# from a slow minute.
+# Environment: DURATION (5s), ROUNDS (1), SIZE (1024), SESSIONS (10000), REDIS_CONNS
 # (4: the shared connections of the Redis baseline), SVG
 # (docs/bench.svg; empty: none), RESULTS (a file to keep the raw JSON lines
 # in), REDIS_BENCHMARK=1 (also print redis-benchmark's own figures, to show
@@ -37,6 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-1}
 SIZE=${SIZE:-1024}
 SESSIONS=${SESSIONS:-10000}
 REDIS_CONNS=${REDIS_CONNS:-4}
@@ -55,6 +62,7 @@ case $DURATION in
   *) echo "bench.sh: DURATION=$DURATION: use whole seconds, 1s..60s" >&2; exit 2 ;;
 esac
 secs=${DURATION%s}
+[[ $ROUNDS =~ ^[1-9]$ ]] || { echo "bench.sh: ROUNDS=$ROUNDS: use 1..9" >&2; exit 2; }
 
 # Redis from Debian's packages when missing.
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
@@ -156,22 +164,29 @@ declare -A targs=(
 order=(redis-nopersist redis-aof-always kado-single kado-3node)
 results=$work/results.jsonl
 : >"$results"
-echo "== matrix: {save, restore} x {1, 64 clients} x $SIZE B x $DURATION each, $SESSIONS sessions"
-for op in save restore; do
-  for c in 1 64; do
-    cells=("${order[@]}")
-    [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn)
-    for t in "${cells[@]}"; do
-      printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
-      # shellcheck disable=SC2086
-      if out=$(timeout $((secs + 300)) "$bin" bench ${targs[$t]} --op "$op" --clients "$c" --size "$SIZE" \
-          --sessions "$SESSIONS" --duration "$DURATION" --json 2>>"$work/bench-progress.log"); then
-        python3 -c 'import json,sys; r=json.loads(sys.argv[2]); r["name"]=sys.argv[1]; print(json.dumps(r))' "$t" "$out" >>"$results"
-        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%9.0f ops/s  p50 %.3f ms  p99 %.3f ms  errors %d" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"], r["errors"]))' "$out"
-      else
-        echo "FAILED (see below)"
-        tail -3 "$work/bench-progress.log" >&2
-      fi
+echo "== matrix: {save, restore} x {1, 64 clients} x $SIZE B x $DURATION each, $SESSIONS sessions, $ROUNDS round(s)"
+for round in $(seq 1 "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "   -- round $round of $ROUNDS"
+  for op in save restore; do
+    for c in 1 64; do
+      cells=("${order[@]}")
+      [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn)
+      # Each round starts the cell at another target, so no store is
+      # always measured first (on a cold cache) or last.
+      rot=$(( (round - 1) % ${#cells[@]} ))
+      cells=("${cells[@]:rot}" "${cells[@]:0:rot}")
+      for t in "${cells[@]}"; do
+        printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
+        # shellcheck disable=SC2086
+        if out=$(timeout $((secs + 300)) "$bin" bench ${targs[$t]} --op "$op" --clients "$c" --size "$SIZE" \
+            --sessions "$SESSIONS" --duration "$DURATION" --json 2>>"$work/bench-progress.log"); then
+          python3 -c 'import json,sys; r=json.loads(sys.argv[2]); r["name"]=sys.argv[1]; r["round"]=int(sys.argv[3]); print(json.dumps(r))' "$t" "$out" "$round" >>"$results"
+          python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%9.0f ops/s  p50 %.3f ms  p99 %.3f ms  errors %d" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"], r["errors"]))' "$out"
+        else
+          echo "FAILED (see below)"
+          tail -3 "$work/bench-progress.log" >&2
+        fi
+      done
     done
   done
 done
@@ -188,30 +203,42 @@ if [ "${REDIS_BENCHMARK:-0}" = 1 ] && command -v redis-benchmark >/dev/null; the
 fi
 
 echo
-python3 - "$results" "$SVG" "$DURATION" "$SIZE" "$REDIS_CONNS" <<'PY'
-import json, sys, os, platform, datetime, html
+python3 - "$results" "$SVG" "$DURATION" "$SIZE" "$REDIS_CONNS" "$ROUNDS" <<'PY'
+import json, sys, os, platform, datetime, html, statistics
 
-path, svg_path, duration, size, rconns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-R = {}
+path, svg_path, duration, size, rconns, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+R = {}  # (name, op, clients) -> {round: result}
 for line in open(path):
     r = json.loads(line)
-    R[(r["name"], r["op"], r["clients"])] = r
+    R.setdefault((r["name"], r["op"], r["clients"]), {})[r.get("round", 1)] = r
 order = ["redis-nopersist", "redis-aof-always", "kado-single", "kado-3node"]
 label = {"redis-nopersist": "Redis, no persistence", "redis-aof-always": "Redis, AOF fsync always",
          "kado-single": "kadosession, 1 node", "kado-3node": "kadosession, 3 nodes via follower"}
 base = {"save": "redis-aof-always", "restore": "redis-nopersist"}
 
 def get(name, op, c, f):
-    r = R.get((name, op, c))
-    return None if r is None else r[f]
+    """The median over the rounds of one cell's figure f (errors: the sum)."""
+    rs = R.get((name, op, c))
+    if not rs:
+        return None
+    xs = [r[f] for r in rs.values()]
+    return sum(xs) if f == "errors" else statistics.median(xs)
 
-def ratio(a, b):
-    return None if a is None or b in (None, 0) else a / b
+def ratios(a, b, f):
+    """Per-round ratios of cell a's figure f to cell b's, each (name, op, clients)."""
+    ra, rb = R.get(a, {}), R.get(b, {})
+    return [ra[k][f] / rb[k][f] for k in sorted(ra) if k in rb and rb[k][f]]
+
+def ratio(a, b, f):
+    """The median of the per-round ratios: each pairs runs of the same round."""
+    xs = ratios(a, b, f)
+    return statistics.median(xs) if xs else None
 
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
-print(f"kadosession vs Redis — {size} B values, {duration} per cell, same load generator "
+print(f"kadosession vs Redis — {size} B values, {duration} per cell"
+      f"{f', {rounds} rounds (each figure the median of its rounds)' if rounds > 1 else ''}, same load generator "
       f"(kadosession bench), {os.cpu_count()} CPUs, {platform.release()}")
 print("ratios: kadosession / Redis AOF-always for saves, / Redis no-persistence for restores;")
 print("        ops/s ratio > 1 is better, latency ratio < 1 is better")
@@ -227,33 +254,36 @@ for op in ("save", "restore"):
             ops, p50, p99, err = (get(name, op, c, f) for f in ("ops_per_sec", "p50_ms", "p99_ms", "errors"))
             line = f"{op + ' c=' + str(c):<14} {name:<22} {fmt(ops, '9.0f')} {fmt(p50, '8.3f')} {fmt(p99, '8.3f')} {fmt(err, '5d')}"
             if name.startswith("kado"):
-                b = base[op]
-                line += (f"   {fmt(ratio(ops, get(b, op, c, 'ops_per_sec')), '6.2f')}×"
-                         f" {fmt(ratio(p50, get(b, op, c, 'p50_ms')), '5.2f')}×"
-                         f" {fmt(ratio(p99, get(b, op, c, 'p99_ms')), '5.2f')}×")
+                me, b = (name, op, c), (base[op], op, c)
+                line += (f"   {fmt(ratio(me, b, 'ops_per_sec'), '6.2f')}×"
+                         f" {fmt(ratio(me, b, 'p50_ms'), '5.2f')}×"
+                         f" {fmt(ratio(me, b, 'p99_ms'), '5.2f')}×")
             print(line)
         print()
 
 goals = []
-def goal(text, value, target, higher=True):
+def goal(text, a, b, f, target, higher=True):
+    xs = ratios(a, b, f)
+    value = statistics.median(xs) if xs else None
     ok = None if value is None else (value >= target if higher else value <= target)
-    goals.append((text, value, target, higher, ok))
+    goals.append((text, value, target, higher, ok, xs))
 
 goal("durable save, 1 node, 64 clients: ops/s vs Redis AOF always",
-     ratio(get("kado-single", "save", 64, "ops_per_sec"), get("redis-aof-always", "save", 64, "ops_per_sec")), 1.0)
+     ("kado-single", "save", 64), ("redis-aof-always", "save", 64), "ops_per_sec", 1.0)
 goal("durable save, 3 nodes via follower, 64 clients: ops/s vs Redis AOF always",
-     ratio(get("kado-3node", "save", 64, "ops_per_sec"), get("redis-aof-always", "save", 64, "ops_per_sec")), 0.5)
+     ("kado-3node", "save", 64), ("redis-aof-always", "save", 64), "ops_per_sec", 0.5)
 goal("restore, 3 nodes (linearizable, via follower), 64 clients: ops/s vs Redis no persistence",
-     ratio(get("kado-3node", "restore", 64, "ops_per_sec"), get("redis-nopersist", "restore", 64, "ops_per_sec")), 1.0)
+     ("kado-3node", "restore", 64), ("redis-nopersist", "restore", 64), "ops_per_sec", 1.0)
 goal("save, 3 nodes via follower, 1 client: p50 vs Redis AOF always p50",
-     ratio(get("kado-3node", "save", 1, "p50_ms"), get("redis-aof-always", "save", 1, "p50_ms")), 4.0, higher=False)
+     ("kado-3node", "save", 1), ("redis-aof-always", "save", 1), "p50_ms", 4.0, higher=False)
 for name in ("kado-single", "kado-3node"):
     goal(f"save throughput 64 clients vs 1 client ({name})",
-         ratio(get(name, "save", 64, "ops_per_sec"), get(name, "save", 1, "ops_per_sec")), 10.0)
-print("goals (issue 5)")
-for text, v, t, higher, ok in goals:
+         (name, "save", 64), (name, "save", 1), "ops_per_sec", 10.0)
+print("goals (issue 5)" + (f": each the median of {rounds} per-round ratios (their range in brackets)" if rounds > 1 else ""))
+for text, v, t, higher, ok, xs in goals:
     status = "n/a " if ok is None else ("PASS" if ok else "MISS")
-    print(f"  {status}  {text}: {fmt(v, '.2f')}× (goal {'≥' if higher else '≤'} {t:g}×)")
+    spread = f" [{min(xs):.2f}–{max(xs):.2f}]" if len(xs) > 1 else ""
+    print(f"  {status}  {text}: {fmt(v, '.2f')}×{spread} (goal {'≥' if higher else '≤'} {t:g}×)")
 
 if not svg_path:
     sys.exit(0)
@@ -268,7 +298,7 @@ H = top + ph + 130
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
        f'<text x="{W/2}" y="24" text-anchor="middle" font-size="17" font-weight="bold">kadosession vs Redis: operations per second ({size} B sessions)</text>',
-       f'<text x="{W/2}" y="44" text-anchor="middle" fill="#555">scripts/bench.sh, {datetime.date.today()}, {os.cpu_count()} CPUs, {duration} per bar, same Go load generator, '
+       f'<text x="{W/2}" y="44" text-anchor="middle" fill="#555">scripts/bench.sh, {datetime.date.today()}, {os.cpu_count()} CPUs, {duration} per bar{f" (median of {rounds} rounds)" if rounds > 1 else ""}, same Go load generator, '
        f'{rconns} pipelined connections per server, every client one request in flight</text>',
        f'<text x="{W/2}" y="62" text-anchor="middle" fill="#555">ratio under each kadosession bar: saves vs Redis AOF always, restores vs Redis without persistence (higher is better)</text>']
 def nice(m):
@@ -298,7 +328,7 @@ for i, (op, c) in enumerate(panels):
         out.append(f'<text x="{bx + bw/2:.1f}" y="{top + ph - h - 4:.1f}" text-anchor="middle" font-size="10">{v/1000:.1f}k</text>' if v >= 1000 else
                    f'<text x="{bx + bw/2:.1f}" y="{top + ph - h - 4:.1f}" text-anchor="middle" font-size="10">{v:.0f}</text>')
         if n.startswith("kado"):
-            r = ratio(v, get(base[op], op, c, "ops_per_sec"))
+            r = ratio((n, op, c), (base[op], op, c), "ops_per_sec")
             out.append(f'<text x="{bx + bw/2:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11" font-weight="bold">{fmt(r, ".2f")}×</text>')
     out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{top + ph}" y2="{top + ph}" stroke="#333"/>')
 ly = top + ph + 50
@@ -307,7 +337,7 @@ for j, n in enumerate(order):
     out.append(f'<rect x="{lx:.0f}" y="{ly}" width="14" height="14" fill="{colors[n]}"/>')
     out.append(f'<text x="{lx + 20:.0f}" y="{ly + 12}">{html.escape(label[n])}</text>')
 gy = ly + 36
-summary = "   ".join(f'{"PASS" if ok else ("MISS" if ok is not None else "n/a")}: {html.escape(t.split(":")[0])}' for t, v, tt, hi, ok in goals[:4])
+summary = "   ".join(f'{"PASS" if ok else ("MISS" if ok is not None else "n/a")}: {html.escape(t.split(":")[0])}' for t, v, tt, hi, ok, xs in goals[:4])
 out.append(f'<text x="{left}" y="{gy}" fill="#333" font-size="11">goals — {summary}</text>')
 out.append('</svg>')
 os.makedirs(os.path.dirname(svg_path) or ".", exist_ok=True)
