@@ -288,3 +288,33 @@ func TestInBackgroundRunsNiced(t *testing.T) {
 		t.Fatalf("the caller's thread went from nice %d to %d", before, after)
 	}
 }
+
+// TestInBackgroundHasAProcOfItsOwn: while a full-state write runs the
+// process has one P more, so the niced thread never holds one the request
+// goroutines need; two writes at once (two nodes in one process) have two,
+// and GOMAXPROCS is as before once both have ended.
+func TestInBackgroundHasAProcOfItsOwn(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	var inside int
+	if err := inBackground(func() error { inside = runtime.GOMAXPROCS(0); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if inside != before+1 {
+		t.Fatalf("GOMAXPROCS %d while the write ran, want %d", inside, before+1)
+	}
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS %d after the write, want %d as before", got, before)
+	}
+	first, second := withOwnProc(), withOwnProc()
+	if got := runtime.GOMAXPROCS(0); got != before+2 {
+		t.Fatalf("GOMAXPROCS %d with two writes running, want %d", got, before+2)
+	}
+	first()
+	if got := runtime.GOMAXPROCS(0); got != before+1 {
+		t.Fatalf("GOMAXPROCS %d with one write left, want %d", got, before+1)
+	}
+	second()
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("GOMAXPROCS %d after both writes, want %d as before", got, before)
+	}
+}
