@@ -57,10 +57,9 @@ const backgroundNice = 10
 // that held one of the others kept it while the kernel, preferring every
 // other thread on a busy machine, did not run it, and the node served
 // requests on the Ps left (2 CPUs, two CPU hogs beside a node snapshotting
-// 200k sessions, BenchmarkSaveDuringSnapshot200k, 5 and 9 runs: the
-// longest save during the snapshot 75-180 ms, median 120, with the
-// thread sharing the Ps; 37-70 ms, median 51, with a P of its own; p99
-// 31-48 ms against 22-41 ms).
+// 200k sessions, BenchmarkSaveDuringSnapshot200k, 4 A/B pairs: the longest
+// save during the snapshot 72-104 ms with the thread sharing the Ps, 48-63
+// ms with a P of its own; p99 30-36 ms against 27-34 ms).
 func inBackground(f func() error) error {
 	defer withOwnProc()()
 	done := make(chan error, 1)
@@ -80,14 +79,13 @@ var extraProcs struct {
 	base int
 }
 
-// initialProcs is GOMAXPROCS as the process started with it.
-var initialProcs = runtime.GOMAXPROCS(0)
-
 // withOwnProc raises GOMAXPROCS by one until the function it returns is
 // called. When the last such call ends, GOMAXPROCS goes back to what it
-// was; and when that was the runtime's own choice (no GOMAXPROCS in the
-// environment, unchanged since the start), the runtime's automatic
-// updates, which setting it turns off, are turned back on.
+// was. Setting it turns off the runtime's automatic updates (to a changed
+// CPU quota or set), so without GOMAXPROCS in the environment they are
+// turned back on first, and the old value set again only if it differs
+// from the runtime's choice (a program that set it itself); a program that
+// set it to exactly the runtime's choice gets the automatic updates back.
 func withOwnProc() (restore func()) {
 	e := &extraProcs
 	e.Lock()
@@ -104,8 +102,11 @@ func withOwnProc() (restore func()) {
 		switch {
 		case e.n > 0:
 			runtime.GOMAXPROCS(e.base + e.n)
-		case e.base == initialProcs && os.Getenv("GOMAXPROCS") == "":
+		case os.Getenv("GOMAXPROCS") == "":
 			runtime.SetDefaultGOMAXPROCS()
+			if runtime.GOMAXPROCS(0) != e.base {
+				runtime.GOMAXPROCS(e.base)
+			}
 		default:
 			runtime.GOMAXPROCS(e.base)
 		}

@@ -171,10 +171,16 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in 1 64; do
       cells=("${order[@]}")
       [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn)
-      # Each round starts the cell at another target, so no store is
-      # always measured first (on a cold cache) or last.
+      # Each round starts the cell at another target, and every other
+      # round goes the other way round, so no store is always measured
+      # first (on a cold cache), last, or right after the same other one.
       rot=$(( (round - 1) % ${#cells[@]} ))
       cells=("${cells[@]:rot}" "${cells[@]:0:rot}")
+      if (( round % 2 == 0 )); then
+        rev=()
+        for ((k = ${#cells[@]} - 1; k >= 0; k--)); do rev+=("${cells[k]}"); done
+        cells=("${rev[@]}")
+      fi
       for t in "${cells[@]}"; do
         printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
         # shellcheck disable=SC2086
@@ -242,6 +248,9 @@ print(f"kadosession vs Redis — {size} B values, {duration} per cell"
       f"(kadosession bench), {os.cpu_count()} CPUs, {platform.release()}")
 print("ratios: kadosession / Redis AOF-always for saves, / Redis no-persistence for restores;")
 print("        ops/s ratio > 1 is better, latency ratio < 1 is better")
+if rounds > 1:
+    print("ops/s, p50, p99: each the median of its rounds; ratios: the median of the per-round ratios (so not")
+    print("        always the quotient of the medians shown)")
 print(f"clients have one request in flight each; Redis rows: {rconns} shared pipelined connections, like the")
 print("kadosession Go client's pool (the ratio base); /conn rows: one connection per client (reference)\n")
 hdr = f"{'workload':<14} {'target':<22} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5}   {'×ops/s':>7} {'×p50':>6} {'×p99':>6}"
