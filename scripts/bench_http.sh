@@ -25,7 +25,11 @@
 # the ratios, and the issue's goals as PASS/MISS, and stops everything it
 # started.
 #
-# Environment: HTTP_DURATION (10s), HTTP_WARMUP (2s), HTTP_CONNS (64),
+# ROUNDS (1) repeats every stack's runs, each round in another order
+# (rotated, and reversed every other round), and reports per stack the
+# median of its rounds and, as each ratio, the median of the per-round
+# ratios with their range (see scripts/bench.sh).
+# Environment: HTTP_DURATION (10s), HTTP_WARMUP (2s), HTTP_CONNS (64), ROUNDS (1),
 # HTTP_THREADS (2: wrk's threads), HTTP_COOKIES (1000), HTTP_STACKS (all of
 # the above, space-separated), RESULTS (a file to keep the raw JSON lines in).
 set -euo pipefail
@@ -37,6 +41,8 @@ CONNS=${HTTP_CONNS:-64}
 THREADS=${HTTP_THREADS:-2}
 COOKIES=${HTTP_COOKIES:-1000}
 STACKS=${HTTP_STACKS:-none kado-memory kado-single kado-3node kado-3node-fr scs-memstore scs-redis-aof}
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9]$ ]] || { echo "bench_http.sh: ROUNDS=$ROUNDS: use 1..9" >&2; exit 2; }
 for d in "$DURATION" "$WARMUP"; do
   [[ $d =~ ^[1-9][0-9]?s$ ]] || { echo "bench_http.sh: durations are whole seconds, 1s..99s (got $d)" >&2; exit 2; }
 done
@@ -141,57 +147,81 @@ run_wrk() {
     "$line" "$name" "$path"
 }
 
-echo "== wrk: $THREADS threads, $CONNS connections, $COOKIES rotating session cookies, $DURATION per run"
-for name in $STACKS; do
-  port=$(free_port)
-  args=(--listen "127.0.0.1:$port" --precreate "$COOKIES" --cookies "$work/cookies-$name.txt")
-  case $name in
-    none|kado-memory|scs-memstore) args+=(--stack "$name") ;;
-    kado-single) args+=(--stack kado-node --nodes "127.0.0.1:$ks") ;;
-    kado-3node) args+=(--stack kado-node --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
-    kado-3node-fr) args+=(--stack kado-node --reads follower --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
-    scs-redis-aof) args+=(--stack scs-redis --redis "127.0.0.1:$rp") ;;
-    *) echo "bench_http.sh: unknown stack $name" >&2; exit 2 ;;
-  esac
-  "$work/benchhttp" "${args[@]}" 2>>"$work/benchhttp-$name.log" &
-  srv=$!
-  for i in $(seq 1 600); do
-    grep -q "serving on" "$work/benchhttp-$name.log" 2>/dev/null && break
-    kill -0 "$srv" 2>/dev/null || { echo "benchhttp $name stopped:" >&2; cat "$work/benchhttp-$name.log" >&2; exit 1; }
-    [ "$i" = 600 ] && { echo "benchhttp $name did not start" >&2; exit 1; }
-    sleep 0.1
+echo "== wrk: $THREADS threads, $CONNS connections, $COOKIES rotating session cookies, $DURATION per run, $ROUNDS round(s)"
+read -r -a stacks <<<"$STACKS"
+for round in $(seq 1 "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "   -- round $round of $ROUNDS"
+  rot=$(( (round - 1) % ${#stacks[@]} ))
+  names=("${stacks[@]:rot}" "${stacks[@]:0:rot}")
+  if (( round % 2 == 0 )); then
+    rev=()
+    for ((k = ${#names[@]} - 1; k >= 0; k--)); do rev+=("${names[k]}"); done
+    names=("${rev[@]}")
+  fi
+  for name in "${names[@]}"; do
+    port=$(free_port)
+    args=(--listen "127.0.0.1:$port" --precreate "$COOKIES" --cookies "$work/cookies-$name.txt")
+    case $name in
+      none|kado-memory|scs-memstore) args+=(--stack "$name") ;;
+      kado-single) args+=(--stack kado-node --nodes "127.0.0.1:$ks") ;;
+      kado-3node) args+=(--stack kado-node --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
+      kado-3node-fr) args+=(--stack kado-node --reads follower --nodes "127.0.0.1:$k1,127.0.0.1:$k2,127.0.0.1:$k3") ;;
+      scs-redis-aof) args+=(--stack scs-redis --redis "127.0.0.1:$rp") ;;
+      *) echo "bench_http.sh: unknown stack $name" >&2; exit 2 ;;
+    esac
+    "$work/benchhttp" "${args[@]}" 2>>"$work/benchhttp-$name-$round.log" &
+    srv=$!
+    for i in $(seq 1 600); do
+      grep -q "serving on" "$work/benchhttp-$name-$round.log" 2>/dev/null && break
+      kill -0 "$srv" 2>/dev/null || { echo "benchhttp $name stopped:" >&2; cat "$work/benchhttp-$name-$round.log" >&2; exit 1; }
+      [ "$i" = 600 ] && { echo "benchhttp $name did not start" >&2; exit 1; }
+      sleep 0.1
+    done
+    run_wrk "$name" /write "$WARMUP" >/dev/null
+    for path in /write /read; do
+      printf '   %-14s %-7s ' "$name" "$path"
+      r=$(run_wrk "$name" "$path" "$DURATION")
+      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["round"]=int(sys.argv[2]); print(json.dumps(r))' "$r" "$round" >>"$results"
+      python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  non-2xx %d" % (r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], r["non2xx"]))' "$r"
+    done
+    kill "$srv" 2>/dev/null || true
+    wait "$srv" 2>/dev/null || true
+    srv=""
   done
-  run_wrk "$name" /write "$WARMUP" >/dev/null
-  for path in /write /read; do
-    printf '   %-14s %-7s ' "$name" "$path"
-    r=$(run_wrk "$name" "$path" "$DURATION")
-    echo "$r" >>"$results"
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%9.0f req/s  p50 %.3f ms  p99 %.3f ms  errors %d  non-2xx %d" % (r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], r["non2xx"]))' "$r"
-  done
-  kill "$srv" 2>/dev/null || true
-  wait "$srv" 2>/dev/null || true
-  srv=""
 done
 [ -n "${RESULTS:-}" ] && cp "$results" "$RESULTS"
 
 echo
-python3 - "$results" "$DURATION" "$CONNS" "$COOKIES" <<'PY'
-import json, sys, os, platform
-path, duration, conns, cookies = sys.argv[1:5]
-R = {(r["name"], r["path"]): r for r in map(json.loads, open(path))}
+python3 - "$results" "$DURATION" "$CONNS" "$COOKIES" "$ROUNDS" <<'PY'
+import json, sys, os, platform, statistics
+path, duration, conns, cookies, rounds = sys.argv[1:6]
+rounds = int(rounds)
+R = {}  # (name, path) -> {round: result}
+for r in map(json.loads, open(path)):
+    R.setdefault((r["name"], r["path"]), {})[r.get("round", 1)] = r
 order = ["none", "kado-memory", "kado-single", "kado-3node", "kado-3node-fr", "scs-memstore", "scs-redis-aof"]
 def get(n, p, f="rps"):
-    r = R.get((n, p))
-    return None if r is None else r[f]
-def ratio(a, b):
-    return None if a is None or not b else a / b
+    """The median over the rounds of a run's figure f (errors: the sum)."""
+    rs = R.get((n, p))
+    if not rs:
+        return None
+    xs = [r[f] for r in rs.values()]
+    return sum(xs) if f in ("errors", "non2xx") else statistics.median(xs)
+def ratios(a, b, p):
+    """Per-round ratios of stack a's req/s on path p to stack b's."""
+    ra, rb = R.get((a, p), {}), R.get((b, p), {})
+    return [ra[k]["rps"] / rb[k]["rps"] for k in sorted(ra) if k in rb and rb[k]["rps"]]
+def ratio(a, b, p):
+    """The median of the per-round ratios: each pairs runs of the same round."""
+    xs = ratios(a, b, p)
+    return statistics.median(xs) if xs else None
 def fmt(x, spec):
     if x is None:
         w = spec.split(".")[0]
         return "-".rjust(int(w) if w.isdigit() else 1)
     return format(x, spec)
 print(f"HTTP end to end (issue 5) — wrk, {conns} connections, {cookies} rotating session cookies, {duration} per run, "
-      f"{os.cpu_count()} CPUs, {platform.release()}")
+      f"{f'{rounds} rounds (each figure the median of its rounds), ' if rounds > 1 else ''}{os.cpu_count()} CPUs, {platform.release()}")
 print("ratios: req/s over the same path's req/s of scs + redisstore (Redis AOF always), scs + memstore, and no session layer\n")
 hdr = f"{'stack':<15} {'path':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'non2xx':>7}   {'×scs+redis':>10} {'×scs+mem':>9} {'×none':>6}"
 print(hdr); print("-" * len(hdr))
@@ -201,26 +231,29 @@ for p in ("/write", "/read"):
             continue
         v = get(n, p)
         print(f"{n:<15} {p:<7} {fmt(v, '9.0f')} {fmt(get(n, p, 'p50_ms'), '8.3f')} {fmt(get(n, p, 'p99_ms'), '8.3f')} "
-              f"{get(n, p, 'errors'):5d} {get(n, p, 'non2xx'):7d}   {fmt(ratio(v, get('scs-redis-aof', p)), '9.2f')}× "
-              f"{fmt(ratio(v, get('scs-memstore', p)), '8.2f')}× {fmt(ratio(v, get('none', p)), '5.2f')}×")
+              f"{get(n, p, 'errors'):5d} {get(n, p, 'non2xx'):7d}   {fmt(ratio(n, 'scs-redis-aof', p), '9.2f')}× "
+              f"{fmt(ratio(n, 'scs-memstore', p), '8.2f')}× {fmt(ratio(n, 'none', p), '5.2f')}×")
     print()
 goals = []
-def goal(text, v, t):
-    goals.append((text, v, t, None if v is None else v >= t))
-goal("kado 3-node /write vs scs + Redis AOF always", ratio(get("kado-3node", "/write"), get("scs-redis-aof", "/write")), 1.0)
-goal("kado 3-node /read vs scs + Redis AOF always", ratio(get("kado-3node", "/read"), get("scs-redis-aof", "/read")), 1.5)
-goal("kado 3-node, follower reads, /write vs scs + Redis AOF always", ratio(get("kado-3node-fr", "/write"), get("scs-redis-aof", "/write")), 1.0)
-goal("kado 3-node, follower reads, /read vs scs + Redis AOF always", ratio(get("kado-3node-fr", "/read"), get("scs-redis-aof", "/read")), 1.5)
-goal("kado single node /write vs scs + Redis AOF always", ratio(get("kado-single", "/write"), get("scs-redis-aof", "/write")), 2.0)
-goal("kado MemoryStore /write vs scs + memstore", ratio(get("kado-memory", "/write"), get("scs-memstore", "/write")), 2.0)
-goal("kado MemoryStore /read vs scs + memstore", ratio(get("kado-memory", "/read"), get("scs-memstore", "/read")), 2.0)
-goal("kado MemoryStore /write vs no session layer", ratio(get("kado-memory", "/write"), get("none", "/write")), 0.8)
-goal("kado MemoryStore /read vs no session layer", ratio(get("kado-memory", "/read"), get("none", "/read")), 0.8)
-print("goals (issue 5, HTTP)")
-for text, v, t, ok in goals:
+def goal(text, a, b, p, t):
+    xs = ratios(a, b, p)
+    v = statistics.median(xs) if xs else None
+    goals.append((text, v, t, None if v is None else v >= t, xs))
+goal("kado 3-node /write vs scs + Redis AOF always", "kado-3node", "scs-redis-aof", "/write", 1.0)
+goal("kado 3-node /read vs scs + Redis AOF always", "kado-3node", "scs-redis-aof", "/read", 1.5)
+goal("kado 3-node, follower reads, /write vs scs + Redis AOF always", "kado-3node-fr", "scs-redis-aof", "/write", 1.0)
+goal("kado 3-node, follower reads, /read vs scs + Redis AOF always", "kado-3node-fr", "scs-redis-aof", "/read", 1.5)
+goal("kado single node /write vs scs + Redis AOF always", "kado-single", "scs-redis-aof", "/write", 2.0)
+goal("kado MemoryStore /write vs scs + memstore", "kado-memory", "scs-memstore", "/write", 2.0)
+goal("kado MemoryStore /read vs scs + memstore", "kado-memory", "scs-memstore", "/read", 2.0)
+goal("kado MemoryStore /write vs no session layer", "kado-memory", "none", "/write", 0.8)
+goal("kado MemoryStore /read vs no session layer", "kado-memory", "none", "/read", 0.8)
+print("goals (issue 5, HTTP)" + (f": each the median of {rounds} per-round ratios (their range in brackets)" if rounds > 1 else ""))
+for text, v, t, ok, xs in goals:
     st = "n/a " if ok is None else ("PASS" if ok else "MISS")
-    print(f"  {st}  {text}: {fmt(v, '.2f')}× (goal ≥ {t:g}×)")
-bad = sum(r["errors"] + r["non2xx"] for r in R.values())
+    spread = f" [{min(xs):.2f}–{max(xs):.2f}]" if len(xs) > 1 else ""
+    print(f"  {st}  {text}: {fmt(v, '.2f')}×{spread} (goal ≥ {t:g}×)")
+bad = sum(r["errors"] + r["non2xx"] for rs in R.values() for r in rs.values())
 if bad:
     print(f"\nWARNING: {bad} failed or non-2xx requests in all: those runs measure errors too")
 PY
