@@ -184,16 +184,18 @@ func TestFSMIndexIsCached(t *testing.T) {
 	}
 }
 
+// countRounds counts the confirmation rounds n runs from now on.
+func countRounds(n *Node) *atomic.Int64 {
+	var c atomic.Int64
+	do := n.reads.rounds.do
+	n.reads.rounds.do = func() (uint64, error) { c.Add(1); return do() }
+	return &c
+}
+
 // A node that is its cluster's only voter is a quorum on its own: its
 // linearizable reads need no confirmation round (and skip the rounds'
 // goroutine and channels). A leader with peers still confirms.
 func TestSoleVoterReadsSkipTheRound(t *testing.T) {
-	countRounds := func(n *Node) *atomic.Int64 {
-		var c atomic.Int64
-		do := n.reads.rounds.do
-		n.reads.rounds.do = func() (uint64, error) { c.Add(1); return do() }
-		return &c
-	}
 	read := func(n *Node, sid, want string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -296,9 +298,7 @@ func TestClientReadsFromFollowers(t *testing.T) {
 func TestBehindFollowerReadsAtIndex(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = time.Second })
 	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
-	var rounds atomic.Int64
-	do := leader.reads.rounds.do
-	leader.reads.rounds.do = func() (uint64, error) { rounds.Add(1); return do() }
+	rounds := countRounds(leader)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range 5 {
@@ -337,9 +337,7 @@ func TestAtIndexFallsBackForOlderLeader(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = time.Second })
 	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
 	leader.refuseAtIndex.Store(true)
-	var rounds atomic.Int64
-	do := leader.reads.rounds.do
-	leader.reads.rounds.do = func() (uint64, error) { rounds.Add(1); return do() }
+	rounds := countRounds(leader)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range 3 {

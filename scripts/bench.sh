@@ -88,7 +88,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-. scripts/lib.sh # free_port, now_ms (the working directory is the repo root)
+. scripts/lib.sh # free_port, now_ms, round_order (the working directory is the repo root)
 
 echo "== building kadosession"
 bin=$work/kadosession
@@ -171,16 +171,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for c in 1 64; do
       cells=("${order[@]}")
       [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn)
-      # Each round starts the cell at another target, and every other
-      # round goes the other way round, so no store is always measured
-      # first (on a cold cache), last, or right after the same other one.
-      rot=$(( (round - 1) % ${#cells[@]} ))
-      cells=("${cells[@]:rot}" "${cells[@]:0:rot}")
-      if (( round % 2 == 0 )); then
-        rev=()
-        for ((k = ${#cells[@]} - 1; k >= 0; k--)); do rev+=("${cells[k]}"); done
-        cells=("${rev[@]}")
-      fi
+      mapfile -t cells < <(round_order "$round" "${cells[@]}") # scripts/lib.sh
       for t in "${cells[@]}"; do
         printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
         # shellcheck disable=SC2086
@@ -210,35 +201,22 @@ fi
 
 echo
 python3 - "$results" "$SVG" "$DURATION" "$SIZE" "$REDIS_CONNS" "$ROUNDS" <<'PY'
-import json, sys, os, platform, datetime, html, statistics
+import sys, os, platform, datetime, html
+sys.dont_write_bytecode = True  # no scripts/__pycache__ left behind
+sys.path.insert(0, "scripts")  # scripts/rounds.py
+from rounds import Rounds
 
 path, svg_path, duration, size, rconns, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
-R = {}  # (name, op, clients) -> {round: result}
-for line in open(path):
-    r = json.loads(line)
-    R.setdefault((r["name"], r["op"], r["clients"]), {})[r.get("round", 1)] = r
+R = Rounds(path, lambda r: (r["name"], r["op"], r["clients"]))
 order = ["redis-nopersist", "redis-aof-always", "kado-single", "kado-3node"]
 label = {"redis-nopersist": "Redis, no persistence", "redis-aof-always": "Redis, AOF fsync always",
          "kado-single": "kadosession, 1 node", "kado-3node": "kadosession, 3 nodes via follower"}
 base = {"save": "redis-aof-always", "restore": "redis-nopersist"}
 
 def get(name, op, c, f):
-    """The median over the rounds of one cell's figure f (errors: the sum)."""
-    rs = R.get((name, op, c))
-    if not rs:
-        return None
-    xs = [r[f] for r in rs.values()]
-    return sum(xs) if f == "errors" else statistics.median(xs)
+    return R.get((name, op, c), f)
 
-def ratios(a, b, f):
-    """Per-round ratios of cell a's figure f to cell b's, each (name, op, clients)."""
-    ra, rb = R.get(a, {}), R.get(b, {})
-    return [ra[k][f] / rb[k][f] for k in sorted(ra) if k in rb and rb[k][f]]
-
-def ratio(a, b, f):
-    """The median of the per-round ratios: each pairs runs of the same round."""
-    xs = ratios(a, b, f)
-    return statistics.median(xs) if xs else None
+ratio = R.ratio
 
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
@@ -272,8 +250,8 @@ for op in ("save", "restore"):
 
 goals = []
 def goal(text, a, b, f, target, higher=True):
-    xs = ratios(a, b, f)
-    value = statistics.median(xs) if xs else None
+    xs = R.ratios(a, b, f)
+    value = R.ratio(a, b, f)
     ok = None if value is None else (value >= target if higher else value <= target)
     goals.append((text, value, target, higher, ok, xs))
 

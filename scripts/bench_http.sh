@@ -74,7 +74,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-. scripts/lib.sh # free_port, now_ms (the working directory is the repo root)
+. scripts/lib.sh # free_port, now_ms, round_order (the working directory is the repo root)
 
 echo "== building kadosession and scripts/benchhttp"
 bin=$work/kadosession
@@ -151,13 +151,7 @@ echo "== wrk: $THREADS threads, $CONNS connections, $COOKIES rotating session co
 read -r -a stacks <<<"$STACKS"
 for round in $(seq 1 "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && echo "   -- round $round of $ROUNDS"
-  rot=$(( (round - 1) % ${#stacks[@]} ))
-  names=("${stacks[@]:rot}" "${stacks[@]:0:rot}")
-  if (( round % 2 == 0 )); then
-    rev=()
-    for ((k = ${#names[@]} - 1; k >= 0; k--)); do rev+=("${names[k]}"); done
-    names=("${rev[@]}")
-  fi
+  mapfile -t names < <(round_order "$round" "${stacks[@]}") # scripts/lib.sh
   for name in "${names[@]}"; do
     port=$(free_port)
     args=(--listen "127.0.0.1:$port" --precreate "$COOKIES" --cookies "$work/cookies-$name.txt")
@@ -193,28 +187,18 @@ done
 
 echo
 python3 - "$results" "$DURATION" "$CONNS" "$COOKIES" "$ROUNDS" <<'PY'
-import json, sys, os, platform, statistics
+import sys, os, platform
+sys.dont_write_bytecode = True  # no scripts/__pycache__ left behind
+sys.path.insert(0, "scripts")  # scripts/rounds.py
+from rounds import Rounds
 path, duration, conns, cookies, rounds = sys.argv[1:6]
 rounds = int(rounds)
-R = {}  # (name, path) -> {round: result}
-for r in map(json.loads, open(path)):
-    R.setdefault((r["name"], r["path"]), {})[r.get("round", 1)] = r
+R = Rounds(path, lambda r: (r["name"], r["path"]))
 order = ["none", "kado-memory", "kado-single", "kado-3node", "kado-3node-fr", "scs-memstore", "scs-redis-aof"]
 def get(n, p, f="rps"):
-    """The median over the rounds of a run's figure f (errors: the sum)."""
-    rs = R.get((n, p))
-    if not rs:
-        return None
-    xs = [r[f] for r in rs.values()]
-    return sum(xs) if f in ("errors", "non2xx") else statistics.median(xs)
-def ratios(a, b, p):
-    """Per-round ratios of stack a's req/s on path p to stack b's."""
-    ra, rb = R.get((a, p), {}), R.get((b, p), {})
-    return [ra[k]["rps"] / rb[k]["rps"] for k in sorted(ra) if k in rb and rb[k]["rps"]]
+    return R.get((n, p), f)
 def ratio(a, b, p):
-    """The median of the per-round ratios: each pairs runs of the same round."""
-    xs = ratios(a, b, p)
-    return statistics.median(xs) if xs else None
+    return R.ratio((a, p), (b, p), "rps")
 def fmt(x, spec):
     if x is None:
         w = spec.split(".")[0]
@@ -236,8 +220,8 @@ for p in ("/write", "/read"):
     print()
 goals = []
 def goal(text, a, b, p, t):
-    xs = ratios(a, b, p)
-    v = statistics.median(xs) if xs else None
+    xs = R.ratios((a, p), (b, p), "rps")
+    v = R.ratio((a, p), (b, p), "rps")
     goals.append((text, v, t, None if v is None else v >= t, xs))
 goal("kado 3-node /write vs scs + Redis AOF always", "kado-3node", "scs-redis-aof", "/write", 1.0)
 goal("kado 3-node /read vs scs + Redis AOF always", "kado-3node", "scs-redis-aof", "/read", 1.5)
@@ -253,7 +237,7 @@ for text, v, t, ok, xs in goals:
     st = "n/a " if ok is None else ("PASS" if ok else "MISS")
     spread = f" [{min(xs):.2f}–{max(xs):.2f}]" if len(xs) > 1 else ""
     print(f"  {st}  {text}: {fmt(v, '.2f')}×{spread} (goal ≥ {t:g}×)")
-bad = sum(r["errors"] + r["non2xx"] for rs in R.values() for r in rs.values())
+bad = sum(r["errors"] + r["non2xx"] for r in R.results())
 if bad:
     print(f"\nWARNING: {bad} failed or non-2xx requests in all: those runs measure errors too")
 PY

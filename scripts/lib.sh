@@ -50,3 +50,20 @@ wait_healthy() {
     sleep 0.3
   done
 }
+
+# round_order ROUND ITEM...: the items, one a line, in their order for
+# round ROUND (from 1) of a repeated benchmark: rotated by ROUND-1 and, in
+# even rounds, reversed, so that no item is always measured first (on a
+# cold cache), last, or right after the same other one.
+round_order() {
+  local round=$1 k
+  shift
+  local items=("$@")
+  local rot=$(((round - 1) % ${#items[@]}))
+  items=("${items[@]:rot}" "${items[@]:0:rot}")
+  if ((round % 2 == 0)); then
+    for ((k = ${#items[@]} - 1; k >= 0; k--)); do echo "${items[k]}"; done
+  else
+    printf '%s\n' "${items[@]}"
+  fi
+}
