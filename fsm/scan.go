@@ -40,9 +40,11 @@ func splitCompact(obj []byte) (fields []Field, rewrite bool, err error) {
 		var key string
 		if escaped || !utf8.Valid(obj[i+1:end]) {
 			rewrite = true
-			if err := json.Unmarshal(obj[i:end+1], &key); err != nil {
+			var k string // its own variable: &k escapes, and key would escape with it
+			if err := json.Unmarshal(obj[i:end+1], &k); err != nil {
 				return bad("bad key escape")
 			}
+			key = k
 		} else {
 			key = string(obj[i+1 : end])
 		}
@@ -195,6 +197,14 @@ func CompactValue(v []byte) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// SplitObject returns the members of a session's stored data (a valid,
+// compact JSON object: a Record's Data) in order, each key once, without
+// encoding/json's reflection. The values are slices of obj.
+func SplitObject(obj []byte) ([]Field, error) {
+	fields, _, err := splitCompact(obj)
+	return fields, err
 }
 
 // DecodeObject returns the members of a session's stored data (a valid,

@@ -3,6 +3,7 @@ package middleware
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 )
@@ -100,5 +101,62 @@ func TestHostPrefixNeedsSecureRootPath(t *testing.T) {
 			o.Store = newStore(t)
 			New(o)
 		}()
+	}
+}
+
+// TestSessionCookieReadsAsNetHTTP holds the middleware's own Cookie header
+// scanner to http.Request.CookiesNamed: the same cookie found, or none.
+func TestSessionCookieReadsAsNetHTTP(t *testing.T) {
+	id := strings.Repeat("ab", 20)
+	other := strings.Repeat("c", 40)
+	tests := [][]string{
+		nil,
+		{""},
+		{"session=" + id},
+		{"a=1; session=" + id + "; b=2"},
+		{"  session = " + id + "  "},
+		{`session="` + id + `"`},
+		{`session="` + id},
+		{"session=" + id + "x"},
+		{"session=" + strings.ToUpper(id)},
+		{"session=bad\\value; session=" + id},
+		{"session=short; session=" + id},
+		{"session=" + other + "; session=" + id},
+		{"sessionx=" + id, "xsession=" + id},
+		{"Session=" + id},
+		{"a=1", "session=" + id},
+		{"session="},
+		{"session"},
+		{";;; ;session=" + id + ";;"},
+		{"session=a b"},
+		{"session=caf\xc3\xa9"},
+		{"session=\t" + id},
+	}
+	for _, lines := range tests {
+		r := httptest.NewRequest("GET", "/", nil)
+		for _, l := range lines {
+			r.Header.Add("Cookie", l)
+		}
+		wantID, wantHad := "", false
+		for _, ck := range r.CookiesNamed("session") {
+			wantHad = true
+			if validID(ck.Value) {
+				wantID = ck.Value
+				break
+			}
+		}
+		if gotID, gotHad := sessionCookie(r.Header, "session"); gotID != wantID || gotHad != wantHad {
+			t.Errorf("Cookie %q: sessionCookie = %q, %v; CookiesNamed gives %q, %v", lines, gotID, gotHad, wantID, wantHad)
+		}
+	}
+}
+
+func BenchmarkSessionCookie(b *testing.B) {
+	h := http.Header{"Cookie": {"_ga=GA1.2.3; theme=dark; session=" + strings.Repeat("ab", 20) + "; lang=en"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if id, _ := sessionCookie(h, "session"); id == "" {
+			b.Fatal("no session cookie")
+		}
 	}
 }

@@ -32,7 +32,7 @@ func TestDecodeObject(t *testing.T) {
 			c, _ = json.Marshal(v)
 			want[k] = c
 		}
-		if !reflect.DeepEqual(got, want) {
+		if !reflect.DeepEqual(got.toMap(), want) {
 			t.Errorf("decodeObject(%s) = %q, want %q", in, got, want)
 		}
 	}

@@ -3,10 +3,12 @@ package middleware
 import (
 	"context"
 	"encoding/json"
-	"maps"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/fsm"
 )
 
 // MetaKey is the reserved data key under which the middleware keeps a
@@ -36,8 +38,8 @@ func (s *Session) nowMs() int64 { return s.web.cfg.now().UnixMilli() }
 // were turned on or by another application, is adopted as created and seen
 // now, and the timestamps are written by this request.
 func (s *Session) takeMetaLocked() {
-	raw, ok := s.data[MetaKey]
-	delete(s.data, MetaKey)
+	raw, ok := s.data.get(MetaKey)
+	s.data.remove(MetaKey)
 	s.meta, s.metaDirty = sessionMeta{}, false
 	if !s.lifetimeOn() {
 		return
@@ -105,18 +107,14 @@ func (s *Session) metaValue() json.RawMessage {
 	return b
 }
 
-// withMeta returns data plus the timestamps when the session carries them;
-// data itself (what the handler sees) is left alone.
-func (s *Session) withMeta(data map[string]json.RawMessage) map[string]json.RawMessage {
+// withMeta returns the session's data as it is stored: plus the timestamps
+// when the session carries them. s.data (what the handler sees) is left
+// alone.
+func (s *Session) withMeta() sessionData {
 	if !s.lifetimeOn() || s.meta.Created <= 0 {
-		return data
+		return s.data
 	}
-	out := maps.Clone(data)
-	if out == nil {
-		out = make(map[string]json.RawMessage, 1)
-	}
-	out[MetaKey] = s.metaValue()
-	return out
+	return append(slices.Clip(s.data), fsm.Field{Key: MetaKey, Value: s.metaValue()})
 }
 
 func defaultNow() time.Time { return time.Now() }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -125,15 +124,9 @@ func (m *MemoryStore) nowMs() int64 { return m.now().UnixMilli() }
 
 // Restore implements Store: found is false for an unknown or expired sid.
 func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
-	if err := ctx.Err(); err != nil {
+	rec, err := m.record(ctx, sid)
+	if rec == nil {
 		return nil, false, err
-	}
-	if err := fsm.ValidateSID(sid); err != nil {
-		return nil, false, err
-	}
-	rec, ok := m.state.Get(sid, m.nowMs(), m.duration)
-	if !ok {
-		return nil, false, nil
 	}
 	// The map's values are slices of one copy of the record's data: the
 	// caller may keep and modify them; the stored record is immutable.
@@ -143,6 +136,37 @@ func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.
 		return nil, false, fmt.Errorf("%w: session data: %v", fsm.ErrCorrupt, err)
 	}
 	return data, true, nil
+}
+
+// restoreFields is Restore for a Session, which writes to no value: the
+// values are slices of the stored record itself, so nothing is copied.
+func (m *MemoryStore) restoreFields(ctx context.Context, sid string) (sessionData, bool, error) {
+	rec, err := m.record(ctx, sid)
+	if rec == nil {
+		return nil, false, err
+	}
+	fields, err := fsm.SplitObject(rec.Data)
+	if err != nil {
+		// Records are validated on the way in; this is a bug.
+		return nil, false, fmt.Errorf("%w: session data: %v", fsm.ErrCorrupt, err)
+	}
+	return fields, true, nil
+}
+
+// record returns the live record of sid, or nil (and why, when it is not
+// simply absent or expired).
+func (m *MemoryStore) record(ctx context.Context, sid string) (*fsm.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := fsm.ValidateSID(sid); err != nil {
+		return nil, err
+	}
+	rec, ok := m.state.Get(sid, m.nowMs(), m.duration)
+	if !ok {
+		return nil, nil
+	}
+	return rec, nil
 }
 
 // List returns every session whose id starts with prefix ("" for all) and
@@ -174,6 +198,12 @@ func (m *MemoryStore) List(ctx context.Context, prefix string) (map[string]map[s
 
 // Save implements Store: it replaces the whole session and renews it.
 func (m *MemoryStore) Save(ctx context.Context, sid string, data map[string]json.RawMessage) error {
+	return m.saveFields(ctx, sid, dataOf(data))
+}
+
+// saveFields is Save without a map. It sorts and rewrites data's slice,
+// not the bytes of its values.
+func (m *MemoryStore) saveFields(ctx context.Context, sid string, data sessionData) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -196,6 +226,12 @@ func (m *MemoryStore) Save(ctx context.Context, sid string, data map[string]json
 // Patch implements Store: it sets and deletes keys atomically, creating the
 // session if absent (an expired session counts as absent) and renewing it.
 func (m *MemoryStore) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	return m.patchFields(ctx, sid, dataOf(set), del)
+}
+
+// patchFields is Patch without a map. It sorts and rewrites set's slice,
+// not the bytes of its values.
+func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionData, del []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -268,28 +304,25 @@ func (m *MemoryStore) Prune() int {
 // included. It is safe for concurrent use.
 func (m *MemoryStore) Len() int { return m.state.Len() }
 
-// encodeFields validates and compacts data into fields sorted by key, so
-// equal maps always encode to equal bytes.
-func encodeFields(data map[string]json.RawMessage) ([]fsm.Field, error) {
-	keys := make([]string, 0, len(data))
-	for k := range data {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	fields := make([]fsm.Field, 0, len(keys))
-	for _, k := range keys {
-		if err := fsm.ValidateKey(k); err != nil {
+// encodeFields validates data and compacts its values, in place, and sorts
+// it by key, so equal sessions always encode to equal bytes. data holds
+// each key once.
+func encodeFields(data sessionData) ([]fsm.Field, error) {
+	sortFields(data)
+	for i := range data {
+		f := &data[i]
+		if err := fsm.ValidateKey(f.Key); err != nil {
 			return nil, err
 		}
 		// The value may be the caller's own slice: the state copies it
 		// into the record it encodes.
-		v, err := fsm.CompactValue(data[k])
+		v, err := fsm.CompactValue(f.Value)
 		if err != nil {
-			return nil, fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, k, err)
+			return nil, fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, f.Key, err)
 		}
-		fields = append(fields, fsm.Field{Key: k, Value: v})
+		f.Value = v
 	}
-	return fields, nil
+	return data, nil
 }
 
 // UserSessions implements UserStore: the ids of the live sessions tagged

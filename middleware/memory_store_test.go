@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,5 +345,38 @@ func TestMemoryStoreRestoreIsACopy(t *testing.T) {
 	}
 	if string(again["k"]) != `"value"` || string(again["n"]) != `12` {
 		t.Fatalf("stored session changed through a restored map: %s", again)
+	}
+}
+
+// wrappedMemory embeds a MemoryStore to wrap its writes, as an application
+// adding metrics or logging to one might.
+type wrappedMemory struct {
+	*MemoryStore
+	saves, patches atomic.Int32
+}
+
+func (w *wrappedMemory) Save(ctx context.Context, sid string, data map[string]json.RawMessage) error {
+	w.saves.Add(1)
+	return w.MemoryStore.Save(ctx, sid, data)
+}
+
+func (w *wrappedMemory) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	w.patches.Add(1)
+	return w.MemoryStore.Patch(ctx, sid, set, del)
+}
+
+// TestWrappedMemoryStoreIsCalledThroughItsMethods: the middleware calls a
+// bare MemoryStore without the Store interface's maps, but a type that
+// embeds one gets its own methods called.
+func TestWrappedMemoryStoreIsCalledThroughItsMethods(t *testing.T) {
+	w := &wrappedMemory{MemoryStore: newStore(t)}
+	srv := newServer(t, Options{Store: w}, setHandler("k", "v"))
+	srv.get(t, "/")
+	srv.get(t, "/")
+	if s, p := w.saves.Load(), w.patches.Load(); s != 1 || p != 1 {
+		t.Fatalf("the wrapper saw %d saves and %d patches, want 1 and 1", s, p)
+	}
+	if got := restoreString(t, w, srv.sid(t, "session"), "k"); got != "v" {
+		t.Fatalf("k = %q, want v", got)
 	}
 }

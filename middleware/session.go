@@ -36,10 +36,10 @@ type Session struct {
 
 	id       string
 	loaded   bool
-	isNew    bool                       // the store holds no record for id (yet)
-	data     map[string]json.RawMessage // the session as this request sees it
-	dirty    []string                   // keys set (in data) or deleted (not in data), each once
-	cleared  bool                       // Clear was called: the next save replaces the whole session
+	isNew    bool        // the store holds no record for id (yet)
+	data     sessionData // the session as this request sees it
+	dirty    []string    // keys set (in data) or deleted (not in data), each once
+	cleared  bool        // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
 
@@ -83,7 +83,7 @@ func (s *Session) Get(key string) any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
-	raw, ok := s.data[key]
+	raw, ok := s.data.get(key)
 	if !ok {
 		return nil
 	}
@@ -106,7 +106,7 @@ func (s *Session) GetInto(key string, v any) error {
 	if s.loadErr != nil {
 		return s.loadErr
 	}
-	raw, ok := s.data[key]
+	raw, ok := s.data.get(key)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrKeyNotFound, key)
 	}
@@ -226,7 +226,7 @@ func (s *Session) Set(key string, value any) *Session {
 		}
 		return s
 	}
-	s.data[key] = raw
+	s.data.set(key, raw)
 	s.markDirty(key)
 	return s
 }
@@ -237,8 +237,7 @@ func (s *Session) Delete(key string) *Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
-	if _, ok := s.data[key]; ok {
-		delete(s.data, key)
+	if s.data.remove(key) {
 		s.markDirty(key)
 	}
 	return s
@@ -250,7 +249,7 @@ func (s *Session) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
-	clear(s.data)
+	s.data = s.data[:0]
 	s.dirty = s.dirty[:0]
 	s.cleared = true
 }
@@ -261,8 +260,8 @@ func (s *Session) Keys() []string {
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
 	keys := make([]string, 0, len(s.data))
-	for k := range s.data {
-		keys = append(keys, k)
+	for _, f := range s.data {
+		keys = append(keys, f.Key)
 	}
 	slices.Sort(keys)
 	return keys

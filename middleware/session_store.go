@@ -2,7 +2,6 @@ package middleware
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
 	"github.com/kadosession/kadosession/fsm"
@@ -24,9 +23,9 @@ func (s *Session) loadLocked(ctx context.Context) {
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := restore(cctx, s.store, s.id)
-	s.data = data // the store's map when it found the session: no copy made
-	if err != nil || !found || s.data == nil {
-		s.data = make(map[string]json.RawMessage)
+	s.data = data // the store's answer when it found the session: no copy made
+	if err != nil || !found {
+		s.data = s.data[:0]
 	}
 	switch {
 	case err != nil:
@@ -36,7 +35,7 @@ func (s *Session) loadLocked(ctx context.Context) {
 	case !found:
 		s.isNew = true
 	default:
-		delete(s.data, fsm.WrittenKey)
+		s.data.remove(fsm.WrittenKey)
 		s.isNew = false
 		s.takeMetaLocked()
 		if why := s.endedLocked(); why != "" {
@@ -54,7 +53,7 @@ func (s *Session) freshLocked() {
 	s.id = GenerateID(ip, agent)
 	s.loaded = true
 	s.isNew = true
-	s.data = make(map[string]json.RawMessage)
+	s.data = s.data[:0]
 	s.dirty = s.dirty[:0]
 	s.cleared = false
 	s.loadErr = nil
@@ -121,21 +120,21 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	wasNew := s.isNew
 	switch {
 	case s.isNew, s.cleared:
-		err = s.store.Save(cctx, s.id, s.withMeta(s.data))
+		err = save(cctx, s.store, s.id, s.withMeta())
 	case len(s.dirty) > 0 || s.metaDirty:
-		set := make(map[string]json.RawMessage, len(s.dirty)+1)
+		set := make(sessionData, 0, len(s.dirty)+1)
 		var del []string
 		for _, k := range s.dirty {
-			if v, ok := s.data[k]; ok {
-				set[k] = v
+			if v, ok := s.data.get(k); ok {
+				set = append(set, fsm.Field{Key: k, Value: v})
 			} else {
 				del = append(del, k)
 			}
 		}
 		if s.metaDirty {
-			set[MetaKey] = s.metaValue()
+			set = append(set, fsm.Field{Key: MetaKey, Value: s.metaValue()})
 		}
-		err = s.store.Patch(cctx, s.id, set, del)
+		err = patch(cctx, s.store, s.id, set, del)
 	default: // explicit, nothing changed: renew it
 		err = s.store.Touch(cctx, s.id)
 	}
@@ -184,7 +183,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
-	if err := s.store.Save(cctx, newID, s.withMeta(s.data)); err != nil {
+	if err := save(cctx, s.store, newID, s.withMeta()); err != nil {
 		return fmt.Errorf("%w: regenerate: save under the new id: %w", ErrStoreUnavailable, err)
 	}
 	oldID, wasNew := s.id, s.isNew

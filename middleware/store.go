@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/kadosession/kadosession/fsm"
 )
@@ -79,34 +80,57 @@ type rawRestorer interface {
 	RestoreRaw(ctx context.Context, sid string) ([]byte, bool, error)
 }
 
-// restore calls store's Restore, or its RestoreRaw and decodes the object.
-func restore(ctx context.Context, store Store, sid string) (map[string]json.RawMessage, bool, error) {
-	rr, ok := store.(rawRestorer)
-	if !ok {
-		return store.Restore(ctx, sid)
+// restore, save and patch call store's methods. A MemoryStore's are called
+// without the maps of the Store interface (a session's map and its patch's
+// map were a fifth of the middleware's allocations). It must be a
+// *MemoryStore itself: a type that embeds one to wrap its methods gets
+// them called.
+
+// restore loads session sid from store, through the cheapest of its
+// methods.
+func restore(ctx context.Context, store Store, sid string) (sessionData, bool, error) {
+	switch st := store.(type) {
+	case *MemoryStore:
+		return st.restoreFields(ctx, sid)
+	case rawRestorer:
+		raw, found, err := st.RestoreRaw(ctx, sid)
+		if err != nil || !found {
+			return nil, false, err
+		}
+		data, err := decodeObject(raw)
+		if err != nil {
+			return nil, false, fmt.Errorf("restore: the store returned session data that is not a JSON object: %w", err)
+		}
+		return data, true, nil
 	}
-	raw, found, err := rr.RestoreRaw(ctx, sid)
+	m, found, err := store.Restore(ctx, sid)
 	if err != nil || !found {
 		return nil, false, err
 	}
-	data, err := decodeObject(raw)
-	if err != nil {
-		return nil, false, fmt.Errorf("restore: the store returned session data that is not a JSON object: %w", err)
+	return dataOf(m), true, nil
+}
+
+// save replaces session sid in store with data.
+func save(ctx context.Context, store Store, sid string, data sessionData) error {
+	if m, ok := store.(*MemoryStore); ok {
+		return m.saveFields(ctx, sid, slices.Clone(data))
 	}
-	return data, true, nil
+	return store.Save(ctx, sid, data.toMap())
+}
+
+// patch sets set's keys and deletes del's in session sid of store.
+func patch(ctx context.Context, store Store, sid string, set sessionData, del []string) error {
+	if m, ok := store.(*MemoryStore); ok {
+		return m.patchFields(ctx, sid, set, del)
+	}
+	return store.Patch(ctx, sid, set.toMap(), del)
 }
 
 // decodeObject decodes raw, one JSON object from outside the process, into
-// its members as json.Unmarshal would (the last of duplicate keys wins),
-// with fsm's checking scanner instead of encoding/json's reflection.
-func decodeObject(raw []byte) (map[string]json.RawMessage, error) {
+// its members as json.Unmarshal into a map would (the last of duplicate
+// keys wins), with fsm's checking scanner instead of encoding/json's
+// reflection.
+func decodeObject(raw []byte) (sessionData, error) {
 	fields, err := fsm.ParseObject(raw)
-	if err != nil {
-		return nil, err
-	}
-	data := make(map[string]json.RawMessage, len(fields))
-	for _, f := range fields {
-		data[f.Key] = f.Value
-	}
-	return data, nil
+	return sessionData(fields), err
 }
