@@ -395,12 +395,12 @@ func decodeRecord(raw []byte, defaultWritten int64) (*Record, error) {
 		// escaped key), instead of being split up and encoded again.
 		was := compact[at]
 		compact[at] = '}'
-		if _, rewrite, err := splitCompact(compact[:at+1]); err == nil && !rewrite {
+		if _, rewrite, err := splitCompact(compact[:at+1], true); err == nil && !rewrite {
 			return &Record{Written: written, Data: compact[:at+1]}, nil
 		}
 		compact[at] = was
 	}
-	fields, rewrite, err := splitCompact(compact)
+	fields, rewrite, err := splitCompact(compact, true) // dropped, or encoded afresh, before compact changes
 	if err != nil {
 		return nil, err
 	}

@@ -114,7 +114,7 @@ func NormalizeObjectKeys(data []byte) ([]byte, int, error) {
 	// ("\u005fwritten" is WrittenKey) must come out exactly as ReadDocument
 	// would read them back, or a state restored from a snapshot would differ
 	// from the one that wrote it; objects without them are kept as they are.
-	fields, rewrite, err := splitCompact(compact)
+	fields, rewrite, err := splitCompact(compact, true) // dropped, or encoded afresh, here
 	if err != nil {
 		return nil, 0, err
 	}
@@ -165,7 +165,7 @@ func ParseObject(data []byte) ([]Field, error) {
 	if err != nil {
 		return nil, err
 	}
-	fields, _, err := splitCompact(compact)
+	fields, _, err := splitCompact(compact, false)
 	return fields, err
 }
 

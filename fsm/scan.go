@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // splitCompact splits a valid, compact JSON object (as json.Compact writes
@@ -13,8 +14,11 @@ import (
 // encoding/json. Duplicate keys keep their first position and last value.
 // rewrite reports whether EncodeObject of the result would differ from obj:
 // a duplicate key, WrittenKey, or a key written with escapes or invalid
-// UTF-8 (which decoding replaces with U+FFFD).
-func splitCompact(obj []byte) (fields []Field, rewrite bool, err error) {
+// UTF-8 (which decoding replaces with U+FFFD). The values are slices of
+// obj. With shared the keys are too (but for escaped ones), instead of a
+// copy each: only for an obj that nothing writes to while the fields are
+// in use (a Record's Data, or fields dropped before obj changes).
+func splitCompact(obj []byte, shared bool) (fields []Field, rewrite bool, err error) {
 	bad := func(what string) ([]Field, bool, error) {
 		return nil, false, fmt.Errorf("%w: malformed object: %s", ErrBadData, what)
 	}
@@ -45,6 +49,8 @@ func splitCompact(obj []byte) (fields []Field, rewrite bool, err error) {
 				return bad("bad key escape")
 			}
 			key = k
+		} else if shared && end > i+1 {
+			key = unsafe.String(&obj[i+1], end-i-1)
 		} else {
 			key = string(obj[i+1 : end])
 		}
@@ -201,9 +207,11 @@ func CompactValue(v []byte) ([]byte, error) {
 
 // SplitObject returns the members of a session's stored data (a valid,
 // compact JSON object: a Record's Data) in order, each key once, without
-// encoding/json's reflection. The values are slices of obj.
+// encoding/json's reflection and without copying: the keys and values
+// share obj's bytes, so obj must never change afterwards (a Record's Data
+// never does).
 func SplitObject(obj []byte) ([]Field, error) {
-	fields, _, err := splitCompact(obj)
+	fields, _, err := splitCompact(obj, true)
 	return fields, err
 }
 
@@ -213,7 +221,7 @@ func SplitObject(obj []byte) ([]Field, error) {
 // would (the last of duplicate keys wins), without encoding/json's
 // reflection. The values are slices of obj.
 func DecodeObject(obj []byte) (map[string]json.RawMessage, error) {
-	fields, _, err := splitCompact(obj)
+	fields, _, err := splitCompact(obj, false)
 	if err != nil {
 		return nil, err
 	}

@@ -213,7 +213,7 @@ func (s *State) patch(c *Command) Result {
 	var fields []Field
 	if ok && !old.Expired(c.Time, c.Duration) {
 		var err error
-		if fields, _, err = splitCompact(old.Data); err != nil {
+		if fields, _, err = splitCompact(old.Data, true); err != nil { // a Record's Data never changes
 			return Result{Err: err}
 		}
 	}

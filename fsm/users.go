@@ -18,7 +18,7 @@ func userOf(data []byte) string {
 	if !bytes.Contains(data, []byte(`"`+UserKey+`"`)) {
 		return ""
 	}
-	fields, _, err := splitCompact(data)
+	fields, _, err := splitCompact(data, true) // dropped before data could change
 	if err != nil {
 		return ""
 	}

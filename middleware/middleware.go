@@ -58,7 +58,6 @@ const (
 type webRequest struct {
 	cfg         *config
 	req         *http.Request
-	ip, agent   string
 	hadCookie   bool   // the request carried a cookie of our name
 	cookieID    string // the id that cookie named, kept to keep it out of logs
 	headersSent bool
@@ -95,10 +94,7 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 	q := &request{}
 	q.rw = responseWriter{ResponseWriter: w, s: &q.session}
 	web := &q.web
-	*web = webRequest{cfg: c, req: r, ip: r.RemoteAddr, agent: r.UserAgent()}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		web.ip = host
-	}
+	*web = webRequest{cfg: c, req: r}
 	s := &q.session
 	q.ctx = sessionCtx{Context: r.Context(), s: s}
 	s.dirty = q.dirtyBuf[:0]
@@ -149,6 +145,15 @@ func validCookieValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// newID returns a fresh session id for this request's client.
+func (w *webRequest) newID() string {
+	ip := w.req.RemoteAddr
+	if host, _, err := net.SplitHostPort(ip); err == nil {
+		ip = host
+	}
+	return GenerateID(ip, w.req.UserAgent())
 }
 
 // saved records that the session sid was written to the store.

@@ -44,13 +44,18 @@ func (s *Session) loadLocked(ctx context.Context) {
 	}
 }
 
+// newID returns a fresh id: from the client's address and agent in a
+// middleware request.
+func (s *Session) newID() string {
+	if s.web != nil {
+		return s.web.newID()
+	}
+	return GenerateID("", "")
+}
+
 // freshLocked turns the session into a new, empty one under a new id.
 func (s *Session) freshLocked() {
-	ip, agent := "", ""
-	if s.web != nil {
-		ip, agent = s.web.ip, s.web.agent
-	}
-	s.id = GenerateID(ip, agent)
+	s.id = s.newID()
 	s.loaded = true
 	s.isNew = true
 	s.data = s.data[:0]
@@ -175,11 +180,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	if s.valueErr != nil {
 		return s.valueErr
 	}
-	ip, agent := "", ""
-	if s.web != nil {
-		ip, agent = s.web.ip, s.web.agent
-	}
-	newID := GenerateID(ip, agent)
+	newID := s.newID()
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
