@@ -124,8 +124,9 @@ func (s pacedSnapshots) clearReaped() {
 
 type pacedSink struct {
 	raft.SnapshotSink
-	pace  diskPacer
-	store pacedSnapshots
+	pace   diskPacer
+	store  pacedSnapshots
+	closed bool
 }
 
 func (s *pacedSink) Write(b []byte) (int, error) {
@@ -134,7 +135,15 @@ func (s *pacedSink) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// Close finishes the snapshot. It is called twice, by the state machine's
+// Persist and again by raft, and only the first does anything: a second
+// pass gave retained snapshots second names, and its clearReaped shrank
+// the reaped files beside the first's. Raft's own sink ignores the second.
 func (s *pacedSink) Close() error {
+	if s.closed {
+		return s.SnapshotSink.Close()
+	}
+	s.closed = true
 	s.pace.f.Close()
 	kept := s.store.keepReaped()
 	err := s.SnapshotSink.Close()
