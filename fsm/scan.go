@@ -59,7 +59,7 @@ func splitCompact(obj []byte, shared bool) (fields []Field, rewrite bool, err er
 		if vend < 0 || vend >= len(obj) {
 			return bad("unterminated value")
 		}
-		value := json.RawMessage(obj[vstart:vend])
+		value := json.RawMessage(obj[vstart:vend:vend]) // an append to it cannot overwrite what follows
 		if key == WrittenKey {
 			rewrite = true
 		}

@@ -8,49 +8,124 @@ import (
 	"github.com/kadosession/kadosession/fsm"
 )
 
-// sessionData is a session's keys and values as one request sees them,
-// each key once. A session holds a handful of keys, so a slice searched in
-// order serves it: the map it replaced cost every request two allocations
-// and a third of a KiB to fill and clear. Values are never written in
-// place — they may be the store's own bytes — only replaced.
+// sessionData is a session's keys and values as a Store takes and gives
+// them without maps (MemoryStore), each key once.
 type sessionData []fsm.Field
 
-// index returns the position of key, or -1.
-func (d sessionData) index(key string) int {
-	for i := range d {
-		if d[i].Key == key {
-			return i
+// values is a Session's data as one request sees it: its fields, each key
+// once, in no particular order, and once there are more than indexAbove of
+// them a map from key to position. A session holds a handful of keys, which
+// a slice searched in order serves: the map it replaced cost every request
+// two allocations and a third of a KiB to fill and clear; the index keeps
+// a session of thousands of keys from costing a search of them all per
+// key. Values are never written in place, only replaced.
+type values struct {
+	fields sessionData
+	index  map[string]int // nil until needed
+}
+
+// indexAbove is how many fields a search goes through before values keeps
+// an index.
+const indexAbove = 16
+
+// reset makes d the data.
+func (v *values) reset(d sessionData) { v.fields, v.index = d, nil }
+
+// clear removes every key.
+func (v *values) clear() { v.reset(v.fields[:0]) }
+
+// find returns the position of key, or -1.
+func (v *values) find(key string) int {
+	if len(v.fields) <= indexAbove {
+		for i := range v.fields {
+			if v.fields[i].Key == key {
+				return i
+			}
 		}
+		return -1
+	}
+	if v.index == nil {
+		v.index = make(map[string]int, 2*len(v.fields))
+		for i, f := range v.fields {
+			v.index[f.Key] = i
+		}
+	}
+	if i, ok := v.index[key]; ok {
+		return i
 	}
 	return -1
 }
 
 // get returns the value of key.
-func (d sessionData) get(key string) (json.RawMessage, bool) {
-	if i := d.index(key); i >= 0 {
-		return d[i].Value, true
+func (v *values) get(key string) (json.RawMessage, bool) {
+	if i := v.find(key); i >= 0 {
+		return v.fields[i].Value, true
 	}
 	return nil, false
 }
 
-// set gives key the value v.
-func (d *sessionData) set(key string, v json.RawMessage) {
-	if i := d.index(key); i >= 0 {
-		(*d)[i].Value = v
+// set gives key the value val.
+func (v *values) set(key string, val json.RawMessage) {
+	if i := v.find(key); i >= 0 {
+		v.fields[i].Value = val
 		return
 	}
-	*d = append(*d, fsm.Field{Key: key, Value: v})
+	v.fields = append(v.fields, fsm.Field{Key: key, Value: val})
+	if v.index != nil {
+		v.index[key] = len(v.fields) - 1
+	}
 }
 
-// remove deletes key and reports whether it was there.
-func (d *sessionData) remove(key string) bool {
-	i := d.index(key)
+// remove deletes key and reports whether it was there. The last field
+// takes its place.
+func (v *values) remove(key string) bool {
+	i := v.find(key)
 	if i < 0 {
 		return false
 	}
-	*d = slices.Delete(*d, i, i+1)
+	last := len(v.fields) - 1
+	v.fields[i] = v.fields[last]
+	v.fields[last] = fsm.Field{} // nothing kept alive by the spare capacity
+	v.fields = v.fields[:last]
+	if v.index != nil {
+		delete(v.index, key)
+		if i < last {
+			v.index[v.fields[i].Key] = i
+		}
+	}
 	return true
 }
+
+// keySet is a list of keys, each once, with a map to tell whether a key is
+// in it once it is longer than indexAbove.
+type keySet struct {
+	list []string
+	set  map[string]struct{} // nil until needed
+}
+
+// add appends key unless it is there.
+func (k *keySet) add(key string) {
+	if len(k.list) <= indexAbove {
+		if slices.Contains(k.list, key) {
+			return
+		}
+	} else {
+		if k.set == nil {
+			k.set = make(map[string]struct{}, 2*len(k.list))
+			for _, s := range k.list {
+				k.set[s] = struct{}{}
+			}
+		}
+		if _, ok := k.set[key]; ok {
+			return
+		}
+		k.set[key] = struct{}{}
+	}
+	k.list = append(k.list, key)
+}
+
+// reset empties the set.
+func (k *keySet) reset() { k.list, k.set = k.list[:0], nil }
 
 // toMap returns the data as a Store's Save takes it.
 func (d sessionData) toMap() map[string]json.RawMessage {

@@ -112,9 +112,9 @@ func (s *Session) metaValue() json.RawMessage {
 // alone.
 func (s *Session) withMeta() sessionData {
 	if !s.lifetimeOn() || s.meta.Created <= 0 {
-		return s.data
+		return s.data.fields
 	}
-	return append(slices.Clip(s.data), fsm.Field{Key: MetaKey, Value: s.metaValue()})
+	return append(slices.Clip(s.data.fields), fsm.Field{Key: MetaKey, Value: s.metaValue()})
 }
 
 func defaultNow() time.Time { return time.Now() }

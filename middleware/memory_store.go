@@ -138,14 +138,16 @@ func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.
 	return data, true, nil
 }
 
-// restoreFields is Restore for a Session, which writes to no value: the
-// values are slices of the stored record itself, so nothing is copied.
+// restoreFields is Restore for a Session, without the map: the fields
+// share one copy of the record's data. (Not the record itself: a
+// json.Unmarshaler that wrote into the bytes GetInto gave it would have
+// changed the stored session for every reader.)
 func (m *MemoryStore) restoreFields(ctx context.Context, sid string) (sessionData, bool, error) {
 	rec, err := m.record(ctx, sid)
 	if rec == nil {
 		return nil, false, err
 	}
-	fields, err := fsm.SplitObject(rec.Data)
+	fields, err := fsm.SplitObject(bytes.Clone(rec.Data))
 	if err != nil {
 		// Records are validated on the way in; this is a bug.
 		return nil, false, fmt.Errorf("%w: session data: %v", fsm.ErrCorrupt, err)

@@ -58,6 +58,7 @@ const (
 type webRequest struct {
 	cfg         *config
 	req         *http.Request
+	agent       string // the User-Agent header, read before the handler could change it
 	hadCookie   bool   // the request carried a cookie of our name
 	cookieID    string // the id that cookie named, kept to keep it out of logs
 	headersSent bool
@@ -94,10 +95,15 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 	q := &request{}
 	q.rw = responseWriter{ResponseWriter: w, s: &q.session}
 	web := &q.web
+	// The handler's request shares r's Header: a handler changing it while
+	// another of its goroutines makes an id would race with reading it then.
 	*web = webRequest{cfg: c, req: r}
+	if ua := r.Header["User-Agent"]; len(ua) > 0 { // r.UserAgent without its key canonicalisation
+		web.agent = ua[0]
+	}
 	s := &q.session
 	q.ctx = sessionCtx{Context: r.Context(), s: s}
-	s.dirty = q.dirtyBuf[:0]
+	s.dirty.list = q.dirtyBuf[:0]
 	s.store = c.Store
 	s.base = context.WithoutCancel(r.Context()) // a save that started must finish even if the client left
 	s.timeout = c.Timeout
@@ -112,7 +118,9 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 // value check) but without its allocations, which were a tenth of the
 // middleware's time: id is the value of the first such cookie that has the
 // shape of a session id (validID), or "", and had reports whether any
-// cookie called name came at all.
+// cookie called name came at all. Unlike CookiesNamed it does not ignore
+// every cookie of a request that carries more than 3,000 (net/http's cap
+// against the allocations this scanner does not make).
 func sessionCookie(h http.Header, name string) (id string, had bool) {
 	for _, line := range h["Cookie"] {
 		for line != "" {
@@ -149,11 +157,11 @@ func validCookieValue(v string) bool {
 
 // newID returns a fresh session id for this request's client.
 func (w *webRequest) newID() string {
-	ip := w.req.RemoteAddr
+	ip := w.req.RemoteAddr // a field of the middleware's request, which nothing changes
 	if host, _, err := net.SplitHostPort(ip); err == nil {
 		ip = host
 	}
-	return GenerateID(ip, w.req.UserAgent())
+	return GenerateID(ip, w.agent)
 }
 
 // saved records that the session sid was written to the store.
@@ -219,7 +227,7 @@ func (s *Session) afterHandler() {
 	if !s.loaded {
 		return
 	}
-	if s.isNew && len(s.dirty) > 0 && s.loadErr == nil {
+	if s.isNew && len(s.dirty.list) > 0 && s.loadErr == nil {
 		// Nobody could ever read it: its id reached no client.
 		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", s.id, nil)
 		return

@@ -341,3 +341,25 @@ func TestNewPanicsOnBadOptions(t *testing.T) {
 		})
 	}
 }
+
+// A new session's id is made from the client's address and agent as the
+// request came, read before the handler ran: a handler may change its
+// request's headers while another of its goroutines starts the session
+// (under -race, reading them when the id is made was a data race).
+func TestNewIDReadsNoHeaderTheHandlerChanges(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			FromContext(r.Context()).Set("k", 1)
+		}()
+		r.Header.Set("User-Agent", "changed by the handler")
+		r.Header.Set("X-Debug", "1")
+		<-done
+	})
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("User-Agent", "client")
+	if cs := serve(Options{Store: newStore(t)}, h, req).Cookies(); len(cs) != 1 || !validID(cs[0].Value) {
+		t.Fatalf("cookies %v, want one new session", cs)
+	}
+}

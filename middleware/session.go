@@ -36,10 +36,10 @@ type Session struct {
 
 	id       string
 	loaded   bool
-	isNew    bool        // the store holds no record for id (yet)
-	data     sessionData // the session as this request sees it
-	dirty    []string    // keys set (in data) or deleted (not in data), each once
-	cleared  bool        // Clear was called: the next save replaces the whole session
+	isNew    bool   // the store holds no record for id (yet)
+	data     values // the session as this request sees it
+	dirty    keySet // keys set (in data) or deleted (not in data)
+	cleared  bool   // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
 
@@ -249,8 +249,8 @@ func (s *Session) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
-	s.data = s.data[:0]
-	s.dirty = s.dirty[:0]
+	s.data.clear()
+	s.dirty.reset()
 	s.cleared = true
 }
 
@@ -259,8 +259,8 @@ func (s *Session) Keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
-	keys := make([]string, 0, len(s.data))
-	for _, f := range s.data {
+	keys := make([]string, 0, len(s.data.fields))
+	for _, f := range s.data.fields {
 		keys = append(keys, f.Key)
 	}
 	slices.Sort(keys)
@@ -279,18 +279,15 @@ func (s *Session) Err() error {
 	return s.valueErr
 }
 
-// markDirty notes that key was set or deleted. A request touches few keys:
-// a slice scanned costs less than a map made for every request.
+// markDirty notes that key was set or deleted.
 func (s *Session) markDirty(key string) {
-	if !slices.Contains(s.dirty, key) {
-		s.dirty = append(s.dirty, key)
-	}
+	s.dirty.add(key)
 }
 
 // modifiedLocked reports whether the session holds changes the store has not
 // seen.
 func (s *Session) modifiedLocked() bool {
-	return len(s.dirty) > 0 || (s.cleared && !s.isNew)
+	return len(s.dirty.list) > 0 || (s.cleared && !s.isNew)
 }
 
 // callCtx bounds one store call by the session's timeout.

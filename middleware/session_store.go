@@ -18,14 +18,14 @@ func (s *Session) loadLocked(ctx context.Context) {
 		return
 	}
 	s.loaded = true
-	s.dirty = s.dirty[:0]
+	s.dirty.reset()
 	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := restore(cctx, s.store, s.id)
-	s.data = data // the store's answer when it found the session: no copy made
+	s.data.reset(data) // the store's answer when it found the session: no copy made
 	if err != nil || !found {
-		s.data = s.data[:0]
+		s.data.clear()
 	}
 	switch {
 	case err != nil:
@@ -58,8 +58,8 @@ func (s *Session) freshLocked() {
 	s.id = s.newID()
 	s.loaded = true
 	s.isNew = true
-	s.data = s.data[:0]
-	s.dirty = s.dirty[:0]
+	s.data.clear()
+	s.dirty.reset()
 	s.cleared = false
 	s.loadErr = nil
 	s.valueErr = nil
@@ -112,7 +112,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	if s.valueErr != nil {
 		return s.valueErr
 	}
-	if s.isNew && !explicit && len(s.dirty) == 0 {
+	if s.isNew && !explicit && len(s.dirty.list) == 0 {
 		return nil // a new session nobody wrote to is not worth storing
 	}
 	if !explicit && !s.isNew && !s.modifiedLocked() && !s.metaDirty {
@@ -126,10 +126,10 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	switch {
 	case s.isNew, s.cleared:
 		err = save(cctx, s.store, s.id, s.withMeta())
-	case len(s.dirty) > 0 || s.metaDirty:
-		set := make(sessionData, 0, len(s.dirty)+1)
+	case len(s.dirty.list) > 0 || s.metaDirty:
+		set := make(sessionData, 0, len(s.dirty.list)+1)
 		var del []string
-		for _, k := range s.dirty {
+		for _, k := range s.dirty.list {
 			if v, ok := s.data.get(k); ok {
 				set = append(set, fsm.Field{Key: k, Value: v})
 			} else {
@@ -149,7 +149,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	s.dirty = s.dirty[:0]
+	s.dirty.reset()
 	if s.web != nil {
 		s.web.saved(s.id, wasNew)
 	}
@@ -192,7 +192,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	s.dirty = s.dirty[:0]
+	s.dirty.reset()
 	if s.web != nil {
 		s.web.saved(newID, true)
 	}
