@@ -214,20 +214,3 @@ func SplitObject(obj []byte) ([]Field, error) {
 	fields, _, err := splitCompact(obj, true)
 	return fields, err
 }
-
-// DecodeObject returns the members of a session's stored data (a valid,
-// compact JSON object: a Record's Data, or what a node answers to a
-// restore) as a map, as json.Unmarshal into a map[string]json.RawMessage
-// would (the last of duplicate keys wins), without encoding/json's
-// reflection. The values are slices of obj.
-func DecodeObject(obj []byte) (map[string]json.RawMessage, error) {
-	fields, _, err := splitCompact(obj, false)
-	if err != nil {
-		return nil, err
-	}
-	m := make(map[string]json.RawMessage, len(fields))
-	for _, f := range fields {
-		m[f.Key] = f.Value
-	}
-	return m, nil
-}

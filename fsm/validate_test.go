@@ -84,7 +84,9 @@ func TestPlain8(t *testing.T) {
 	}
 }
 
-func TestDecodeObjectMatchesEncodingJSON(t *testing.T) {
+// TestSplitObjectMatchesEncodingJSON: the members SplitObject finds, as a
+// map, are what json.Unmarshal into a map of raw values gives.
+func TestSplitObjectMatchesEncodingJSON(t *testing.T) {
 	for _, obj := range []string{
 		`{}`,
 		`{"a":1}`,
@@ -94,26 +96,30 @@ func TestDecodeObjectMatchesEncodingJSON(t *testing.T) {
 		`{"_written":5,"k":"v"}`, // WrittenKey is a member like any other here
 		`{"n":-1.5e3,"s":"h\u00e9"}`,
 	} {
-		got, err := DecodeObject([]byte(obj))
+		fields, err := SplitObject([]byte(obj))
 		if err != nil {
-			t.Fatalf("DecodeObject(%s): %v", obj, err)
+			t.Fatalf("SplitObject(%s): %v", obj, err)
+		}
+		got := map[string]json.RawMessage{}
+		for _, f := range fields {
+			got[f.Key] = f.Value
 		}
 		var want map[string]json.RawMessage
 		if err := json.Unmarshal([]byte(obj), &want); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != len(want) {
-			t.Fatalf("DecodeObject(%s) = %v, encoding/json %v", obj, got, want)
+			t.Fatalf("SplitObject(%s) = %v, encoding/json %v", obj, got, want)
 		}
 		for k, v := range want {
 			if string(got[k]) != string(v) {
-				t.Fatalf("DecodeObject(%s)[%q] = %s, encoding/json %s", obj, k, got[k], v)
+				t.Fatalf("SplitObject(%s)[%q] = %s, encoding/json %s", obj, k, got[k], v)
 			}
 		}
 	}
 	for _, bad := range []string{``, `[]`, `{"a"}`, `{"a":1,}`, `{"a":1}x`, `{a:1}`} {
-		if _, err := DecodeObject([]byte(bad)); err == nil {
-			t.Errorf("DecodeObject(%q): no error", bad)
+		if _, err := SplitObject([]byte(bad)); err == nil {
+			t.Errorf("SplitObject(%q): no error", bad)
 		}
 	}
 }

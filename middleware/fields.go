@@ -12,13 +12,14 @@ import (
 // them without maps (MemoryStore), each key once.
 type sessionData []fsm.Field
 
-// values is a Session's data as one request sees it: its fields, each key
-// once, in no particular order, and once there are more than indexAbove of
-// them a map from key to position. A session holds a handful of keys, which
-// a slice searched in order serves: the map it replaced cost every request
-// two allocations and a third of a KiB to fill and clear; the index keeps
-// a session of thousands of keys from costing a search of them all per
-// key. Values are never written in place, only replaced.
+// values is fields, each key once, and once there are more than
+// indexAbove of them a map from key to position: a Session's data as one
+// request sees it (in no particular order), and its dirty keys (in the
+// order they were first set, with no values). A session holds a handful of
+// keys, which a slice searched in order serves: the map it replaced cost
+// every request two allocations and a third of a KiB to fill and clear;
+// the index keeps a session of thousands of keys from costing a search of
+// them all per key. Values are never written in place, only replaced.
 type values struct {
 	fields sessionData
 	index  map[string]int // nil until needed
@@ -95,37 +96,6 @@ func (v *values) remove(key string) bool {
 	}
 	return true
 }
-
-// keySet is a list of keys, each once, with a map to tell whether a key is
-// in it once it is longer than indexAbove.
-type keySet struct {
-	list []string
-	set  map[string]struct{} // nil until needed
-}
-
-// add appends key unless it is there.
-func (k *keySet) add(key string) {
-	if len(k.list) <= indexAbove {
-		if slices.Contains(k.list, key) {
-			return
-		}
-	} else {
-		if k.set == nil {
-			k.set = make(map[string]struct{}, 2*len(k.list))
-			for _, s := range k.list {
-				k.set[s] = struct{}{}
-			}
-		}
-		if _, ok := k.set[key]; ok {
-			return
-		}
-		k.set[key] = struct{}{}
-	}
-	k.list = append(k.list, key)
-}
-
-// reset empties the set.
-func (k *keySet) reset() { k.list, k.set = k.list[:0], nil }
 
 // toMap returns the data as a Store's Save takes it.
 func (d sessionData) toMap() map[string]json.RawMessage {

@@ -124,24 +124,19 @@ func (m *MemoryStore) nowMs() int64 { return m.now().UnixMilli() }
 
 // Restore implements Store: found is false for an unknown or expired sid.
 func (m *MemoryStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
-	rec, err := m.record(ctx, sid)
-	if rec == nil {
+	data, found, err := m.restoreFields(ctx, sid)
+	if !found {
 		return nil, false, err
 	}
-	// The map's values are slices of one copy of the record's data: the
-	// caller may keep and modify them; the stored record is immutable.
-	data, err := fsm.DecodeObject(bytes.Clone(rec.Data))
-	if err != nil {
-		// Records are validated on the way in; this is a bug.
-		return nil, false, fmt.Errorf("%w: session data: %v", fsm.ErrCorrupt, err)
-	}
-	return data, true, nil
+	return data.toMap(), true, nil
 }
 
-// restoreFields is Restore for a Session, without the map: the fields
-// share one copy of the record's data. (Not the record itself: a
-// json.Unmarshaler that wrote into the bytes GetInto gave it would have
-// changed the stored session for every reader.)
+// restoreFields is Restore without the map (a Session's): the fields share
+// one copy of the record's data, which the caller may keep and modify;
+// each value is capped, so writing to it, or appending, changes nothing
+// else. (Not the record itself: a json.Unmarshaler that wrote into the
+// bytes GetInto gave it would have changed the stored session for every
+// reader.)
 func (m *MemoryStore) restoreFields(ctx context.Context, sid string) (sessionData, bool, error) {
 	rec, err := m.record(ctx, sid)
 	if rec == nil {
@@ -212,11 +207,10 @@ func (m *MemoryStore) saveFields(ctx context.Context, sid string, data sessionDa
 	if err := fsm.ValidateSID(sid); err != nil {
 		return err
 	}
-	fields, err := encodeFields(data)
-	if err != nil {
+	if err := encodeFields(data); err != nil {
 		return err
 	}
-	obj := fsm.EncodeObject(fields)
+	obj := fsm.EncodeObject(data)
 	if m.maxSize > 0 && int64(len(obj)) > m.maxSize {
 		return fmt.Errorf("%w: session data is %d bytes, the limit is %d", fsm.ErrSessionTooLarge, len(obj), m.maxSize)
 	}
@@ -240,8 +234,7 @@ func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionDa
 	if err := fsm.ValidateSID(sid); err != nil {
 		return err
 	}
-	fields, err := encodeFields(set)
-	if err != nil {
+	if err := encodeFields(set); err != nil {
 		return err
 	}
 	for _, k := range del {
@@ -253,7 +246,7 @@ func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionDa
 	defer m.mu.Unlock()
 	return m.state.Apply(&fsm.Command{
 		Op: fsm.OpPatch, Time: m.nowMs(), SID: sid,
-		Set: fields, Del: del, Duration: m.duration, MaxSize: m.maxSize,
+		Set: set, Del: del, Duration: m.duration, MaxSize: m.maxSize,
 	}).Err
 }
 
@@ -309,22 +302,22 @@ func (m *MemoryStore) Len() int { return m.state.Len() }
 // encodeFields validates data and compacts its values, in place, and sorts
 // it by key, so equal sessions always encode to equal bytes. data holds
 // each key once.
-func encodeFields(data sessionData) ([]fsm.Field, error) {
+func encodeFields(data sessionData) error {
 	sortFields(data)
 	for i := range data {
 		f := &data[i]
 		if err := fsm.ValidateKey(f.Key); err != nil {
-			return nil, err
+			return err
 		}
 		// The value may be the caller's own slice: the state copies it
 		// into the record it encodes.
 		v, err := fsm.CompactValue(f.Value)
 		if err != nil {
-			return nil, fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, f.Key, err)
+			return fmt.Errorf("%w: value of %q is not JSON: %v", fsm.ErrBadData, f.Key, err)
 		}
 		f.Value = v
 	}
-	return data, nil
+	return nil
 }
 
 // UserSessions implements UserStore: the ids of the live sessions tagged

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/fsm"
 )
 
 type ctxKey struct{}
@@ -71,7 +73,7 @@ type request struct {
 	web      webRequest
 	rw       responseWriter
 	ctx      sessionCtx
-	dirtyBuf [4]string // the session's dirty keys, unless a request sets more
+	dirtyBuf [2]fsm.Field // the session's dirty keys, unless a request sets more
 }
 
 // sessionCtx is the handler's context: the request's, carrying the
@@ -103,7 +105,7 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 	}
 	s := &q.session
 	q.ctx = sessionCtx{Context: r.Context(), s: s}
-	s.dirty.list = q.dirtyBuf[:0]
+	s.dirty.fields = q.dirtyBuf[:0]
 	s.store = c.Store
 	s.base = context.WithoutCancel(r.Context()) // a save that started must finish even if the client left
 	s.timeout = c.Timeout
@@ -227,7 +229,7 @@ func (s *Session) afterHandler() {
 	if !s.loaded {
 		return
 	}
-	if s.isNew && len(s.dirty.list) > 0 && s.loadErr == nil {
+	if s.isNew && len(s.dirty.fields) > 0 && s.loadErr == nil {
 		// Nobody could ever read it: its id reached no client.
 		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", s.id, nil)
 		return

@@ -38,7 +38,7 @@ type Session struct {
 	loaded   bool
 	isNew    bool   // the store holds no record for id (yet)
 	data     values // the session as this request sees it
-	dirty    keySet // keys set (in data) or deleted (not in data)
+	dirty    values // keys set (in data) or deleted (not in data); no values
 	cleared  bool   // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
@@ -250,7 +250,7 @@ func (s *Session) Clear() {
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
 	s.data.clear()
-	s.dirty.reset()
+	s.dirty.clear()
 	s.cleared = true
 }
 
@@ -281,13 +281,13 @@ func (s *Session) Err() error {
 
 // markDirty notes that key was set or deleted.
 func (s *Session) markDirty(key string) {
-	s.dirty.add(key)
+	s.dirty.set(key, nil)
 }
 
 // modifiedLocked reports whether the session holds changes the store has not
 // seen.
 func (s *Session) modifiedLocked() bool {
-	return len(s.dirty.list) > 0 || (s.cleared && !s.isNew)
+	return len(s.dirty.fields) > 0 || (s.cleared && !s.isNew)
 }
 
 // callCtx bounds one store call by the session's timeout.

@@ -18,7 +18,7 @@ func (s *Session) loadLocked(ctx context.Context) {
 		return
 	}
 	s.loaded = true
-	s.dirty.reset()
+	s.dirty.clear()
 	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
@@ -59,7 +59,7 @@ func (s *Session) freshLocked() {
 	s.loaded = true
 	s.isNew = true
 	s.data.clear()
-	s.dirty.reset()
+	s.dirty.clear()
 	s.cleared = false
 	s.loadErr = nil
 	s.valueErr = nil
@@ -112,7 +112,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	if s.valueErr != nil {
 		return s.valueErr
 	}
-	if s.isNew && !explicit && len(s.dirty.list) == 0 {
+	if s.isNew && !explicit && len(s.dirty.fields) == 0 {
 		return nil // a new session nobody wrote to is not worth storing
 	}
 	if !explicit && !s.isNew && !s.modifiedLocked() && !s.metaDirty {
@@ -126,14 +126,14 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	switch {
 	case s.isNew, s.cleared:
 		err = save(cctx, s.store, s.id, s.withMeta())
-	case len(s.dirty.list) > 0 || s.metaDirty:
-		set := make(sessionData, 0, len(s.dirty.list)+1)
+	case len(s.dirty.fields) > 0 || s.metaDirty:
+		set := make(sessionData, 0, len(s.dirty.fields)+1)
 		var del []string
-		for _, k := range s.dirty.list {
-			if v, ok := s.data.get(k); ok {
-				set = append(set, fsm.Field{Key: k, Value: v})
+		for _, d := range s.dirty.fields {
+			if v, ok := s.data.get(d.Key); ok {
+				set = append(set, fsm.Field{Key: d.Key, Value: v})
 			} else {
-				del = append(del, k)
+				del = append(del, d.Key)
 			}
 		}
 		if s.metaDirty {
@@ -149,7 +149,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	s.dirty.reset()
+	s.dirty.clear()
 	if s.web != nil {
 		s.web.saved(s.id, wasNew)
 	}
@@ -192,7 +192,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	s.isNew = false
 	s.cleared = false
 	s.metaDirty = false
-	s.dirty.reset()
+	s.dirty.clear()
 	if s.web != nil {
 		s.web.saved(newID, true)
 	}
