@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -378,5 +380,47 @@ func TestAtIndexWaitsOnABehindNode(t *testing.T) {
 	}
 	if got := follower.fsm.applied.get(); got < index {
 		t.Errorf("answered with applied index %d < %d", got, index)
+	}
+}
+
+// TestPipelinedReadsShareARound: linearizable restores that reach a leader
+// of three together, on one connection, are served in line by one worker
+// (transport's restore groups) and need one confirmation round between
+// them, not one each: each may be served by any round that started after
+// it arrived. Each read still returns the latest save.
+func TestPipelinedReadsShareARound(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	leader := tc.node(tc.leader())
+	const reads = 16
+	for i := range reads {
+		mustSave(t, leader, fmt.Sprint("p", i), fmt.Sprintf(`{"i":%d}`, i))
+	}
+	rounds := countRounds(leader)
+	c, err := net.DialTimeout("tcp", leader.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	out := []byte{transport.MagicNative, transport.VersionNative}
+	for i := range reads {
+		out = transport.AppendRequest(out, &transport.Request{ID: uint64(i + 1), Op: transport.OpRestore, Consistency: transport.Linearizable, SID: fmt.Sprint("p", i)})
+	}
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	for range reads {
+		frame, err := transport.ReadFrame(r, nil, transport.DefaultMaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := transport.DecodeResponse(frame, transport.OpRestore)
+		if err != nil || resp.Err != nil || !resp.Found || string(resp.Data) != fmt.Sprintf(`{"i":%d}`, resp.ID-1) {
+			t.Fatalf("restore %d: %+v (%s), %v", resp.ID, resp, resp.Data, err)
+		}
+	}
+	if n := rounds.Load(); n < 1 || n > 2 {
+		t.Errorf("%d confirmation rounds for %d linearizable reads that arrived together; want 1 (2 if a round was already running)", n, reads)
 	}
 }

@@ -4,13 +4,19 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/kadosession/kadosession/transport"
 )
 
 // rounds shares one call of do among every caller that joins before the
 // call starts: a caller joins the next round, which starts as soon as the
 // previous one ended, so each round's do begins after all its callers
 // arrived (what a read index needs), and a busy node makes one call per
-// round trip, not one per caller. The zero value is not usable: set do.
+// round trip, not one per caller. A caller whose request's arrival is known
+// (transport.Arrived) is also served by a round that started after that,
+// running or finished: reads that arrived together and are served one
+// after another (the transport's restore groups) share one round too. The
+// zero value is not usable: set do.
 //
 // The goroutine that runs the rounds waits a while for the next one before
 // it exits: started afresh for every round, it grew its stack each time,
@@ -20,6 +26,8 @@ type rounds struct {
 
 	mu      sync.Mutex
 	next    *round
+	current *round // the round do is running for, if any
+	last    *round // the latest round to have succeeded
 	running bool
 	kick    chan struct{} // wakes a waiting run for a new round (capacity 1)
 }
@@ -29,13 +37,27 @@ const roundsIdle = time.Second
 
 type round struct {
 	done  chan struct{}
+	start time.Time // when do began
 	value uint64
 	err   error
 }
 
-// join waits for the result of the next round, or returns ctx's error.
+// join waits for the result of a round that started after the caller's
+// request arrived (the next one, unless ctx says when that was), or
+// returns ctx's error.
 func (rs *rounds) join(ctx context.Context) (uint64, error) {
+	arrived, known := transport.Arrived(ctx)
 	rs.mu.Lock()
+	if known {
+		if r := rs.last; r != nil && !r.start.Before(arrived) {
+			rs.mu.Unlock()
+			return r.value, nil
+		}
+		if r := rs.current; r != nil && !r.start.Before(arrived) {
+			rs.mu.Unlock()
+			return r.wait(ctx)
+		}
+	}
 	if rs.next == nil {
 		rs.next = &round{done: make(chan struct{})}
 		if !rs.running {
@@ -53,6 +75,10 @@ func (rs *rounds) join(ctx context.Context) (uint64, error) {
 	}
 	r := rs.next
 	rs.mu.Unlock()
+	return r.wait(ctx)
+}
+
+func (r *round) wait(ctx context.Context) (uint64, error) {
 	select {
 	case <-r.done:
 		return r.value, r.err
@@ -68,6 +94,10 @@ func (rs *rounds) run() {
 		rs.mu.Lock()
 		r := rs.next
 		rs.next = nil
+		if r != nil {
+			r.start = time.Now()
+			rs.current = r
+		}
 		rs.mu.Unlock()
 		if r == nil {
 			idle.Reset(roundsIdle)
@@ -86,6 +116,12 @@ func (rs *rounds) run() {
 			continue
 		}
 		r.value, r.err = rs.do()
+		rs.mu.Lock()
+		rs.current = nil
+		if r.err == nil {
+			rs.last = r
+		}
+		rs.mu.Unlock()
 		close(r.done)
 	}
 }

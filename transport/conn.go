@@ -3,6 +3,7 @@ package transport
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -108,8 +109,24 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 	inflight := make(chan struct{}, s.cfg.MaxInflight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Restores read together are served together (serveRestores): one
+	// worker and one write for all of them instead of one each.
+	var group []arrivedRequest
+	maxGroup := min(maxRestoreGroup, s.cfg.MaxInflight)
+	dispatch := func() {
+		if len(group) > 0 {
+			wg.Add(1)
+			g := group
+			s.workers.run(func() { defer wg.Done(); s.serveRestores(w, g, peer, inflight, &wg) })
+			group = nil
+		}
+	}
+	defer dispatch()
 	var buf []byte
 	for {
+		if !frameBuffered(r) {
+			dispatch()
+		}
 		if r.Buffered() == 0 {
 			idle := s.cfg.IdleTimeout
 			if len(inflight) > 0 {
@@ -161,30 +178,106 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 			w.send(OpPing, &Response{ID: req.ID})
 			continue
 		}
-		inflight <- struct{}{}
+		select {
+		case inflight <- struct{}{}:
+		default:
+			dispatch() // the group holds slots: let it run before waiting for one
+			inflight <- struct{}{}
+		}
+		if req.Op == OpRestore {
+			group = append(group, arrivedRequest{req, time.Now()})
+			if len(group) == maxGroup {
+				dispatch()
+			}
+			continue
+		}
 		wg.Add(1)
 		s.workers.run(func() {
 			defer func() { <-inflight; wg.Done() }()
-			w.send(req.Op, s.handle(&req, peer))
+			w.send(req.Op, s.handle(&req, peer, time.Time{}))
 		})
 	}
 }
 
-func (s *Server) handle(req *Request, peer bool) *Response {
-	ctx := s.requestContext()
-	if peer {
-		ctx = context.WithValue(ctx, fromPeerKey{}, true)
+// arrivedRequest is a request and when it was read.
+type arrivedRequest struct {
+	Request
+	arrived time.Time
+}
+
+// maxRestoreGroup is the most restores one worker serves in a row.
+const maxRestoreGroup = 32
+
+// restoreGroupWait is how long a restore group is served in line before
+// what is left of it is handed to workers of their own (a variable for
+// tests).
+var restoreGroupWait = time.Millisecond
+
+// serveRestores serves restores that were read together, one after
+// another, and writes their responses at once. A linearizable read waits
+// for a confirmation round that started after it arrived (Arrived); the
+// group's first read waits for one, and the others, which arrived before it
+// started, are served by the same round without waiting (cluster's rounds).
+// A read that has to wait longer (a follower forwarding it, a node waiting
+// for a leader) must not hold up the others: after restoreGroupWait, the
+// ones not started yet are handed to workers of their own. Each request
+// holds one of inflight's slots until it is answered.
+func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool, inflight chan struct{}, wg *sync.WaitGroup) {
+	serve := func(req *arrivedRequest) {
+		w.send(OpRestore, s.handle(&req.Request, peer, req.arrived))
+		<-inflight
 	}
-	if req.Nonce != (Nonce{}) {
-		ctx = context.WithValue(ctx, nonceKey{}, req.Nonce)
+	if len(group) == 1 {
+		serve(&group[0])
+		return
 	}
+	var mu sync.Mutex
+	next := 0 // the first request not started
+	late := time.AfterFunc(restoreGroupWait, func() {
+		mu.Lock()
+		rest := group[next:]
+		next = len(group)
+		wg.Add(len(rest)) // before the group's worker can see next and finish
+		mu.Unlock()
+		w.flush()
+		for i := range rest {
+			s.workers.run(func() { defer wg.Done(); serve(&rest[i]) })
+		}
+	})
+	defer w.flush()
+	defer late.Stop()
+	for {
+		mu.Lock()
+		i := next
+		if i == len(group) {
+			mu.Unlock()
+			return
+		}
+		next++
+		mu.Unlock()
+		w.queue(OpRestore, s.handle(&group[i].Request, peer, group[i].arrived))
+		<-inflight
+	}
+}
+
+// frameBuffered reports whether r holds a whole frame, so that reading it
+// will not wait for the network.
+func frameBuffered(r *bufio.Reader) bool {
+	if r.Buffered() < 4 {
+		return false
+	}
+	hdr, _ := r.Peek(4)
+	return r.Buffered() >= 4+int(binary.BigEndian.Uint32(hdr))
+}
+
+// handle serves one request; arrived is when it was read, if known.
+func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
+	info := &requestInfo{peer: peer, nonce: req.Nonce, arrived: arrived}
 	if req.Op == OpRestore && req.Consistency == AtIndex {
-		ctx = context.WithValue(ctx, readIndexKey{}, req.Index)
+		info.index, info.atIndex = req.Index, true
 	}
-	var hint string
-	ctx = context.WithValue(ctx, leaderHintKey{}, &hint)
+	ctx := context.WithValue(s.requestContext(), requestInfoKey{}, info)
 	resp := &Response{ID: req.ID}
-	defer func() { resp.Leader = hint }()
 	var err error
 	switch req.Op {
 	case OpRestore:
@@ -206,37 +299,66 @@ func (s *Server) handle(req *Request, peer bool) *Response {
 		}
 		return &Response{ID: req.ID, Err: AsError(err)}
 	}
+	info.mu.Lock()
+	resp.Leader = info.hint
+	info.mu.Unlock()
 	return resp
 }
 
-type leaderHintKey struct{}
+// requestInfo is what a native request's context carries, in one value.
+type requestInfo struct {
+	peer    bool
+	atIndex bool
+	index   uint64
+	nonce   Nonce
+	arrived time.Time // zero: not known
 
-type fromPeerKey struct{}
+	mu   sync.Mutex // hint may be set by any goroutine serving the request
+	hint string
+}
 
-type nonceKey struct{}
+type requestInfoKey struct{}
 
-type readIndexKey struct{}
+func infoOf(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return info
+}
 
 // ReadIndex returns the index of the native AtIndex restore ctx belongs
 // to, and whether it is one.
 func ReadIndex(ctx context.Context) (uint64, bool) {
-	i, ok := ctx.Value(readIndexKey{}).(uint64)
-	return i, ok
+	if info := infoOf(ctx); info != nil && info.atIndex {
+		return info.index, true
+	}
+	return 0, false
 }
 
 // RequestNonce returns the nonce of the native write request ctx belongs
 // to, and whether it had one.
 func RequestNonce(ctx context.Context) (Nonce, bool) {
-	n, ok := ctx.Value(nonceKey{}).(Nonce)
-	return n, ok
+	if info := infoOf(ctx); info != nil && info.nonce != (Nonce{}) {
+		return info.nonce, true
+	}
+	return Nonce{}, false
 }
 
 // FromPeer reports whether ctx belongs to a request that arrived on a peer
 // connection (MagicPeer): one node forwarding to another. A node that is not
 // the leader answers such requests itself rather than forwarding again.
 func FromPeer(ctx context.Context) bool {
-	v, _ := ctx.Value(fromPeerKey{}).(bool)
-	return v
+	info := infoOf(ctx)
+	return info != nil && info.peer
+}
+
+// Arrived returns when the native restore ctx belongs to was read off its
+// connection (at the latest), and whether that is known. A linearizable
+// read may be served by any confirmation of leadership that started after
+// then: reads that arrived together need only one.
+func Arrived(ctx context.Context) (time.Time, bool) {
+	if info := infoOf(ctx); info != nil && !info.arrived.IsZero() {
+		return info.arrived, true
+	}
+	return time.Time{}, false
 }
 
 // SetLeaderHint tells the native client whose request ctx belongs to that
@@ -244,8 +366,10 @@ func FromPeer(ctx context.Context) bool {
 // forwarding it there, and the successful response carries the address.
 // Outside a native request it does nothing.
 func SetLeaderHint(ctx context.Context, addr string) {
-	if p, ok := ctx.Value(leaderHintKey{}).(*string); ok {
-		*p = addr
+	if info := infoOf(ctx); info != nil {
+		info.mu.Lock()
+		info.hint = addr
+		info.mu.Unlock()
 	}
 }
 
@@ -278,6 +402,30 @@ func (w *frameWriter) send(op Op, resp *Response) {
 	// at once) join this write: one system call for all of them.
 	w.mu.Unlock()
 	runtime.Gosched()
+	w.writeOut()
+}
+
+// queue adds one response to the queue without writing it: flush does.
+func (w *frameWriter) queue(op Op, resp *Response) {
+	w.mu.Lock()
+	w.buf = AppendResponse(w.buf, op, resp)
+	w.mu.Unlock()
+}
+
+// flush writes out the queue unless another goroutine already is.
+func (w *frameWriter) flush() {
+	w.mu.Lock()
+	if w.pending || len(w.buf) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.pending = true
+	w.mu.Unlock()
+	w.writeOut()
+}
+
+// writeOut writes until the queue is empty; the caller set pending.
+func (w *frameWriter) writeOut() {
 	w.mu.Lock()
 	for len(w.buf) > 0 && !w.failed {
 		out := w.buf

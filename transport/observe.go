@@ -14,13 +14,13 @@ const (
 // JSON request (and for any ctx that did not come from a Server). It is a
 // pure function of ctx, safe anywhere.
 func RequestProtocol(ctx context.Context) string {
-	switch {
-	case FromPeer(ctx):
+	switch info := infoOf(ctx); {
+	case info == nil:
+		return ProtocolKado
+	case info.peer:
 		return ProtocolPeer
-	case ctx.Value(leaderHintKey{}) != nil:
-		return ProtocolNative
 	}
-	return ProtocolKado
+	return ProtocolNative
 }
 
 // OpenConns returns how many client and peer connections the server is
