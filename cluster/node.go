@@ -339,6 +339,7 @@ func Open(cfg Config) (*Node, error) {
 	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm,
 		barrierSem: make(chan struct{}, 1)}
 	n.reads.rounds.do = n.reads.confirmRound
+	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"sync"
 	"time"
-
-	"github.com/kadosession/kadosession/transport"
 )
 
 // rounds shares one call of do among every caller that joins before the
@@ -23,13 +21,17 @@ import (
 // which cost a busy node a tenth of its CPU.
 type rounds struct {
 	do func() (uint64, error)
+	// holds, when set, tells whether a finished round's value still
+	// holds (a confirmation round's term: not once a later term began);
+	// one that does not is not reused, and its caller joins the next.
+	holds func(value uint64) bool
 
-	mu      sync.Mutex
-	next    *round
-	current *round // the round do is running for, if any
-	last    *round // the latest round to have succeeded
-	running bool
-	kick    chan struct{} // wakes a waiting run for a new round (capacity 1)
+	mu       sync.Mutex
+	next     *round
+	inFlight *round // the round do is running for, if any
+	last     *round // the latest round to have succeeded
+	running  bool
+	kick     chan struct{} // wakes a waiting run for a new round (capacity 1)
 }
 
 // roundsIdle is how long run waits for another round before it exits.
@@ -43,17 +45,16 @@ type round struct {
 }
 
 // join waits for the result of a round that started after the caller's
-// request arrived (the next one, unless ctx says when that was), or
+// request arrived (the next one, when arrived is zero: not known), or
 // returns ctx's error.
-func (rs *rounds) join(ctx context.Context) (uint64, error) {
-	arrived, known := transport.Arrived(ctx)
+func (rs *rounds) join(ctx context.Context, arrived time.Time) (uint64, error) {
 	rs.mu.Lock()
-	if known {
-		if r := rs.last; r != nil && !r.start.Before(arrived) {
+	if !arrived.IsZero() {
+		if r := rs.last; r != nil && r.start.After(arrived) && (rs.holds == nil || rs.holds(r.value)) {
 			rs.mu.Unlock()
 			return r.value, nil
 		}
-		if r := rs.current; r != nil && !r.start.Before(arrived) {
+		if r := rs.inFlight; r != nil && r.start.After(arrived) {
 			rs.mu.Unlock()
 			return r.wait(ctx)
 		}
@@ -96,7 +97,7 @@ func (rs *rounds) run() {
 		rs.next = nil
 		if r != nil {
 			r.start = time.Now()
-			rs.current = r
+			rs.inFlight = r
 		}
 		rs.mu.Unlock()
 		if r == nil {
@@ -117,7 +118,7 @@ func (rs *rounds) run() {
 		}
 		r.value, r.err = rs.do()
 		rs.mu.Lock()
-		rs.current = nil
+		rs.inFlight = nil
 		if r.err == nil {
 			rs.last = r
 		}

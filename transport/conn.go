@@ -221,7 +221,7 @@ var restoreGroupWait = time.Millisecond
 // A read that has to wait longer (a follower forwarding it, a node waiting
 // for a leader) must not hold up the others: after restoreGroupWait, the
 // ones not started yet are handed to workers of their own. Each request
-// holds one of inflight's slots until it is answered.
+// holds one of inflight's slots until its answer is queued.
 func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool, inflight chan struct{}, wg *sync.WaitGroup) {
 	serve := func(req *arrivedRequest) {
 		w.send(OpRestore, s.handle(&req.Request, peer, req.arrived))
@@ -236,13 +236,17 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 	late := time.AfterFunc(restoreGroupWait, func() {
 		mu.Lock()
 		rest := group[next:]
+		if len(rest) == 0 {
+			mu.Unlock()
+			return
+		}
 		next = len(group)
 		wg.Add(len(rest)) // before the group's worker can see next and finish
 		mu.Unlock()
-		w.flush()
 		for i := range rest {
 			s.workers.run(func() { defer wg.Done(); serve(&rest[i]) })
 		}
+		w.flush() // the answers queued so far
 	})
 	defer w.flush()
 	defer late.Stop()
