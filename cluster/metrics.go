@@ -309,59 +309,71 @@ type observedHandler struct{ *Node }
 
 var _ transport.Handler = observedHandler{}
 
-// track starts timing one request; the returned func records its outcome.
+// track starts timing one request; its done records the outcome.
 // leaderOnly says the request needs the leader, so that a follower that is
 // not answering a peer forwards it.
-func (h observedHandler) track(ctx context.Context, op string, leaderOnly bool) func(error) {
-	start := time.Now()
+func (h observedHandler) track(ctx context.Context, op string, leaderOnly bool) tracked {
 	proto := transport.RequestProtocol(ctx)
 	forwarded := leaderOnly && proto != transport.ProtocolPeer && h.Node.raft.State() != raft.Leader
-	return func(err error) { h.Node.obs.observeRequest(op, proto, err, time.Since(start), forwarded) }
+	return tracked{obs: h.Node.obs, op: op, proto: proto, start: time.Now(), forwarded: forwarded}
+}
+
+// tracked is one request being timed (a value: a closure escaped to the
+// heap for every request).
+type tracked struct {
+	obs       *metrics
+	op, proto string
+	start     time.Time
+	forwarded bool
+}
+
+func (t tracked) done(err error) {
+	t.obs.observeRequest(t.op, t.proto, err, time.Since(t.start), t.forwarded)
 }
 
 func (h observedHandler) Restore(ctx context.Context, sid string, c transport.Consistency) (data []byte, found bool, err error) {
 	// A follower serves linearizable reads itself (follower_read.go); the
 	// ones it forwards after all are counted in Node.Restore.
-	done := h.track(ctx, "restore", false)
+	t := h.track(ctx, "restore", false)
 	data, found, err = h.Node.Restore(ctx, sid, c)
-	done(err)
+	t.done(err)
 	return data, found, err
 }
 
 func (h observedHandler) Save(ctx context.Context, sid string, data []byte) error {
-	done := h.track(ctx, "save", true)
+	t := h.track(ctx, "save", true)
 	err := h.Node.Save(ctx, sid, data)
-	done(err)
+	t.done(err)
 	return err
 }
 
 func (h observedHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string) error {
-	done := h.track(ctx, "patch", true)
+	t := h.track(ctx, "patch", true)
 	err := h.Node.Patch(ctx, sid, set, del)
-	done(err)
+	t.done(err)
 	return err
 }
 
 func (h observedHandler) Delete(ctx context.Context, sid string) error {
-	done := h.track(ctx, "delete", true)
+	t := h.track(ctx, "delete", true)
 	err := h.Node.Delete(ctx, sid)
-	done(err)
+	t.done(err)
 	return err
 }
 
 func (h observedHandler) Touch(ctx context.Context, sid string) error {
-	done := h.track(ctx, "touch", true)
+	t := h.track(ctx, "touch", true)
 	err := h.Node.Touch(ctx, sid)
-	done(err)
+	t.done(err)
 	return err
 }
 
 func (h observedHandler) Admin(ctx context.Context, body []byte) ([]byte, error) {
-	done := h.track(ctx, "admin", false)
+	t := h.track(ctx, "admin", false)
 	out, handled, err := h.Node.backupAdmin(ctx, body)
 	if !handled {
 		out, err = h.Node.Admin(ctx, body)
 	}
-	done(err)
+	t.done(err)
 	return out, err
 }

@@ -111,7 +111,7 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 	defer wg.Wait()
 	// Restores read together are served together (serveRestores): one
 	// worker and one write for all of them instead of one each.
-	var group []arrivedRequest
+	var group []arrivedRequest // from restoreGroups
 	maxGroup := min(maxRestoreGroup, s.cfg.MaxInflight)
 	dispatch := func() {
 		if len(group) > 0 {
@@ -185,6 +185,9 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 			inflight <- struct{}{}
 		}
 		if req.Op == OpRestore {
+			if group == nil {
+				group = (*restoreGroups.Get().(*[]arrivedRequest))[:0]
+			}
 			group = append(group, arrivedRequest{req, time.Now()})
 			if len(group) == maxGroup {
 				dispatch()
@@ -208,6 +211,12 @@ type arrivedRequest struct {
 // maxRestoreGroup is the most restores one worker serves in a row.
 const maxRestoreGroup = 32
 
+// restoreGroups holds group slices for serveNative to reuse.
+var restoreGroups = sync.Pool{New: func() any {
+	g := make([]arrivedRequest, 0, maxRestoreGroup)
+	return &g
+}}
+
 // restoreGroupWait is how long a restore group is served in line before
 // what is left of it is handed to workers of their own (a variable for
 // tests).
@@ -229,6 +238,7 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 	}
 	if len(group) == 1 {
 		serve(&group[0])
+		putGroup(group)
 		return
 	}
 	var mu sync.Mutex
@@ -249,12 +259,14 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 		w.flush() // the answers queued so far
 	})
 	defer w.flush()
-	defer late.Stop()
 	for {
 		mu.Lock()
 		i := next
 		if i == len(group) {
 			mu.Unlock()
+			if late.Stop() {
+				putGroup(group) // not handed to other workers: free to reuse
+			}
 			return
 		}
 		next++
@@ -262,6 +274,13 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 		w.queue(OpRestore, s.handle(&group[i].Request, peer, group[i].arrived))
 		<-inflight
 	}
+}
+
+// putGroup returns a group nobody uses any more to restoreGroups.
+func putGroup(g []arrivedRequest) {
+	clear(g) // drop the requests' data and strings
+	g = g[:0]
+	restoreGroups.Put(&g)
 }
 
 // frameBuffered reports whether r holds a whole frame, so that reading it
@@ -384,6 +403,7 @@ type frameWriter struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	buf     []byte
+	spare   []byte // the other buffer, while one is written
 	pending bool
 	failed  bool
 }
@@ -432,8 +452,10 @@ func (w *frameWriter) flush() {
 func (w *frameWriter) writeOut() {
 	w.mu.Lock()
 	for len(w.buf) > 0 && !w.failed {
+		// Responses queued during the write go to the spare buffer, so
+		// neither is grown afresh for every write.
 		out := w.buf
-		w.buf = nil
+		w.buf, w.spare = w.spare[:0], nil
 		w.mu.Unlock()
 		_ = w.c.SetWriteDeadline(time.Now().Add(w.timeout))
 		_, err := w.c.Write(out)
@@ -442,11 +464,14 @@ func (w *frameWriter) writeOut() {
 			w.failed = true
 			w.c.Close()
 		}
-		if w.buf == nil {
-			w.buf = out[:0]
+		if cap(out) <= maxSpare {
+			w.spare = out[:0]
 		}
 	}
 	w.buf = w.buf[:0]
 	w.pending = false
 	w.mu.Unlock()
 }
+
+// maxSpare is the largest write buffer a connection keeps for the next.
+const maxSpare = 256 << 10
