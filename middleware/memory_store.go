@@ -59,11 +59,6 @@ type MemoryStore struct {
 
 var _ Store = (*MemoryStore)(nil)
 
-// inProcess marks a MemoryStore's calls as never waiting on anything but
-// its own locks: a Session gives them no deadline of their own (a timer
-// per call cost the middleware a sixth of its time per request).
-func (m *MemoryStore) inProcess() {}
-
 // NewMemoryStore returns an empty MemoryStore and, unless opts disables it,
 // starts the goroutine that prunes expired sessions every PruneFrequency;
 // Close stops it.

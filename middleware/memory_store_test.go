@@ -353,21 +353,29 @@ func TestMemoryStoreRestoreIsACopy(t *testing.T) {
 type wrappedMemory struct {
 	*MemoryStore
 	saves, patches atomic.Int32
+	unbounded      atomic.Int32 // calls whose ctx had no deadline
 }
 
 func (w *wrappedMemory) Save(ctx context.Context, sid string, data map[string]json.RawMessage) error {
+	if _, ok := ctx.Deadline(); !ok {
+		w.unbounded.Add(1)
+	}
 	w.saves.Add(1)
 	return w.MemoryStore.Save(ctx, sid, data)
 }
 
 func (w *wrappedMemory) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	if _, ok := ctx.Deadline(); !ok {
+		w.unbounded.Add(1)
+	}
 	w.patches.Add(1)
 	return w.MemoryStore.Patch(ctx, sid, set, del)
 }
 
 // TestWrappedMemoryStoreIsCalledThroughItsMethods: the middleware calls a
-// bare MemoryStore without the Store interface's maps, but a type that
-// embeds one gets its own methods called.
+// bare MemoryStore without the Store interface's maps (and without a
+// deadline of its own), but a type that embeds one gets its own methods
+// called, bounded by Options.Timeout like any store's.
 func TestWrappedMemoryStoreIsCalledThroughItsMethods(t *testing.T) {
 	w := &wrappedMemory{MemoryStore: newStore(t)}
 	srv := newServer(t, Options{Store: w}, setHandler("k", "v"))
@@ -375,6 +383,9 @@ func TestWrappedMemoryStoreIsCalledThroughItsMethods(t *testing.T) {
 	srv.get(t, "/")
 	if s, p := w.saves.Load(), w.patches.Load(); s != 1 || p != 1 {
 		t.Fatalf("the wrapper saw %d saves and %d patches, want 1 and 1", s, p)
+	}
+	if n := w.unbounded.Load(); n != 0 {
+		t.Fatalf("%d of the wrapper's calls had no deadline; want Options.Timeout on each", n)
 	}
 	if got := restoreString(t, w, srv.sid(t, "session"), "k"); got != "v" {
 		t.Fatalf("k = %q, want v", got)
