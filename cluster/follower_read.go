@@ -31,8 +31,7 @@ type readIndexReply struct {
 // once this node has applied it, its state answers the read linearizably.
 // On an error the caller forwards the read to the leader instead.
 func (fr *followerReads) index(ctx context.Context) (uint64, error) {
-	arrived, _ := transport.Arrived(ctx)
-	index, err := fr.rounds.join(ctx, arrived)
+	index, err := fr.rounds.join(ctx, transport.Arrived(ctx))
 	if err != nil && ctx.Err() != nil && err == ctx.Err() {
 		return 0, transport.Errorf(transport.CodeTimeout, "read timed out asking the leader for a read index: %v", err)
 	}

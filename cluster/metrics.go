@@ -55,12 +55,17 @@ type metrics struct {
 	// A request's counter and latency histogram by their labels, looked
 	// up once: finding them by label values hashed and checked the
 	// strings again for every request (3% of a follower serving reads).
-	counted sync.Map // requestLabels -> prometheus.Counter
-	timed   sync.Map // requestLabels (result "") -> prometheus.Observer
+	byLabels sync.Map // requestLabels -> requestMetrics
 }
 
 // requestLabels are requests_total's labels.
 type requestLabels struct{ op, protocol, result string }
+
+// requestMetrics are the series a request with some requestLabels counts in.
+type requestMetrics struct {
+	count   prometheus.Counter
+	latency prometheus.Observer // by op and protocol only
+}
 
 const metricsNamespace = "kadosession"
 
@@ -127,17 +132,16 @@ func (m *metrics) observeRequest(op, protocol string, err error, took time.Durat
 		return
 	}
 	k := requestLabels{op, protocol, result(err)}
-	c, ok := m.counted.Load(k)
+	v, ok := m.byLabels.Load(k)
 	if !ok {
-		c, _ = m.counted.LoadOrStore(k, m.requests.WithLabelValues(op, protocol, k.result))
+		v, _ = m.byLabels.LoadOrStore(k, requestMetrics{
+			count:   m.requests.WithLabelValues(op, protocol, k.result),
+			latency: m.latency.WithLabelValues(op, protocol),
+		})
 	}
-	c.(prometheus.Counter).Inc()
-	k.result = ""
-	o, ok := m.timed.Load(k)
-	if !ok {
-		o, _ = m.timed.LoadOrStore(k, m.latency.WithLabelValues(op, protocol))
-	}
-	o.(prometheus.Observer).Observe(took.Seconds())
+	rm := v.(requestMetrics)
+	rm.count.Inc()
+	rm.latency.Observe(took.Seconds())
 	if forwarded {
 		m.forwarded.WithLabelValues(op).Inc()
 	}

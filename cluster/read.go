@@ -191,8 +191,7 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 // verify joins a confirmation round (see rounds) and returns the term it
 // confirmed.
 func (ri *readIndex) verify(ctx context.Context) (uint64, error) {
-	arrived, _ := transport.Arrived(ctx)
-	term, err := ri.rounds.join(ctx, arrived)
+	term, err := ri.rounds.join(ctx, transport.Arrived(ctx))
 	if ctx.Err() != nil && err == ctx.Err() {
 		return 0, transport.Errorf(transport.CodeTimeout, "read timed out confirming leadership: %v", err)
 	}

@@ -184,22 +184,26 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 			dispatch() // the group holds slots: let it run before waiting for one
 			inflight <- struct{}{}
 		}
+		ar := arrivedRequest{req, time.Now()}
 		if req.Op == OpRestore {
 			if group == nil {
 				group = (*restoreGroups.Get().(*[]arrivedRequest))[:0]
 			}
-			group = append(group, arrivedRequest{req, time.Now()})
+			group = append(group, ar)
 			if len(group) == maxGroup {
 				dispatch()
 			}
 			continue
 		}
 		wg.Add(1)
-		s.workers.run(func() {
-			defer func() { <-inflight; wg.Done() }()
-			w.send(req.Op, s.handle(&req, peer, time.Time{}))
-		})
+		s.workers.run(func() { defer wg.Done(); s.answer(w, &ar, peer, inflight) })
 	}
+}
+
+// answer serves req, sends its answer and frees its in-flight slot.
+func (s *Server) answer(w *frameWriter, req *arrivedRequest, peer bool, inflight chan struct{}) {
+	w.send(req.Op, s.handle(&req.Request, peer, req.arrived))
+	<-inflight
 }
 
 // arrivedRequest is a request and when it was read.
@@ -232,12 +236,8 @@ var restoreGroupWait = time.Millisecond
 // ones not started yet are handed to workers of their own. Each request
 // holds one of inflight's slots until its answer is queued.
 func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool, inflight chan struct{}, wg *sync.WaitGroup) {
-	serve := func(req *arrivedRequest) {
-		w.send(OpRestore, s.handle(&req.Request, peer, req.arrived))
-		<-inflight
-	}
 	if len(group) == 1 {
-		serve(&group[0])
+		s.answer(w, &group[0], peer, inflight)
 		putGroup(group)
 		return
 	}
@@ -254,7 +254,7 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 		wg.Add(len(rest)) // before the group's worker can see next and finish
 		mu.Unlock()
 		for i := range rest {
-			s.workers.run(func() { defer wg.Done(); serve(&rest[i]) })
+			s.workers.run(func() { defer wg.Done(); s.answer(w, &rest[i], peer, inflight) })
 		}
 		w.flush() // the answers queued so far
 	})
@@ -293,13 +293,13 @@ func frameBuffered(r *bufio.Reader) bool {
 	return r.Buffered() >= 4+int(binary.BigEndian.Uint32(hdr))
 }
 
-// handle serves one request; arrived is when it was read, if known.
+// handle serves one request, read off its connection at arrived.
 func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
 	info := &requestInfo{peer: peer, nonce: req.Nonce, arrived: arrived}
 	if req.Op == OpRestore && req.Consistency == AtIndex {
 		info.index, info.atIndex = req.Index, true
 	}
-	ctx := context.WithValue(s.requestContext(), requestInfoKey{}, info)
+	ctx := context.WithValue(s.requestContext(arrived), requestInfoKey{}, info)
 	resp := &Response{ID: req.ID}
 	var err error
 	switch req.Op {
@@ -334,7 +334,7 @@ type requestInfo struct {
 	atIndex bool
 	index   uint64
 	nonce   Nonce
-	arrived time.Time // zero: not known
+	arrived time.Time
 
 	mu   sync.Mutex // hint may be set by any goroutine serving the request
 	hint string
@@ -373,15 +373,15 @@ func FromPeer(ctx context.Context) bool {
 	return info != nil && info.peer
 }
 
-// Arrived returns when the native restore ctx belongs to was read off its
-// connection (at the latest), and whether that is known. A linearizable
-// read may be served by any confirmation of leadership that started after
-// then: reads that arrived together need only one.
-func Arrived(ctx context.Context) (time.Time, bool) {
-	if info := infoOf(ctx); info != nil && !info.arrived.IsZero() {
-		return info.arrived, true
+// Arrived returns when the native request ctx belongs to was read off its
+// connection (at the latest), or the zero time outside one. A
+// linearizable read may be served by any confirmation of leadership that
+// started after then: reads that arrived together need only one.
+func Arrived(ctx context.Context) time.Time {
+	if info := infoOf(ctx); info != nil {
+		return info.arrived
 	}
-	return time.Time{}, false
+	return time.Time{}
 }
 
 // SetLeaderHint tells the native client whose request ctx belongs to that

@@ -27,9 +27,9 @@ func (h *arrivalHandler) Restore(ctx context.Context, sid string, c Consistency)
 	defer h.in.Add(-1)
 	for p := h.peak.Load(); n > p && !h.peak.CompareAndSwap(p, n); p = h.peak.Load() {
 	}
-	at, ok := Arrived(ctx)
+	at := Arrived(ctx)
 	h.mu.Lock()
-	if ok && !at.After(now) {
+	if !at.IsZero() && !at.After(now) {
 		h.arrived[sid] = at
 	} else {
 		h.unknown++

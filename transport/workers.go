@@ -62,10 +62,10 @@ type sharedContext struct {
 // ctxSlot is how long one request context is handed out.
 const ctxSlot = 10 * time.Millisecond
 
-// requestContext returns a context for a request arriving now. Requests
-// racing at the end of a slot may each make one; that costs a timer each.
-func (s *Server) requestContext() context.Context {
-	now := time.Now()
+// requestContext returns a context for a request that arrived at now.
+// Requests racing at the end of a slot may each make one; that costs a
+// timer each.
+func (s *Server) requestContext(now time.Time) context.Context {
 	if c := s.reqCtx.Load(); c != nil && now.Before(c.until) {
 		return c.ctx
 	}

@@ -10,8 +10,8 @@ import (
 func TestRequestContextBounds(t *testing.T) {
 	srv := NewServer(newMemHandler(), ServerConfig{RequestTimeout: 2 * time.Second})
 	start := time.Now()
-	a := srv.requestContext()
-	b := srv.requestContext()
+	a := srv.requestContext(time.Now())
+	b := srv.requestContext(time.Now())
 	dl, ok := a.Deadline()
 	if !ok {
 		t.Fatal("a request context has no deadline")
@@ -24,7 +24,7 @@ func TestRequestContextBounds(t *testing.T) {
 		t.Fatal("two requests in the same slot got different contexts")
 	}
 	time.Sleep(2 * ctxSlot)
-	c := srv.requestContext()
+	c := srv.requestContext(time.Now())
 	if c == a {
 		t.Fatal("a request two slots later got the old context (its deadline would be short)")
 	}
