@@ -186,6 +186,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"kadosession_snapshots_total", map[string]string{"result": "ok"}, func(v float64) bool { return v >= 1 }, ">= 1"},
 		{"kadosession_snapshot_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
 		{"kadosession_open_connections", nil, func(v float64) bool { return v >= 1 }, ">= 1 (our native connection)"},
+		{"kadosession_requests_in_flight", nil, func(v float64) bool { return v == 0 }, "0 (every request answered)"},
 		{"go_goroutines", nil, func(v float64) bool { return v > 0 }, "> 0"},
 	} {
 		name := tt.name

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,6 +158,52 @@ func (tc *testCluster) waitMembers(n int) {
 			poll(tc.t, node.Ready, 20*time.Second, "node ready")
 		}
 	}
+}
+
+// waitQuiet waits until the cluster has nothing left to do: a leader
+// leads, no node has a request in flight (a write whose client gave up may
+// still be applied until the node's RequestTimeout), every node has applied
+// the same whole log, and their states are the same; all of it unchanged
+// for quietHold, as bytes sent just before may still be on their way in.
+// It returns the state's hash.
+func (tc *testCluster) waitQuiet() string {
+	tc.t.Helper()
+	const quietHold = 200 * time.Millisecond
+	var seen, hash string
+	var since time.Time
+	poll(tc.t, func() bool {
+		now, ok := tc.quiet()
+		if !ok || now != seen {
+			seen, since = now, time.Now()
+			return false
+		}
+		hash = now[strings.IndexByte(now, ' ')+1:]
+		return time.Since(since) >= quietHold
+	}, 30*time.Second, "the cluster to go quiet")
+	return hash
+}
+
+// quiet reports whether the cluster is quiet now (see waitQuiet), and if so
+// its log's last index and its state's hash, as "index hash".
+func (tc *testCluster) quiet() (string, bool) {
+	var out string
+	leader := false
+	for _, n := range tc.nodes {
+		if n == nil {
+			continue
+		}
+		last := n.raft.LastIndex()
+		if n.server.InFlight() != 0 || max(n.fsm.applied.get(), n.raft.AppliedIndex()) != last {
+			return "", false
+		}
+		leader = leader || n.raft.State() == raft.Leader
+		now := fmt.Sprintf("%d %s", last, n.State().Capture().Hash())
+		if out != "" && now != out {
+			return "", false
+		}
+		out = now
+	}
+	return out, leader
 }
 
 // waitSame waits until every running node's state machine holds the same

@@ -159,6 +159,11 @@ func runFaultSchedule(t *testing.T, seed int64) faultkit.Result {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
 		c.Dialer = fn.dialer(i - 1)
+		// The workload's clients give up after 1 s; a request the network
+		// lost (a drop fault loses bytes) is given up here within 2 s, not
+		// the default 10, so the cluster goes quiet soon after the
+		// workload stops (waitQuiet).
+		c.Server.RequestTimeout = 2 * time.Second
 	})
 	var addrs []string
 	for i, n := range tc.nodes {
@@ -251,7 +256,7 @@ func runFaultSchedule(t *testing.T, seed int64) faultkit.Result {
 	time.Sleep(300 * time.Millisecond) // the workload runs on the healed cluster a moment
 	stopWorkload()
 	tc.waitMembers(3)
-	hash := tc.waitSame()
+	hash := tc.waitQuiet()
 	r.logf("healed: replicas identical (%s)", hash[:12])
 
 	final, err := client.New(client.Config{Addrs: addrs})
@@ -264,7 +269,7 @@ func runFaultSchedule(t *testing.T, seed int64) faultkit.Result {
 	if err := faultkit.FinalReads(fctx, final, wl.AllSIDs(), rec, 4); err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
 	}
-	if h := tc.waitSame(); h != hash {
+	if h := tc.waitQuiet(); h != hash {
 		t.Errorf("seed %d: state changed after the workload stopped: %s then %s", seed, hash, h)
 	}
 

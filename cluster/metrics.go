@@ -212,11 +212,12 @@ var (
 	descReady       = prometheus.NewDesc("kadosession_ready", "1 when the node serves client requests (see /readyz for the full check).", nil, nil)
 	descSessions    = prometheus.NewDesc("kadosession_sessions", "Sessions held by the node's state machine (expired ones until pruned).", nil, nil)
 	descConns       = prometheus.NewDesc("kadosession_open_connections", "Client and peer connections open on the node's port (raft's own not counted).", nil, nil)
+	descInFlight    = prometheus.NewDesc("kadosession_requests_in_flight", "Client and peer requests the node has read and not yet answered (a Kado JSON connection counts one while open).", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descTerm, descCommit, descApplied, descLast, descLastContact,
-		descPeerContact, descLeaderKnown, descVoters, descReady, descSessions, descConns} {
+		descPeerContact, descLeaderKnown, descVoters, descReady, descSessions, descConns, descInFlight} {
 		ch <- d
 	}
 }
@@ -231,6 +232,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if n.server != nil {
 		gauge(descConns, float64(n.server.OpenConns()))
+		gauge(descInFlight, float64(n.server.InFlight()))
 	}
 	gauge(descReady, b2f(n.ready.Load()))
 	r := n.raft

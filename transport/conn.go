@@ -94,7 +94,9 @@ func readAll(r io.Reader, first byte, max int) ([]byte, error) {
 // serveNative serves a native connection: frames are read in order, served
 // concurrently (at most MaxInflight at a time) and answered as they finish,
 // matched by request id.
-func (s *Server) serveNative(c net.Conn, peer, authed bool) {
+// tracked is the connection as accepted (c may be a TLS connection over
+// it), the key under which InFlight counts its requests.
+func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := newFrameWriter(c, s.cfg.ReadTimeout)
 
@@ -107,6 +109,7 @@ func (s *Server) serveNative(c net.Conn, peer, authed bool) {
 		return
 	}
 	inflight := make(chan struct{}, s.cfg.MaxInflight)
+	s.setLoad(tracked, func(l *connLoad) { l.inflight = inflight })
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	// Restores read together are served together (serveRestores): one

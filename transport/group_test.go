@@ -114,10 +114,12 @@ func TestSlowRestoreDoesNotHoldItsGroup(t *testing.T) {
 	if d := time.Since(sent); d > 500*time.Millisecond {
 		t.Errorf("the others were answered %v after they were sent; want about restoreGroupWait (%v)", d, restoreGroupWait)
 	}
+	poll(t, func() bool { return ts.InFlight() == 1 }, 5*time.Second) // the blocked one
 	unblock()
 	if resp := n.recv(); resp.ID != 1 || resp.Err != nil || !resp.Found {
 		t.Fatalf("blocked restore's response: %+v", resp)
 	}
+	poll(t, func() bool { return ts.InFlight() == 0 }, 5*time.Second) // freed once the answer is sent
 	if p := h.peak.Load(); p < 2 {
 		t.Errorf("peak %d restores in the handler: the others waited for the blocked one", p)
 	}

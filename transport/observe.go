@@ -1,6 +1,9 @@
 package transport
 
-import "context"
+import (
+	"context"
+	"net"
+)
 
 // Protocol names for RequestProtocol.
 const (
@@ -31,4 +34,40 @@ func (s *Server) OpenConns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
+}
+
+// InFlight returns how many requests the server is serving now: native
+// and peer requests read and not yet answered, and Kado JSON connections
+// (one request each) from their first byte until they close. A request the
+// server has not read yet, and raft's own traffic, are not counted. Safe
+// for concurrent use; it costs the serving path nothing (it reads each
+// connection's in-flight slots).
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.conns {
+		if l.kado {
+			n++
+		} else {
+			n += len(l.inflight)
+		}
+	}
+	return n
+}
+
+// connLoad is what one connection has in flight, for InFlight; its fields
+// are set under Server.mu.
+type connLoad struct {
+	inflight chan struct{} // a native connection's slots, once it has them
+	kado     bool          // a Kado JSON connection: one request
+}
+
+// setLoad sets c's connLoad fields with f, if c is still tracked.
+func (s *Server) setLoad(c net.Conn, f func(*connLoad)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.conns[c]; l != nil {
+		f(l)
+	}
 }

@@ -108,7 +108,7 @@ type Server struct {
 	mu       sync.Mutex
 	closed   bool
 	lns      map[net.Listener]struct{}
-	conns    map[net.Conn]struct{}
+	conns    map[net.Conn]*connLoad
 	ctx      context.Context
 	cancel   context.CancelFunc
 	handlers sync.WaitGroup
@@ -126,7 +126,7 @@ func NewServer(h Handler, cfg ServerConfig) *Server {
 		h: h, cfg: cfg,
 		slots:   make(chan struct{}, cfg.MaxConns),
 		lns:     map[net.Listener]struct{}{},
-		conns:   map[net.Conn]struct{}{},
+		conns:   map[net.Conn]*connLoad{},
 		ctx:     ctx,
 		cancel:  cancel,
 		workers: newWorkers(ctx),
@@ -249,7 +249,7 @@ func (s *Server) track(c net.Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = &connLoad{}
 	s.handlers.Add(1)
 	return true
 }
@@ -320,13 +320,13 @@ func (s *Server) serveConn(c net.Conn) {
 	needsCert := s.cfg.TLS != nil // peers prove membership with a CA-signed certificate
 	switch {
 	case first[0] == MagicNative:
-		s.serveNative(conn, false, len(s.cfg.Token) == 0)
+		s.serveNative(conn, c, false, len(s.cfg.Token) == 0)
 	case first[0] == MagicPeer:
 		if needsCert && !verified {
 			s.cfg.Logger.Warn("peer connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		s.serveNative(conn, true, len(s.cfg.Token) == 0 || verified)
+		s.serveNative(conn, c, true, len(s.cfg.Token) == 0 || verified)
 	case s.cfg.Routes[first[0]] != nil:
 		if needsCert && !verified {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
@@ -351,6 +351,7 @@ func (s *Server) serveConn(c net.Conn) {
 		if tc, ok := conn.(*tls.Conn); ok {
 			conn = tlsCloseWriter{tc}
 		}
+		s.setLoad(c, func(l *connLoad) { l.kado = true })
 		s.serveKado(conn, first[0])
 	}
 }

@@ -621,6 +621,9 @@ func TestServerClose(t *testing.T) {
 		defer srv.mu.Unlock()
 		return len(srv.conns) == 3
 	}, 5*time.Second)
+	// The blocked restore and the Kado request are in flight; the idle
+	// connection has nothing in flight.
+	poll(t, func() bool { return srv.InFlight() == 2 }, 5*time.Second)
 
 	closed := make(chan error, 1)
 	go func() { closed <- srv.Close() }()
