@@ -131,6 +131,34 @@ func (tc *testCluster) leader() int {
 	return idx
 }
 
+// transferTo makes node i the leader, by leadership transfers from
+// whichever node leads. A transfer can succeed and still not make i lead
+// (another node's election timer fires first, or the vote splits on a
+// loaded machine): it is tried again until i leads, for up to 40 s.
+func (tc *testCluster) transferTo(i int) {
+	tc.t.Helper()
+	n := tc.nodes[i]
+	deadline := time.Now().Add(40 * time.Second)
+	for try := 1; ; try++ {
+		l := tc.leader()
+		if l == i {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.t.Fatalf("n%d still does not lead after %d leadership transfers (n%d leads)", i+1, try-1, l+1)
+		}
+		err := tc.nodes[l].raft.LeadershipTransferToServer(raft.ServerID(n.cfg.ID), raft.ServerAddress(n.Addr())).Error()
+		if err != nil {
+			tc.t.Logf("leadership transfer %d from n%d to n%d: %v", try, l+1, i+1, err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && n.raft.State() != raft.Leader; {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
 // follower returns the index of a running follower.
 func (tc *testCluster) follower() int {
 	tc.t.Helper()

@@ -51,13 +51,7 @@ func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
 	for i, n := range tc.nodes {
 		fn.register(n.Addr(), i)
 	}
-	if l := tc.leader(); l != oldLeader {
-		n := tc.nodes[oldLeader]
-		if err := tc.nodes[l].raft.LeadershipTransferToServer(raft.ServerID(n.cfg.ID), raft.ServerAddress(n.Addr())).Error(); err != nil {
-			t.Fatalf("leadership transfer: %v", err)
-		}
-		poll(t, func() bool { return n.raft.State() == raft.Leader }, 10*time.Second, "n3 to lead")
-	}
+	tc.transferTo(oldLeader)
 	term := tc.nodes[oldLeader].raft.CurrentTerm()
 	ctx := context.Background()
 	viaOld, err := client.New(client.Config{Addrs: []string{tc.nodes[oldLeader].Addr()}, Dialer: fn.dialer(clientBase), RequestTimeout: 15 * time.Second})
