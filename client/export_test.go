@@ -12,3 +12,11 @@ func SetReaderPause(t testing.TB, d time.Duration) {
 	readerPause = d
 	t.Cleanup(func() { readerPause = old })
 }
+
+// SetHintPause sets how long a node the Store failed to connect to is not
+// moved to, for the test t.
+func SetHintPause(t testing.TB, d time.Duration) {
+	old := hintPause
+	hintPause = d
+	t.Cleanup(func() { hintPause = old })
+}

@@ -83,8 +83,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 			}
 		}
 		last = ce
-		if ce.class == classFollow {
-			s.follow(ce.leader)
+		if ce.class == classFollow && s.follow(ce.leader) {
 			continue
 		}
 		s.advance(n)
@@ -105,6 +104,9 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 		deadline = time.Now().Add(s.cfg.RequestTimeout)
 	}
 	c, err := n.GetDeadline(ctx, deadline)
+	if err != nil && ctx.Err() == nil && errors.As(err, new(*transport.DialError)) {
+		s.cannotReach(n)
+	}
 	var resp transport.Response
 	if err == nil {
 		resp, err = c.RoundTripDeadline(ctx, deadline, req)
@@ -146,25 +148,28 @@ func (s *Store) followHint(n *transport.Pool, leader string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.cur.Load() != n {
+	if s.closed || s.cur.Load() != n || s.unreachableLocked(leader, time.Now().UnixNano()) {
 		return
 	}
 	s.cur.Store(s.nodeLocked(leader))
 }
 
 // follow makes addr, a leader hint, the current node, adding it to the
-// known nodes if it is new.
-func (s *Store) follow(addr string) {
+// known nodes if it is new. It reports false, and leaves the current node
+// as it is, when this Store could not connect to addr lately.
+func (s *Store) follow(addr string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return
+	if s.closed || s.unreachableLocked(addr, time.Now().UnixNano()) {
+		return false
 	}
 	s.cur.Store(s.nodeLocked(addr))
+	return true
 }
 
-// advance moves the current node from n to the next known one, unless
-// another caller has moved it already.
+// advance moves the current node from n to the next known one that this
+// Store has not failed to connect to lately (the next one, if every other
+// one failed), unless another caller has moved it already.
 func (s *Store) advance(n *transport.Pool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -172,7 +177,47 @@ func (s *Store) advance(n *transport.Pool) {
 		return
 	}
 	i := slices.Index(s.addrs, n.Addr())
-	s.cur.Store(s.nodes[s.addrs[(i+1)%len(s.addrs)]])
+	next := s.addrs[(i+1)%len(s.addrs)]
+	now := time.Now().UnixNano()
+	for k := 1; k < len(s.addrs); k++ {
+		if a := s.addrs[(i+k)%len(s.addrs)]; !s.unreachableLocked(a, now) {
+			next = a
+			break
+		}
+	}
+	s.cur.Store(s.nodes[next])
+}
+
+// hintPause is how long a node this Store failed to connect to is not
+// moved to: neither as a leader hint nor, while another node is left, as
+// the next node. Its requests go to nodes it can reach, which forward
+// writes to the leader. This is what keeps a client working when the
+// nodes advertise addresses it cannot reach (names only a container
+// network resolves, seen from the host): without it, every request
+// followed the hint, failed to connect, and came back.
+var hintPause = 10 * time.Second
+
+// cannotReach notes that connecting to n failed: it is avoided for
+// hintPause, also by reads (ReadFollower).
+func (s *Store) cannotReach(n *transport.Pool) {
+	until := time.Now().Add(hintPause).UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unreachable[n.Addr()] = until
+	if r := s.readMap[n]; r != nil {
+		r.downUntil.Store(until)
+	}
+}
+
+// unreachableLocked reports whether this Store failed to connect to addr
+// less than hintPause before now. s.mu is held.
+func (s *Store) unreachableLocked(addr string, now int64) bool {
+	until, ok := s.unreachable[addr]
+	if ok && now >= until {
+		delete(s.unreachable, addr)
+		return false
+	}
+	return ok
 }
 
 // readerPause is how long a node that failed a read is left out of the
@@ -264,9 +309,12 @@ func (r *reader) ok() {
 	}
 }
 
-// fail leaves r out of the readers for readerPause.
+// fail leaves r out of the readers for readerPause, or longer if it is
+// left out longer already (cannotReach).
 func (r *reader) fail() {
-	r.downUntil.Store(time.Now().Add(readerPause).UnixNano())
+	if until := time.Now().Add(readerPause).UnixNano(); r.downUntil.Load() < until {
+		r.downUntil.Store(until)
+	}
 }
 
 // nodeLocked returns the node (its connection pool) for addr, adding it to the known nodes if it

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -171,6 +173,83 @@ func TestLeaderHintOnSuccessMovesToLeader(t *testing.T) {
 			}
 			if n := bH.calls.Load(); n != tt.wantB {
 				t.Errorf("B served %d requests; want %d", n, tt.wantB)
+			}
+		})
+	}
+}
+
+// hostView is a Dialer that sees the nodes as a host sees containers
+// publishing their ports: it reaches 127.0.0.1 addresses, while the names
+// the nodes advertise (*.internal) do not resolve. It counts its dials to
+// those names.
+type hostView struct{ unresolved atomic.Int64 }
+
+func (h *hostView) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if host, _, _ := net.SplitHostPort(addr); strings.HasSuffix(host, ".internal") {
+		h.unresolved.Add(1)
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
+}
+
+// TestUnreachableLeaderHintIsNotFollowed: the nodes name the leader by an
+// address the client cannot connect to (a container's name, seen from the
+// host). A node that forwards answers with that hint, and one that cannot
+// forward answers not-leader with it. After one failed connection the
+// client stops following the hint for a while: its calls go to the nodes
+// it reaches, and succeed, instead of each paying a failed connection.
+func TestUnreachableLeaderHintIsNotFollowed(t *testing.T) {
+	const hint = "n1.internal:3001"
+	client.SetHintPause(t, time.Second)
+	tests := []struct {
+		name   string
+		hook   func(ctx context.Context, _ transport.Op, _ string) error
+		addrs  func(a, b string) []string
+		served int64 // requests the nodes serve for 20 calls
+		again  int64 // connections tried to the hint after hintPause
+	}{
+		// A serves every call, and names the leader each time: once
+		// hintPause has passed, the hint is tried again.
+		{"hint on a forwarded answer", func(ctx context.Context, _ transport.Op, _ string) error {
+			transport.SetLeaderHint(ctx, hint)
+			return nil
+		}, func(a, b string) []string { return []string{a} }, 20, 2},
+		// A refuses the first call twice (before and after the failed
+		// connection); B serves all 20 and names no leader.
+		{"hint on not-leader", func(context.Context, transport.Op, string) error {
+			return &transport.Error{Code: transport.CodeNotLeader, Message: "not the leader", Leader: hint}
+		}, func(a, b string) []string { return []string{a, b} }, 22, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			aH := newMemHandler()
+			aH.hook = tt.hook
+			a := startServer(t, "127.0.0.1:0", aH)
+			bH := newMemHandler()
+			b := startServer(t, "127.0.0.1:0", bH)
+			view := &hostView{}
+			s := newStore(t, client.Config{Addrs: tt.addrs(a.addr, b.addr), Dialer: view.dial})
+			ctx := context.Background()
+			touch := func(n int) {
+				t.Helper()
+				for range n {
+					if err := s.Touch(ctx, "sid"); err != nil {
+						t.Fatalf("Touch: %v", err)
+					}
+				}
+			}
+			touch(20)
+			if n := view.unresolved.Load(); n != 1 {
+				t.Errorf("%d connections to %s in 20 calls; want 1 (then the hint is not followed)", n, hint)
+			}
+			if n := aH.calls.Load() + bH.calls.Load(); n != tt.served {
+				t.Errorf("the nodes served %d requests for 20 calls; want %d", n, tt.served)
+			}
+			time.Sleep(1100 * time.Millisecond) // hintPause
+			touch(3)
+			if n := view.unresolved.Load(); n != tt.again {
+				t.Errorf("%d connections to %s in all, after hintPause; want %d", n, hint, tt.again)
 			}
 		})
 	}

@@ -40,6 +40,9 @@ type Store struct {
 	addrs   []string // every known node, in the order learnt
 	nodes   map[string]*transport.Pool
 	readMap map[*transport.Pool]*reader // each node's read health, kept across readerSets
+	// unreachable holds the nodes this Store failed to connect to lately,
+	// with when (UnixNano) that stops counting (see hintPause).
+	unreachable map[string]int64
 }
 
 // New returns a Store for the cluster cfg names. It checks cfg (see
@@ -55,8 +58,9 @@ func New(cfg Config) (*Store, error) {
 		done:  make(chan struct{}),
 		nodes: make(map[string]*transport.Pool),
 
-		readMap:   make(map[*transport.Pool]*reader),
-		readStart: mrand.Uint32(),
+		readMap:     make(map[*transport.Pool]*reader),
+		unreachable: make(map[string]int64),
+		readStart:   mrand.Uint32(),
 	}
 	s.connCfg = transport.ConnConfig{
 		DialTimeout:  s.cfg.DialTimeout,
