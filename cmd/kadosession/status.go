@@ -112,7 +112,7 @@ func remove(args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node of the cluster")
 	id := fs.String("id", "", "id of the node to remove (required)")
 	fs.Usage = usageWithEnv(fs, "kadosession remove --cluster HOST:PORT --id ID",
-		"Removes a node from the cluster. Stop the node afterwards; to bring it back, start it with an empty --data and --join.")
+		"Removes a node from the cluster. Stop the node afterwards. To bring it back, 'kadosession join' re-admits it with its data (it catches up from the leader), or start it with an empty --data and --join.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
