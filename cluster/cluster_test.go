@@ -140,6 +140,42 @@ func TestRemoveMember(t *testing.T) {
 	mustSave(t, tc.nodes[tc.leader()], "two-left", `{}`)
 }
 
+// TestRemovedMemberIsReadmitted: a removed node, still running with its
+// data, is re-admitted by Join (what 'kadosession join' and remove --help
+// tell an operator to do) and catches up on what was written without it;
+// after a restart with its data and --join it is still a member.
+func TestRemovedMemberIsReadmitted(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	mustSave(t, tc.nodes[tc.leader()], "before", `{"v":1}`)
+	f := tc.follower()
+	id, addr := tc.nodes[f].ID(), tc.nodes[f].Addr()
+	if err := tc.nodes[tc.leader()].Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitMembers(2)
+	mustSave(t, tc.nodes[tc.leader()], "while-out", `{"v":2}`)
+	if _, ok := tc.nodes[f].State().Get("while-out", time.Now().UnixMilli(), time.Hour.Milliseconds()); ok {
+		t.Fatal("the removed node got a write made without it")
+	}
+	reply, err := tc.nodes[tc.leader()].Join(ctx, id, addr, tc.nodes[f].ClusterID())
+	if err != nil || !reply.Changed {
+		t.Fatalf("re-admit %s: %+v, %v", id, reply, err)
+	}
+	tc.waitMembers(3)
+	mustSave(t, tc.nodes[tc.leader()], "after", `{"v":3}`)
+	tc.waitSame()
+	for _, sid := range []string{"before", "while-out", "after"} {
+		if _, ok := tc.nodes[f].State().Get(sid, time.Now().UnixMilli(), time.Hour.Milliseconds()); !ok {
+			t.Errorf("re-admitted node lacks %s", sid)
+		}
+	}
+	tc.stop(f)
+	tc.start(f)
+	tc.waitMembers(3)
+	tc.waitSame()
+}
+
 func TestFourthNodeCatchesUpBySnapshot(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) { c.SnapshotThreshold = 64; c.TrailingLogs = 16 })
 	l := tc.nodes[tc.leader()]
