@@ -61,14 +61,18 @@ func (h *memHandler) Save(ctx context.Context, sid string, data []byte) error {
 	return nil
 }
 
-func (h *memHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string) error {
+func (h *memHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string, ifExists bool) error {
 	if err := h.enter(ctx, transport.OpPatch, sid); err != nil {
 		return err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := map[string]json.RawMessage{}
-	if d, ok := h.data[sid]; ok {
+	d, ok := h.data[sid]
+	if ifExists && !ok {
+		return transport.Errorf(transport.CodeNotFound, "no session %s", sid)
+	}
+	if ok {
 		if err := json.Unmarshal(d, &m); err != nil {
 			return err
 		}

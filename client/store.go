@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
@@ -148,12 +149,27 @@ func (s *Store) SaveRaw(ctx context.Context, sid string, data []byte) error {
 // other error means the change may not have happened. Neither argument is
 // kept.
 func (s *Store) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	_, err := s.patch(ctx, sid, set, del, false)
+	return err
+}
+
+// PatchExisting is Patch for a session that must still exist: it changes
+// the session only if it exists and has not expired, and reports whether
+// it did. A request that loaded a session saves its changes this way (the
+// middleware does), so that it cannot bring back a session deleted
+// meanwhile: a logout in another tab, or RevokeUser. Nodes older than this
+// method refuse it with ErrBadRequest ("unknown op 9").
+func (s *Store) PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error) {
+	return s.patch(ctx, sid, set, del, true)
+}
+
+func (s *Store) patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string, ifExists bool) (bool, error) {
 	kvs := make([]transport.KV, 0, len(set))
 	for k, v := range set {
 		if len(v) == 0 {
 			v = json.RawMessage("null")
 		} else if !json.Valid(v) {
-			return badRequest("patch", "the value of key %q is not valid JSON", k)
+			return false, badRequest("patch", "the value of key %q is not valid JSON", k)
 		}
 		kvs = append(kvs, transport.KV{Key: k, Value: v})
 	}
@@ -166,8 +182,11 @@ func (s *Store) Patch(ctx context.Context, sid string, set map[string]json.RawMe
 		}
 		return 0
 	})
-	_, err := s.do(ctx, &transport.Request{Op: transport.OpPatch, SID: sid, Set: kvs, Del: del, Nonce: s.nonce()})
-	return err
+	_, err := s.do(ctx, &transport.Request{Op: transport.OpPatch, SID: sid, Set: kvs, Del: del, Nonce: s.nonce(), IfExists: ifExists})
+	if ifExists && errors.Is(err, transport.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // Delete removes the session; deleting an absent session is not an error.

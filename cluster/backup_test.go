@@ -36,7 +36,7 @@ func TestBackupRestoreIntoFreshCluster(t *testing.T) {
 	for i := 0; i < 300; i++ {
 		mustSave(t, src.nodes[l], fmt.Sprintf("sid-%03d", i), fmt.Sprintf(`{"i":%d,"pad":%q,"nested":{"a":[1,2,"<&>"]}}`, i, big[:i*10]))
 	}
-	if err := src.nodes[l].Patch(ctx, "sid-007", []transport.KV{{Key: "user", Value: []byte(`"alice"`)}}, []string{"pad"}); err != nil {
+	if err := src.nodes[l].Patch(ctx, "sid-007", []transport.KV{{Key: "user", Value: []byte(`"alice"`)}}, []string{"pad"}, false); err != nil {
 		t.Fatalf("patch: %v", err)
 	}
 	mustSave(t, src.nodes[l], "empty", `{}`)

@@ -305,3 +305,42 @@ func TestReadsNeverOlderThanAcknowledged(t *testing.T) {
 	}
 	t.Logf("%d reads, %d acknowledged writes, %d violations", reads.Load(), acked.Load(), violations.Load())
 }
+
+// TestPatchExistingThroughTheCluster: the Go client's PatchExisting, sent
+// to the leader and through a follower (which forwards it), changes a live
+// session and does not bring back a deleted one, on every replica.
+func TestPatchExistingThroughTheCluster(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	l, f := tc.leader(), tc.follower()
+	set := map[string]json.RawMessage{"cart": json.RawMessage(`"x"`)}
+	for _, via := range []int{l, f} {
+		c, err := client.New(client.Config{Addrs: []string{tc.nodes[via].Addr()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sid := "s-" + tc.nodes[via].ID()
+		if ok, err := c.PatchExisting(ctx, sid, set, nil); err != nil || ok {
+			t.Fatalf("via %s: PatchExisting of a session never made = %v, %v; want false, nil", tc.nodes[via].ID(), ok, err)
+		}
+		if err := c.SaveRaw(ctx, sid, []byte(`{"user":"alice"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := c.PatchExisting(ctx, sid, set, nil); err != nil || !ok {
+			t.Fatalf("via %s: PatchExisting of a live session = %v, %v; want true, nil", tc.nodes[via].ID(), ok, err)
+		}
+		if err := c.Delete(ctx, sid); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := c.PatchExisting(ctx, sid, set, nil); err != nil || ok {
+			t.Fatalf("via %s: PatchExisting after a logout = %v, %v; want false, nil", tc.nodes[via].ID(), ok, err)
+		}
+		tc.waitSame()
+		for _, n := range tc.nodes {
+			if _, ok := n.State().Get(sid, time.Now().UnixMilli(), time.Hour.Milliseconds()); ok {
+				t.Fatalf("%s holds %s after the delete", n.ID(), sid)
+			}
+		}
+	}
+}

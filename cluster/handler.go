@@ -113,6 +113,10 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 		// command is idempotent, so send it again to whoever leads now.
 		return n.write(ctx, cmd, req)
 	}
+	if err == nil && cmd.Op == fsm.OpPatch && cmd.IfExists && r.Count == 0 {
+		// Answered here, so that a follower forwarding it passes it on.
+		return r, transport.Errorf(transport.CodeNotFound, "patch of a session that does not exist (deleted or expired): nothing changed")
+	}
 	return r, wireError(err)
 }
 
@@ -168,12 +172,14 @@ func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
 	return err
 }
 
-// Patch sets and deletes keys of one session atomically.
-func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []string) error {
+// Patch sets and deletes keys of one session atomically, creating it when
+// absent; with ifExists it changes only a live session, and answers
+// CodeNotFound otherwise.
+func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []string, ifExists bool) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize), MaxKeys: int64(n.cfg.MaxKeys)}
+	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize), MaxKeys: int64(n.cfg.MaxKeys), IfExists: ifExists}
 	for _, kv := range set {
 		if err := fsm.ValidateKey(kv.Key); err != nil {
 			return wireError(err)
@@ -190,7 +196,7 @@ func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []
 		}
 	}
 	cmd.Del = del
-	req := &transport.Request{Op: transport.OpPatch, SID: sid, Del: del}
+	req := &transport.Request{Op: transport.OpPatch, SID: sid, Del: del, IfExists: ifExists}
 	for _, f := range cmd.Set {
 		req.Set = append(req.Set, transport.KV{Key: f.Key, Value: f.Value})
 	}

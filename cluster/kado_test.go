@@ -160,7 +160,7 @@ func TestPatchCopiesValues(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	v := []byte(`"first"`)
-	if err := n.Patch(ctx, "copied", []transport.KV{{Key: "k", Value: v}}, nil); err != nil {
+	if err := n.Patch(ctx, "copied", []transport.KV{{Key: "k", Value: v}}, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	copy(v, `"xxxxx"`)

@@ -373,9 +373,9 @@ func (h observedHandler) Save(ctx context.Context, sid string, data []byte) erro
 	return err
 }
 
-func (h observedHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string) error {
+func (h observedHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string, ifExists bool) error {
 	t := h.track(ctx, "patch", true)
-	err := h.Node.Patch(ctx, sid, set, del)
+	err := h.Node.Patch(ctx, sid, set, del, ifExists)
 	t.done(err)
 	return err
 }

@@ -136,10 +136,10 @@ func TestExpiryAndReplicatedPrune(t *testing.T) {
 func TestPatchTouchDeleteThroughNode(t *testing.T) {
 	n := startNode(t, Config{MaxSessionSize: 64, MaxKeys: 3})
 	ctx := context.Background()
-	if err := n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(` 1 `)}, {Key: "b", Value: []byte(`"x"`)}}, nil); err != nil {
+	if err := n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(` 1 `)}, {Key: "b", Value: []byte(`"x"`)}}, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Patch(ctx, "p", []transport.KV{{Key: "c", Value: []byte(`true`)}}, []string{"a"}); err != nil {
+	if err := n.Patch(ctx, "p", []transport.KV{{Key: "c", Value: []byte(`true`)}}, []string{"a"}, false); err != nil {
 		t.Fatal(err)
 	}
 	data, _, _ := n.Restore(ctx, "p", transport.Default)
@@ -151,13 +151,13 @@ func TestPatchTouchDeleteThroughNode(t *testing.T) {
 		err  error
 		code transport.Code
 	}{
-		{"bad json value", n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(`{`)}}, nil), transport.CodeBadRequest},
-		{"reserved key", n.Patch(ctx, "p", []transport.KV{{Key: "_written", Value: []byte(`1`)}}, nil), transport.CodeBadRequest},
-		{"too large", n.Patch(ctx, "p", []transport.KV{{Key: "big", Value: []byte(`"` + strings.Repeat("z", 80) + `"`)}}, nil), transport.CodeTooLarge},
+		{"bad json value", n.Patch(ctx, "p", []transport.KV{{Key: "a", Value: []byte(`{`)}}, nil, false), transport.CodeBadRequest},
+		{"reserved key", n.Patch(ctx, "p", []transport.KV{{Key: "_written", Value: []byte(`1`)}}, nil, false), transport.CodeBadRequest},
+		{"too large", n.Patch(ctx, "p", []transport.KV{{Key: "big", Value: []byte(`"` + strings.Repeat("z", 80) + `"`)}}, nil, false), transport.CodeTooLarge},
 		{"save too large", n.Save(ctx, "q", []byte(`{"big":"`+strings.Repeat("z", 80)+`"}`)), transport.CodeTooLarge},
 		{"empty sid", n.Save(ctx, "", []byte(`{}`)), transport.CodeBadRequest},
 		{"save too many keys", n.Save(ctx, "q", []byte(`{"a":1,"b":2,"c":3,"d":4}`)), transport.CodeTooLarge},
-		{"patch too many keys", n.Patch(ctx, "p", []transport.KV{{Key: "x", Value: []byte(`1`)}, {Key: "y", Value: []byte(`1`)}}, nil), transport.CodeTooLarge},
+		{"patch too many keys", n.Patch(ctx, "p", []transport.KV{{Key: "x", Value: []byte(`1`)}, {Key: "y", Value: []byte(`1`)}}, nil, false), transport.CodeTooLarge},
 		{"array data", n.Save(ctx, "q", []byte(`[]`)), transport.CodeBadRequest},
 	}
 	for _, tc := range cases {

@@ -37,6 +37,9 @@ const (
 	// on the goroutine that applies (1M sessions: a 100-180 ms stall of
 	// every write, once a minute).
 	OpExpire Op = 8
+	// opPatchIfExists is the log's byte for an OpPatch with IfExists; a
+	// decoded command has Op OpPatch and IfExists set.
+	opPatchIfExists Op = 9
 )
 
 // RequestID is a write's idempotency key (the native protocol's nonce).
@@ -94,13 +97,25 @@ type Command struct {
 	MaxSize int64
 	// MaxKeys bounds the keys an OpPatch may grow a session to (0: no bound).
 	MaxKeys int64
+	// IfExists makes an OpPatch change only a session that exists and has
+	// not expired; its Result.Count says whether it did (an OpPatch always
+	// creates the session otherwise). A request that loaded a session
+	// patches it this way, so that it cannot bring back a session deleted
+	// meanwhile (a logout in another tab). In the log such a patch has an
+	// op byte of its own (opPatchIfExists), so entries written before it
+	// existed decode as they did.
+	IfExists bool
 	// Batch holds the commands of an OpBatch.
 	Batch []Command
 }
 
 // Encode appends the command's log encoding to dst.
 func (c *Command) Encode(dst []byte) []byte {
-	dst = append(dst, byte(c.Op))
+	if c.Op == OpPatch && c.IfExists {
+		dst = append(dst, byte(opPatchIfExists))
+	} else {
+		dst = append(dst, byte(c.Op))
+	}
 	dst = binary.AppendVarint(dst, c.Time)
 	if c.Op.deduplicated() {
 		dst = append(dst, c.ID[:]...)
@@ -239,6 +254,9 @@ func (d *decoder) command(depth int) Command {
 		return Command{}
 	}
 	c := Command{Op: Op(d.b[0])}
+	if c.Op == opPatchIfExists {
+		c.Op, c.IfExists = OpPatch, true
+	}
 	d.b = d.b[1:]
 	c.Time = d.varint()
 	if c.Op.deduplicated() {

@@ -60,6 +60,7 @@ func sampleCommands() []struct {
 		{"patch set only", Command{Op: OpPatch, Time: 1, SID: "p", Set: []Field{{Key: "a", Value: []byte(`"v"`)}}}},
 		{"patch del only", Command{Op: OpPatch, Time: 1, SID: "p", Del: []string{"gone"}}},
 		{"patch empty", Command{Op: OpPatch, Time: 1, SID: "p"}},
+		{"patch if exists", Command{Op: OpPatch, Time: 1, SID: "p", Set: []Field{{Key: "a", Value: []byte(`1`)}}, IfExists: true}},
 		{"delete", Command{Op: OpDelete, Time: 7, SID: "__proto__"}},
 		{"touch", Command{Op: OpTouch, Time: 8, SID: "constructor"}},
 		{"touch with duration", Command{Op: OpTouch, Time: 8, SID: "t", Duration: 1000}},
@@ -70,6 +71,7 @@ func sampleCommands() []struct {
 		{"batch", Command{Op: OpBatch, Time: 99, Batch: []Command{
 			{Op: OpSave, Time: 99, SID: "a", Data: []byte(`{"a":1}`)},
 			{Op: OpPatch, Time: 99, SID: "b", Duration: 10, MaxSize: 100, Set: []Field{{Key: "k", Value: []byte(`true`)}}, Del: []string{"z"}},
+			{Op: OpPatch, Time: 99, SID: "b2", Del: []string{"z"}, IfExists: true},
 			{Op: OpDelete, Time: 99, SID: "c"},
 			{Op: OpTouch, Time: 99, SID: "d", Duration: 5},
 			{Op: OpPrune, Time: 99, Duration: 10},
@@ -234,4 +236,17 @@ func (id RequestID) bytes() []byte { return id[:] }
 // withID builds a command of op at time 0 with a zero request id and body.
 func withID(op byte, body ...byte) []byte {
 	return append(append([]byte{op, 0}, make([]byte, len(RequestID{}))...), body...)
+}
+
+// TestPatchIfExistsEncoding: a patch without IfExists encodes as before the
+// flag existed (entries already in logs decode unchanged); with it, only
+// the op byte differs.
+func TestPatchIfExistsEncoding(t *testing.T) {
+	plain := Command{Op: OpPatch, Time: 5, SID: "p", Set: []Field{{Key: "a", Value: []byte(`1`)}}}
+	flagged := plain
+	flagged.IfExists = true
+	a, b := plain.Encode(nil), flagged.Encode(nil)
+	if a[0] != byte(OpPatch) || b[0] != byte(opPatchIfExists) || string(a[1:]) != string(b[1:]) {
+		t.Fatalf("IfExists should change only the op byte:\n%x\n%x", a, b)
+	}
 }

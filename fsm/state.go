@@ -69,7 +69,8 @@ type Result struct {
 	// limit); the state is unchanged when it is set.
 	Err error
 	// Count is how many sessions the command removed (OpDelete, OpPrune) or
-	// changed (OpTouch: 1 if the session existed and had not expired).
+	// changed (OpTouch: 1 if the session existed and had not expired;
+	// an OpPatch with IfExists: 1, or 0 when it found no live session).
 	Count int
 }
 
@@ -210,8 +211,12 @@ func (s *State) patch(c *Command) Result {
 	sh.mu.RLock()
 	old, ok := sh.sessions[c.SID]
 	sh.mu.RUnlock()
+	live := ok && !old.Expired(c.Time, c.Duration)
+	if c.IfExists && !live {
+		return Result{} // gone since the writer loaded it: not brought back
+	}
 	var fields []Field
-	if ok && !old.Expired(c.Time, c.Duration) {
+	if live {
 		var err error
 		if fields, _, err = splitCompact(old.Data, true); err != nil { // a Record's Data never changes
 			return Result{Err: err}
@@ -248,6 +253,9 @@ func (s *State) patch(c *Command) Result {
 			ErrSessionTooLarge, len(data), c.MaxSize)}
 	}
 	s.put(c.SID, &Record{Data: data, Written: c.Time})
+	if c.IfExists {
+		return Result{Count: 1}
+	}
 	return Result{}
 }
 

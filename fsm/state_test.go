@@ -151,6 +151,25 @@ func TestApply(t *testing.T) {
 			after: map[string]want{"s": {`{"old":1,"new":2}`, 999}},
 		},
 		{
+			name:  "patch if exists changes a live session and counts it",
+			setup: []Command{save("s", `{"old":1}`, 0)},
+			cmd:   Command{Op: OpPatch, Time: 999, SID: "s", Duration: 1000, Set: []Field{{Key: "new", Value: []byte(`2`)}}, IfExists: true},
+			count: 1,
+			after: map[string]want{"s": {`{"old":1,"new":2}`, 999}},
+		},
+		{
+			name:  "patch if exists does not bring back a deleted session",
+			setup: []Command{save("s", `{"old":1}`, 0), {Op: OpDelete, Time: 10, SID: "s"}, save("t", `{}`, 0)},
+			cmd:   Command{Op: OpPatch, Time: 20, SID: "s", Set: []Field{{Key: "new", Value: []byte(`2`)}}, IfExists: true},
+			after: map[string]want{"t": {`{}`, 0}},
+		},
+		{
+			name:  "patch if exists leaves an expired session alone",
+			setup: []Command{save("s", `{"old":1}`, 0)},
+			cmd:   Command{Op: OpPatch, Time: 1000, SID: "s", Duration: 1000, Set: []Field{{Key: "new", Value: []byte(`2`)}}, IfExists: true},
+			after: map[string]want{"s": {`{"old":1}`, 0}},
+		},
+		{
 			name:  "patch with no duration never treats a record as expired",
 			setup: []Command{save("s", `{"old":1}`, 0)},
 			cmd:   Command{Op: OpPatch, Time: 1 << 50, SID: "s", Set: []Field{{Key: "new", Value: []byte(`2`)}}},

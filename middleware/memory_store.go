@@ -217,32 +217,46 @@ func (m *MemoryStore) saveFields(ctx context.Context, sid string, data sessionDa
 // Patch implements Store: it sets and deletes keys atomically, creating the
 // session if absent (an expired session counts as absent) and renewing it.
 func (m *MemoryStore) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
-	return m.patchFields(ctx, sid, dataOf(set), del)
+	_, err := m.patchFields(ctx, sid, dataOf(set), del, false)
+	return err
 }
 
-// patchFields is Patch without a map. It sorts and rewrites set's slice,
-// not the bytes of its values.
-func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionData, del []string) error {
+// PatchExisting is Patch for a session that must still exist, as
+// client.Store's: it changes the session only if it exists and has not
+// expired, and reports whether it did. The middleware saves a session it
+// loaded this way, so that a request still running when the session is
+// destroyed cannot bring it back.
+func (m *MemoryStore) PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error) {
+	return m.patchFields(ctx, sid, dataOf(set), del, true)
+}
+
+// patchFields is Patch (or, with ifExists, PatchExisting) without a map.
+// It sorts and rewrites set's slice, not the bytes of its values.
+func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionData, del []string, ifExists bool) (bool, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return false, err
 	}
 	if err := fsm.ValidateSID(sid); err != nil {
-		return err
+		return false, err
 	}
 	if err := encodeFields(set); err != nil {
-		return err
+		return false, err
 	}
 	for _, k := range del {
 		if err := fsm.ValidateKey(k); err != nil {
-			return err
+			return false, err
 		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.state.Apply(&fsm.Command{
+	r := m.state.Apply(&fsm.Command{
 		Op: fsm.OpPatch, Time: m.nowMs(), SID: sid,
-		Set: set, Del: del, Duration: m.duration, MaxSize: m.maxSize,
-	}).Err
+		Set: set, Del: del, Duration: m.duration, MaxSize: m.maxSize, IfExists: ifExists,
+	})
+	if r.Err != nil {
+		return false, r.Err
+	}
+	return !ifExists || r.Count == 1, nil
 }
 
 // Delete implements Store: it removes the session; an absent one is not an

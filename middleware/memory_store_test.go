@@ -372,6 +372,17 @@ func (w *wrappedMemory) Patch(ctx context.Context, sid string, set map[string]js
 	return w.MemoryStore.Patch(ctx, sid, set, del)
 }
 
+// PatchExisting is wrapped too: the middleware prefers it to Patch for a
+// session it loaded, so a wrapper that embeds a store with it and means to
+// see every write wraps it as well (see Store).
+func (w *wrappedMemory) PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		w.unbounded.Add(1)
+	}
+	w.patches.Add(1)
+	return w.MemoryStore.PatchExisting(ctx, sid, set, del)
+}
+
 // TestWrappedMemoryStoreIsCalledThroughItsMethods: the middleware calls a
 // bare MemoryStore without the Store interface's maps (and without a
 // deadline of its own), but a type that embeds one gets its own methods

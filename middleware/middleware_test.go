@@ -363,3 +363,90 @@ func TestNewIDReadsNoHeaderTheHandlerChanges(t *testing.T) {
 		t.Fatalf("cookies %v, want one new session", cs)
 	}
 }
+
+// TestLogoutWinsOverARunningRequest: a request that loaded the session
+// before another request logged out (Destroy, or RevokeUser) saves its
+// changes after the logout; the session must stay deleted, and that
+// request's response must expire the cookie rather than set it again.
+// (Patch creates the session: before PatchExisting it came back, keys and
+// all, and with MaxAge its cookie was sent again.) A Store without
+// PatchExisting still brings it back, as its docs say.
+func TestLogoutWinsOverARunningRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		store   func(m *MemoryStore) Store
+		sticks  bool
+		destroy func(s *Session, r *http.Request) error
+	}{
+		{"MemoryStore, Destroy", func(m *MemoryStore) Store { return m }, true,
+			func(s *Session, r *http.Request) error { return s.Destroy(r.Context()) }},
+		{"MemoryStore, RevokeUser", func(m *MemoryStore) Store { return m }, true,
+			func(s *Session, r *http.Request) error { _, err := s.RevokeUser(r.Context(), "alice"); return err }},
+		{"a Store with PatchExisting", func(m *MemoryStore) Store { return &withPatchExisting{m} }, true,
+			func(s *Session, r *http.Request) error { return s.Destroy(r.Context()) }},
+		{"a Store with Patch only", func(m *MemoryStore) Store { return &countingStore{Store: m} }, false,
+			func(s *Session, r *http.Request) error { return s.Destroy(r.Context()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newStore(t)
+			store := tc.store(mem)
+			loaded, release := make(chan struct{}), make(chan struct{})
+			mux := http.NewServeMux()
+			mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+				FromContext(r.Context()).SetUser("alice")
+			})
+			mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+				s := FromContext(r.Context())
+				_ = s.Get("cart") // loads the session
+				close(loaded)
+				<-release
+				s.Set("cart", "x")
+			})
+			mux.HandleFunc("/logout", func(w http.ResponseWriter, r *http.Request) {
+				if err := tc.destroy(FromContext(r.Context()), r); err != nil {
+					t.Error(err)
+				}
+			})
+			srv := newServer(t, Options{Store: store, MaxAge: time.Hour}, mux)
+			srv.get(t, "/login")
+			sid := srv.sid(t, "session")
+			if sid == "" {
+				t.Fatal("no session after login")
+			}
+			slow := make(chan *http.Response, 1)
+			go func() {
+				resp, err := srv.client.Get(srv.URL + "/slow")
+				if err != nil {
+					t.Error(err)
+					close(slow)
+					return
+				}
+				resp.Body.Close()
+				slow <- resp
+			}()
+			<-loaded
+			srv.get(t, "/logout")
+			close(release)
+			resp := <-slow
+			_, found, err := mem.Restore(context.Background(), sid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if found == tc.sticks {
+				t.Fatalf("after the logout and the running request's save: session found %v, want %v", found, !tc.sticks)
+			}
+			if !tc.sticks || resp == nil {
+				return
+			}
+			for _, c := range resp.Cookies() {
+				if c.Name == "session" && c.MaxAge >= 0 {
+					t.Fatalf("the running request's response set the session cookie again: %v", c)
+				}
+			}
+		})
+	}
+}
+
+// withPatchExisting is a Store of another type (not a bare *MemoryStore)
+// that has PatchExisting.
+type withPatchExisting struct{ *MemoryStore }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/kadosession/kadosession/fsm"
 )
 
@@ -139,7 +141,15 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		if s.metaDirty {
 			set = append(set, fsm.Field{Key: MetaKey, Value: s.metaValue()})
 		}
-		err = patch(cctx, s.store, s.id, set, del)
+		var live bool
+		live, err = patchExisting(cctx, s.store, s.id, set, del)
+		if err == nil && !live {
+			s.goneLocked()
+			if explicit {
+				return ErrSessionGone
+			}
+			return nil
+		}
 	default: // explicit, nothing changed: renew it
 		err = s.store.Touch(cctx, s.id)
 	}
@@ -154,6 +164,19 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		s.web.saved(s.id, wasNew)
 	}
 	return nil
+}
+
+// goneLocked turns s, whose session was deleted since this request loaded
+// it, into a fresh, empty one, and has the response expire the client's
+// cookie: the deletion (a logout elsewhere) wins over this request's
+// changes, which are dropped.
+func (s *Session) goneLocked() {
+	old := s.id
+	s.freshLocked()
+	if s.web != nil {
+		s.web.log(hclog.Info, "the session was deleted while this request used it (a logout or revocation elsewhere); its changes were dropped", old, nil)
+		s.web.destroyed()
+	}
 }
 
 // Regenerate moves the session to a new id, keeping its data (unsaved

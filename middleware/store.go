@@ -25,6 +25,19 @@ import (
 // have taken effect). Any error other than the not-found cases documented
 // below means the store could not answer; the middleware answers such a
 // request with HTTP 500.
+//
+// A Store may also have
+//
+//	PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error)
+//
+// a Patch that changes only a session that exists and has not expired and
+// reports whether it did (the Go client's and MemoryStore have it). The
+// middleware saves a session it loaded with it, so that a request still
+// running when the session is destroyed (a logout in another tab,
+// RevokeUser) cannot bring it back by saving; with Patch alone it can. A
+// type that embeds such a store to wrap its writes (metrics, logging) has
+// PatchExisting promoted: wrap it too, or the middleware's patches bypass
+// the wrapper.
 type Store interface {
 	// Restore returns the session's data; found is false (data nil, err nil)
 	// when the sid is unknown or expired. An expired session is never
@@ -70,6 +83,12 @@ var (
 	// headers went out, when the cookie naming the new id can no longer be
 	// sent; nothing was changed.
 	ErrHeadersSent = errors.New("session: response headers already sent")
+	// ErrSessionGone is returned by an explicit Save when the session was
+	// deleted since this request loaded it (a logout in another tab,
+	// RevokeUser): the deletion wins, the changes are dropped, and the
+	// session is now a fresh, empty one whose cookie the response expires.
+	// The middleware's own save treats it the same way without an error.
+	ErrSessionGone = errors.New("session: deleted while this request used it; its changes were not saved")
 )
 
 // rawRestorer is a Store that can return a session's data as the JSON
@@ -118,12 +137,25 @@ func save(ctx context.Context, store Store, sid string, data sessionData) error 
 	return store.Save(ctx, sid, data.toMap())
 }
 
-// patch sets set's keys and deletes del's in session sid of store.
-func patch(ctx context.Context, store Store, sid string, set sessionData, del []string) error {
-	if m, ok := store.(*MemoryStore); ok {
-		return m.patchFields(ctx, sid, set, del)
+// existingPatcher is a Store that can patch a session only if it still
+// exists: client.Store and MemoryStore (PatchExisting).
+type existingPatcher interface {
+	PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error)
+}
+
+// patchExisting sets set's keys and deletes del's in session sid of store,
+// a session this request loaded. It reports false when the session was
+// deleted or expired since (a logout in another tab, RevokeUser), and then
+// changes nothing, if store can tell (existingPatcher); a Store that
+// cannot patches it anyway, creating it again.
+func patchExisting(ctx context.Context, store Store, sid string, set sessionData, del []string) (bool, error) {
+	switch st := store.(type) {
+	case *MemoryStore:
+		return st.patchFields(ctx, sid, set, del, true)
+	case existingPatcher:
+		return st.PatchExisting(ctx, sid, set.toMap(), del)
 	}
-	return store.Patch(ctx, sid, set.toMap(), del)
+	return true, store.Patch(ctx, sid, set.toMap(), del)
 }
 
 // decodeObject decodes raw, one JSON object from outside the process, into

@@ -311,7 +311,7 @@ func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
 	case OpSave:
 		err = s.h.Save(ctx, req.SID, req.Data)
 	case OpPatch:
-		err = s.h.Patch(ctx, req.SID, req.Set, req.Del)
+		err = s.h.Patch(ctx, req.SID, req.Set, req.Del, req.IfExists)
 	case OpDelete:
 		err = s.h.Delete(ctx, req.SID)
 	case OpTouch:

@@ -19,6 +19,7 @@ const (
 	CodeInternal     Code = 6 // a bug or an I/O failure on the node
 	CodeUnauthorized Code = 7 // a missing or wrong auth token
 	CodeOverloaded   Code = 8 // too many connections or requests in flight
+	CodeNotFound     Code = 9 // a patch with IfExists found no live session
 )
 
 func (c Code) String() string {
@@ -41,6 +42,8 @@ func (c Code) String() string {
 		return "unauthorized"
 	case CodeOverloaded:
 		return "overloaded"
+	case CodeNotFound:
+		return "not found"
 	}
 	return fmt.Sprintf("code %d", byte(c))
 }
@@ -79,6 +82,7 @@ var (
 	ErrInternal     = &Error{Code: CodeInternal}
 	ErrUnauthorized = &Error{Code: CodeUnauthorized}
 	ErrOverloaded   = &Error{Code: CodeOverloaded}
+	ErrNotFound     = &Error{Code: CodeNotFound}
 )
 
 // Errorf builds an *Error with a formatted message.

@@ -70,11 +70,15 @@ func (h *memHandler) Save(ctx context.Context, sid string, data []byte) error {
 	return nil
 }
 
-func (h *memHandler) Patch(ctx context.Context, sid string, set []KV, del []string) error {
+func (h *memHandler) Patch(ctx context.Context, sid string, set []KV, del []string, ifExists bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	m := map[string]json.RawMessage{}
-	if old, ok := h.sessions[sid]; ok {
+	old, ok := h.sessions[sid]
+	if ifExists && !ok {
+		return Errorf(CodeNotFound, "session %s does not exist", sid)
+	}
+	if ok {
 		if err := json.Unmarshal(old, &m); err != nil {
 			return err
 		}

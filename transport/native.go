@@ -46,6 +46,10 @@ const (
 	// OpAuth presents the client token (Request.Data); a connection to a
 	// node that requires one sends it before anything else.
 	OpAuth Op = 8
+	// opPatchIfExists is the wire byte of an OpPatch with IfExists; a
+	// decoded request has Op OpPatch and IfExists set. A node that does not
+	// know it answers CodeBadRequest ("unknown op 9").
+	opPatchIfExists Op = 9
 )
 
 func (o Op) String() string {
@@ -123,6 +127,9 @@ type Request struct {
 	Data        []byte      // OpSave: a JSON object; OpAdmin: a JSON body
 	Set         []KV        // OpPatch
 	Del         []string    // OpPatch
+	// IfExists (OpPatch) changes only a session that exists and has not
+	// expired; otherwise the node answers CodeNotFound and changes nothing.
+	IfExists bool
 }
 
 // Nonce is a write's idempotency key: 16 bytes, unique per logical write.
@@ -145,7 +152,11 @@ func AppendRequest(dst []byte, req *Request) []byte {
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0)
 	dst = binary.BigEndian.AppendUint64(dst, req.ID)
-	dst = append(dst, byte(req.Op))
+	if req.Op == OpPatch && req.IfExists {
+		dst = append(dst, byte(opPatchIfExists))
+	} else {
+		dst = append(dst, byte(req.Op))
+	}
 	switch req.Op {
 	case OpSave, OpPatch, OpDelete, OpTouch:
 		dst = append(dst, req.Nonce[:]...)
@@ -275,6 +286,9 @@ func DecodeRequest(frame []byte) (Request, error) {
 		return Request{}, Errorf(CodeBadRequest, "malformed frame: %d bytes is shorter than the header", len(frame))
 	}
 	req := Request{ID: binary.BigEndian.Uint64(frame[:8]), Op: Op(frame[8])}
+	if req.Op == opPatchIfExists {
+		req.Op, req.IfExists = OpPatch, true
+	}
 	d := wire{b: frame[9:]}
 	switch req.Op {
 	case OpSave, OpPatch, OpDelete, OpTouch:

@@ -62,6 +62,7 @@ func sampleRequests() []struct {
 			Set: []KV{{Key: "a", Value: []byte(`1`)}, {Key: "b", Value: []byte(`{"x":[1]}`)}, {Key: "e", Value: nil}},
 			Del: []string{"c", "d"}}},
 		{"patch empty", Request{ID: 9, Op: OpPatch, SID: "p"}},
+		{"patch if exists", Request{ID: 9, Op: OpPatch, SID: "p", Del: []string{"c"}, IfExists: true}},
 		{"delete", Request{ID: 10, Op: OpDelete, SID: "d"}},
 		{"touch", Request{ID: 11, Op: OpTouch, SID: "t"}},
 		{"admin", Request{ID: 12, Op: OpAdmin, Data: []byte(`{"status":{}}`)}},

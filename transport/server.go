@@ -25,8 +25,10 @@ type Handler interface {
 	Restore(ctx context.Context, sid string, c Consistency) (data []byte, found bool, err error)
 	// Save replaces the session with data, a JSON object.
 	Save(ctx context.Context, sid string, data []byte) error
-	// Patch sets and deletes keys of one session atomically.
-	Patch(ctx context.Context, sid string, set []KV, del []string) error
+	// Patch sets and deletes keys of one session atomically, creating it
+	// when absent; with ifExists it changes only a session that exists and
+	// has not expired, and returns an error with CodeNotFound otherwise.
+	Patch(ctx context.Context, sid string, set []KV, del []string, ifExists bool) error
 	// Delete removes a session.
 	Delete(ctx context.Context, sid string) error
 	// Touch renews a session.

@@ -733,3 +733,27 @@ func TestServerConcurrentClients(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestPatchIfExists: a patch with IfExists reaches the handler as such (it
+// has a wire op of its own), and a missing session is answered CodeNotFound.
+func TestPatchIfExists(t *testing.T) {
+	ts := startServer(t, newMemHandler(), ServerConfig{})
+	n := dialNative(t, ts.addr)
+	set := []KV{{Key: "k", Value: []byte(`1`)}}
+	resp := n.call(Request{ID: 1, Op: OpPatch, SID: "p", Set: set, IfExists: true})
+	if resp.Err == nil || resp.Err.Code != CodeNotFound || !errors.Is(resp.Err, ErrNotFound) {
+		t.Fatalf("patch if exists of a missing session: %+v (err %v), want CodeNotFound", resp, resp.Err)
+	}
+	if resp := n.call(Request{ID: 2, Op: OpRestore, SID: "p"}); resp.Found {
+		t.Fatal("a refused patch created the session")
+	}
+	if resp := n.call(Request{ID: 3, Op: OpPatch, SID: "p", Set: set}); resp.Err != nil {
+		t.Fatalf("plain patch: %v", resp.Err)
+	}
+	if resp := n.call(Request{ID: 4, Op: OpPatch, SID: "p", Set: []KV{{Key: "j", Value: []byte(`2`)}}, IfExists: true}); resp.Err != nil {
+		t.Fatalf("patch if exists of a live session: %v", resp.Err)
+	}
+	if resp := n.call(Request{ID: 5, Op: OpRestore, SID: "p"}); string(resp.Data) != `{"j":2,"k":1}` {
+		t.Fatalf("after the patches: %s", resp.Data)
+	}
+}

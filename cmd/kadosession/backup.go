@@ -82,7 +82,8 @@ func backup(args []string, stdout, stderr io.Writer) error {
 		"Takes a consistent backup of every session: the leader captures its state at a linearizable point and\n"+
 			"streams it in chunks as a save-file document (the Kado save-file format, the raft snapshot format).\n"+
 			"The file is checked (SHA-256, decoded) before it replaces FILE. Restore it with kadosession restore,\n"+
-			"or start a new node with --save-file FILE.")
+			"or seed a new node with a copy: cp FILE NEWDIR/sessions.json, then serve --data NEWDIR (a node rewrites\n"+
+			"its save file, so do not give the backup itself as --save-file).")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
