@@ -367,7 +367,7 @@ func TestNewIDReadsNoHeaderTheHandlerChanges(t *testing.T) {
 // TestLogoutWinsOverARunningRequest: a request that loaded the session
 // before another request logged out (Destroy, or RevokeUser) saves its
 // changes after the logout; the session must stay deleted, and that
-// request's response must expire the cookie rather than set it again.
+// request's response must not set the cookie again.
 // (Patch creates the session: before PatchExisting it came back, keys and
 // all, and with MaxAge its cookie was sent again.) A Store without
 // PatchExisting still brings it back, as its docs say.
@@ -450,3 +450,55 @@ func TestLogoutWinsOverARunningRequest(t *testing.T) {
 // withPatchExisting is a Store of another type (not a bare *MemoryStore)
 // that has PatchExisting.
 type withPatchExisting struct{ *MemoryStore }
+
+// TestLoginWinsOverARunningRequest: a request that loaded the pre-login
+// session saves after another request logged in (Regenerate): the old id
+// stays deleted, and that request's response leaves the new cookie alone
+// (expiring the cookie there would log the user out again).
+func TestLoginWinsOverARunningRequest(t *testing.T) {
+	store := newStore(t)
+	loaded, release := make(chan struct{}), make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		_ = s.Get("cart")
+		close(loaded)
+		<-release
+		s.Set("cart", "2")
+	})
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		s.SetUser("alice")
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+	})
+	srv := newServer(t, Options{Store: store, MaxAge: time.Hour}, mux)
+	srv.get(t, "/visit")
+	old := srv.sid(t, "session")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := srv.client.Get(srv.URL + "/slow")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		resp.Body.Close()
+	}()
+	<-loaded
+	srv.get(t, "/login")
+	fresh := srv.sid(t, "session")
+	close(release)
+	<-done
+	if _, found, _ := store.Restore(context.Background(), old); found {
+		t.Fatal("the running request brought the pre-login session back")
+	}
+	if got := srv.sid(t, "session"); got != fresh || fresh == old {
+		t.Fatalf("cookie after both requests = %.8s…, want the login's %.8s… (pre-login %.8s…)", got, fresh, old)
+	}
+	if got := restoreString(t, store, fresh, "_user"); got != "alice" {
+		t.Fatalf("the logged-in session holds user %q", got)
+	}
+}

@@ -167,15 +167,17 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 }
 
 // goneLocked turns s, whose session was deleted since this request loaded
-// it, into a fresh, empty one, and has the response expire the client's
-// cookie: the deletion (a logout elsewhere) wins over this request's
-// changes, which are dropped.
+// it, into a fresh, empty one: the deletion (a logout or a login's
+// Regenerate elsewhere) wins over this request's changes, which are
+// dropped. The response leaves the client's cookie alone: the request that
+// deleted the session has set it already (expired after a logout, a new id
+// after a login), and expiring it here would undo a login.
 func (s *Session) goneLocked() {
 	old := s.id
 	s.freshLocked()
 	if s.web != nil {
-		s.web.log(hclog.Info, "the session was deleted while this request used it (a logout or revocation elsewhere); its changes were dropped", old, nil)
-		s.web.destroyed()
+		s.web.log(hclog.Info, "the session was deleted while this request used it (a logout, login or revocation elsewhere); its changes were dropped", old, nil)
+		s.web.cookie = cookieKeep
 	}
 }
 

@@ -85,9 +85,10 @@ var (
 	ErrHeadersSent = errors.New("session: response headers already sent")
 	// ErrSessionGone is returned by an explicit Save when the session was
 	// deleted since this request loaded it (a logout in another tab,
-	// RevokeUser): the deletion wins, the changes are dropped, and the
-	// session is now a fresh, empty one whose cookie the response expires.
-	// The middleware's own save treats it the same way without an error.
+	// RevokeUser, a login's Regenerate): the deletion wins, the changes are
+	// dropped, and the session is now a fresh, empty one; the response
+	// leaves the client's cookie as the deleting request set it. The
+	// middleware's own save treats it the same way without an error.
 	ErrSessionGone = errors.New("session: deleted while this request used it; its changes were not saved")
 )
 
