@@ -114,6 +114,30 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 	if v := tc.nodes[tc.leader()].voters(); v != 2 {
 		t.Fatalf("cluster has %d voters after a refused join", v)
 	}
+	// The same, restarted at the same address: it is a member of the
+	// cluster its data holds, so it asks nobody to admit it; --join's
+	// nodes still tell it they are another cluster, and it stops before
+	// serving (it used to serve its cluster apart).
+	lone := startNode(t, Config{ID: "lone"})
+	mustSave(t, lone, "apart", `{}`)
+	dir, addr := lone.cfg.DataDir, lone.Addr()
+	lone.Close()
+	n, err = Open(Config{ID: "lone", Listen: addr, DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	select {
+	case err := <-n.Fatal():
+		if !strings.Contains(err.Error(), "--join names cluster") || !strings.Contains(err.Error(), "without --join") {
+			t.Fatalf("refusal does not explain: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a lone node restarted with --join to another cluster was not refused")
+	}
+	if n.Ready() {
+		t.Fatal("the refused node serves clients")
+	}
 	// A changed id on an existing data directory is refused at start.
 	_, err = Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
 	if err == nil || !strings.Contains(err.Error(), "belongs to node") {

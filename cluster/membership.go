@@ -329,8 +329,9 @@ func (n *Node) joinLoop() error {
 		if n.isMember() {
 			// A restarted member (maybe elected leader meanwhile) has
 			// nothing to ask: the configuration it holds names it already.
+			// But it must be the cluster --join names (checkJoinCluster).
 			n.log.Debug("already a member of the cluster; no join needed")
-			return nil
+			return n.checkJoinCluster(0)
 		}
 		for _, addr := range n.cfg.Join {
 			if addr == n.cfg.Advertise {
@@ -373,6 +374,68 @@ func (n *Node) isMember() bool {
 	return false
 }
 
+// checkJoinCluster asks the nodes in Config.Join which cluster they belong
+// to until one answers, and returns an error (fatal to the node) when it is
+// not this node's. A node started once without --join bootstraps a cluster
+// of its own; started again with --join, it is a member of that one, and
+// without this check it went on serving it alone, and the writes it took
+// never reached the cluster --join named. With limit > 0 it gives up
+// asking after limit and returns nil: nobody answered, nothing was wrong.
+func (n *Node) checkJoinCluster(limit time.Duration) error {
+	backoff := 100 * time.Millisecond
+	start := time.Now()
+	for {
+		asked := false
+		for _, addr := range n.cfg.Join {
+			if addr == n.cfg.Advertise {
+				continue
+			}
+			asked = true
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			theirs, err := n.clusterOf(ctx, addr)
+			cancel()
+			switch {
+			case err != nil:
+				n.log.Warn("cannot check which cluster --join names; will retry", "via", addr, "error", err)
+			case theirs != n.ClusterID():
+				return transport.Errorf(transport.CodeBadRequest,
+					"--join names cluster %s (via %s), but this node's data directory %s holds cluster %s, which it is a member of "+
+						"(it was started without --join once, and bootstrapped a cluster of its own?): to serve that cluster, start it "+
+						"without --join; to join %s, stop it, move %s away (kadosession backup first if its sessions matter) and start it "+
+						"again with --join", theirs, addr, n.cfg.DataDir, n.ClusterID(), theirs, n.cfg.DataDir)
+			default:
+				return nil
+			}
+		}
+		if !asked || limit > 0 && time.Since(start) >= limit {
+			return nil // --join names only this node, or none of them answers
+		}
+		select {
+		case <-n.stop:
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// clusterOf asks the node at addr which cluster it belongs to.
+func (n *Node) clusterOf(ctx context.Context, addr string) (string, error) {
+	b, _ := json.Marshal(adminRequest{Op: "status"})
+	resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return "", err
+	}
+	var st Status
+	if err := json.Unmarshal(resp.Data, &st); err != nil || st.ClusterID == "" {
+		return "", fmt.Errorf("node %s did not say which cluster it belongs to", addr)
+	}
+	return st.ClusterID, nil
+}
+
 func (n *Node) joinVia(addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -387,18 +450,14 @@ func (n *Node) joinVia(addr string) error {
 	if n.ClusterID() == "" {
 		// Learn and keep the cluster's id before asking to be added, so a
 		// crash in between cannot leave data of an unknown cluster.
-		body, err := call(adminRequest{Op: "status"})
+		id, err := n.clusterOf(ctx, addr)
 		if err != nil {
 			return err
 		}
-		var st Status
-		if err := json.Unmarshal(body, &st); err != nil || st.ClusterID == "" {
-			return fmt.Errorf("node %s did not say which cluster it belongs to", addr)
-		}
-		if err := saveClusterID(n.cfg.DataDir, st.ClusterID); err != nil {
+		if err := saveClusterID(n.cfg.DataDir, id); err != nil {
 			return err
 		}
-		n.setClusterID(st.ClusterID)
+		n.setClusterID(id)
 	}
 	body, err := call(adminRequest{Op: "join", ID: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
 	if err != nil {

@@ -384,12 +384,17 @@ func (n *Node) dropAfterReplay(last uint64) {
 	n.mapped.drop()
 }
 
+// soleVoterJoinCheck is how long a node that is the only voter of its
+// cluster, started with --join, waits for --join's nodes to say which
+// cluster they belong to before it serves anyway.
+const soleVoterJoinCheck = 10 * time.Second
+
 // startup waits for a leader, imports the save file when this is the node's
 // first start, then lets client requests in and starts the timers.
 func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string, mustJoin bool) {
 	defer n.bg.Done()
 	if len(n.cfg.Join) > 0 {
-		join := func() {
+		join := func() bool {
 			if err := n.joinLoop(); err != nil {
 				select {
 				case <-n.stop:
@@ -397,10 +402,27 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 					n.log.Error("cannot join the cluster", "error", err)
 					n.fatal <- err
 				}
+				return false
+			}
+			return true
+		}
+		if !mustJoin && n.voters() == 1 && n.isMember() {
+			// The only voter of its cluster, started with --join: before it
+			// serves, --join's nodes must confirm that cluster is theirs, or
+			// it would serve a cluster apart (checkJoinCluster). If none of
+			// them answers for a while (a lone survivor after a disaster
+			// recovery, its seeds gone for good), it serves, and goes on
+			// asking in the background.
+			if err := n.checkJoinCluster(soleVoterJoinCheck); err != nil {
+				n.log.Error("cannot join the cluster", "error", err)
+				n.fatal <- err
+				return
 			}
 		}
 		if mustJoin {
-			join() // a new node serves once it is a member
+			if !join() { // a new node serves once it is a member
+				return
+			}
 			select {
 			case <-n.stop:
 				return
