@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
 )
@@ -366,5 +368,35 @@ func TestPatchExistingThroughTheCluster(t *testing.T) {
 				t.Fatalf("%s holds %s after the delete", n.ID(), sid)
 			}
 		}
+	}
+}
+
+// TestRemoveTheLeader: removing the leader hands leadership over and has
+// the new leader remove it; the old leader keeps running (raft not shut
+// down), outside the cluster, and join re-admits it without a restart.
+func TestRemoveTheLeader(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	l := tc.leader()
+	old := tc.nodes[l]
+	if err := old.Remove(ctx, old.ID()); err != nil {
+		t.Fatalf("remove the leader: %v", err)
+	}
+	tc.waitMembers(2)
+	if nl := tc.leader(); nl == l {
+		t.Fatal("the removed node still leads")
+	}
+	if st := old.raft.State(); st == raft.Shutdown {
+		t.Fatal("the removed leader's raft shut down")
+	}
+	mustSave(t, tc.nodes[tc.leader()], "without-it", `{}`)
+	if _, err := tc.nodes[tc.leader()].Join(ctx, old.ID(), old.Addr(), old.ClusterID()); err != nil {
+		t.Fatalf("re-admit: %v", err)
+	}
+	tc.waitMembers(3)
+	tc.waitSame()
+	if _, ok := old.State().Get("without-it", time.Now().UnixMilli(), time.Hour.Milliseconds()); !ok {
+		t.Fatal("the re-admitted node did not catch up")
 	}
 }

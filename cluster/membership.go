@@ -242,6 +242,9 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 	if err := f.Error(); err != nil {
 		return applyError(err, n.raft)
 	}
+	if id == n.id && n.raft.State() == raft.Leader && n.voters() > 1 {
+		return n.removeSelf(ctx)
+	}
 	var ids []string
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == id {
@@ -254,6 +257,38 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 		ids = append(ids, string(s.ID))
 	}
 	return transport.Errorf(transport.CodeBadRequest, "no node %q in the cluster (members: %s)", id, strings.Join(ids, ", "))
+}
+
+// removeSelf removes this node, the leader, from the cluster: it hands
+// leadership to another voter and has the new leader remove it. A leader
+// that removed itself had raft shut down (raft.Config.ShutdownOnRemove): the
+// process went on running with nothing to serve, and a later join could not
+// bring it back without a restart. Removed this way it stays a running
+// follower outside the cluster, which join can re-admit. memberMu is held.
+func (n *Node) removeSelf(ctx context.Context) error {
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		return applyError(err, n.raft)
+	}
+	body, _ := json.Marshal(adminRequest{Op: "remove", ID: n.id})
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" && string(addr) != n.cfg.Advertise {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return transport.Errorf(transport.CodeTimeout, "removing the leader %s: leadership was handed over, but no new leader was known in time; run remove again", n.id)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return err
+	}
+	n.log.Info("this node was removed from the cluster after handing leadership over; stop it, or re-admit it with kadosession join", "id", n.id)
+	return nil
 }
 
 func checkPeerAddr(addr string) error {
