@@ -32,6 +32,9 @@ type MemoryOptions struct {
 	// MaxSessionSize bounds one session's encoded data in bytes; 0 means
 	// fsm.DefaultMaxSessionSize (1 MiB), a negative value means no bound.
 	MaxSessionSize int64
+	// MaxKeys bounds the keys of one session; 0 means fsm.DefaultMaxKeys
+	// (1024, as a node's --max-keys), a negative value means no bound.
+	MaxKeys int
 	// Now is the clock; nil means time.Now. Tests inject a fake one.
 	Now func() time.Time
 }
@@ -44,12 +47,14 @@ type MemoryOptions struct {
 //
 // A MemoryStore is safe for concurrent use. Its methods fail only on a
 // cancelled context, an invalid sid, key or value, or a session over the
-// size limit (fsm.ErrSessionTooLarge); reads never return an expired session.
+// size or key limit (fsm.ErrSessionTooLarge, fsm.ErrTooManyKeys); reads
+// never return an expired session.
 type MemoryStore struct {
 	mu       sync.Mutex // serializes Apply, as fsm.State requires
 	state    *fsm.State
 	duration int64 // ms; <= 0 never expires
 	maxSize  int64 // bytes; <= 0 no bound
+	maxKeys  int   // <= 0 no bound
 	now      func() time.Time
 
 	closeOnce sync.Once
@@ -72,6 +77,9 @@ func NewMemoryStore(opts MemoryOptions) *MemoryStore {
 	if opts.MaxSessionSize == 0 {
 		opts.MaxSessionSize = fsm.DefaultMaxSessionSize
 	}
+	if opts.MaxKeys == 0 {
+		opts.MaxKeys = fsm.DefaultMaxKeys
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -79,6 +87,7 @@ func NewMemoryStore(opts MemoryOptions) *MemoryStore {
 		state:    fsm.NewState(),
 		duration: opts.Duration.Milliseconds(),
 		maxSize:  opts.MaxSessionSize,
+		maxKeys:  opts.MaxKeys,
 		now:      opts.Now,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -205,6 +214,9 @@ func (m *MemoryStore) saveFields(ctx context.Context, sid string, data sessionDa
 	if err := encodeFields(data); err != nil {
 		return err
 	}
+	if m.maxKeys > 0 && len(data) > m.maxKeys {
+		return fmt.Errorf("%w: session data has %d keys, the limit is %d", fsm.ErrTooManyKeys, len(data), m.maxKeys)
+	}
 	obj := fsm.EncodeObject(data)
 	if m.maxSize > 0 && int64(len(obj)) > m.maxSize {
 		return fmt.Errorf("%w: session data is %d bytes, the limit is %d", fsm.ErrSessionTooLarge, len(obj), m.maxSize)
@@ -251,7 +263,7 @@ func (m *MemoryStore) patchFields(ctx context.Context, sid string, set sessionDa
 	defer m.mu.Unlock()
 	r := m.state.Apply(&fsm.Command{
 		Op: fsm.OpPatch, Time: m.nowMs(), SID: sid,
-		Set: set, Del: del, Duration: m.duration, MaxSize: m.maxSize, IfExists: ifExists,
+		Set: set, Del: del, Duration: m.duration, MaxSize: m.maxSize, MaxKeys: int64(m.maxKeys), IfExists: ifExists,
 	})
 	if r.Err != nil {
 		return false, r.Err

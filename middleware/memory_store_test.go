@@ -64,11 +64,12 @@ func TestMemoryStoreOperations(t *testing.T) {
 
 func TestMemoryStoreRejects(t *testing.T) {
 	ctx := context.Background()
-	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1, MaxSessionSize: 64})
+	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1, MaxSessionSize: 64, MaxKeys: 2})
 	defer m.Close()
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	big := raw(`"` + strings.Repeat("x", 64) + `"`)
+	three := map[string]json.RawMessage{"a": raw(`1`), "b": raw(`2`), "c": raw(`3`)}
 
 	tests := []struct {
 		name string
@@ -82,6 +83,8 @@ func TestMemoryStoreRejects(t *testing.T) {
 		{"bad delete key", func() error { return m.Patch(ctx, "s", nil, []string{""}) }, fsm.ErrBadKey},
 		{"save too large", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"a": big}) }, fsm.ErrSessionTooLarge},
 		{"patch too large", func() error { return m.Patch(ctx, "s", map[string]json.RawMessage{"a": big}, nil) }, fsm.ErrSessionTooLarge},
+		{"save too many keys", func() error { return m.Save(ctx, "s", three) }, fsm.ErrTooManyKeys},
+		{"patch too many keys", func() error { return m.Patch(ctx, "s", three, nil) }, fsm.ErrTooManyKeys},
 		{"cancelled", func() error { _, _, err := m.Restore(cancelled, "s"); return err }, context.Canceled},
 	}
 	for _, tt := range tests {

@@ -216,6 +216,10 @@ func (s *Session) Set(key string, value any) *Session {
 		err = fmt.Errorf("%w: %v", ErrInvalidValue, kerr)
 	} else if key == MetaKey {
 		err = fmt.Errorf("%w: key %q is reserved for the middleware's timestamps", ErrInvalidValue, key)
+	} else if key == fsm.UserKey && (len(raw) == 0 || raw[0] != '"') {
+		// Anything but a string would tag no user: User would return ""
+		// and RevokeUser would not find the session.
+		err = fmt.Errorf("%w: key %q is reserved for the user id (SetUser), a string; got %s", ErrInvalidValue, key, raw)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

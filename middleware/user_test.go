@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -49,3 +50,19 @@ func TestSetUserListAndRevoke(t *testing.T) {
 }
 
 func sorted(s []string) []string { slices.Sort(s); return s }
+
+// TestUserKeyTakesOnlyAString: "_user" set to anything but a string would
+// tag no user (User returns "", RevokeUser misses the session), so Set
+// refuses it as it refuses the middleware's own reserved key.
+func TestUserKeyTakesOnlyAString(t *testing.T) {
+	s := NewSession("sid-user-key", newStore(t))
+	s.Set("_user", 1)
+	if err := s.Save(context.Background()); !errors.Is(err, ErrInvalidValue) {
+		t.Fatalf("Save after Set(\"_user\", 1) = %v, want ErrInvalidValue", err)
+	}
+	s = NewSession("sid-user-key-2", newStore(t))
+	s.Set("_user", "alice")
+	if err := s.Save(context.Background()); err != nil || s.User() != "alice" {
+		t.Fatalf("Set(\"_user\", \"alice\"): %v, User %q", err, s.User())
+	}
+}
