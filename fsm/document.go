@@ -201,6 +201,17 @@ func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *R
 		} else {
 			what += ", got " + kind
 		}
+		if c != '[' && c != '"' {
+			// What the file starts with: a first byte alone misleads (a line
+			// of text starting with "t" reads as a boolean). Not for an
+			// array or a string, which may hold session ids (credentials).
+			rest, _ := d.r.Peek(19)
+			start := append([]byte{c}, rest...)
+			if i := bytes.IndexByte(start, '\n'); i >= 0 {
+				start = start[:i]
+			}
+			what = fmt.Sprintf("%s; it starts with %q", what, start)
+		}
 		return d.corrupt(what, nil)
 	}
 	count := 0 // sessions read

@@ -174,6 +174,7 @@ func TestReadDocumentCorrupt(t *testing.T) {
 		{"not an object: number", `42`, []string{"must be a JSON object"}},
 		{"not an object: null", `null`, []string{"must be a JSON object"}},
 		{"not JSON", `hello`, []string{"not JSON"}},
+		{"text that starts like a boolean", "this is not json {\nsecond line", []string{"must be a JSON object", `starts with "this is not json {"`}},
 		{"binary garbage", "\x00\x01\xfe\xff", []string{"not JSON"}},
 		{"non-integer _written: string", `{"abc":{"_written":"yesterday"}}`, []string{"session #1", "_written must be an integer", `"yesterday"`}},
 		{"non-integer _written: float", `{"abc":{"_written":1.5}}`, []string{"_written must be an integer", "1.5"}},
