@@ -383,7 +383,11 @@ func (n *Node) joinLoop() error {
 			if errors.As(err, &te) && te.Code == transport.CodeBadRequest {
 				return err
 			}
-			n.log.Warn("join attempt failed; will retry", "via", addr, "error", err)
+			hint := "will retry"
+			if errors.As(err, &te) && te.Code == transport.CodeUnavailable {
+				hint = "will retry; check that --join names a running member of the cluster"
+			}
+			n.log.Warn("join attempt failed; "+hint, "via", addr, "error", err)
 		}
 		select {
 		case <-n.stop:
