@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -78,19 +79,36 @@ func TestJoinIsIdempotentAndReplaces(t *testing.T) {
 	tc.waitMembers(3)
 	mustSave(t, tc.nodes[tc.leader()], "after-restart", `{}`)
 	tc.waitSame()
-	// A known id at a new address replaces the old entry (the node moved).
-	if _, err := tc.nodes[tc.leader()].Join(ctx, "n3", "127.0.0.1:1", ""); err != nil {
-		t.Fatal(err)
+	// No node at the address, or another node there: refused, nothing
+	// changes (a voter nobody reaches would count against the quorum).
+	_, err = tc.nodes[tc.leader()].Join(ctx, "n9", "127.0.0.1:1", "")
+	if !errors.Is(err, transport.ErrUnavailable) || !strings.Contains(err.Error(), "no node answers") {
+		t.Fatalf("join of an address nobody serves: %v", err)
 	}
-	cs := tc.nodes[tc.leader()].ClusterStatus(ctx)
-	if len(cs.Nodes) != 3 {
-		t.Fatalf("members after replacing n3: %+v", cs.Nodes)
+	_, err = tc.nodes[tc.leader()].Join(ctx, "n9", tc.nodes[1].Addr(), "")
+	if !errors.Is(err, transport.ErrBadRequest) || !strings.Contains(err.Error(), `is "n2", not "n9"`) {
+		t.Fatalf("join under another node's address: %v", err)
 	}
-	for _, n := range cs.Nodes {
-		if n.ID == "n3" && n.Address != "127.0.0.1:1" {
-			t.Fatalf("n3 not moved: %+v", n)
+	if v := tc.nodes[tc.leader()].voters(); v != 3 {
+		t.Fatalf("%d voters after refused joins", v)
+	}
+	// A known id at a new address replaces the old entry: n3 restarted on
+	// another port with its data asks to join there.
+	old := tc.nodes[2].Addr()
+	tc.stop(2)
+	tc.cfgs[2].Listen = "127.0.0.1:0"
+	moved := tc.start(2).Addr()
+	poll(t, func() bool {
+		for _, n := range tc.nodes[tc.leader()].ClusterStatus(ctx).Nodes {
+			if n.ID == "n3" && n.Address == moved {
+				return true
+			}
 		}
-	}
+		return false
+	}, 20*time.Second, "n3 to move from "+old+" to "+moved)
+	tc.waitMembers(3)
+	mustSave(t, tc.nodes[tc.leader()], "after-move", `{}`)
+	tc.waitSame()
 }
 
 func TestUnsafeSequencesAreRefused(t *testing.T) {

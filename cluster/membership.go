@@ -211,10 +211,16 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 		return reply, applyError(err, n.raft)
 	}
 	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id && string(s.Address) == addr {
+			return reply, nil
+		}
+	}
+	if err := n.checkJoiner(ctx, id, addr); err != nil {
+		return reply, err
+	}
+	for _, s := range f.Configuration().Servers {
 		sameID, sameAddr := string(s.ID) == id, string(s.Address) == addr
 		switch {
-		case sameID && sameAddr:
-			return reply, nil
 		case sameID || sameAddr:
 			if s.ID == raft.ServerID(n.id) {
 				return reply, transport.Errorf(transport.CodeBadRequest,
@@ -232,6 +238,33 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 	n.log.Info("node joined", "id", id, "address", addr)
 	reply.Changed = true
 	return reply, nil
+}
+
+// checkJoiner asks the node joining as id at addr who it is before it
+// becomes a voter: a voter nobody can reach counts against the quorum, so a
+// mistyped address given to 'kadosession join' took a three-node cluster's
+// fault tolerance to zero. An address that does not answer is
+// CodeUnavailable (a joining node retries); one that answers with another
+// id is refused.
+func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	b, _ := json.Marshal(adminRequest{Op: "status"})
+	resp, err := n.fwd.call(cctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return transport.Errorf(transport.CodeUnavailable, "join refused: no node answers at %s (%v): start the node first (a node started with --join joins by itself), or check the address", addr, err)
+	}
+	var st Status
+	if err := json.Unmarshal(resp.Data, &st); err != nil {
+		return transport.Errorf(transport.CodeUnavailable, "join refused: the node at %s answered its status with %v", addr, err)
+	}
+	if st.ID != id {
+		return transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
+	}
+	return nil
 }
 
 // Remove takes a member out of the cluster. Leader only.
