@@ -9,10 +9,11 @@
 // last, follows the leader hints a follower gives (transport.ErrNotLeader
 // with Error.Leader, or Response.Leader on a request it served by forwarding
 // it to the leader) unless it could not connect to that address lately,
-// moves to the next known node when one is down or has no leader, sends reads to a follower instead when Config.Reads says so, and
-// retries the operations that are safe to retry (all of them are
-// idempotent: a restore, a whole-session save, a key set/delete, a delete, a
-// touch, a ping) with a jittered exponential backoff.
+// moves to the next known node when one is down or has no leader, sends
+// reads to a follower instead when Config.Reads says so, and retries the
+// operations that are safe to retry (all of them are idempotent: a restore,
+// a whole-session save, a key set/delete, a delete, a touch, a ping) with a
+// jittered exponential backoff.
 //
 // Every call is bounded by its context and by Config.RequestTimeout per
 // attempt. Errors say what happened and where: a refused or timed-out

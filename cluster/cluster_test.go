@@ -111,6 +111,29 @@ func TestJoinIsIdempotentAndReplaces(t *testing.T) {
 	tc.waitSame()
 }
 
+// openRefused opens a node with cfg and waits for it to stop with a fatal
+// error whose text holds each of msgs; what names the case. The node is
+// closed with the test.
+func openRefused(t *testing.T, cfg Config, what string, msgs ...string) *Node {
+	t.Helper()
+	n, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	select {
+	case err := <-n.Fatal():
+		for _, m := range msgs {
+			if !strings.Contains(err.Error(), m) {
+				t.Fatalf("refusal does not explain: %v", err)
+			}
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s was not refused", what)
+	}
+	return n
+}
+
 func TestUnsafeSequencesAreRefused(t *testing.T) {
 	tc := newTestCluster(t, 2, nil)
 	// A node that holds another cluster's data cannot join.
@@ -118,19 +141,8 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 	mustSave(t, other, "theirs", `{}`)
 	dir := other.cfg.DataDir
 	other.Close()
-	n, err := Open(Config{ID: "other", Listen: "127.0.0.1:0", DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	select {
-	case err := <-n.Fatal():
-		if !strings.Contains(err.Error(), "holds the data of cluster") || !strings.Contains(err.Error(), "empty --data") {
-			t.Fatalf("refusal does not explain: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("a node with another cluster's data was not refused")
-	}
+	n := openRefused(t, Config{ID: "other", Listen: "127.0.0.1:0", DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()},
+		"a node with another cluster's data", "holds the data of cluster", "empty --data")
 	if v := tc.nodes[tc.leader()].voters(); v != 2 {
 		t.Fatalf("cluster has %d voters after a refused join", v)
 	}
@@ -142,24 +154,13 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 	mustSave(t, lone, "apart", `{}`)
 	dir, addr := lone.cfg.DataDir, lone.Addr()
 	lone.Close()
-	n, err = Open(Config{ID: "lone", Listen: addr, DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	select {
-	case err := <-n.Fatal():
-		if !strings.Contains(err.Error(), "--join names cluster") || !strings.Contains(err.Error(), "without --join") {
-			t.Fatalf("refusal does not explain: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("a lone node restarted with --join to another cluster was not refused")
-	}
+	n = openRefused(t, Config{ID: "lone", Listen: addr, DataDir: dir, Join: []string{tc.nodes[0].Addr()}, Logger: testLogger()},
+		"a lone node restarted with --join to another cluster", "--join names cluster", "without --join")
 	if n.Ready() {
 		t.Fatal("the refused node serves clients")
 	}
 	// A changed id on an existing data directory is refused at start.
-	_, err = Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
+	_, err := Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
 	if err == nil || !strings.Contains(err.Error(), "belongs to node") {
 		t.Fatalf("changed id: %v", err)
 	}

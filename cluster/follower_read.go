@@ -53,15 +53,12 @@ func (fr *followerReads) ask() (uint64, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
-	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: body})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
+	answer, err := n.adminCall(ctx, string(addr), body)
 	if err != nil {
 		return 0, err
 	}
 	var r readIndexReply
-	if err := json.Unmarshal(resp.Data, &r); err != nil {
+	if err := json.Unmarshal(answer, &r); err != nil {
 		return 0, fmt.Errorf("read index reply from %s: %w", addr, err)
 	}
 	return r.Index, nil

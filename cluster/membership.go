@@ -42,15 +42,12 @@ type termReply struct {
 // askTerm asks the member id at addr for its current raft term. An answer
 // from another node (an address reused, a member replaced) is an error.
 func (n *Node) askTerm(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
-	resp, err := n.fwd.call(ctx, string(addr), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"term"}`)})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
+	body, err := n.adminCall(ctx, string(addr), []byte(`{"op":"term"}`))
 	if err != nil {
 		return 0, err
 	}
 	var r termReply
-	if err := json.Unmarshal(resp.Data, &r); err != nil {
+	if err := json.Unmarshal(body, &r); err != nil {
 		return 0, fmt.Errorf("term reply from %s: %w", addr, err)
 	}
 	if r.ID != string(id) {
@@ -249,17 +246,9 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	b, _ := json.Marshal(adminRequest{Op: "status"})
-	resp, err := n.fwd.call(cctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
+	st, err := n.peerStatus(cctx, addr)
 	if err != nil {
 		return transport.Errorf(transport.CodeUnavailable, "join refused: no node answers at %s (%v): start the node first (a node started with --join joins by itself), or check the address", addr, err)
-	}
-	var st Status
-	if err := json.Unmarshal(resp.Data, &st); err != nil {
-		return transport.Errorf(transport.CodeUnavailable, "join refused: the node at %s answered its status with %v", addr, err)
 	}
 	if st.ID != id {
 		return transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
@@ -275,7 +264,7 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 	if err := f.Error(); err != nil {
 		return applyError(err, n.raft)
 	}
-	if id == n.id && n.raft.State() == raft.Leader && n.voters() > 1 {
+	if id == n.id && n.raft.State() == raft.Leader && votersIn(f.Configuration()) > 1 {
 		return n.removeSelf(ctx)
 	}
 	var ids []string
@@ -302,17 +291,10 @@ func (n *Node) removeSelf(ctx context.Context) error {
 	if err := n.raft.LeadershipTransfer().Error(); err != nil {
 		return applyError(err, n.raft)
 	}
-	body, _ := json.Marshal(adminRequest{Op: "remove", ID: n.id})
-	for {
-		if addr, _ := n.raft.LeaderWithID(); addr != "" && string(addr) != n.cfg.Advertise {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return transport.Errorf(transport.CodeTimeout, "removing the leader %s: leadership was handed over, but no new leader was known in time; run remove again", n.id)
-		case <-time.After(10 * time.Millisecond):
-		}
+	if _, err := n.awaitNewLeader(ctx, raft.ServerAddress(n.cfg.Advertise)); err != nil {
+		return transport.Errorf(transport.CodeTimeout, "removing the leader %s: leadership was handed over, but no new leader was known in time (%v); run remove again", n.id, err)
 	}
+	body, _ := json.Marshal(adminRequest{Op: "remove", ID: n.id})
 	resp, _, err := n.forward(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err == nil && resp.Err != nil {
 		err = resp.Err
@@ -365,14 +347,8 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			} else {
 				cctx, cancel := context.WithTimeout(ctx, time.Second)
 				defer cancel()
-				resp, err := n.fwd.call(cctx, string(s.Address), &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
-				if err == nil && resp.Err != nil {
-					err = resp.Err
-				}
-				if err == nil {
-					err = json.Unmarshal(resp.Data, &st)
-				}
-				if err != nil {
+				var err error
+				if st, err = n.peerStatus(cctx, string(s.Address)); err != nil {
 					out.Nodes[i].Error = err.Error()
 					return
 				}
@@ -399,7 +375,8 @@ func (n *Node) joinLoop() error {
 			// nothing to ask: the configuration it holds names it already.
 			// But it must be the cluster --join names (checkJoinCluster).
 			n.log.Debug("already a member of the cluster; no join needed")
-			return n.checkJoinCluster(0)
+			_, err := n.checkJoinCluster(0)
+			return err
 		}
 		for _, addr := range n.cfg.Join {
 			if addr == n.cfg.Advertise {
@@ -451,9 +428,10 @@ func (n *Node) isMember() bool {
 // not this node's. A node started once without --join bootstraps a cluster
 // of its own; started again with --join, it is a member of that one, and
 // without this check it went on serving it alone, and the writes it took
-// never reached the cluster --join named. With limit > 0 it gives up
-// asking after limit and returns nil: nobody answered, nothing was wrong.
-func (n *Node) checkJoinCluster(limit time.Duration) error {
+// never reached the cluster --join named. confirmed is true when a node
+// of --join answered that it is this node's cluster. With limit > 0 it
+// gives up asking after limit: nobody answered, nothing was wrong.
+func (n *Node) checkJoinCluster(limit time.Duration) (confirmed bool, err error) {
 	backoff := 100 * time.Millisecond
 	start := time.Now()
 	for {
@@ -470,21 +448,21 @@ func (n *Node) checkJoinCluster(limit time.Duration) error {
 			case err != nil:
 				n.log.Warn("cannot check which cluster --join names; will retry", "via", addr, "error", err)
 			case theirs != n.ClusterID():
-				return transport.Errorf(transport.CodeBadRequest,
+				return false, transport.Errorf(transport.CodeBadRequest,
 					"--join names cluster %s (via %s), but this node's data directory %s holds cluster %s, which it is a member of "+
 						"(it was started without --join once, and bootstrapped a cluster of its own?): to serve that cluster, start it "+
 						"without --join; to join %s, stop it, move %s away (kadosession backup first if its sessions matter) and start it "+
 						"again with --join", theirs, addr, n.cfg.DataDir, n.ClusterID(), theirs, n.cfg.DataDir)
 			default:
-				return nil
+				return true, nil
 			}
 		}
 		if !asked || limit > 0 && time.Since(start) >= limit {
-			return nil // --join names only this node, or none of them answers
+			return false, nil // --join names only this node, or none of them answers
 		}
 		select {
 		case <-n.stop:
-			return nil
+			return false, nil
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 5*time.Second)
@@ -493,32 +471,40 @@ func (n *Node) checkJoinCluster(limit time.Duration) error {
 
 // clusterOf asks the node at addr which cluster it belongs to.
 func (n *Node) clusterOf(ctx context.Context, addr string) (string, error) {
-	b, _ := json.Marshal(adminRequest{Op: "status"})
-	resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
-	if err != nil {
-		return "", err
-	}
-	var st Status
-	if err := json.Unmarshal(resp.Data, &st); err != nil || st.ClusterID == "" {
+	st, err := n.peerStatus(ctx, addr)
+	var te *transport.Error
+	switch {
+	case errors.As(err, &te):
+		return "", err // unreachable, or the node's own error
+	case err != nil || st.ClusterID == "":
 		return "", fmt.Errorf("node %s did not say which cluster it belongs to", addr)
 	}
 	return st.ClusterID, nil
 }
 
+// adminCall sends the admin request body to the node at addr and returns
+// its answer; an error the node answered with is returned as the error.
+func (n *Node) adminCall(ctx context.Context, addr string, body []byte) ([]byte, error) {
+	resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: body})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	return resp.Data, err
+}
+
+// peerStatus asks the node at addr for its status.
+func (n *Node) peerStatus(ctx context.Context, addr string) (Status, error) {
+	var st Status
+	body, err := n.adminCall(ctx, addr, []byte(`{"op":"status"}`))
+	if err == nil {
+		err = json.Unmarshal(body, &st)
+	}
+	return st, err
+}
+
 func (n *Node) joinVia(addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	call := func(body any) ([]byte, error) {
-		b, _ := json.Marshal(body)
-		resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: b})
-		if err == nil && resp.Err != nil {
-			err = resp.Err
-		}
-		return resp.Data, err
-	}
 	if n.ClusterID() == "" {
 		// Learn and keep the cluster's id before asking to be added, so a
 		// crash in between cannot leave data of an unknown cluster.
@@ -531,7 +517,8 @@ func (n *Node) joinVia(addr string) error {
 		}
 		n.setClusterID(id)
 	}
-	body, err := call(adminRequest{Op: "join", ID: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
+	req, _ := json.Marshal(adminRequest{Op: "join", ID: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
+	body, err := n.adminCall(ctx, addr, req)
 	if err != nil {
 		return err
 	}

@@ -394,18 +394,20 @@ const soleVoterJoinCheck = 10 * time.Second
 func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string, mustJoin bool) {
 	defer n.bg.Done()
 	if len(n.cfg.Join) > 0 {
-		join := func() bool {
-			if err := n.joinLoop(); err != nil {
-				select {
-				case <-n.stop:
-				default:
-					n.log.Error("cannot join the cluster", "error", err)
-					n.fatal <- err
-				}
-				return false
+		// ok reports whether err is nil; a join error is fatal to the node.
+		ok := func(err error) bool {
+			if err == nil {
+				return true
 			}
-			return true
+			select {
+			case <-n.stop:
+			default:
+				n.log.Error("cannot join the cluster", "error", err)
+				n.fatal <- err
+			}
+			return false
 		}
+		confirmed := false
 		if !mustJoin && n.voters() == 1 && n.isMember() {
 			// The only voter of its cluster, started with --join: before it
 			// serves, --join's nodes must confirm that cluster is theirs, or
@@ -413,14 +415,14 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 			// them answers for a while (a lone survivor after a disaster
 			// recovery, its seeds gone for good), it serves, and goes on
 			// asking in the background.
-			if err := n.checkJoinCluster(soleVoterJoinCheck); err != nil {
-				n.log.Error("cannot join the cluster", "error", err)
-				n.fatal <- err
+			var err error
+			if confirmed, err = n.checkJoinCluster(soleVoterJoinCheck); !ok(err) {
 				return
 			}
 		}
-		if mustJoin {
-			if !join() { // a new node serves once it is a member
+		switch {
+		case mustJoin:
+			if !ok(n.joinLoop()) { // a new node serves once it is a member
 				return
 			}
 			select {
@@ -428,9 +430,11 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 				return
 			default:
 			}
-		} else {
+		case !confirmed:
+			// Already a member: re-joining is a no-op, but --join's nodes
+			// must be of its cluster (checkJoinCluster).
 			n.bg.Add(1)
-			go func() { defer n.bg.Done(); join() }() // already a member: re-joining is a no-op
+			go func() { defer n.bg.Done(); ok(n.joinLoop()) }()
 		}
 	}
 	if needImport {
@@ -656,13 +660,18 @@ func (n *Node) voters() int {
 	if f.Error() != nil {
 		return 0
 	}
-	c := 0
-	for _, s := range f.Configuration().Servers {
+	return votersIn(f.Configuration())
+}
+
+// votersIn counts the voters of c.
+func votersIn(c raft.Configuration) int {
+	v := 0
+	for _, s := range c.Servers {
 		if s.Suffrage == raft.Voter {
-			c++
+			v++
 		}
 	}
-	return c
+	return v
 }
 
 // teardown releases whatever Open managed to open.
