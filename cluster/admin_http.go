@@ -28,14 +28,25 @@ type adminHTTP struct {
 	ln  net.Listener
 }
 
-// startHTTP serves the admin endpoints when Config.HTTP is set.
-func (n *Node) startHTTP() error {
-	if n.cfg.HTTP == "" {
-		return nil
+// listenHTTP binds the admin endpoint's address when Config.HTTP is set.
+// Open calls it before it touches the data directory, so that a busy
+// address stops start-up with nothing written.
+func listenHTTP(addr string) (*adminHTTP, error) {
+	if addr == "" {
+		return nil, nil
 	}
-	ln, err := net.Listen("tcp", n.cfg.HTTP)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("admin HTTP: listen on %s: %w (check --http)", n.cfg.HTTP, err)
+		return nil, fmt.Errorf("admin HTTP: listen on %s: %w (check --http)", addr, err)
+	}
+	return &adminHTTP{ln: ln}, nil
+}
+
+// startHTTP serves the admin endpoints on the address listenHTTP bound.
+func (n *Node) startHTTP() {
+	h := n.httpSrv
+	if h == nil {
+		return
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.obs.reg, promhttp.HandlerOpts{}))
@@ -55,21 +66,25 @@ func (n *Node) startHTTP() error {
 		defer cancel()
 		writeJSON(w, http.StatusOK, n.ClusterStatus(ctx))
 	})
-	h := &adminHTTP{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}}
-	n.httpSrv = h
+	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	srv := h.srv
 	go func() {
-		if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(h.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin HTTP stopped", "error", err)
 		}
 	}()
-	n.log.Info("serving admin HTTP (/metrics, /healthz, /readyz, /status)", "address", ln.Addr().String())
-	return nil
+	n.log.Info("serving admin HTTP (/metrics, /healthz, /readyz, /status)", "address", h.ln.Addr().String())
 }
 
-// stopHTTP closes the admin endpoint, if it runs.
+// stopHTTP closes the admin endpoint, if it runs, or its listener when
+// start-up failed before it served.
 func (n *Node) stopHTTP() {
-	if n.httpSrv != nil {
+	switch {
+	case n.httpSrv == nil:
+	case n.httpSrv.srv != nil:
 		_ = n.httpSrv.srv.Close()
+	default:
+		_ = n.httpSrv.ln.Close()
 	}
 }
 

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -418,4 +421,76 @@ func TestRemoveTheLeader(t *testing.T) {
 	if _, ok := old.State().Get("without-it", time.Now().UnixMilli(), time.Hour.Milliseconds()); !ok {
 		t.Fatal("the re-admitted node did not catch up")
 	}
+}
+
+// A start refused for a reason the operator then corrects (an address in
+// use, a corrupt save file) must leave the data directory as it found it:
+// a node id written by the failed start refused the corrected rerun with
+// another --id, and a failed --http bound after bootstrapping left a
+// cluster of one behind a later --join.
+func TestFailedStartLeavesTheDataDirectoryAsItWas(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cases := []struct {
+		name    string
+		mutate  func(cfg *Config, dir string)
+		mention string
+	}{
+		{"listen in use", func(cfg *Config, _ string) { cfg.Listen = busy.Addr().String() }, "--listen"},
+		{"http in use", func(cfg *Config, _ string) { cfg.HTTP = busy.Addr().String() }, "--http"},
+		{"corrupt save file", func(_ *Config, dir string) {
+			os.MkdirAll(dir, 0o700)
+			os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":`), 0o600)
+		}, "untouched"},
+		{"every interface without advertise", func(cfg *Config, _ string) { cfg.Listen = "0.0.0.0:0" }, "--advertise"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, fresh := range []bool{true, false} {
+				parent := t.TempDir()
+				dir := filepath.Join(parent, "data")
+				if !fresh {
+					os.Mkdir(dir, 0o700)
+				}
+				cfg := Config{ID: "first", DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger()}
+				c.mutate(&cfg, dir)
+				before := dirEntries(t, dir)
+				if n, err := Open(cfg); err == nil {
+					n.Close()
+					t.Fatal("start succeeded")
+				} else if !strings.Contains(err.Error(), c.mention) {
+					t.Fatalf("error does not mention %s: %v", c.mention, err)
+				}
+				if after := dirEntries(t, dir); after != before {
+					t.Fatalf("failed start changed the data directory: %q before, %q after", before, after)
+				}
+				if c.name == "corrupt save file" {
+					os.Remove(filepath.Join(dir, "sessions.json"))
+				}
+				// The corrected rerun, under another id, starts and serves.
+				n := startNode(t, Config{ID: "second", DataDir: dir})
+				mustSave(t, n, "sid", `{}`)
+				n.Close()
+			}
+		})
+	}
+}
+
+// dirEntries names what dir holds ("" when it does not exist).
+func dirEntries(t *testing.T, dir string) string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return "<none>"
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return strings.Join(names, ",")
 }

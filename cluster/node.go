@@ -163,16 +163,34 @@ func Open(cfg Config) (*Node, error) {
 	}
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
+	n := &Node{cfg: cfg, log: log, stop: make(chan struct{}), fatal: make(chan error, 1), contacts: newPeerContacts()}
+	ok := false
+	defer func() {
+		if !ok {
+			n.teardown()
+		}
+	}()
+	// Everything that can refuse a start for a reason the operator then
+	// corrects (an address in use, a corrupt save file) comes before the
+	// data directory is touched: a failed start that had already written a
+	// node id, or bootstrapped a cluster, refused the corrected rerun or
+	// left it joining nothing.
+	var err error
+	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (check --listen: is another node already running there?)", cfg.Listen, err)
 	}
-	id, err := loadNodeID(cfg.DataDir, cfg.ID)
-	if err != nil {
+	if cfg.Advertise == "" {
+		if ip := n.ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
+			return nil, fmt.Errorf("listening on %s (every interface) needs --advertise HOST:PORT: the address peers and clients should use", cfg.Listen)
+		}
+		cfg.Advertise = n.ln.Addr().String()
+		n.cfg.Advertise = cfg.Advertise
+	}
+	if n.httpSrv, err = listenHTTP(cfg.HTTP); err != nil {
 		return nil, err
 	}
-	// The save file is read first, when it may be imported (no import
-	// recorded yet): a corrupt one stops start-up before anything else is
-	// touched. Once imported it is only written: reading it at every start
+	// The save file is read when it may be imported (no import recorded
+	// yet). Once imported it is only written: reading it at every start
 	// cost a restart with 1M sessions seconds and a second copy in memory.
 	markerPath := filepath.Join(cfg.DataDir, importMarker)
 	_, markerErr := os.Stat(markerPath)
@@ -182,7 +200,14 @@ func Open(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n := &Node{cfg: cfg, id: id, log: log, stop: make(chan struct{}), fatal: make(chan error, 1), contacts: newPeerContacts()}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	id, err := loadNodeID(cfg.DataDir, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	n.id = id
 	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
 		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
@@ -190,12 +215,6 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			n.teardown()
-		}
-	}()
 	n.bolt, err = raftboltdb.New(raftboltdb.Options{
 		Path: filepath.Join(cfg.DataDir, "raft.db"),
 		// The freelist is rebuilt when the file is opened instead of being
@@ -240,17 +259,6 @@ func Open(cfg Config) (*Node, error) {
 		n.setClusterID(clusterID)
 	}
 
-	n.ln, err = net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	if cfg.Advertise == "" {
-		cfg.Advertise = n.ln.Addr().String()
-		if ip := n.ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {
-			return nil, fmt.Errorf("listening on %s (every interface) needs --advertise HOST:PORT: the address peers and clients should use", cfg.Listen)
-		}
-		n.cfg.Advertise = cfg.Advertise
-	}
 	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.Token)
 	if cfg.Dialer != nil {
 		n.stream.dialer = func(address string, timeout time.Duration) (net.Conn, error) {
@@ -349,9 +357,7 @@ func Open(cfg Config) (*Node, error) {
 			log.Error("serving stopped", "error", err)
 		}
 	}()
-	if err := n.startHTTP(); err != nil {
-		return nil, err
-	}
+	n.startHTTP()
 	if last, err := logs.LastIndex(); err == nil && last > 0 {
 		n.bg.Add(1)
 		go n.dropAfterReplay(last)

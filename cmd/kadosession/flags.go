@@ -1,10 +1,14 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"regexp"
 	"strings"
+	"time"
 )
 
 // envName is the environment variable that may set a flag: KADOSESSION_
@@ -16,23 +20,36 @@ func envName(flagName string) string {
 // parseFlags parses args, then fills every flag not given on the command
 // line from its environment variable. A bad value from either place is an
 // error that names its source.
+//
+// The usage is printed only when asked for (--help): after a mistake, the
+// error alone, saying what the flag wants, is easier to find than above
+// sixty lines of usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		usage()
 		return err
+	}
+	if err != nil {
+		return fmt.Errorf("%v (see --help)", explainFlagError(fs, err))
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (flags start with --; see --help)", fs.Arg(0))
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] || err != nil {
 			return
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("environment variable %s=%q: %v", envName(f.Name), v, serr)
+				err = fmt.Errorf("environment variable %s=%q: %v", envName(f.Name), v, wants(f, serr))
 			}
 		}
 	})
@@ -46,4 +63,42 @@ func usageWithEnv(fs *flag.FlagSet, synopsis, about string) func() {
 		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (each also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("listen"))
 		fs.PrintDefaults()
 	}
+}
+
+// explainFlagError rewrites the flag package's "invalid value "5x" for flag
+// -duration: parse error" as "--duration "5x": want a duration such as …".
+func explainFlagError(fs *flag.FlagSet, err error) error {
+	m := flagErrorRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return errors.New(strings.Replace(err.Error(), " -", " --", 1))
+	}
+	f := fs.Lookup(m[2])
+	if f == nil {
+		return err
+	}
+	return fmt.Errorf("--%s %s: %v", f.Name, m[1], wants(f, errors.New(m[3])))
+}
+
+// flagErrorRE matches the flag package's errors for a value it could not
+// parse: the value, the flag's name and the cause.
+var flagErrorRE = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-(\S+): (.*)$`)
+
+// wants says what kind of value flag f takes, where the flag package's own
+// error ("parse error") does not.
+func wants(f *flag.Flag, err error) error {
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return err
+	}
+	switch g.Get().(type) {
+	case time.Duration:
+		return errors.New("want a duration such as 500ms, 10s, 5m or 24h")
+	case int, int64, uint, uint64:
+		return errors.New("want a whole number")
+	case float64:
+		return errors.New("want a number")
+	case bool:
+		return errors.New("want true or false")
+	}
+	return err
 }

@@ -291,7 +291,10 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		env  string
 		want string
 	}{
-		{"bad duration", []string{"--duration", "forever"}, "", "invalid value"},
+		{"bad duration", []string{"--duration", "forever"}, "", `--duration "forever": want a duration such as`},
+		{"bad number", []string{"--max-keys", "many"}, "", `--max-keys "many": want a whole number`},
+		{"unknown flag", []string{"--bogus"}, "", "not defined: --bogus (see --help)"},
+		{"pprof address in use", []string{"--pprof", addr}, "", "--pprof"},
 		{"bad env duration", nil, "KADOSESSION_SAVE_FREQUENCY=soon", "KADOSESSION_SAVE_FREQUENCY"},
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
 		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},
@@ -306,6 +309,10 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			if err == nil || !strings.Contains(string(out), tc.want) {
 				t.Fatalf("err %v, output %s; want a failure mentioning %q", err, out, tc.want)
+			}
+			// The error, not sixty lines of usage that bury it.
+			if strings.Contains(string(out), "Usage:") {
+				t.Fatalf("a mistake printed the usage:\n%s", out)
 			}
 		})
 	}

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	_ "net/http/pprof" // served only with --pprof
 	"os"
@@ -107,10 +109,17 @@ func serve(args []string, stderr io.Writer) error {
 	warnIfExposed(&cfg, cfg.Logger)
 	// pprof first, so that a slow start (restoring a large snapshot,
 	// replaying the log) can be profiled too.
+	// A busy address stops the start, as for --listen and --http.
 	if *pprofAddr != "" {
+		ln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return fmt.Errorf("pprof: listen on %s: %w (check --pprof)", *pprofAddr, err)
+		}
+		defer ln.Close()
+		cfg.Logger.Info("serving pprof", "address", ln.Addr().String())
 		go func() {
-			cfg.Logger.Info("serving pprof", "address", *pprofAddr)
-			if err := http.ListenAndServe(*pprofAddr, nil); err != nil {
+			srv := &http.Server{ReadHeaderTimeout: 5 * time.Second}
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 				cfg.Logger.Error("pprof server stopped", "error", err)
 			}
 		}()
