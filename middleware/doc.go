@@ -18,8 +18,9 @@
 //     WriteHeader, Write or Flush), so a redirect never reads stale data.
 //   - Only the keys a request changed are sent to the store (Store.Patch), so
 //     two concurrent requests on one session do not erase each other's keys.
-//   - A store failure answers HTTP 500 and is logged; it is never silently
-//     lost. Log lines name a session by a salted hash, never by its id.
+//   - A store failure answers HTTP 503 (500 for session data over the
+//     store's limits; Options.ErrorFunc chooses otherwise) and is logged;
+//     it is never silently lost. Log lines name a session by a salted hash, never by its id.
 //   - Options.IdleTimeout and Options.AbsoluteLifetime end a session after a
 //     time unused or a time since its creation (OWASP Session Management),
 //     with timestamps kept under the reserved key MetaKey ("_meta").

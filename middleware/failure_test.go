@@ -1,8 +1,10 @@
 package middleware
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +14,7 @@ import (
 	"time"
 )
 
-func TestStoreFailureAnswers500(t *testing.T) {
+func TestStoreFailureAnswers503(t *testing.T) {
 	tests := []struct {
 		name        string
 		failRestore bool
@@ -21,6 +23,8 @@ func TestStoreFailureAnswers500(t *testing.T) {
 		handler     http.HandlerFunc
 		wantBody    string
 		wantLog     string
+		wantCode    int    // 0: 503
+		wantLevel   string // "": [ERROR]
 	}{
 		{
 			name: "restore fails on read", failRestore: true, withCookie: true,
@@ -51,12 +55,32 @@ func TestStoreFailureAnswers500(t *testing.T) {
 				FromContext(r.Context()).Set("ch", make(chan int))
 				fmt.Fprint(w, "ok")
 			},
-			wantBody: "session data could not be saved", wantLog: "unsupported type",
+			wantBody: "session data could not be saved", wantLog: "unsupported type", wantCode: 500,
+		},
+		{
+			// The request's data, not an outage: a warning, and a 500.
+			name: "session over the store's size limit",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				FromContext(r.Context()).Set("blob", strings.Repeat("x", 100<<10))
+				fmt.Fprint(w, "ok")
+			},
+			wantBody: "session data could not be saved", wantLog: "session too large", wantCode: 500, wantLevel: "[WARN]",
+		},
+		{
+			name: "session over the store's key limit",
+			handler: func(w http.ResponseWriter, r *http.Request) {
+				for i := range 20 {
+					FromContext(r.Context()).Set(fmt.Sprint("k", i), i)
+				}
+				fmt.Fprint(w, "ok")
+			},
+			wantBody: "session data could not be saved", wantLog: "keys, the limit is 16", wantCode: 500, wantLevel: "[WARN]",
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mem := newStore(t)
+			mem := NewMemoryStore(MemoryOptions{MaxSessionSize: 64 << 10, MaxKeys: 16, PruneFrequency: -1})
+			t.Cleanup(func() { _ = mem.Close() })
 			store := &countingStore{Store: mem}
 			req := httptest.NewRequest("GET", "/", nil)
 			if tt.withCookie {
@@ -72,8 +96,12 @@ func TestStoreFailureAnswers500(t *testing.T) {
 			resp := serve(Options{Store: store, Logger: testLogger(&logs)}, tt.handler, req)
 
 			body := mustRead(t, resp)
-			if resp.StatusCode != http.StatusInternalServerError || strings.TrimSpace(body) != tt.wantBody {
-				t.Fatalf("got %d %q, want 500 %q", resp.StatusCode, body, tt.wantBody)
+			code, level := cmp.Or(tt.wantCode, http.StatusServiceUnavailable), cmp.Or(tt.wantLevel, "[ERROR]")
+			if resp.StatusCode != code || strings.TrimSpace(body) != tt.wantBody {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, code, tt.wantBody)
+			}
+			if retry := resp.Header.Get("Retry-After"); (code == http.StatusServiceUnavailable) != (retry != "") {
+				t.Fatalf("Retry-After %q on a %d", retry, code)
 			}
 			if loc := resp.Header.Get("Location"); loc != "" {
 				t.Fatalf("the handler's Location %q leaked into the 500", loc)
@@ -81,10 +109,49 @@ func TestStoreFailureAnswers500(t *testing.T) {
 			if c := resp.Header.Values("Set-Cookie"); len(c) != 0 {
 				t.Fatalf("Set-Cookie %q on a failed save", c)
 			}
-			if !strings.Contains(logs.String(), tt.wantLog) || !strings.Contains(logs.String(), "[ERROR]") {
-				t.Fatalf("log %q, want an error mentioning %q", logs.String(), tt.wantLog)
+			if !strings.Contains(logs.String(), tt.wantLog) || !strings.Contains(logs.String(), level) {
+				t.Fatalf("log %q, want %s mentioning %q", logs.String(), level, tt.wantLog)
 			}
 		})
+	}
+}
+
+// Options.ErrorFunc chooses the response to a failed session, and is told
+// which failure it was.
+func TestErrorFuncAnswersFailures(t *testing.T) {
+	store := &countingStore{Store: newStore(t)}
+	var got []error
+	opts := Options{Store: store, Logger: testLogger(new(lockedBuffer)), ErrorFunc: func(w http.ResponseWriter, r *http.Request, err error) {
+		got = append(got, err)
+		if r.URL.Path != "/page" {
+			t.Errorf("ErrorFunc got the request for %s", r.URL.Path)
+		}
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusTeapot)
+		fmt.Fprint(w, "<p>Please try again in a minute.</p>")
+	}}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", "/elsewhere")
+		FromContext(r.Context()).Set("a", 1)
+		fmt.Fprint(w, "secret page")
+	})
+	store.failWrite.Store(true)
+	resp := serve(opts, handler, httptest.NewRequest("GET", "/page", nil))
+	body := mustRead(t, resp)
+	if resp.StatusCode != http.StatusTeapot || body != "<p>Please try again in a minute.</p>" || resp.Header.Get("Location") != "" {
+		t.Fatalf("got %d %q (Location %q); want ErrorFunc's page alone", resp.StatusCode, body, resp.Header.Get("Location"))
+	}
+	if len(got) != 1 || !errors.Is(got[0], ErrStoreUnavailable) {
+		t.Fatalf("ErrorFunc got %v, want one error wrapping ErrStoreUnavailable", got)
+	}
+	store.failWrite.Store(false)
+	got = nil
+	resp = serve(opts, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		FromContext(r.Context()).Set("ch", make(chan int))
+	}), httptest.NewRequest("GET", "/page", nil))
+	mustRead(t, resp)
+	if len(got) != 1 || !errors.Is(got[0], ErrInvalidValue) || errors.Is(got[0], ErrStoreUnavailable) {
+		t.Fatalf("ErrorFunc got %v, want one error wrapping ErrInvalidValue alone", got)
 	}
 }
 
@@ -200,8 +267,8 @@ func TestStoreCallsAreBounded(t *testing.T) {
 	srv.setSID(t, "session", GenerateID("", ""))
 	start := time.Now()
 	resp, body := srv.get(t, "/")
-	if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(body, "session store unavailable") {
-		t.Fatalf("got %d %q, want 500", resp.StatusCode, body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "session store unavailable") {
+		t.Fatalf("got %d %q, want 503", resp.StatusCode, body)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("the request took %v despite a 50ms timeout", d)

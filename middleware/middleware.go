@@ -31,8 +31,8 @@ func FromContext(ctx context.Context) *Session {
 // the handler calls WriteHeader, Write or Flush, or returns without writing —
 // and a new session's cookie is set then; changes made after the first byte
 // are saved when the handler returns. A store failure replaces the response
-// with HTTP 500 "session store unavailable" (or is logged, when the headers
-// already went out). A handler that panics saves nothing. A session that is
+// with Options.ErrorFunc's, by default HTTP 503 "session store unavailable"
+// (or is logged, when the headers already went out). A handler that panics saves nothing. A session that is
 // only read is not written, so not renewed: it expires the store's duration
 // after its last change.
 func New(opts Options) func(http.Handler) http.Handler {

@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -78,6 +79,17 @@ type Options struct {
 	// it. 0 means off. See IdleTimeout for how it is recorded.
 	AbsoluteLifetime time.Duration
 
+	// ErrorFunc writes the response when the session could not be loaded or
+	// saved before the response's first byte; the handler's response is
+	// then discarded, and its headers cleared. err wraps
+	// ErrStoreUnavailable, ErrSessionTooLarge or ErrInvalidValue (compare
+	// with errors.Is). nil means the default: HTTP 503 "session store
+	// unavailable" with Retry-After for an unavailable store, HTTP 500
+	// "session data could not be saved" for the rest. After the first byte
+	// the failure can only be logged, and ErrorFunc is not called. It must
+	// not use the request's Session.
+	ErrorFunc func(w http.ResponseWriter, r *http.Request, err error)
+
 	// now is the clock for IdleTimeout and AbsoluteLifetime; nil means
 	// time.Now. Tests set it.
 	now func() time.Time
@@ -118,6 +130,9 @@ func newConfig(o Options) *config {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
+	}
+	if o.ErrorFunc == nil {
+		o.ErrorFunc = defaultErrorFunc
 	}
 	if o.IdleTimeout < 0 || o.AbsoluteLifetime < 0 {
 		panic("middleware.New: Options.IdleTimeout and Options.AbsoluteLifetime must not be negative (0 turns them off)")
@@ -166,4 +181,15 @@ func (c *config) expiredCookie() *http.Cookie {
 	ck.MaxAge = -1 // "Max-Age=0"
 	ck.Expires = time.Unix(0, 0)
 	return ck
+}
+
+// defaultErrorFunc answers a request whose session failed (Options.ErrorFunc).
+func defaultErrorFunc(w http.ResponseWriter, _ *http.Request, err error) {
+	if errors.Is(err, ErrStoreUnavailable) {
+		// Temporary: a load balancer or client may try again.
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "session store unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	http.Error(w, "session data could not be saved", http.StatusInternalServerError)
 }

@@ -18,11 +18,12 @@ type responseWriter struct {
 
 	mu        sync.Mutex
 	committed bool
-	err       error // the session error that replaced the response with a 500
+	err       error // the session error that replaced the response (Options.ErrorFunc)
 }
 
 // commit runs the pre-header save once. It reports whether the handler's
-// response may go on; when it may not, a 500 has been written instead.
+// response may go on; when it may not, Options.ErrorFunc has answered
+// instead.
 func (w *responseWriter) commit() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -33,14 +34,14 @@ func (w *responseWriter) commit() bool {
 	ck, err := w.s.beforeHeaders()
 	if err != nil {
 		w.err = err
-		w.s.web.log(hclog.Error, "answering 500", w.s.sidForLog(), err)
-		h := w.ResponseWriter.Header()
-		clear(h) // none of the handler's headers (Location, caching…) fit a 500
-		msg := "session store unavailable"
-		if errors.Is(err, ErrInvalidValue) {
-			msg = "session data could not be saved"
+		level := hclog.Error
+		if errors.Is(err, ErrSessionTooLarge) {
+			level = hclog.Warn // this request's data, not an outage
 		}
-		http.Error(w.ResponseWriter, msg, http.StatusInternalServerError)
+		web := w.s.web
+		web.log(level, "the session failed before the response; answering with Options.ErrorFunc", w.s.sidForLog(), err)
+		clear(w.ResponseWriter.Header()) // none of the handler's headers (Location, caching…) fit an error
+		web.cfg.ErrorFunc(w.ResponseWriter, web.req, err)
 		return false
 	}
 	if ck != nil {
@@ -74,7 +75,7 @@ func (w *responseWriter) WriteHeader(code int) {
 }
 
 // Write saves the session before the first byte. After a session failure
-// replaced the response with a 500 it discards p and returns the failure.
+// replaced the response (Options.ErrorFunc) it discards p and returns the failure.
 func (w *responseWriter) Write(p []byte) (int, error) {
 	if !w.commit() {
 		return 0, w.failure()
@@ -97,8 +98,8 @@ func (w *responseWriter) FlushError() error {
 
 // Hijack saves the session, then hands the connection over;
 // http.ResponseController.Hijack calls it. A new session's cookie cannot be
-// sent on a hijacked connection. It returns the session failure (a 500 has
-// been written, the connection is not hijacked) or the underlying error.
+// sent on a hijacked connection. It returns the session failure (the error
+// response has been written, the connection is not hijacked) or the underlying error.
 func (w *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if !w.commit() {
 		return nil, nil, w.failure()

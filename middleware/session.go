@@ -26,7 +26,8 @@ import (
 // every method holds the Session's lock, store calls included. Errors from
 // methods that cannot return one (a failed load, an unencodable value) are
 // remembered: Err reports them, Save returns them, and the middleware answers
-// the request with HTTP 500 instead of letting them pass unnoticed.
+// the request with an error (Options.ErrorFunc) instead of letting them pass
+// unnoticed.
 type Session struct {
 	mu      sync.Mutex
 	store   Store
@@ -203,7 +204,7 @@ func encodeScalar(value any) (raw []byte, ok bool) {
 // chaining. An invalid key (see fsm.ValidateKey) or a value that cannot be
 // encoded is not stored; the error, wrapping ErrInvalidValue, is remembered
 // and returned by the next Save (in a middleware request the response
-// becomes HTTP 500).
+// becomes HTTP 500, see Options.ErrorFunc).
 func (s *Session) Set(key string, value any) *Session {
 	raw, ok := encodeScalar(value)
 	var err error

@@ -154,7 +154,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		err = s.store.Touch(cctx, s.id)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: save: %w", ErrStoreUnavailable, err)
+		return storeError("save", err)
 	}
 	s.isNew = false
 	s.cleared = false
@@ -210,7 +210,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	defer cancel()
 	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
 	if err := save(cctx, s.store, newID, s.withMeta()); err != nil {
-		return fmt.Errorf("%w: regenerate: save under the new id: %w", ErrStoreUnavailable, err)
+		return storeError("regenerate: save under the new id", err)
 	}
 	oldID, wasNew := s.id, s.isNew
 	s.id = newID

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
 )
 
 // Store is where sessions live. The middleware defines it; the Go client
@@ -24,7 +25,9 @@ import (
 // method returns an error wrapping ctx.Err() (the operation may or may not
 // have taken effect). Any error other than the not-found cases documented
 // below means the store could not answer; the middleware answers such a
-// request with HTTP 500.
+// request with HTTP 503. A store that refuses data over its limits should
+// wrap fsm.ErrSessionTooLarge or fsm.ErrTooManyKeys, so the middleware can
+// tell the request's data from an outage (ErrSessionTooLarge).
 //
 // A Store may also have
 //
@@ -68,10 +71,18 @@ type Store interface {
 
 // Errors returned by this package. Compare them with errors.Is.
 var (
-	// ErrStoreUnavailable wraps every error a Store returned to a Session:
-	// the session could not be loaded or saved. The middleware answers the
-	// request with HTTP 500 "session store unavailable".
+	// ErrStoreUnavailable wraps every error a Store returned to a Session,
+	// but for ErrSessionTooLarge: the session could not be loaded or saved.
+	// The middleware answers the request with HTTP 503 "session store
+	// unavailable" (see Options.ErrorFunc).
 	ErrStoreUnavailable = errors.New("session store unavailable")
+	// ErrSessionTooLarge wraps a Store's refusal of a session over its
+	// limits (size or number of keys): fsm.ErrSessionTooLarge,
+	// fsm.ErrTooManyKeys, or a node's transport.ErrTooLarge. Whatever the
+	// store, the error is this one: it is the request's data, not an
+	// outage. The middleware answers HTTP 500 "session data could not be
+	// saved", and logs it as a warning.
+	ErrSessionTooLarge = errors.New("session data over the store's limit")
 	// ErrInvalidValue means Session.Set was given a key the store would
 	// refuse or a value that cannot be encoded as JSON. It is remembered and
 	// returned when the session is saved; the middleware answers HTTP 500.
@@ -91,6 +102,16 @@ var (
 	// middleware's own save treats it the same way without an error.
 	ErrSessionGone = errors.New("session: deleted while this request used it; its changes were not saved")
 )
+
+// storeError wraps err, a Store's failure to do what, in ErrSessionTooLarge
+// when the store refused the data for its size or keys, and in
+// ErrStoreUnavailable otherwise.
+func storeError(what string, err error) error {
+	if errors.Is(err, fsm.ErrSessionTooLarge) || errors.Is(err, fsm.ErrTooManyKeys) || errors.Is(err, transport.ErrTooLarge) {
+		return fmt.Errorf("%w: %s: %w", ErrSessionTooLarge, what, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrStoreUnavailable, what, err)
+}
 
 // rawRestorer is a Store that can return a session's data as the JSON
 // object it holds, undecoded (the Go client's RestoreRaw): the middleware

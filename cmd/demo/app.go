@@ -49,19 +49,27 @@ func newHandler(store middleware.Store, logger *log.Logger) http.Handler {
 	mux.HandleFunc("GET /sessions", a.sessions)
 	mux.HandleFunc("POST /sessions/revoke", a.revoke)
 	mux.HandleFunc("POST /logout", a.logout)
-	return middleware.New(middleware.Options{Store: store})(securityHeaders(mux))
+	// A session the middleware could not save before the response gets the
+	// demo's own page, not the middleware's plain-text default.
+	return middleware.New(middleware.Options{Store: store, ErrorFunc: func(w http.ResponseWriter, r *http.Request, err error) {
+		setSecurityHeaders(w.Header())
+		a.fail(w, r, "save the session", err)
+	}})(securityHeaders(mux))
 }
 
 // securityHeaders sets the headers every page gets.
 func securityHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "same-origin")
-		h.Set("Cache-Control", "no-store")
+		setSecurityHeaders(w.Header())
 		next.ServeHTTP(w, r)
 	})
+}
+
+func setSecurityHeaders(h http.Header) {
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin")
+	h.Set("Cache-Control", "no-store")
 }
 
 // page is what the template renders.

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"net/http"
@@ -8,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,4 +197,51 @@ func TestRunFlags(t *testing.T) {
 	if err := run([]string{"--cluster", "nohost"}, io.Discard); err == nil {
 		t.Fatal("a bad cluster address was accepted")
 	}
+}
+
+// writeFailingStore is a MemoryStore whose writes fail while fail is set.
+type writeFailingStore struct {
+	*middleware.MemoryStore
+	fail atomic.Bool
+}
+
+func (s *writeFailingStore) Patch(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) error {
+	if s.fail.Load() {
+		return errors.New("store is down")
+	}
+	return s.MemoryStore.Patch(ctx, sid, set, del)
+}
+
+func (s *writeFailingStore) PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error) {
+	if s.fail.Load() {
+		return false, errors.New("store is down")
+	}
+	return s.MemoryStore.PatchExisting(ctx, sid, set, del)
+}
+
+// A save the middleware makes for the handler (the counter's) fails: the
+// user gets the demo's page saying so, with its security headers, not the
+// redirect that would hide it.
+func TestFailedSaveGetsTheDemosPage(t *testing.T) {
+	mem := middleware.NewMemoryStore(middleware.MemoryOptions{})
+	store := &writeFailingStore{MemoryStore: mem}
+	srv := httptest.NewServer(newHandler(store, log.New(io.Discard, "", 0)))
+	t.Cleanup(func() { srv.Close(); mem.Close() })
+	alice := newBrowser(t, srv.URL)
+	alice.do("POST", "/login", url.Values{"username": {"alice"}})
+	store.fail.Store(true)
+	resp, err := alice.c.PostForm(srv.URL+"/increment", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Content-Security-Policy") == "" || resp.Header.Get("Location") != "" {
+		t.Fatalf("status %d, CSP %q, Location %q; want 503 with the security headers and no redirect",
+			resp.StatusCode, resp.Header.Get("Content-Security-Policy"), resp.Header.Get("Location"))
+	}
+	mustContain(t, "failed save", string(body), "The session store did not answer (save the session)")
+	store.fail.Store(false)
+	_, page := alice.do("GET", "/", nil)
+	mustContain(t, "after the store is back", page, `data-value="0"`)
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,6 +42,19 @@ func TestREADMEApp(t *testing.T) {
 		s.Set("visits", n+1)
 		fmt.Fprintf(w, "visit %d\n", int(n)+1)
 	})
+	var lastErr atomic.Value
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
+		s := middleware.FromContext(r.Context())
+		s.Set("blob", strings.Repeat("x", 2<<20))
+		lastErr.Store(errBox{s.Save(r.Context())})
+	})
+	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
+		s := middleware.FromContext(r.Context())
+		for i := range 1100 {
+			s.Set(fmt.Sprintf("k%d", i), i)
+		}
+		lastErr.Store(errBox{s.Save(r.Context())})
+	})
 	srv := httptest.NewServer(middleware.New(middleware.Options{Store: store})(mux))
 	defer srv.Close()
 
@@ -63,7 +79,23 @@ func TestREADMEApp(t *testing.T) {
 	if got := kado(node.Addr(), `{"restore":{"sid":"`+cookies[0].Value+`"}}`); got != `{"status":"ok","result":{"visits":3}}` {
 		t.Fatalf("the node holds %s", got)
 	}
-	// With the node gone the app answers 500, never a silently lost session.
+	// A session over the node's limits is the request's fault, not an
+	// outage: 500 "session data could not be saved", whichever limit.
+	for _, path := range []string{"/big", "/keys"} {
+		resp, err := browser.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusInternalServerError || string(body) != "session data could not be saved\n" {
+			t.Fatalf("%s: status %d %q, want 500 \"session data could not be saved\"", path, resp.StatusCode, body)
+		}
+		if err := lastErr.Load().(errBox).err; !errors.Is(err, middleware.ErrSessionTooLarge) {
+			t.Fatalf("%s: Save's error %v does not wrap ErrSessionTooLarge", path, err)
+		}
+	}
+	// With the node gone the app answers 503, never a silently lost session.
 	node.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -73,10 +105,13 @@ func TestREADMEApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusInternalServerError {
-		t.Fatalf("store down: status %d, want 500", resp.StatusCode)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("store down: status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }
+
+// errBox holds an error, nil included, in an atomic.Value.
+type errBox struct{ err error }
 
 func mustURL(t *testing.T, s string) *url.URL {
 	t.Helper()
