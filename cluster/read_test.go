@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -418,5 +420,87 @@ func TestPipelinedReadsShareARound(t *testing.T) {
 	}
 	if n := rounds.Load(); n != 1 {
 		t.Errorf("%d confirmation rounds for %d linearizable reads that arrived together; want 1", n, reads)
+	}
+}
+
+// A leader of three voters confirms a read with one peer, the one that
+// answered first last time: a round asking both cost each follower as much
+// as the one the quorum needs. When that peer stops answering, the round
+// asks the other (at once when the request fails, after hedgeAfter when it
+// is only slow), and reads go on.
+func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
+	fn := newFaultNet(1)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
+		c.Dialer = fn.dialer(i - 1)
+	})
+	t.Cleanup(fn.closeAll)
+	for i, n := range tc.nodes {
+		fn.register(n.Addr(), i)
+	}
+	l := tc.leader()
+	leader := tc.node(l)
+	var mu sync.Mutex
+	asked := map[raft.ServerID]int{}
+	askTerm := leader.reads.askTerm
+	leader.reads.askTerm = func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
+		mu.Lock()
+		asked[id]++
+		mu.Unlock()
+		return askTerm(ctx, id, addr)
+	}
+	counts := func() map[raft.ServerID]int {
+		mu.Lock()
+		defer mu.Unlock()
+		c := maps.Clone(asked)
+		clear(asked)
+		return c
+	}
+	mustSave(t, leader, "sid", `{"a":1}`)
+	read := func(n int) {
+		t.Helper()
+		for range n {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			data, ok, err := leader.Restore(ctx, "sid", transport.Linearizable)
+			cancel()
+			if err != nil || !ok || string(data) != `{"a":1}` {
+				t.Fatalf("read: %q %v %v", data, ok, err)
+			}
+		}
+	}
+	var peers []raft.ServerID
+	index := map[raft.ServerID]int{}
+	for i, cfg := range tc.cfgs {
+		if i != l {
+			peers = append(peers, raft.ServerID(cfg.ID))
+			index[raft.ServerID(cfg.ID)] = i
+		}
+	}
+	read(50)
+	c := counts()
+	// A round late on a loaded machine (the race detector) may ask both.
+	if first, second := max(c[peers[0]], c[peers[1]]), min(c[peers[0]], c[peers[1]]); first < 45 || second > 5 {
+		t.Fatalf("50 reads asked %v: want nearly every round to ask one peer, the same", c)
+	}
+	first, other := peers[0], peers[1]
+	if c[other] > c[first] {
+		first, other = other, first
+	}
+	// The peer asked first pauses (its answers wait): after hedgeAfter, a
+	// round asks the other, which is then asked first.
+	fn.cut(l, index[first], faultHold)
+	start := time.Now()
+	read(20)
+	t.Logf("20 reads with the preferred peer paused took %v", time.Since(start))
+	if c = counts(); c[first] > 1 || c[other] < 20 {
+		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once, the other every round", first, c)
+	}
+	fn.healAll()
+	// Now the other peer stops: its request fails, and the round asks the
+	// first at once.
+	tc.stop(index[other])
+	read(20)
+	if c = counts(); c[other] > 1 || c[first] < 20 {
+		t.Fatalf("after %s stopped, 20 reads asked %v: want the stopped peer asked once, the other every round", other, c)
 	}
 }
