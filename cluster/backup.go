@@ -70,6 +70,10 @@ type Digest struct {
 	Sessions int    `json:"sessions"`
 	SHA256   string `json:"sha256"` // fsm.View.Hash: the save-file document's SHA-256
 	Index    uint64 `json:"index"`
+	// Expired counts the sessions past the cluster's session duration
+	// (--duration) that the next prune has not removed yet: they read as
+	// absent (a restore of an old backup).
+	Expired int `json:"expired"`
 }
 
 type heldBackup struct {
@@ -142,7 +146,8 @@ func (n *Node) backupAdmin(ctx context.Context, body []byte) (out []byte, handle
 		}
 		index := n.fsm.applied.get()
 		v := n.fsm.State.Capture()
-		out, err = json.Marshal(Digest{Sessions: v.Len(), SHA256: v.Hash(), Index: index})
+		out, err = json.Marshal(Digest{Sessions: v.Len(), SHA256: v.Hash(), Index: index,
+			Expired: v.Expired(time.Now().UnixMilli(), n.cfg.Duration.Milliseconds())})
 		return out, true, err
 	default: // restore-batch
 		records, err := fsm.ReadDocument(bytes.NewReader(req.Document), time.Now().UnixMilli())

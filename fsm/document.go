@@ -31,6 +31,20 @@ func (v *View) Len() int {
 	return n
 }
 
+// Expired returns how many of the view's sessions are expired at now
+// (Record.Expired).
+func (v *View) Expired(now, duration int64) int {
+	n := 0
+	for _, m := range v.shards {
+		for _, r := range m {
+			if r.Expired(now, duration) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // Get returns the record for sid in the view, expired or not.
 func (v *View) Get(sid string) (*Record, bool) {
 	r, ok := v.shards[shardIndex(sid)][sid]

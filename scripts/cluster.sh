@@ -38,10 +38,15 @@ pid_of() {
 
 # show_status [--json]: kadosession status through the first node that
 # answers (n1 may be the one that is down); KADO_STATUS_ADDR to choose.
+# Fails when no node answers, or the one that did knows no leader.
 show_status() {
   local a addrs=${KADO_STATUS_ADDR:-"$(addr_of n1) $(addr_of n2) $(addr_of n3)"}
+  local out rc
   for a in $addrs; do
-    if timeout 15 "$bin" status --cluster "$a" "$@"; then return 0; fi
+    out=$(timeout 15 "$bin" status --cluster "$a" "$@") && { echo "$out"; return 0; }
+    rc=$?
+    # The node answered but the cluster has no leader (exit 1 after the table).
+    if [ -n "$out" ]; then echo "$out"; return "$rc"; fi
   done
   echo "cluster: no node answered status ($addrs)" >&2
   return 1

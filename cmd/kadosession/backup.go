@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/kadosession/kadosession/cluster"
@@ -92,6 +93,12 @@ func backup(args []string, stdout, stderr io.Writer) error {
 	}
 	if *chunk <= 0 || *chunk > cluster.MaxBackupChunk {
 		return fmt.Errorf("--chunk-size %d: want 1 to %d", *chunk, cluster.MaxBackupChunk)
+	}
+	// Checked before the leader captures anything.
+	if dir := filepath.Dir(*out); dir != "" {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("--out %s: the directory %s does not exist (create it first, or write the backup elsewhere)", *out, dir)
+		}
 	}
 	call, closeConn, err := adminSession(*addr, &cf, 2*time.Minute)
 	if err != nil {
@@ -196,6 +203,10 @@ func restore(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("loaded %d sessions, but could not read the result back: %w", loaded, err)
 	}
 	took := time.Since(start).Round(time.Millisecond)
+	if after.Expired > 0 {
+		fmt.Fprintf(stderr, "warning: %d of the cluster's sessions were saved longer ago than its session duration (--duration): "+
+			"they read as absent, and the next prune removes them (restored sessions keep their _written time)\n", after.Expired)
+	}
 	switch {
 	case after.SHA256 == want.SHA256:
 		fmt.Fprintf(stdout, "restored %d sessions from %s in %s; the cluster's state is identical to the file (sha256 %s)\n", loaded, *in, took, after.SHA256)

@@ -90,4 +90,20 @@ func TestProcessBackupRestore(t *testing.T) {
 	if _, stderr, err := runCLI(t, "restore", "--cluster", dst, "--in", bad); err == nil || !strings.Contains(stderr, "cannot be restored") {
 		t.Fatalf("restore of a damaged file: %v %s", err, stderr)
 	}
+
+	// Sessions saved longer ago than the cluster's duration are restored
+	// (the file is the truth), with a warning that they read as absent.
+	old := filepath.Join(t.TempDir(), "old.json")
+	if err := os.WriteFile(old, []byte(`{"old1":{"x":1,"_written":1000},"old2":{"_written":2000}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := runCLI(t, "restore", "--cluster", dst, "--in", old); err != nil || !strings.Contains(stderr, "warning: 2 of the cluster's sessions were saved longer ago than its session duration") {
+		t.Fatalf("restore of expired sessions: %v, stderr %s; want a warning naming 2", err, stderr)
+	}
+
+	// A backup into a directory that does not exist says so, and what to do.
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "backup.json")
+	if _, stderr, err := runCLI(t, "backup", "--cluster", src, "--out", missing); err == nil || !strings.Contains(stderr, "--out") || !strings.Contains(stderr, "does not exist") {
+		t.Fatalf("backup into a missing directory: %v %s", err, stderr)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -33,7 +34,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node")
 	asJSON := fs.Bool("json", false, `print one JSON object: {"leader_id", "nodes": [{"id", "address", "state", "voter", …}]}`)
 	fs.Usage = usageWithEnv(fs, "kadosession status [--cluster HOST:PORT] [--json]",
-		"Shows every member of the cluster as the node at --cluster sees it; a member that does not answer is 'unreachable'.")
+		"Shows every member of the cluster as the node at --cluster sees it; a member that does not answer is 'unreachable'.\n"+
+			"Exits 1 when the cluster has no leader (after printing what the node sees).")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -41,25 +43,61 @@ func status(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *asJSON {
-		_, err = fmt.Fprintf(stdout, "%s\n", body)
-		return err
-	}
 	var st clusterStatus
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("node answered something that is not status JSON: %v", err)
 	}
-	fmt.Fprintf(stdout, "cluster %s, leader %s (%s)\n\n", st.ClusterID, orNone(st.LeaderID), orNone(st.Leader))
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tSESSIONS")
-	for _, n := range st.Nodes {
-		if n.State == "unreachable" {
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t-\t-\t-\n", n.ID, n.Address, n.Voter, n.State)
-			continue
+	if *asJSON {
+		if _, err := fmt.Fprintf(stdout, "%s\n", body); err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, n.Sessions)
+	} else {
+		voters, reachable := 0, 0
+		for _, n := range st.Nodes {
+			if n.Voter {
+				voters++
+				if n.State != "unreachable" {
+					reachable++
+				}
+			}
+		}
+		quorum := voters/2 + 1
+		fmt.Fprintf(stdout, "cluster %s, leader %s (%s)\nvoters: %d of %d reachable, quorum %d: %s\n\n", st.ClusterID, orNone(st.LeaderID), orNone(st.Leader),
+			reachable, voters, quorum, tolerance(reachable, quorum))
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tSESSIONS")
+		for _, n := range st.Nodes {
+			if n.State == "unreachable" {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t-\t-\t-\n", n.ID, n.Address, n.Voter, n.State)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, n.Sessions)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
-	return tw.Flush()
+	if st.LeaderID == "" {
+		// Scripts and operators can tell from the exit status, as with
+		// health; the table above says which members answer.
+		return errors.New("the cluster has no leader: writes and linearizable reads wait until one is elected, which needs a quorum of voters reachable")
+	}
+	return nil
+}
+
+// tolerance says how many more voters may fail before the cluster loses
+// its quorum, with reachable of them answering and quorum needed.
+func tolerance(reachable, quorum int) string {
+	switch more := reachable - quorum; {
+	case more < 0:
+		return fmt.Sprintf("LOST (%d more must come back)", -more)
+	case more == 0:
+		return "no further failure tolerated"
+	case more == 1:
+		return "1 more may fail"
+	default:
+		return fmt.Sprintf("%d more may fail", more)
+	}
 }
 
 func orNone(s string) string {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kadosession/kadosession/cluster"
+)
+
+// status shows how many more voters may fail, and exits 1 when the
+// cluster has no leader, after printing what the node sees.
+func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
+	var nodes []*cluster.Node
+	for i := range 3 {
+		cfg := cluster.Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
+			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 200 * time.Millisecond}
+		if i > 0 {
+			cfg.Join = []string{nodes[0].Addr()}
+		}
+		n, err := cluster.Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	status := func(want string, wantCode int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var out, errOut bytes.Buffer
+			code := run([]string{"status", "--cluster", nodes[0].Addr()}, &out, &errOut)
+			if code == wantCode && strings.Contains(out.String(), want) {
+				if code != 0 && !strings.Contains(errOut.String(), "no leader") {
+					t.Fatalf("exit %d without saying why: %s", code, errOut.String())
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("status: exit %d, output:\n%s%s\nwant exit %d and %q", code, out.String(), errOut.String(), wantCode, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
+	nodes[2].Close()
+	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
+	nodes[1].Close()
+	status("voters: 1 of 3 reachable, quorum 2: LOST (1 more must come back)", 1)
+}
