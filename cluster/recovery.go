@@ -1,10 +1,14 @@
 package cluster
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/hashicorp/raft"
 )
@@ -20,6 +24,7 @@ import (
 // they form a cluster of the listed members, keeping the sessions each
 // holds (the most up-to-date one wins the election). After use the file is
 // renamed peers.json.applied so a later restart does not apply it again.
+// The recovered cluster gets a new cluster id (recoveredClusterID).
 const PeersJSON = "peers.json"
 
 // recoverFromPeersJSON applies DataDir/peers.json, if any, before raft
@@ -43,9 +48,33 @@ func (n *Node) recoverFromPeersJSON(rc *raft.Config, logs raft.LogStore, snaps r
 	if err := raft.RecoverCluster(rc, n.fsm, logs, n.bolt, snaps, n.trans, conf); err != nil {
 		return fmt.Errorf("recover the cluster from %s: %w", path, err)
 	}
+	// A recovered cluster is another cluster than the one its data came
+	// from: a node holding a copy of that data (or the original cluster,
+	// still running elsewhere) must not be able to join it, nor it them.
+	// Every survivor given the same file derives the same new id.
+	old := n.ClusterID()
+	recovered := recoveredClusterID(old, conf)
+	if err := saveClusterID(n.cfg.DataDir, recovered); err != nil {
+		return fmt.Errorf("recovered from %s but cannot record the new cluster id: %w", path, err)
+	}
+	n.setClusterID(recovered)
 	if err := os.Rename(path, path+".applied"); err != nil {
 		return fmt.Errorf("recovered from %s but cannot rename it (remove it before the next start): %w", path, err)
 	}
-	n.log.Warn("raft configuration replaced from the recovery file", "file", path, "members", len(conf.Servers))
+	n.log.Warn("raft configuration replaced from the recovery file; this is now a cluster of its own", "file", path, "members", len(conf.Servers),
+		"old_cluster_id", old, "cluster_id", recovered)
 	return nil
+}
+
+// recoveredClusterID is the id of the cluster recovered from the cluster
+// old with the members conf: the same for every survivor given the same
+// members, in any order, and another for any other recovery.
+func recoveredClusterID(old string, conf raft.Configuration) string {
+	members := make([]string, 0, len(conf.Servers))
+	for _, s := range conf.Servers {
+		members = append(members, fmt.Sprintf("%s\x00%s\x00%d", s.ID, s.Address, s.Suffrage))
+	}
+	slices.Sort(members)
+	h := sha256.Sum256([]byte("kadosession recovery\x00" + old + "\x00" + strings.Join(members, "\x00")))
+	return hex.EncodeToString(h[:8])
 }

@@ -34,6 +34,7 @@ func TestRecoveryFromPeersJSON(t *testing.T) {
 	}
 	// Without a quorum it stays leaderless.
 	poll(t, func() bool { addr, _ := tc.nodes[survivor].raft.LeaderWithID(); return addr == "" }, 10*time.Second, "the survivor to lose its leader")
+	oldID := tc.nodes[survivor].ClusterID()
 	tc.stop(survivor)
 
 	dir := tc.cfgs[survivor].DataDir
@@ -64,6 +65,13 @@ func TestRecoveryFromPeersJSON(t *testing.T) {
 	if n.voters() != 1 {
 		t.Fatalf("voters after recovery = %d, want 1", n.voters())
 	}
+	// Another cluster now: the crashed members' data (the old id) cannot
+	// join it.
+	recovered := n.ClusterID()
+	if recovered == oldID || recovered != recoveredClusterID(oldID, raft.Configuration{Servers: []raft.Server{
+		{ID: raft.ServerID(tc.cfgs[survivor].ID), Address: raft.ServerAddress(tc.cfgs[survivor].Listen), Suffrage: raft.Voter}}}) {
+		t.Fatalf("cluster id after recovery %s (before %s): want the id derived from the old one and the members", recovered, oldID)
+	}
 	if err := n.Save(ctx, "after", []byte(`{"ok":true}`)); err != nil {
 		t.Fatalf("write after recovery: %v", err)
 	}
@@ -73,5 +81,30 @@ func TestRecoveryFromPeersJSON(t *testing.T) {
 	poll(t, func() bool { return n.Ready() && n.raft.State() == raft.Leader }, 15*time.Second, "leader after restart")
 	if _, found, err := n.Restore(ctx, "after", transport.Linearizable); err != nil || !found {
 		t.Fatalf("the write made after recovery is gone after a restart: found %v, %v", found, err)
+	}
+	if n.ClusterID() != recovered {
+		t.Fatalf("cluster id after a restart %s, want the recovered %s", n.ClusterID(), recovered)
+	}
+}
+
+// Survivors given the same members, in any order, derive the same new
+// cluster id; another old id or other members give another.
+func TestRecoveredClusterID(t *testing.T) {
+	a := raft.Server{ID: "n1", Address: "10.0.0.1:3001", Suffrage: raft.Voter}
+	b := raft.Server{ID: "n2", Address: "10.0.0.2:3001", Suffrage: raft.Voter}
+	id := recoveredClusterID("0123456789abcdef", raft.Configuration{Servers: []raft.Server{a, b}})
+	if got := recoveredClusterID("0123456789abcdef", raft.Configuration{Servers: []raft.Server{b, a}}); got != id {
+		t.Fatalf("the members' order changed the id: %s, %s", id, got)
+	}
+	for _, other := range []string{
+		recoveredClusterID("fedcba9876543210", raft.Configuration{Servers: []raft.Server{a, b}}),
+		recoveredClusterID("0123456789abcdef", raft.Configuration{Servers: []raft.Server{a}}),
+	} {
+		if other == id {
+			t.Fatal("another recovery derived the same cluster id")
+		}
+	}
+	if len(id) != 16 {
+		t.Fatalf("id %q: want 16 hex digits, as newClusterID's", id)
 	}
 }
