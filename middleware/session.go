@@ -40,7 +40,6 @@ type Session struct {
 	isNew    bool   // the store holds no record for id (yet)
 	data     values // the session as this request sees it
 	dirty    values // keys set (in data) or deleted (not in data); no values
-	cleared  bool   // Clear was called: the next save replaces the whole session
 	loadErr  error
 	valueErr error
 
@@ -248,15 +247,18 @@ func (s *Session) Delete(key string) *Session {
 	return s
 }
 
-// Clear removes every key. The next save replaces the whole stored session,
-// so keys other requests set meanwhile are removed too.
+// Clear removes every key. Like any change it is saved as the deletion of
+// the keys this request saw (a patch), so keys another request set
+// meanwhile stay, and a session deleted meanwhile (a logout elsewhere) is
+// not brought back.
 func (s *Session) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
+	for _, f := range s.data.fields {
+		s.markDirty(f.Key)
+	}
 	s.data.clear()
-	s.dirty.clear()
-	s.cleared = true
 }
 
 // Keys returns the session's keys in sorted order.
@@ -292,7 +294,7 @@ func (s *Session) markDirty(key string) {
 // modifiedLocked reports whether the session holds changes the store has not
 // seen.
 func (s *Session) modifiedLocked() bool {
-	return len(s.dirty.fields) > 0 || (s.cleared && !s.isNew)
+	return len(s.dirty.fields) > 0
 }
 
 // callCtx bounds one store call by the session's timeout.

@@ -21,7 +21,6 @@ func (s *Session) loadLocked(ctx context.Context) {
 	}
 	s.loaded = true
 	s.dirty.clear()
-	s.cleared = false
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := restore(cctx, s.store, s.id)
@@ -62,7 +61,6 @@ func (s *Session) freshLocked() {
 	s.isNew = true
 	s.data.clear()
 	s.dirty.clear()
-	s.cleared = false
 	s.loadErr = nil
 	s.valueErr = nil
 	s.meta, s.metaDirty = sessionMeta{}, false
@@ -83,8 +81,8 @@ func (s *Session) Restore(ctx context.Context) error {
 	return s.loadErr
 }
 
-// Save writes the session's changes to the store now: Kado's save. A new or
-// cleared session is written whole (Store.Save), changed keys only otherwise
+// Save writes the session's changes to the store now: Kado's save. A new
+// session is written whole (Store.Save), changed keys only otherwise
 // (Store.Patch), and an unchanged session is renewed (Store.Touch). It loads
 // the session first when it was not loaded. It returns the remembered error
 // of a failed load or a rejected Set without writing, or an error wrapping
@@ -126,7 +124,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	var err error
 	wasNew := s.isNew
 	switch {
-	case s.isNew, s.cleared:
+	case s.isNew:
 		err = save(cctx, s.store, s.id, s.withMeta())
 	case len(s.dirty.fields) > 0 || s.metaDirty:
 		set := make(sessionData, 0, len(s.dirty.fields)+1)
@@ -157,7 +155,6 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		return storeError("save", err)
 	}
 	s.isNew = false
-	s.cleared = false
 	s.metaDirty = false
 	s.dirty.clear()
 	if s.web != nil {
@@ -215,7 +212,6 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	oldID, wasNew := s.id, s.isNew
 	s.id = newID
 	s.isNew = false
-	s.cleared = false
 	s.metaDirty = false
 	s.dirty.clear()
 	if s.web != nil {

@@ -171,15 +171,31 @@ func TestSessionSaveSendsOnlyChanges(t *testing.T) {
 		t.Fatalf("stored %s, want b=20 (the other writer's) and c=3", got)
 	}
 
-	// Clear replaces the whole session, the other writer's keys included.
+	// Clear deletes the keys this session saw; a key another writer set
+	// meanwhile stays, as with any change.
 	s.Clear()
 	s.Set("z", true)
+	if err := store.Patch(ctx, sid, map[string]json.RawMessage{"other": json.RawMessage(`1`)}, nil); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Save(ctx); err != nil {
 		t.Fatal(err)
 	}
 	data, _, _ = store.Restore(ctx, sid)
-	if len(data) != 1 || string(data["z"]) != "true" {
-		t.Fatalf("after Clear+Set+Save the store holds %v, want only z", data)
+	if got := fmt.Sprint(data); got != "map[other:[49] z:[116 114 117 101]]" {
+		t.Fatalf("after Clear+Set+Save the store holds %s, want only the other writer's key and z", got)
+	}
+	// A session deleted meanwhile (a logout elsewhere) is not brought back
+	// by a Clear's save.
+	s.Clear()
+	if err := store.Delete(ctx, sid); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(ctx); !errors.Is(err, ErrSessionGone) {
+		t.Fatalf("Save of a cleared session deleted meanwhile: %v, want ErrSessionGone", err)
+	}
+	if _, found, _ := store.Restore(ctx, sid); found {
+		t.Fatal("the cleared session's save brought a deleted session back")
 	}
 }
 
