@@ -187,19 +187,21 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 			dispatch() // the group holds slots: let it run before waiting for one
 			inflight <- struct{}{}
 		}
-		ar := arrivedRequest{req, time.Now()}
 		if req.Op == OpRestore {
 			if group == nil {
 				group = (*restoreGroups.Get().(*[]arrivedRequest))[:0]
 			}
-			group = append(group, ar)
+			group = append(group, arrivedRequest{req, time.Now()})
 			if len(group) == maxGroup {
 				dispatch()
 			}
 			continue
 		}
+		// Only here does the request go to the heap: restores, the common
+		// case, are kept by value in their group.
+		ar := &arrivedRequest{req, time.Now()}
 		wg.Add(1)
-		s.workers.run(func() { defer wg.Done(); s.answer(w, &ar, peer, inflight) })
+		s.workers.run(func() { defer wg.Done(); s.answer(w, ar, peer, inflight) })
 	}
 }
 
@@ -298,12 +300,16 @@ func frameBuffered(r *bufio.Reader) bool {
 
 // handle serves one request, read off its connection at arrived.
 func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
-	info := &requestInfo{peer: peer, nonce: req.Nonce, arrived: arrived}
+	// The request's info, its context and its response in one allocation
+	// (three were a quarter of a busy node's allocations).
+	h := &handling{info: requestInfo{peer: peer, nonce: req.Nonce, arrived: arrived}, resp: Response{ID: req.ID}}
+	info := &h.info
 	if req.Op == OpRestore && req.Consistency == AtIndex {
 		info.index, info.atIndex = req.Index, true
 	}
-	ctx := context.WithValue(s.requestContext(arrived), requestInfoKey{}, info)
-	resp := &Response{ID: req.ID}
+	h.ctx = infoCtx{Context: s.requestContext(arrived), info: info}
+	ctx := &h.ctx
+	resp := &h.resp
 	var err error
 	switch req.Op {
 	case OpRestore:
@@ -344,6 +350,27 @@ type requestInfo struct {
 }
 
 type requestInfoKey struct{}
+
+// handling is what handle allocates for one request.
+type handling struct {
+	info requestInfo
+	ctx  infoCtx
+	resp Response
+}
+
+// infoCtx is a request's context: context.WithValue's, carrying its
+// requestInfo, without an allocation of its own.
+type infoCtx struct {
+	context.Context
+	info *requestInfo
+}
+
+func (c *infoCtx) Value(key any) any {
+	if key == (requestInfoKey{}) {
+		return c.info
+	}
+	return c.Context.Value(key)
+}
 
 func infoOf(ctx context.Context) *requestInfo {
 	info, _ := ctx.Value(requestInfoKey{}).(*requestInfo)

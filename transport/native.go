@@ -251,7 +251,12 @@ func (e *FrameTooLargeError) Unwrap() error { return ErrFrameTooLarge }
 // then the body. Frames longer than max bytes are refused with a
 // *FrameTooLargeError after reading only the header.
 func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
-	var hdr [frameHeader]byte
+	// The header is read into buf, which the caller reuses: an array of
+	// its own escaped to the heap through r, one allocation per frame.
+	if cap(buf) < frameHeader {
+		buf = make([]byte, 0, 512)
+	}
+	hdr := buf[:frameHeader]
 	if _, err := io.ReadFull(r, hdr[:4]); err != nil {
 		return nil, err
 	}
@@ -419,7 +424,19 @@ func (d *wire) bytes() []byte {
 	return out
 }
 
-func (d *wire) string() string { return string(d.bytes()) }
+func (d *wire) string() string {
+	n := d.uvarint()
+	if d.err != nil {
+		return ""
+	}
+	if n > uint64(len(d.b)) {
+		d.fail("length %d exceeds the %d bytes left", n, len(d.b))
+		return ""
+	}
+	out := string(d.b[:n]) // one copy, not a []byte copied again
+	d.b = d.b[n:]
+	return out
+}
 
 func (d *wire) rest() []byte {
 	out := append([]byte(nil), d.b...)
