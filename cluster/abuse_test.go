@@ -233,3 +233,37 @@ func abuseMem() (int, uint64) {
 	runtime.ReadMemStats(&ms)
 	return runtime.NumGoroutine(), ms.HeapInuse
 }
+
+// The frame limit follows the session size: a session just under
+// MaxSessionSize is saved through either protocol (with both at 1 MiB it
+// was refused as a frame too large), one over it is refused by the size
+// limit, and an explicit frame too small for the session size is refused
+// at start.
+func TestFrameLimitFollowsSessionSize(t *testing.T) {
+	for _, size := range []int{0, 2 << 20} {
+		n := startNode(t, Config{MaxSessionSize: size})
+		limit := size
+		if limit == 0 {
+			limit = transport.DefaultMaxFrame
+		}
+		under := `{"x":"` + strings.Repeat("a", limit-16) + `"}`
+		if got := kadoRequest(t, n.Addr(), []byte(`{"save":{"sid":"under","data":`+under+`}}`)); got != `{"status":"ok"}` {
+			t.Fatalf("session size %d: a Kado save of a %d-byte session: %.200s", limit, len(under), got)
+		}
+		nc := abuseDialNative(t, n.Addr())
+		if resp := nc.call(t, transport.Request{ID: 1, Op: transport.OpSave, SID: "under2", Data: []byte(under)}); resp.Err != nil {
+			t.Fatalf("session size %d: a native save of a %d-byte session: %v", limit, len(under), resp.Err)
+		}
+		over := `{"x":"` + strings.Repeat("a", limit) + `"}`
+		resp := nc.call(t, transport.Request{ID: 2, Op: transport.OpSave, SID: "over", Data: []byte(over)})
+		if resp.Err == nil || resp.Err.Code != transport.CodeTooLarge || !strings.Contains(resp.Err.Message, "session") {
+			t.Fatalf("session size %d: a save of %d bytes: %v, want the session size limit's refusal", limit, len(over), resp.Err)
+		}
+		n.Close()
+	}
+	_, err := Open(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: testLogger(),
+		MaxSessionSize: 2 << 20, Server: transport.ServerConfig{MaxFrame: 1 << 20}})
+	if err == nil || !strings.Contains(err.Error(), "raise --max-frame") {
+		t.Fatalf("open with a frame smaller than the session size: %v", err)
+	}
+}

@@ -105,6 +105,10 @@ const (
 	DefaultElectionTimeout    = 200 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 200 * time.Millisecond
 	DefaultCommitTimeout      = 10 * time.Millisecond
+	// FrameHeadroom is what a request carries besides a session's data (its
+	// sid, the Kado JSON around the data, a patch's keys): an unset
+	// Server.MaxFrame is MaxSessionSize plus this, and at least 1 MiB.
+	FrameHeadroom = 8 << 10
 )
 
 func (c *Config) withDefaults() Config {
@@ -135,6 +139,13 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.MaxSessionSize == 0 {
 		out.MaxSessionSize = transport.DefaultMaxFrame
+	}
+	if out.Server.MaxFrame == 0 {
+		// Room for the largest session and what a request carries besides
+		// (its sid, the Kado JSON around the data): with both at 1 MiB, a
+		// session just under the size limit was refused as a frame too
+		// large, with another error than the size limit's.
+		out.Server.MaxFrame = max(transport.DefaultMaxFrame, out.MaxSessionSize+FrameHeadroom)
 	}
 	if out.HeartbeatTimeout == 0 {
 		out.HeartbeatTimeout = DefaultHeartbeatTimeout
@@ -204,6 +215,10 @@ func (c *Config) Validate() error {
 	}
 	if d.MaxSessionSize < 0 {
 		errs = append(errs, fmt.Errorf("max session size is negative (%d)", d.MaxSessionSize))
+	}
+	if c.MaxSessionSize > 0 && c.Server.MaxFrame > 0 && c.Server.MaxFrame < c.MaxSessionSize+FrameHeadroom {
+		errs = append(errs, fmt.Errorf("max frame (%d bytes) leaves no room for a session of the max session size (%d bytes): "+
+			"raise --max-frame to at least %d, or leave it out (it then follows --max-session-size)", c.Server.MaxFrame, c.MaxSessionSize, c.MaxSessionSize+FrameHeadroom))
 	}
 	return errors.Join(errs...)
 }

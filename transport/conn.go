@@ -149,7 +149,7 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 			var tooLarge *FrameTooLargeError
 			switch {
 			case errors.As(err, &tooLarge):
-				w.send(OpPing, &Response{ID: tooLarge.ID, Err: Errorf(CodeTooLarge, "%v", err)})
+				w.send(OpPing, &Response{ID: tooLarge.ID, Err: Errorf(CodeTooLarge, "request refused: %v (the node's --max-frame, which follows --max-session-size)", err)})
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				w.send(OpPing, &Response{Err: Errorf(CodeTimeout, "incomplete frame: the rest did not arrive within %s", s.cfg.ReadTimeout)})
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):

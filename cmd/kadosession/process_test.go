@@ -295,6 +295,7 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		{"bad number", []string{"--max-keys", "many"}, "", `--max-keys "many": want a whole number`},
 		{"unknown flag", []string{"--bogus"}, "", "not defined: --bogus (see --help)"},
 		{"pprof address in use", []string{"--pprof", addr}, "", "--pprof"},
+		{"frame below the session size", []string{"--max-session-size", "2000000", "--max-frame", "1048576"}, "", "raise --max-frame to at least 2008192"},
 		{"bad env duration", nil, "KADOSESSION_SAVE_FREQUENCY=soon", "KADOSESSION_SAVE_FREQUENCY"},
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
 		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},

@@ -43,9 +43,9 @@ func serve(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Duration, "duration", cluster.DefaultDuration, "how long a session lives after its last save")
 	fs.DurationVar(&cfg.PruneFrequency, "prune-frequency", cluster.DefaultPruneFrequency, "how often the leader prunes expired sessions")
 	fs.StringVar(&join, "join", "", "`HOST:PORT[,HOST:PORT…]` of an existing cluster to join (instead of starting a new one)")
-	fs.IntVar(&cfg.MaxSessionSize, "max-session-size", transport.DefaultMaxFrame, "largest session data in bytes")
+	fs.IntVar(&cfg.MaxSessionSize, "max-session-size", transport.DefaultMaxFrame, "largest session data in bytes (--max-frame follows it)")
 	fs.IntVar(&cfg.MaxKeys, "max-keys", 1024, "most keys one session may hold")
-	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", transport.DefaultMaxFrame, "largest native frame or Kado JSON request in bytes")
+	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", 0, "largest native frame or Kado JSON request in bytes (default --max-session-size plus 8 KiB, and at least 1 MiB)")
 	fs.DurationVar(&cfg.Server.ReadTimeout, "read-timeout", 10*time.Second, "time a client has to finish sending a request it started")
 	fs.DurationVar(&cfg.Server.IdleTimeout, "idle-timeout", 5*time.Minute, "close native connections idle this long")
 	fs.DurationVar(&cfg.Server.RequestTimeout, "request-timeout", 10*time.Second, "deadline for serving one request")
@@ -74,6 +74,11 @@ func serve(args []string, stderr io.Writer) error {
 			"serving Kado's JSON protocol (SessionStoreLocal) and the native protocol (the Go client) on that one port.")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["max-session-size"] {
+		cfg.MaxSessionSize = 0 // the default; an explicit --max-frame may then be lower
 	}
 	switch *consistency {
 	case "linearizable":
