@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/client"
@@ -493,4 +494,33 @@ func dirEntries(t *testing.T, dir string) string {
 		names = append(names, e.Name())
 	}
 	return strings.Join(names, ",")
+}
+
+// A removed node is told so by the leader that removed it, and logs it with
+// how to bring it back: raft does not tell it, and it used to log only that
+// it heard from no leader.
+func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
+	logs := map[string]*logCapture{}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		logs[c.ID] = &logCapture{}
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
+	})
+	f := tc.follower()
+	id := tc.nodes[f].ID()
+	if err := tc.nodes[tc.leader()].Remove(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, func() bool { return strings.Contains(logs[id].String(), "this node was removed from the cluster") }, 10*time.Second,
+		"the removed node to log that it was removed")
+	if out := logs[id].String(); !strings.Contains(out, "kadosession join") || !strings.Contains(out, "by="+tc.nodes[tc.leader()].ID()) {
+		t.Fatalf("the removed node's log does not say by whom or how to re-admit it:\n%s", out)
+	}
+	// Only a peer may say so, and only to the node it names.
+	if _, err := tc.nodes[tc.leader()].adminCall(context.Background(), tc.nodes[f].Addr(), []byte(`{"op":"removed","id":"someone-else"}`)); err == nil {
+		t.Fatal("a removed notice naming another node was accepted")
+	}
+	nc := abuseDialNative(t, tc.nodes[f].Addr())
+	if resp := nc.call(t, transport.Request{ID: 1, Op: transport.OpAdmin, Data: []byte(`{"op":"removed","id":"` + id + `"}`)}); resp.Err == nil {
+		t.Fatal("a client's removed notice was accepted")
+	}
 }

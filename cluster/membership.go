@@ -30,6 +30,7 @@ type adminRequest struct {
 	Address   string `json:"address,omitempty"`
 	ClusterID string `json:"cluster_id,omitempty"`
 	Term      uint64 `json:"term,omitempty"` // read_index: the asking follower's term
+	By        string `json:"by,omitempty"`   // removed: the leader that removed the node
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -134,6 +135,8 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		return json.Marshal(n.ClusterStatus(ctx))
 	case "term":
 		return json.Marshal(termReply{Term: n.raft.CurrentTerm(), ID: n.id})
+	case "removed":
+		return n.adminRemoved(ctx, req)
 	case "read_index":
 		return n.adminReadIndex(ctx, req) // cluster/follower_read.go
 	case "list":
@@ -274,11 +277,47 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 				return applyError(err, n.raft)
 			}
 			n.log.Info("node removed", "id", id)
+			go n.tellRemoved(s.ID, s.Address)
 			return nil
 		}
 		ids = append(ids, string(s.ID))
 	}
 	return transport.Errorf(transport.CodeBadRequest, "no node %q in the cluster (members: %s)", id, strings.Join(ids, ", "))
+}
+
+// tellRemoved tells the node id at addr, just removed, that it was (best
+// effort: it may be down): raft does not, and a removed node otherwise
+// only logs, over and over, that it hears from no leader. It ends within
+// seconds, or when the node stops.
+func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-n.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise})
+	if _, err := n.adminCall(ctx, string(addr), body); err != nil {
+		n.log.Debug("could not tell the removed node", "id", id, "address", addr, "error", err)
+	}
+}
+
+// adminRemoved answers a leader's {"op":"removed"}: this node is no longer
+// a member. It logs so, with how to bring it back.
+func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, error) {
+	if !transport.FromPeer(ctx) {
+		return nil, transport.Errorf(transport.CodeBadRequest, "removed is sent by the leader to the node it removed")
+	}
+	if req.ID != n.id {
+		return nil, transport.Errorf(transport.CodeBadRequest, "removed names %q, but this node is %q", req.ID, n.id)
+	}
+	n.log.Warn("this node was removed from the cluster: it serves no requests until it is a member again "+
+		"(kadosession join --cluster LEADER --id ID --address ADDRESS re-admits it; a node removed for good can be stopped)",
+		"by", req.By, "leader", req.Address, "id", n.id, "address", n.cfg.Advertise)
+	return []byte(`{}`), nil
 }
 
 // removeSelf removes this node, the leader, from the cluster: it hands

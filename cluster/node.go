@@ -643,8 +643,12 @@ func (n *Node) Close() error {
 		n.log.Info("shutting down")
 		close(n.stop)
 		if n.raft.State() == raft.Leader && n.voters() > 1 {
+			start := time.Now()
 			if err := n.raft.LeadershipTransfer().Error(); err != nil {
-				n.log.Warn("leadership transfer failed", "error", err)
+				n.log.Warn("leadership transfer failed; the others elect a leader when this node's heartbeats stop", "error", err)
+			} else {
+				_, to := n.raft.LeaderWithID()
+				n.log.Info("handed leadership over before stopping", "to", to, "took", time.Since(start).Round(time.Millisecond))
 			}
 		}
 		n.server.Close()
