@@ -159,6 +159,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("snapshot: %v", err)
 	}
 	tc.waitSame()
+	if err := leader.SaveNow(); err != nil {
+		t.Fatalf("save file: %v", err)
+	}
 
 	lm := scrape(t, leader)
 	for _, tt := range []struct {
@@ -187,6 +190,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"kadosession_snapshot_size_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
 		{"kadosession_open_connections", nil, func(v float64) bool { return v >= 1 }, ">= 1 (our native connection)"},
 		{"kadosession_requests_in_flight", nil, func(v float64) bool { return v == 0 }, "0 (every request answered)"},
+		{"kadosession_save_file_writes_total", map[string]string{"result": "ok"}, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"kadosession_save_file_write_duration_seconds", nil, func(v float64) bool { return v >= 1 }, ">= 1 observation"},
+		{"kadosession_save_file_last_success_timestamp_seconds", nil, func(v float64) bool { return time.Since(time.Unix(int64(v), 0)) < time.Minute }, "within the last minute"},
 		{"go_goroutines", nil, func(v float64) bool { return v > 0 }, "> 0"},
 	} {
 		name := tt.name

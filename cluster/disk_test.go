@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kadosession/kadosession/transport"
 )
@@ -43,6 +44,14 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // several save-file rounds fail
 	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "previous save file is intact") {
 		t.Fatalf("SaveNow on a full disk: %v", err)
+	}
+	// The failures are counted, for an alert.
+	var m dto.Metric
+	if err := n.obs.saveFiles.WithLabelValues("error").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if failed := m.GetCounter().GetValue(); failed < 2 {
+		t.Fatalf("kadosession_save_file_writes_total{result=\"error\"} = %v after several failed writes", failed)
 	}
 	// Still serving, and the previous save file is as it was.
 	if data, found, err := n.Restore(ctx, "b", transport.Default); err != nil || !found || string(data) != `{"v":2}` {

@@ -51,6 +51,9 @@ type metrics struct {
 	snapCount    *prometheus.CounterVec
 	backups      *prometheus.CounterVec
 	restored     prometheus.Counter
+	saveFiles    *prometheus.CounterVec
+	saveFileTime prometheus.Histogram
+	saveFileOK   prometheus.Gauge
 
 	// A request's counter and latency histogram by their labels, looked
 	// up once: finding them by label values hashed and checked the
@@ -108,8 +111,15 @@ func newMetrics(n *Node) *metrics {
 		"Backups captured by this node as leader, by result.")), []string{"result"})
 	m.restored = prometheus.NewCounter(prometheus.CounterOpts(f("restored_sessions_total",
 		"Sessions loaded from backups through this node as leader.")))
+	m.saveFiles = prometheus.NewCounterVec(prometheus.CounterOpts(f("save_file_writes_total",
+		"Writes of the Kado save file, by result (ok or error: the previous file is then intact).")), []string{"result"})
+	m.saveFileTime = prometheus.NewHistogram(hist("save_file_write_duration_seconds",
+		"Time to write the save file (capture, encode, fsync, rename).",
+		[]float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}))
+	m.saveFileOK = prometheus.NewGauge(prometheus.GaugeOpts(f("save_file_last_success_timestamp_seconds",
+		"Unix time of the last save file written (0: none since start); alert when it falls behind --save-frequency while sessions change.")))
 	m.reg.MustRegister(m.requests, m.latency, m.forwarded, m.batchSize, m.applyLatency, m.logStore, m.prunes, m.prunedTotal,
-		m.snapDuration, m.snapSize, m.snapCount, m.backups, m.restored,
+		m.snapDuration, m.snapSize, m.snapCount, m.backups, m.restored, m.saveFiles, m.saveFileTime, m.saveFileOK,
 		&nodeCollector{n: n},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -187,6 +197,19 @@ func (m *metrics) observeBackup(err error) {
 		return
 	}
 	m.backups.WithLabelValues(result(err)).Inc()
+}
+
+func (m *metrics) observeSaveFile(took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.saveFiles.WithLabelValues("error").Inc()
+		return
+	}
+	m.saveFiles.WithLabelValues("ok").Inc()
+	m.saveFileTime.Observe(took.Seconds())
+	m.saveFileOK.SetToCurrentTime()
 }
 
 func (m *metrics) observeRestored(count int) {

@@ -538,7 +538,10 @@ func (n *Node) saveIfChanged(last uint64) (uint64, error) {
 	if v == last && last != 0 {
 		return last, nil
 	}
-	if err := n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) }); err != nil {
+	start := time.Now()
+	err := n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) })
+	n.obs.observeSaveFile(time.Since(start), err)
+	if err != nil {
 		return last, fmt.Errorf("write save file %s: %w (the previous save file is intact)", n.cfg.SaveFile, err)
 	}
 	return v, nil

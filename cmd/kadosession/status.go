@@ -64,14 +64,26 @@ func status(args []string, stdout, stderr io.Writer) error {
 		quorum := voters/2 + 1
 		fmt.Fprintf(stdout, "cluster %s, leader %s (%s)\nvoters: %d of %d reachable, quorum %d: %s\n\n", st.ClusterID, orNone(st.LeaderID), orNone(st.Leader),
 			reachable, voters, quorum, tolerance(reachable, quorum))
+		// LAG: log entries the member has yet to apply that the leader
+		// has applied (a member falling behind, or catching up).
+		var leaderApplied uint64
+		for _, n := range st.Nodes {
+			if n.ID == st.LeaderID {
+				leaderApplied = n.Applied
+			}
+		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tSESSIONS")
+		fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tLAG\tSESSIONS")
 		for _, n := range st.Nodes {
 			if n.State == "unreachable" {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t-\t-\t-\n", n.ID, n.Address, n.Voter, n.State)
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t-\t-\t-\t-\n", n.ID, n.Address, n.Voter, n.State)
 				continue
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, n.Sessions)
+			lag := "-"
+			if leaderApplied > 0 {
+				lag = fmt.Sprint(max(int64(leaderApplied)-int64(n.Applied), 0))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%s\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, lag, n.Sessions)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

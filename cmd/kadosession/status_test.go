@@ -48,6 +48,7 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 		}
 	}
 	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
+	status("LAG", 0)
 	nodes[2].Close()
 	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
 	nodes[1].Close()
