@@ -524,3 +524,24 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 		t.Fatal("a client's removed notice was accepted")
 	}
 }
+
+// A leader that stops hands leadership over first, and says to whom.
+func TestStoppingLeaderLogsTheHandover(t *testing.T) {
+	logs := map[string]*logCapture{}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		logs[c.ID] = &logCapture{}
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
+	})
+	l := tc.leader()
+	id := tc.nodes[l].ID()
+	tc.stop(l)
+	out := logs[id].String()
+	i := strings.Index(out, "handed leadership over before stopping")
+	if i < 0 {
+		t.Fatalf("the stopping leader did not log the handover:\n%s", out)
+	}
+	line, _, _ := strings.Cut(out[i:], "\n")
+	if !strings.Contains(line, "to=n") || strings.Contains(line, "to="+id) {
+		t.Fatalf("the handover line does not name the successor: %s", line)
+	}
+}

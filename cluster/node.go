@@ -650,7 +650,14 @@ func (n *Node) Close() error {
 			if err := n.raft.LeadershipTransfer().Error(); err != nil {
 				n.log.Warn("leadership transfer failed; the others elect a leader when this node's heartbeats stop", "error", err)
 			} else {
-				_, to := n.raft.LeaderWithID()
+				// The successor is named once it sends its first heartbeat.
+				var to raft.ServerID
+				for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					if _, id := n.raft.LeaderWithID(); id != "" && string(id) != n.id {
+						to = id
+						break
+					}
+				}
 				n.log.Info("handed leadership over before stopping", "to", to, "took", time.Since(start).Round(time.Millisecond))
 			}
 		}
