@@ -1,8 +1,11 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,11 +49,11 @@ type readIndex struct {
 
 	rounds rounds // confirmation rounds (confirmRound), shared by the reads waiting
 
-	// fastPeer is the peer that completed the last confirmation round's
-	// quorum, asked first by the next; quorumRTT the recent time a round
-	// took, in nanoseconds (confirm, hedgeAfter).
-	fastPeer  atomic.Pointer[raft.ServerID]
-	quorumRTT atomic.Int64
+	// peerTimes holds each peer's recent time to answer a term request (a
+	// moving average; hedgeMax after a failure), which orders the peers a
+	// confirmation round asks first (confirm).
+	peerMu    sync.Mutex
+	peerTimes map[raft.ServerID]time.Duration
 
 	steppingDown atomic.Bool
 }
@@ -265,47 +268,55 @@ func (ri *readIndex) confirm(term uint64) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
 	defer cancel()
-	// Only as many peers as the quorum lacks are asked at first, the one
-	// that answered first last time leading: with three voters, one peer.
-	// Asking every peer cost a round's work twice over (a fifth of a
-	// leader's CPU under 64 readers went to these requests, and as much
-	// again on each follower). The others are asked when one asked fails
-	// or the answers are late (hedgeAfter).
-	if fast := ri.fastPeer.Load(); fast != nil {
-		for i, p := range peers {
-			if p.ID == *fast {
-				peers[0], peers[i] = peers[i], peers[0]
-				break
-			}
-		}
-	}
+	// Only as many peers as the quorum lacks are asked at first, the
+	// quickest to answer lately first: with three voters, one peer. Asking
+	// every peer cost a round's work twice over (a fifth of a leader's CPU
+	// under 64 readers went to these requests, and as much again on each
+	// follower). The others are asked when one asked fails or the answers
+	// are late (hedgeAfter): a paused or unreachable peer then costs one
+	// late round, after which it is asked last.
+	first := need - acks
+	hedgeAt := ri.rankPeers(peers, first)
 	type answer struct {
-		id   raft.ServerID
+		i    int
 		term uint64
 		err  error
 	}
 	answers := make(chan answer, len(peers))
+	answered := make([]bool, len(peers))
 	asked := 0
 	ask := func(upTo int) {
 		for ; asked < upTo && asked < len(peers); asked++ {
-			p := peers[asked]
+			i, p := asked, peers[asked]
 			go func() {
+				start := time.Now()
 				t, err := ri.askTerm(ctx, p.ID, p.Address)
-				answers <- answer{p.ID, t, err}
+				ri.notePeer(p.ID, time.Since(start), err)
+				answers <- answer{i, t, err}
 			}()
 		}
 	}
-	start := time.Now()
-	ask(need - acks)
-	hedge := time.NewTimer(ri.hedgeAfter())
+	// late ranks the peers asked that have not answered last, at once: the
+	// next round may start before their requests end.
+	late := func() {
+		for i := range asked {
+			if !answered[i] {
+				ri.notePeer(peers[i].ID, 0, errLate)
+			}
+		}
+	}
+	ask(first)
+	hedge := time.NewTimer(hedgeAt)
 	defer hedge.Stop()
 	var lastErr error
-	for answered := 0; answered < asked; {
+	for n := 0; n < asked; {
 		var a answer
 		select {
 		case a = <-answers:
-			answered++
+			n++
+			answered[a.i] = true
 		case <-hedge.C:
+			late()
 			ask(len(peers))
 			continue
 		}
@@ -318,8 +329,7 @@ func (ri *readIndex) confirm(term uint64) error {
 			return &transport.Error{Code: transport.CodeNotLeader, Message: fmt.Sprintf("this node was leader in term %d, but a peer is already in term %d", term, a.term)}
 		default:
 			if acks++; acks >= need {
-				ri.fastPeer.Store(&a.id)
-				ri.noteAnswer(time.Since(start))
+				late()
 				return nil
 			}
 		}
@@ -327,25 +337,50 @@ func (ri *readIndex) confirm(term uint64) error {
 	return transport.Errorf(transport.CodeUnavailable, "leadership not confirmed: %d of %d voters answered in term %d (last error: %v)", acks, voters, term, lastErr)
 }
 
-// hedgeAfter is how long a confirmation round waits for the peers it asked
-// first before it asks the rest: four times the recent time to a quorum,
-// within [hedgeMin, hedgeMax].
-func (ri *readIndex) hedgeAfter() time.Duration {
-	return min(max(4*time.Duration(ri.quorumRTT.Load()), hedgeMin), hedgeMax)
+// rankPeers orders peers by their recent time to answer, quickest first
+// (a peer not heard from yet first of all: it is tried), and returns how
+// long a round waits for the first n before it asks the rest: four times
+// the slowest of them, within [hedgeMin, hedgeMax].
+func (ri *readIndex) rankPeers(peers []raft.Server, n int) time.Duration {
+	ri.peerMu.Lock()
+	defer ri.peerMu.Unlock()
+	slices.SortStableFunc(peers, func(a, b raft.Server) int {
+		return cmp.Compare(ri.peerTimes[a.ID], ri.peerTimes[b.ID])
+	})
+	var slowest time.Duration
+	for _, p := range peers[:min(n, len(peers))] {
+		slowest = max(slowest, ri.peerTimes[p.ID])
+	}
+	return min(max(4*slowest, hedgeMin), hedgeMax)
 }
 
-// noteAnswer folds the time one round took to a quorum into quorumRTT
-// (a moving average weighing the latest round an eighth).
-func (ri *readIndex) noteAnswer(d time.Duration) {
-	old := ri.quorumRTT.Load()
-	if old == 0 {
-		ri.quorumRTT.Store(int64(d))
+// notePeer folds the time peer id took to answer a term request into its
+// moving average (the latest weighing an eighth); a failure, or an answer
+// the round stopped waiting for, counts as hedgeMax until the next answer.
+func (ri *readIndex) notePeer(id raft.ServerID, took time.Duration, err error) {
+	if err != nil {
+		took = hedgeMax
+	}
+	ri.peerMu.Lock()
+	defer ri.peerMu.Unlock()
+	if ri.peerTimes == nil {
+		ri.peerTimes = map[raft.ServerID]time.Duration{}
+	}
+	old, ok := ri.peerTimes[id]
+	if !ok || err != nil || old >= hedgeMax {
+		// A first answer, a failure, or the first answer after one: it
+		// stands alone, so a peer back from a pause is not ranked by it.
+		ri.peerTimes[id] = took
 		return
 	}
-	ri.quorumRTT.Store(old + (int64(d)-old)/8)
+	ri.peerTimes[id] = old + (took-old)/8
 }
 
-// Bounds of readIndex.hedgeAfter.
+// errLate marks a peer a confirmation round stopped waiting for.
+var errLate = errors.New("answered later than the round waited")
+
+// Bounds of the time a confirmation round waits before asking more peers
+// (readIndex.rankPeers).
 const (
 	hedgeMin = 5 * time.Millisecond
 	hedgeMax = 50 * time.Millisecond
