@@ -105,9 +105,10 @@ const (
 	DefaultElectionTimeout    = 200 * time.Millisecond
 	DefaultLeaderLeaseTimeout = 200 * time.Millisecond
 	DefaultCommitTimeout      = 10 * time.Millisecond
-	// FrameHeadroom is what a request carries besides a session's data (its
-	// sid, the Kado JSON around the data, a patch's keys): an unset
-	// Server.MaxFrame is MaxSessionSize plus this, and at least 1 MiB.
+	// FrameHeadroom is what a request carries besides session data (its sid,
+	// the Kado JSON around the data): an unset Server.MaxFrame is twice
+	// MaxSessionSize (a patch replacing a whole session) plus this, and at
+	// least 1 MiB; an explicit one must be at least MaxSessionSize plus this.
 	FrameHeadroom = 8 << 10
 )
 
@@ -141,11 +142,13 @@ func (c *Config) withDefaults() Config {
 		out.MaxSessionSize = transport.DefaultMaxFrame
 	}
 	if out.Server.MaxFrame == 0 {
-		// Room for the largest session and what a request carries besides
-		// (its sid, the Kado JSON around the data): with both at 1 MiB, a
-		// session just under the size limit was refused as a frame too
-		// large, with another error than the size limit's.
-		out.Server.MaxFrame = max(transport.DefaultMaxFrame, out.MaxSessionSize+FrameHeadroom)
+		// Room for any request that leaves a session within the size
+		// limit: a patch may delete every key of one (their names, up to
+		// the size) and set a whole new one, plus its sid and the Kado JSON
+		// around the data (FrameHeadroom). With both at 1 MiB, a session
+		// just under the size limit was refused as a frame too large, with
+		// another error than the size limit's.
+		out.Server.MaxFrame = max(transport.DefaultMaxFrame, 2*out.MaxSessionSize+FrameHeadroom)
 	}
 	if out.HeartbeatTimeout == 0 {
 		out.HeartbeatTimeout = DefaultHeartbeatTimeout
@@ -216,9 +219,15 @@ func (c *Config) Validate() error {
 	if d.MaxSessionSize < 0 {
 		errs = append(errs, fmt.Errorf("max session size is negative (%d)", d.MaxSessionSize))
 	}
-	if c.MaxSessionSize > 0 && c.Server.MaxFrame > 0 && c.Server.MaxFrame < c.MaxSessionSize+FrameHeadroom {
+	if c.Server.MaxFrame < 0 {
+		errs = append(errs, fmt.Errorf("max frame is negative (%d)", c.Server.MaxFrame))
+	} else if c.Server.MaxFrame > 0 && c.Server.MaxFrame < d.MaxSessionSize+FrameHeadroom {
 		errs = append(errs, fmt.Errorf("max frame (%d bytes) leaves no room for a session of the max session size (%d bytes): "+
-			"raise --max-frame to at least %d, or leave it out (it then follows --max-session-size)", c.Server.MaxFrame, c.MaxSessionSize, c.MaxSessionSize+FrameHeadroom))
+			"raise --max-frame to at least %d (%d lets a patch replace a whole session), lower --max-session-size, or leave --max-frame out (it then follows --max-session-size)",
+			c.Server.MaxFrame, d.MaxSessionSize, d.MaxSessionSize+FrameHeadroom, 2*d.MaxSessionSize+FrameHeadroom))
+	}
+	if c.MaxKeys < 0 {
+		errs = append(errs, fmt.Errorf("max keys is negative (%d)", c.MaxKeys))
 	}
 	return errors.Join(errs...)
 }

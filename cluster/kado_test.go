@@ -142,8 +142,8 @@ func TestKadoProtocolSplitWritesAndSlowClients(t *testing.T) {
 }
 
 func TestKadoProtocolTooLarge(t *testing.T) {
-	n := startNode(t, Config{Server: transport.ServerConfig{MaxFrame: 4096}})
-	big := `{"save":{"sid":"big","data":{"x":"` + strings.Repeat("a", 8192) + `"}}}`
+	n := startNode(t, Config{MaxSessionSize: 4096, Server: transport.ServerConfig{MaxFrame: 16384}})
+	big := `{"save":{"sid":"big","data":{"x":"` + strings.Repeat("a", 20000) + `"}}}`
 	if got := kadoRequest(t, n.Addr(), []byte(big)); !strings.Contains(got, "too large") {
 		t.Fatalf("oversized request reply = %s", got)
 	}

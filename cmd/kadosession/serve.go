@@ -45,7 +45,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&join, "join", "", "`HOST:PORT[,HOST:PORT…]` of an existing cluster to join (instead of starting a new one)")
 	fs.IntVar(&cfg.MaxSessionSize, "max-session-size", transport.DefaultMaxFrame, "largest session data in bytes (--max-frame follows it)")
 	fs.IntVar(&cfg.MaxKeys, "max-keys", 1024, "most keys one session may hold")
-	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", 0, "largest native frame or Kado JSON request in bytes (default --max-session-size plus 8 KiB, and at least 1 MiB)")
+	fs.IntVar(&cfg.Server.MaxFrame, "max-frame", 0, "largest native frame or Kado JSON request in bytes (default twice --max-session-size plus 8 KiB: room for a patch replacing a whole session)")
 	fs.DurationVar(&cfg.Server.ReadTimeout, "read-timeout", 10*time.Second, "time a client has to finish sending a request it started")
 	fs.DurationVar(&cfg.Server.IdleTimeout, "idle-timeout", 5*time.Minute, "close native connections idle this long")
 	fs.DurationVar(&cfg.Server.RequestTimeout, "request-timeout", 10*time.Second, "deadline for serving one request")
@@ -78,7 +78,26 @@ func serve(args []string, stderr io.Writer) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	if !given["max-session-size"] {
-		cfg.MaxSessionSize = 0 // the default; an explicit --max-frame may then be lower
+		cfg.MaxSessionSize = 0 // the default
+	}
+	// Zero or negative limits and durations are mistakes (a zero used to
+	// mean the default without a word, a negative one refused everything).
+	for name, v := range map[string]int{"max-keys": cfg.MaxKeys, "max-conns": cfg.Server.MaxConns, "max-inflight": cfg.Server.MaxInflight,
+		"max-session-size": cfg.MaxSessionSize, "max-frame": cfg.Server.MaxFrame} {
+		if given[name] && v <= 0 {
+			return fmt.Errorf("--%s %d: want a positive number", name, v)
+		}
+	}
+	for name, v := range map[string]time.Duration{"duration": cfg.Duration, "save-frequency": cfg.SaveFrequency, "prune-frequency": cfg.PruneFrequency,
+		"read-timeout": cfg.Server.ReadTimeout, "idle-timeout": cfg.Server.IdleTimeout, "request-timeout": cfg.Server.RequestTimeout,
+		"heartbeat-timeout": cfg.HeartbeatTimeout, "election-timeout": cfg.ElectionTimeout, "leader-lease-timeout": cfg.LeaderLeaseTimeout,
+		"commit-timeout": cfg.CommitTimeout} {
+		if v <= 0 {
+			return fmt.Errorf("--%s %s: want a positive duration", name, v)
+		}
+	}
+	if cfg.MaxStale < 0 {
+		return fmt.Errorf("--max-stale %s: want 0 (no bound) or a positive duration", cfg.MaxStale)
 	}
 	switch *consistency {
 	case "linearizable":
