@@ -164,6 +164,7 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 		t.Fatal("the refused node serves clients")
 	}
 	// A changed id on an existing data directory is refused at start.
+	tc.stop(1)
 	_, err := Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
 	if err == nil || !strings.Contains(err.Error(), "belongs to node") {
 		t.Fatalf("changed id: %v", err)
@@ -543,5 +544,34 @@ func TestStoppingLeaderLogsTheHandover(t *testing.T) {
 	line, _, _ := strings.Cut(out[i:], "\n")
 	if !strings.Contains(line, "to=n") || strings.Contains(line, "to="+id) {
 		t.Fatalf("the handover line does not name the successor: %s", line)
+	}
+}
+
+// A node started with --join that never reached a cluster kept its id, but
+// no cluster knows it: the corrected rerun may use another --id. A data
+// directory that did become a member keeps refusing another id.
+func TestUnjoinedDataDirectoryTakesANewID(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing answers there
+	dir := t.TempDir()
+	n, err := Open(Config{ID: "typo", DataDir: dir, Listen: "127.0.0.1:0", Join: []string{deadAddr}, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a join attempt or two fail
+	n.Close()
+	seed := startNode(t, Config{ID: "seed"})
+	joined := startNode(t, Config{ID: "fixed", DataDir: dir, Join: []string{seed.Addr()}})
+	if joined.ID() != "fixed" {
+		t.Fatalf("the rerun's id is %q, want fixed", joined.ID())
+	}
+	poll(t, func() bool { return joined.isMember() && joined.Ready() }, 15*time.Second, "the rerun to join")
+	joined.Close()
+	if _, err := Open(Config{ID: "other", DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger()}); err == nil || !strings.Contains(err.Error(), "belongs to node") {
+		t.Fatalf("a member's data directory under another id: %v", err)
 	}
 }

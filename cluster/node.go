@@ -203,11 +203,6 @@ func Open(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	id, err := loadNodeID(cfg.DataDir, cfg.ID)
-	if err != nil {
-		return nil, err
-	}
-	n.id = id
 	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
 		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
@@ -247,6 +242,17 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read raft state: %w", err)
 	}
+	// A data directory that never became part of a cluster (a --join that
+	// never got an answer: no raft state, no cluster id) takes a new --id:
+	// no cluster knows the id it kept.
+	id, replaced, err := loadNodeID(cfg.DataDir, cfg.ID, !hasState && clusterID == "")
+	if err != nil {
+		return nil, err
+	}
+	if replaced != "" {
+		log.Info("the data directory's node id was never part of a cluster; using --id", "was", replaced, "id", id)
+	}
+	n.id = id
 	if hasState && clusterID == "" {
 		// State from an unrecorded cluster: give it an identity of its own,
 		// so that it can never be merged into another cluster by a join.
