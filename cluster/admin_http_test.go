@@ -191,6 +191,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		{"kadosession_open_connections", nil, func(v float64) bool { return v >= 1 }, ">= 1 (our native connection)"},
 		{"kadosession_requests_in_flight", nil, func(v float64) bool { return v == 0 }, "0 (every request answered)"},
 		{"kadosession_save_file_writes_total", map[string]string{"result": "ok"}, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"kadosession_save_file_writes_total", map[string]string{"result": "error"}, func(v float64) bool { return v == 0 }, "0, exported before any failure"},
 		{"kadosession_save_file_write_duration_seconds", nil, func(v float64) bool { return v >= 1 }, ">= 1 observation"},
 		{"kadosession_save_file_last_success_timestamp_seconds", nil, func(v float64) bool { return time.Since(time.Unix(int64(v), 0)) < time.Minute }, "within the last minute"},
 		{"go_goroutines", nil, func(v float64) bool { return v > 0 }, "> 0"},

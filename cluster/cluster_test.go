@@ -575,3 +575,24 @@ func TestUnjoinedDataDirectoryTakesANewID(t *testing.T) {
 		t.Fatalf("a member's data directory under another id: %v", err)
 	}
 }
+
+// A closed forwarder makes no new connections: a call racing the node's
+// Close (a removed node being told so) used to open a pool nothing closed.
+func TestClosedForwarderDialsNothing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f := newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: time.Second})
+	f.close()
+	if _, err := f.call(context.Background(), ln.Addr().String(), &transport.Request{Op: transport.OpPing}); err == nil {
+		t.Fatal("a closed forwarder's call succeeded")
+	}
+	f.mu.Lock()
+	pools := len(f.pools)
+	f.mu.Unlock()
+	if pools != 0 {
+		t.Fatalf("a closed forwarder holds %d pools", pools)
+	}
+}

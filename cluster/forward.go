@@ -14,9 +14,10 @@ import (
 // forwarder carries requests a follower cannot serve to the leader, over a
 // few pipelined connections per peer that live as long as the node.
 type forwarder struct {
-	cfg   transport.ConnConfig
-	mu    sync.Mutex
-	pools map[string]*transport.Pool
+	cfg    transport.ConnConfig
+	mu     sync.Mutex
+	pools  map[string]*transport.Pool
+	closed bool // after close: no new connections (a late call would leak its pool)
 }
 
 const forwardPoolSize = 4
@@ -28,6 +29,9 @@ func newForwarder(cfg transport.ConnConfig) *forwarder {
 func (f *forwarder) pool(addr string) *transport.Pool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
 	p, ok := f.pools[addr]
 	if !ok {
 		p = transport.NewPool(addr, forwardPoolSize, f.cfg)
@@ -39,7 +43,11 @@ func (f *forwarder) pool(addr string) *transport.Pool {
 // call sends req to addr and returns the response; a failure to reach the
 // peer is CodeUnavailable naming it.
 func (f *forwarder) call(ctx context.Context, addr string, req *transport.Request) (transport.Response, error) {
-	conn, err := f.pool(addr).Get(ctx)
+	p := f.pool(addr)
+	if p == nil {
+		return transport.Response{}, errCommitterStopped
+	}
+	conn, err := p.Get(ctx)
 	if err == nil {
 		var resp transport.Response
 		resp, err = conn.RoundTrip(ctx, req)
@@ -64,6 +72,7 @@ func (f *forwarder) close() {
 		p.Close()
 	}
 	f.pools = map[string]*transport.Pool{}
+	f.closed = true
 }
 
 // forward sends req to the leader when this node is not the leader and

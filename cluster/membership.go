@@ -290,6 +290,11 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 // only logs, over and over, that it hears from no leader. It ends within
 // seconds, or when the node stops.
 func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress) {
+	select {
+	case <-n.stop:
+		return // closing: its connections are closed, or about to be
+	default:
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	go func() {
@@ -314,9 +319,10 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 	if req.ID != n.id {
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed names %q, but this node is %q", req.ID, n.id)
 	}
-	n.log.Warn("this node was removed from the cluster: it serves no requests until it is a member again "+
-		"(kadosession join --cluster LEADER --id ID --address ADDRESS re-admits it; a node removed for good can be stopped)",
-		"by", req.By, "leader", req.Address, "id", n.id, "address", n.cfg.Advertise)
+	n.log.Warn(fmt.Sprintf("this node was removed from the cluster: it serves no requests until it is a member again "+
+		"(kadosession join --cluster %s --id %s --address %s re-admits it; a node removed for good should be stopped, "+
+		"and not restarted with --join, which asks to be admitted again)", req.Address, n.id, n.cfg.Advertise),
+		"by", req.By, "leader", req.Address, "id", n.id)
 	return []byte(`{}`), nil
 }
 

@@ -113,6 +113,9 @@ func newMetrics(n *Node) *metrics {
 		"Sessions loaded from backups through this node as leader.")))
 	m.saveFiles = prometheus.NewCounterVec(prometheus.CounterOpts(f("save_file_writes_total",
 		"Writes of the Kado save file, by result (ok or error: the previous file is then intact).")), []string{"result"})
+	for _, r := range []string{"ok", "error"} {
+		m.saveFiles.WithLabelValues(r) // both exported from the start, for alerts on rate()
+	}
 	m.saveFileTime = prometheus.NewHistogram(hist("save_file_write_duration_seconds",
 		"Time to write the save file (capture, encode, fsync, rename).",
 		[]float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}))

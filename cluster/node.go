@@ -462,6 +462,16 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 		}
 		if len(records) > 0 {
 			n.log.Info("imported the save file", "file", n.cfg.SaveFile, "sessions", len(records))
+			now, expired := time.Now().UnixMilli(), 0
+			for _, r := range records {
+				if r.Expired(now, n.cfg.Duration.Milliseconds()) {
+					expired++
+				}
+			}
+			if expired > 0 {
+				n.log.Warn("sessions of the save file were saved longer ago than --duration: they read as absent, and the next prune removes them",
+					"file", n.cfg.SaveFile, "expired", expired, "sessions", len(records), "duration", n.cfg.Duration)
+			}
 		}
 	}
 	n.ready.Store(true)

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/kadosession/kadosession/transport"
 )
@@ -205,4 +208,20 @@ func TestSaveFileNotReadAfterImport(t *testing.T) {
 		b, err := os.ReadFile(path)
 		return err == nil && bytes.Contains(b, []byte(`"def"`)) && json.Valid(b)
 	}, 10*time.Second, "a good save file over the damaged one")
+}
+
+// Seeding a node with a save file whose sessions are older than --duration
+// imports them (the file is the truth) and warns that they read as absent.
+func TestImportWarnsOfExpiredSessions(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now().UnixMilli()
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(fmt.Sprintf(`{"old":{"a":1,"_written":1000},"new":{"b":2,"_written":%d}}`, now)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCapture{}
+	startNode(t, Config{DataDir: dir, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})})
+	poll(t, func() bool { return strings.Contains(logs.String(), "imported the save file") }, 10*time.Second, "the import")
+	if out := logs.String(); !strings.Contains(out, "saved longer ago than --duration") || !strings.Contains(out, "expired=1") {
+		t.Fatalf("no warning naming 1 expired session:\n%s", out)
+	}
 }

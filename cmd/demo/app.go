@@ -98,11 +98,11 @@ func (a *app) render(w http.ResponseWriter, status int, p page) {
 // fail answers a request whose store call failed.
 func (a *app) fail(w http.ResponseWriter, r *http.Request, what string, err error) {
 	a.log.Printf("%s %s: %s: %v", r.Method, r.URL.Path, what, err)
-	status := http.StatusInternalServerError
+	status, msg := http.StatusInternalServerError, "The session could not be saved ("+what+"): the store refused its data."
 	if errors.Is(err, middleware.ErrStoreUnavailable) {
-		status = http.StatusServiceUnavailable
+		status, msg = http.StatusServiceUnavailable, "The session store did not answer ("+what+"). Try again in a moment."
 	}
-	a.render(w, status, page{View: "login", Error: "The session store did not answer (" + what + "). Try again in a moment."})
+	a.render(w, status, page{View: "login", Error: msg})
 }
 
 func seeOther(w http.ResponseWriter, r *http.Request, to string) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -95,9 +96,18 @@ func backup(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--chunk-size %d: want 1 to %d", *chunk, cluster.MaxBackupChunk)
 	}
 	// Checked before the leader captures anything.
+	if st, err := os.Stat(*out); err == nil && st.IsDir() {
+		return fmt.Errorf("--out %s is a directory: name the backup file, e.g. %s", *out, filepath.Join(*out, "sessions-backup.json"))
+	}
 	if dir := filepath.Dir(*out); dir != "" {
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		st, err := os.Stat(dir)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
 			return fmt.Errorf("--out %s: the directory %s does not exist (create it first, or write the backup elsewhere)", *out, dir)
+		case err != nil:
+			return fmt.Errorf("--out %s: %v", *out, err)
+		case !st.IsDir():
+			return fmt.Errorf("--out %s: %s is not a directory", *out, dir)
 		}
 	}
 	call, closeConn, err := adminSession(*addr, &cf, 2*time.Minute)

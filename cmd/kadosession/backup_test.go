@@ -101,6 +101,11 @@ func TestProcessBackupRestore(t *testing.T) {
 		t.Fatalf("restore of expired sessions: %v, stderr %s; want a warning naming 2", err, stderr)
 	}
 
+	// A backup named as an existing directory is refused before anything is
+	// captured (it used to fail at the very end, renaming onto it).
+	if _, stderr, err := runCLI(t, "backup", "--cluster", src, "--out", t.TempDir()); err == nil || !strings.Contains(stderr, "is a directory") {
+		t.Fatalf("backup onto a directory: %v %s", err, stderr)
+	}
 	// A backup into a directory that does not exist says so, and what to do.
 	missing := filepath.Join(t.TempDir(), "no-such-dir", "backup.json")
 	if _, stderr, err := runCLI(t, "backup", "--cluster", src, "--out", missing); err == nil || !strings.Contains(stderr, "--out") || !strings.Contains(stderr, "does not exist") {

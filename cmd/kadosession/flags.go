@@ -32,7 +32,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	fs.Usage = usage
 	fs.SetOutput(out)
 	if errors.Is(err, flag.ErrHelp) {
+		// Asked for: to stdout, so that it can be paged or searched.
+		fs.SetOutput(os.Stdout)
 		usage()
+		fs.SetOutput(out)
 		return err
 	}
 	if err != nil {
@@ -87,7 +90,7 @@ var flagErrorRE = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:
 // error ("parse error") does not.
 func wants(f *flag.Flag, err error) error {
 	g, ok := f.Value.(flag.Getter)
-	if !ok {
+	if !ok || strings.Contains(err.Error(), "out of range") {
 		return err
 	}
 	switch g.Get().(type) {
