@@ -51,8 +51,13 @@ func (n *Node) recoverFromPeersJSON(rc *raft.Config, logs raft.LogStore, snaps r
 	// A recovered cluster is another cluster than the one its data came
 	// from: a node holding a copy of that data (or the original cluster,
 	// still running elsewhere) must not be able to join it, nor it them.
-	// Every survivor given the same file derives the same new id.
-	old := n.ClusterID()
+	// Every survivor given the same file derives the same new id, also
+	// when a start was interrupted after the new id was kept but before
+	// the file was marked applied (recoveredFrom).
+	old, err := n.recoveredFrom(path, conf)
+	if err != nil {
+		return err
+	}
 	recovered := recoveredClusterID(old, conf)
 	if err := saveClusterID(n.cfg.DataDir, recovered); err != nil {
 		return fmt.Errorf("recovered from %s but cannot record the new cluster id: %w", path, err)
@@ -61,9 +66,34 @@ func (n *Node) recoverFromPeersJSON(rc *raft.Config, logs raft.LogStore, snaps r
 	if err := os.Rename(path, path+".applied"); err != nil {
 		return fmt.Errorf("recovered from %s but cannot rename it (remove it before the next start): %w", path, err)
 	}
+	_ = os.Remove(filepath.Join(n.cfg.DataDir, recoveredFromFile))
 	n.log.Warn("raft configuration replaced from the recovery file; this is now a cluster of its own", "file", path, "members", len(conf.Servers),
 		"old_cluster_id", old, "cluster_id", recovered)
 	return nil
+}
+
+// recoveredFromFile keeps, while a recovery is applied, the cluster id it
+// started from and the members it names.
+const recoveredFromFile = "cluster-id.before-recovery"
+
+// recoveredFrom returns the cluster id the recovery to conf starts from:
+// the node's, recorded first, or the one recorded by an earlier attempt at
+// the same recovery (same members) that stopped before it was complete.
+// Deriving from the node's id again would then give this survivor another
+// id than the others'.
+func (n *Node) recoveredFrom(path string, conf raft.Configuration) (string, error) {
+	file := filepath.Join(n.cfg.DataDir, recoveredFromFile)
+	key := recoveredClusterID("", conf) // names the members
+	if b, err := os.ReadFile(file); err == nil {
+		if old, k, ok := strings.Cut(strings.TrimSpace(string(b)), " "); ok && k == key {
+			return old, nil
+		}
+	}
+	old := n.ClusterID()
+	if err := writeFileAtomic(file, []byte(old+" "+key+"\n")); err != nil {
+		return "", fmt.Errorf("recovering from %s: cannot record the cluster id it starts from: %w", path, err)
+	}
+	return old, nil
 }
 
 // recoveredClusterID is the id of the cluster recovered from the cluster

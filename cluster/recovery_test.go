@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -84,6 +85,20 @@ func TestRecoveryFromPeersJSON(t *testing.T) {
 	}
 	if n.ClusterID() != recovered {
 		t.Fatalf("cluster id after a restart %s, want the recovered %s", n.ClusterID(), recovered)
+	}
+	if _, err := os.Stat(filepath.Join(dir, recoveredFromFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s left after a complete recovery: %v", recoveredFromFile, err)
+	}
+	// A start interrupted after keeping the new id but before marking the
+	// file applied applies it again: the id must come out the same as
+	// the other survivors' (derived from the old id, not the new one).
+	tc.stop(survivor)
+	conf := raft.Configuration{Servers: []raft.Server{{ID: raft.ServerID(tc.cfgs[survivor].ID), Address: raft.ServerAddress(tc.cfgs[survivor].Listen), Suffrage: raft.Voter}}}
+	os.WriteFile(filepath.Join(dir, recoveredFromFile), []byte(oldID+" "+recoveredClusterID("", conf)+"\n"), 0o600)
+	os.Rename(filepath.Join(dir, PeersJSON+".applied"), filepath.Join(dir, PeersJSON))
+	n = tc.start(survivor)
+	if n.ClusterID() != recovered {
+		t.Fatalf("cluster id after an interrupted recovery applied again: %s, want %s", n.ClusterID(), recovered)
 	}
 }
 
