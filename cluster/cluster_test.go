@@ -596,3 +596,27 @@ func TestClosedForwarderDialsNothing(t *testing.T) {
 		t.Fatalf("a closed forwarder holds %d pools", pools)
 	}
 }
+
+// A leader stopping just after a follower did hands leadership to the
+// follower that still answers (raft's own choice could be the stopped one:
+// the transfer then failed, and the last node waited for an election).
+func TestStoppingLeaderHandsOverToALiveFollower(t *testing.T) {
+	logs := map[string]*logCapture{}
+	tc := newTestCluster(t, 3, func(c *Config) {
+		logs[c.ID] = &logCapture{}
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
+	})
+	l := tc.leader()
+	var followers []int
+	for i := range tc.nodes {
+		if i != l {
+			followers = append(followers, i)
+		}
+	}
+	tc.stop(followers[0])
+	tc.stop(l)
+	live := tc.cfgs[followers[1]].ID
+	if out := logs[tc.cfgs[l].ID].String(); !strings.Contains(out, "handed leadership over before stopping: to="+live) {
+		t.Fatalf("the leader did not hand over to the live follower %s:\n%s", live, out)
+	}
+}

@@ -663,7 +663,7 @@ func (n *Node) Close() error {
 		close(n.stop)
 		if n.raft.State() == raft.Leader && n.voters() > 1 {
 			start := time.Now()
-			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			if err := n.handOver(); err != nil {
 				n.log.Warn("leadership transfer failed; the others elect a leader when this node's heartbeats stop", "error", err)
 			} else {
 				// The successor is named once it sends its first heartbeat.
@@ -689,6 +689,47 @@ func (n *Node) Close() error {
 		n.log.Info("stopped")
 	})
 	return n.closeErr
+}
+
+// handOver hands leadership to the voter that answers now and has applied
+// the most: raft's own choice (the furthest replicated) may be a follower
+// that has just stopped, and the transfer then failed, leaving an election
+// to the others (operator review: 3 of 9 trials).
+func (n *Node) handOver() error {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	type answer struct {
+		s       raft.Server
+		applied uint64
+		ok      bool
+	}
+	var peers []raft.Server
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(n.id) {
+			peers = append(peers, s)
+		}
+	}
+	answers := make(chan answer, len(peers))
+	for _, s := range peers {
+		go func() {
+			st, err := n.peerStatus(ctx, string(s.Address))
+			answers <- answer{s, st.Applied, err == nil && st.ID == string(s.ID)}
+		}()
+	}
+	var best *answer
+	for range peers {
+		if a := <-answers; a.ok && (best == nil || a.applied > best.applied) {
+			best = &a
+		}
+	}
+	if best == nil {
+		return errors.New("no other voter answers")
+	}
+	return n.raft.LeadershipTransferToServer(best.s.ID, best.s.Address).Error()
 }
 
 func (n *Node) voters() int {
