@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -24,14 +26,18 @@ import (
 //
 // It has no authentication: bind it to loopback or a private network.
 type adminHTTP struct {
-	srv *http.Server
-	ln  net.Listener
+	srv     *http.Server
+	ln      net.Listener
+	handler atomic.Pointer[http.Handler] // the endpoints; while starting, startingHTTP
 }
 
-// listenHTTP binds the admin endpoint's address when Config.HTTP is set.
-// Open calls it before it touches the data directory, so that a busy
-// address stops start-up with nothing written.
-func listenHTTP(addr string) (*adminHTTP, error) {
+// listenHTTP binds the admin endpoint's address when Config.HTTP is set,
+// and serves it at once: while the node starts (a large snapshot can take
+// seconds to restore) /healthz answers 200 and the rest 503 "starting",
+// where a probe used to wait for an answer that did not come. Open calls
+// it before it touches the data directory, so that a busy address stops
+// start-up with nothing written.
+func listenHTTP(addr string, log hclog.Logger) (*adminHTTP, error) {
 	if addr == "" {
 		return nil, nil
 	}
@@ -39,10 +45,30 @@ func listenHTTP(addr string) (*adminHTTP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin HTTP: listen on %s: %w (check --http)", addr, err)
 	}
-	return &adminHTTP{ln: ln}, nil
+	h := &adminHTTP{ln: ln}
+	var starting http.Handler = http.HandlerFunc(startingHTTP)
+	h.handler.Store(&starting)
+	h.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*h.handler.Load()).ServeHTTP(w, r) })}
+	go func() {
+		if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin HTTP stopped", "error", err)
+		}
+	}()
+	return h, nil
 }
 
-// startHTTP serves the admin endpoints on the address listenHTTP bound.
+// startingHTTP answers the admin endpoints while the node starts.
+func startingHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "starting": true})
+		return
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": "starting: opening the data directory and replaying the raft log"})
+}
+
+// startHTTP switches the admin endpoint from startingHTTP to the node's
+// endpoints.
 func (n *Node) startHTTP() {
 	h := n.httpSrv
 	if h == nil {
@@ -66,25 +92,15 @@ func (n *Node) startHTTP() {
 		defer cancel()
 		writeJSON(w, http.StatusOK, n.ClusterStatus(ctx))
 	})
-	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
-	srv := h.srv
-	go func() {
-		if err := srv.Serve(h.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error("admin HTTP stopped", "error", err)
-		}
-	}()
+	var handler http.Handler = mux
+	h.handler.Store(&handler)
 	n.log.Info("serving admin HTTP (/metrics, /healthz, /readyz, /status)", "address", h.ln.Addr().String())
 }
 
-// stopHTTP closes the admin endpoint, if it runs, or its listener when
-// start-up failed before it served.
+// stopHTTP closes the admin endpoint, if any.
 func (n *Node) stopHTTP() {
-	switch {
-	case n.httpSrv == nil:
-	case n.httpSrv.srv != nil:
+	if n.httpSrv != nil {
 		_ = n.httpSrv.srv.Close()
-	default:
-		_ = n.httpSrv.ln.Close()
 	}
 }
 

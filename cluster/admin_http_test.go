@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -312,5 +314,65 @@ func TestReadyzFalseWhenCutOffFromLeader(t *testing.T) {
 	// The process is still up.
 	if code, _ := httpGet(t, n, "/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz = %d on a live node", code)
+	}
+}
+
+// blockedLogStore holds LastIndex until release is closed: a start that
+// takes long (a large log or snapshot).
+type blockedLogStore struct {
+	raft.LogStore
+	release chan struct{}
+}
+
+func (b blockedLogStore) LastIndex() (uint64, error) {
+	<-b.release
+	return b.LogStore.LastIndex()
+}
+
+// While a node starts, its admin endpoint already answers: /healthz 200
+// and /readyz 503 "starting" (a probe used to hang until the start ended).
+func TestAdminHTTPAnswersWhileStarting(t *testing.T) {
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := free.Addr().String()
+	free.Close()
+	release := make(chan struct{})
+	opened := make(chan *Node, 1)
+	go func() {
+		n, err := Open(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", HTTP: addr, Logger: testLogger(),
+			wrapLogStore: func(s raft.LogStore) raft.LogStore { return blockedLogStore{s, release} }})
+		if err != nil {
+			t.Error(err)
+		}
+		opened <- n
+	}()
+	c := http.Client{Timeout: 5 * time.Second}
+	get := func(path string) (int, string) {
+		resp, err := c.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	poll(t, func() bool { code, _ := get("/healthz"); return code == http.StatusOK }, 10*time.Second, "/healthz while starting")
+	if code, body := get("/healthz"); !strings.Contains(body, `"starting": true`) {
+		t.Fatalf("/healthz while starting: %d %s", code, body)
+	}
+	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+		t.Fatalf("/readyz while starting: %d %s", code, body)
+	}
+	close(release)
+	n := <-opened
+	if n == nil {
+		return
+	}
+	defer n.Close()
+	poll(t, func() bool { code, _ := get("/readyz"); return code == http.StatusOK }, 10*time.Second, "/readyz once started")
+	if _, body := get("/healthz"); !strings.Contains(body, `"id": "`+n.ID()+`"`) {
+		t.Fatalf("/healthz once started: %s", body)
 	}
 }

@@ -186,7 +186,7 @@ func Open(cfg Config) (*Node, error) {
 		cfg.Advertise = n.ln.Addr().String()
 		n.cfg.Advertise = cfg.Advertise
 	}
-	if n.httpSrv, err = listenHTTP(cfg.HTTP); err != nil {
+	if n.httpSrv, err = listenHTTP(cfg.HTTP, log.Named("http")); err != nil {
 		return nil, err
 	}
 	// The save file is read when it may be imported (no import recorded
