@@ -516,6 +516,13 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 	if out := logs[id].String(); !strings.Contains(out, "kadosession join") || !strings.Contains(out, "by="+tc.nodes[tc.leader()].ID()) {
 		t.Fatalf("the removed node's log does not say by whom or how to re-admit it:\n%s", out)
 	}
+	// Once it no longer hears from the leader, its clients are told at once
+	// to go elsewhere, not to retry after the request's whole deadline.
+	poll(t, func() bool { addr, _ := tc.nodes[f].raft.LeaderWithID(); return addr == "" }, 10*time.Second, "the removed node to lose its leader")
+	start := time.Now()
+	if got := kadoRequest(t, tc.nodes[f].Addr(), []byte(kadoSave)); !strings.Contains(got, "not a member of the cluster") || time.Since(start) > 2*time.Second {
+		t.Fatalf("a save on the removed node answered %s after %v", got, time.Since(start))
+	}
 	// Only a peer may say so, and only to the node it names.
 	if _, err := tc.nodes[tc.leader()].adminCall(context.Background(), tc.nodes[f].Addr(), []byte(`{"op":"removed","id":"someone-else"}`)); err == nil {
 		t.Fatal("a removed notice naming another node was accepted")

@@ -42,6 +42,11 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 	if n.leaderKnown() {
 		return nil
 	}
+	if n.ready.Load() && !n.isMember() {
+		// Removed: no leader will come. Waiting out the request's deadline
+		// and then saying "retry shortly" sent clients round in circles.
+		return errNotMember
+	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -60,6 +65,10 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		}
 	}
 }
+
+// errNotMember answers requests on a node removed from the cluster.
+var errNotMember = transport.Errorf(transport.CodeUnavailable,
+	"this node is not a member of the cluster (it was removed): send requests to a member, or re-admit it with kadosession join")
 
 // leaderKnown reports whether the node is ready and knows a leader (itself
 // or another).

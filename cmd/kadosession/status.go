@@ -47,6 +47,17 @@ func status(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("node answered something that is not status JSON: %v", err)
 	}
+	// The node asked may know no leader where the members do (it was
+	// removed, or is cut off): the cluster has a leader if one reports so.
+	leaderID, leaderAddr, note := st.LeaderID, st.Leader, ""
+	if leaderID == "" {
+		for _, n := range st.Nodes {
+			if n.State == "leader" {
+				leaderID, leaderAddr = n.ID, n.Address
+				note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
+			}
+		}
+	}
 	if *asJSON {
 		if _, err := fmt.Fprintf(stdout, "%s\n", body); err != nil {
 			return err
@@ -62,13 +73,17 @@ func status(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		quorum := voters/2 + 1
-		fmt.Fprintf(stdout, "cluster %s, leader %s (%s)\nvoters: %d of %d reachable, quorum %d: %s\n\n", st.ClusterID, orNone(st.LeaderID), orNone(st.Leader),
-			reachable, voters, quorum, tolerance(reachable, quorum))
+		leader := "none"
+		if leaderID != "" {
+			leader = fmt.Sprintf("%s (%s)", leaderID, leaderAddr)
+		}
+		fmt.Fprintf(stdout, "cluster %s, leader %s\nvoters: %d of %d reachable, quorum %d: %s\n%s\n", st.ClusterID, leader,
+			reachable, voters, quorum, tolerance(reachable, quorum), note)
 		// LAG: log entries the member has yet to apply that the leader
 		// has applied (a member falling behind, or catching up).
 		var leaderApplied uint64
 		for _, n := range st.Nodes {
-			if n.ID == st.LeaderID {
+			if n.ID == leaderID {
 				leaderApplied = n.Applied
 			}
 		}
@@ -89,7 +104,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if st.LeaderID == "" {
+	if leaderID == "" {
 		// Scripts and operators can tell from the exit status, as with
 		// health; the table above says which members answer.
 		return errors.New("the cluster has no leader: writes and linearizable reads wait until one is elected, which needs a quorum of voters reachable")
@@ -110,13 +125,6 @@ func tolerance(reachable, quorum int) string {
 	default:
 		return fmt.Sprintf("%d more may fail", more)
 	}
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
 }
 
 func join(args []string, stdout, stderr io.Writer) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -15,6 +16,31 @@ import (
 // status shows how many more voters may fail, and exits 1 when the
 // cluster has no leader, after printing what the node sees.
 func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
+	nodes := startStatusCluster(t)
+	status := statusOf(t, nodes[0])
+	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
+	status("LAG", 0)
+	nodes[2].Close()
+	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
+	nodes[1].Close()
+	status("voters: 1 of 3 reachable, quorum 2: LOST (1 more must come back)", 1)
+}
+
+// status through a removed node, which knows no leader, reports the
+// members' leader and says why, instead of failing as if the cluster had
+// none.
+func TestStatusThroughARemovedNode(t *testing.T) {
+	nodes := startStatusCluster(t)
+	statusOf(t, nodes[0])("voters: 3 of 3 reachable", 0)
+	if err := nodes[0].Remove(context.Background(), nodes[2].ID()); err != nil {
+		t.Fatal(err)
+	}
+	statusOf(t, nodes[2])("note: the node at "+nodes[2].Addr()+" knows no leader, but n1 reports leading", 0)
+}
+
+// startStatusCluster starts three in-process nodes, n1 leading.
+func startStatusCluster(t *testing.T) []*cluster.Node {
+	t.Helper()
 	var nodes []*cluster.Node
 	for i := range 3 {
 		cfg := cluster.Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
@@ -29,12 +55,18 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 		t.Cleanup(func() { n.Close() })
 		nodes = append(nodes, n)
 	}
-	status := func(want string, wantCode int) {
+	return nodes
+}
+
+// statusOf returns a check that `status --cluster` at n exits wantCode
+// with want in its output, within 20 s.
+func statusOf(t *testing.T, n *cluster.Node) func(want string, wantCode int) {
+	return func(want string, wantCode int) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			var out, errOut bytes.Buffer
-			code := run([]string{"status", "--cluster", nodes[0].Addr()}, &out, &errOut)
+			code := run([]string{"status", "--cluster", n.Addr()}, &out, &errOut)
 			if code == wantCode && strings.Contains(out.String(), want) {
 				if code != 0 && !strings.Contains(errOut.String(), "no leader") {
 					t.Fatalf("exit %d without saying why: %s", code, errOut.String())
@@ -47,10 +79,4 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
-	status("LAG", 0)
-	nodes[2].Close()
-	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
-	nodes[1].Close()
-	status("voters: 1 of 3 reachable, quorum 2: LOST (1 more must come back)", 1)
 }
