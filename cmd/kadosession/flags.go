@@ -47,7 +47,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || err != nil {
+		if given[f.Name] || err != nil || !fromEnv(fs, f) {
 			return
 		}
 		if v, ok := os.LookupEnv(envName(f.Name)); ok {
@@ -59,11 +59,24 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return err
 }
 
+// fromEnv reports whether flag f of fs may come from the environment:
+// every serve flag, and the connection flags (--tls-*, --auth-token-file)
+// of the other commands, which a node's environment sets for them too. The
+// rest of theirs may not: a node's KADOSESSION_DURATION=6h made bench's
+// --duration, another flag of the same name, out of range.
+func fromEnv(fs *flag.FlagSet, f *flag.Flag) bool {
+	return fs.Name() == "serve" || strings.HasPrefix(f.Name, "tls-") || f.Name == "auth-token-file"
+}
+
 // usageWithEnv prints a flag set's usage noting the environment variables.
 func usageWithEnv(fs *flag.FlagSet, synopsis, about string) func() {
 	return func() {
 		out := fs.Output()
-		fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (each also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("listen"))
+		if fs.Name() == "serve" {
+			fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (each also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("listen"))
+		} else {
+			fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (--tls-* and --auth-token-file also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("auth-token-file"))
+		}
 		fs.PrintDefaults()
 	}
 }
