@@ -54,6 +54,7 @@ type readIndex struct {
 	// confirmation round asks first (confirm).
 	peerMu    sync.Mutex
 	peerTimes map[raft.ServerID]time.Duration
+	lastFirst raft.ServerID // the peer the last round asked first
 
 	steppingDown atomic.Bool
 }
@@ -347,6 +348,19 @@ func (ri *readIndex) rankPeers(peers []raft.Server, n int) time.Duration {
 	slices.SortStableFunc(peers, func(a, b raft.Server) int {
 		return cmp.Compare(ri.peerTimes[a.ID], ri.peerTimes[b.ID])
 	})
+	// The peer asked first last time stays first unless another answers
+	// in under half its time: two peers about as quick would otherwise
+	// take turns as their averages cross, each round's noise deciding.
+	if len(peers) > 1 && peers[0].ID != ri.lastFirst {
+		if i := slices.IndexFunc(peers, func(p raft.Server) bool { return p.ID == ri.lastFirst }); i > 0 {
+			if t := ri.peerTimes[ri.lastFirst]; t < hedgeMax && t <= 2*ri.peerTimes[peers[0].ID] {
+				p := peers[i]
+				copy(peers[1:i+1], peers[:i])
+				peers[0] = p
+			}
+		}
+	}
+	ri.lastFirst = peers[0].ID
 	var slowest time.Duration
 	for _, p := range peers[:min(n, len(peers))] {
 		slowest = max(slowest, ri.peerTimes[p.ID])
