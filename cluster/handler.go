@@ -42,7 +42,7 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 	if n.leaderKnown() {
 		return nil
 	}
-	if n.ready.Load() && !n.isMember() {
+	if n.ready.Load() && n.removed() {
 		// Removed: no leader will come. Waiting out the request's deadline
 		// and then saying "retry shortly" sent clients round in circles.
 		return errNotMember

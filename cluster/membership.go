@@ -455,6 +455,22 @@ func (n *Node) joinLoop() error {
 
 // isMember reports whether the latest configuration this node knows names
 // it at its advertised address.
+// removed reports whether the latest configuration this node knows lacks
+// its id altogether (a member under another address, after a restart on a
+// new port, is not removed).
+func (n *Node) removed() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id {
+			return false
+		}
+	}
+	return true
+}
+
 func (n *Node) isMember() bool {
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {

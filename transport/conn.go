@@ -26,7 +26,7 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 	}
 	switch {
 	case errors.Is(err, errDocTooLarge):
-		reply(KadoError(fmt.Sprintf("request too large: the limit is %d bytes", s.cfg.MaxFrame)))
+		reply(KadoError(fmt.Sprintf("request too large: the limit is %d bytes (the node's --max-frame, which follows --max-session-size)", s.cfg.MaxFrame)))
 		// Let the client finish sending so it reads the reply rather than a
 		// reset; the read deadline still bounds how long this takes.
 		if tc, ok := c.(interface{ CloseWrite() error }); ok {
