@@ -187,6 +187,10 @@ func TestRemoveMember(t *testing.T) {
 	if len(cs.Nodes) != 2 {
 		t.Fatalf("members after remove: %+v", cs.Nodes)
 	}
+	if cs.Voters != 2 || cs.VotersReachable != 2 || cs.Quorum != 2 || cs.FailuresLeft != 0 {
+		t.Fatalf("quorum after remove: %d voters, %d reachable, quorum %d, %d more may fail; want 2, 2, 2, 0",
+			cs.Voters, cs.VotersReachable, cs.Quorum, cs.FailuresLeft)
+	}
 	mustSave(t, tc.nodes[tc.leader()], "two-left", `{}`)
 }
 

@@ -84,6 +84,13 @@ type ClusterStatus struct {
 	LeaderID  string       `json:"leader_id"`
 	Leader    string       `json:"leader_address"`
 	Nodes     []NodeStatus `json:"nodes"`
+	// Voters, how many of them answered, the quorum, and how many more may
+	// fail before it is lost (negative: how many must come back), for
+	// scripts and alerts (the table of kadosession status shows them).
+	Voters          int `json:"voters"`
+	VotersReachable int `json:"voters_reachable"`
+	Quorum          int `json:"quorum"`
+	FailuresLeft    int `json:"failures_tolerated"`
 }
 
 // loadClusterID returns the id of the cluster this data directory belongs
@@ -407,6 +414,16 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	}
 	wg.Wait()
 	sort.Slice(out.Nodes, func(a, b int) bool { return out.Nodes[a].ID < out.Nodes[b].ID })
+	for _, s := range out.Nodes {
+		if s.Voter {
+			out.Voters++
+			if s.State != "unreachable" {
+				out.VotersReachable++
+			}
+		}
+	}
+	out.Quorum = out.Voters/2 + 1
+	out.FailuresLeft = out.VotersReachable - out.Quorum
 	return out
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,12 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 	status("LAG", 0)
 	nodes[2].Close()
 	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
+	// --json carries the same figures, for scripts and alerts.
+	var out bytes.Buffer
+	if code := run([]string{"status", "--cluster", nodes[0].Addr(), "--json"}, &out, io.Discard); code != 0 ||
+		!strings.Contains(out.String(), `"voters":3,"voters_reachable":2,"quorum":2,"failures_tolerated":0`) {
+		t.Fatalf("status --json: exit %d, %s", code, out.String())
+	}
 	nodes[1].Close()
 	status("voters: 1 of 3 reachable, quorum 2: LOST (1 more must come back)", 1)
 }
