@@ -3,6 +3,7 @@ package cluster
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -265,5 +267,44 @@ func TestFrameLimitFollowsSessionSize(t *testing.T) {
 		MaxSessionSize: 2 << 20, Server: transport.ServerConfig{MaxFrame: 1 << 20}})
 	if err == nil || !strings.Contains(err.Error(), "raise --max-frame") {
 		t.Fatalf("open with a frame smaller than the session size: %v", err)
+	}
+}
+
+// One oversized request does not fail the others sharing its connection: a
+// Go client's pool carries many users' requests, and the node used to close
+// the connection under all of them.
+func TestOversizedRequestSparesItsConnection(t *testing.T) {
+	n := startNode(t, Config{MaxSessionSize: 4096, Server: transport.ServerConfig{MaxFrame: 16 << 10}})
+	c, err := client.New(client.Config{Addrs: []string{n.Addr()}, PoolSize: 1, MaxRetries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				if err := c.Save(ctx, fmt.Sprintf("small-%d-%d", g, i), map[string]json.RawMessage{"i": json.RawMessage(fmt.Sprint(i))}); err != nil {
+					failed.Add(1)
+					t.Errorf("a small save beside the oversized ones: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	for range 5 {
+		big := map[string]json.RawMessage{"x": json.RawMessage(`"` + strings.Repeat("a", 40<<10) + `"`)}
+		if err := c.Save(ctx, "big", big); !errors.Is(err, client.ErrTooLarge) {
+			t.Errorf("an oversized save: %v, want ErrTooLarge", err)
+		}
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		t.Fatalf("%d small saves failed beside the oversized ones", failed.Load())
 	}
 }

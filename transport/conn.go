@@ -150,6 +150,15 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 			switch {
 			case errors.As(err, &tooLarge):
 				w.send(OpPing, &Response{ID: tooLarge.ID, Err: Errorf(CodeTooLarge, "request refused: %v (the node's --max-frame, which follows --max-session-size)", err)})
+				// A frame within a few times the limit is skipped and the
+				// connection goes on: it carries other requests (a client
+				// pool's), which failed with it when it was closed. A
+				// larger one, or one whose body does not come, ends it.
+				if int64(tooLarge.Size) <= skipFrames*int64(s.cfg.MaxFrame) {
+					if _, err := io.CopyN(io.Discard, r, int64(tooLarge.Size)-8); err == nil {
+						continue
+					}
+				}
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				w.send(OpPing, &Response{Err: Errorf(CodeTimeout, "incomplete frame: the rest did not arrive within %s", s.cfg.ReadTimeout)})
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
@@ -204,6 +213,10 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 		s.workers.run(func() { defer wg.Done(); s.answer(w, ar, peer, inflight) })
 	}
 }
+
+// skipFrames is how many times MaxFrame a refused frame may be and still be
+// read past, keeping its connection.
+const skipFrames = 8
 
 // answer serves req, sends its answer and frees its in-flight slot.
 func (s *Server) answer(w *frameWriter, req *arrivedRequest, peer bool, inflight chan struct{}) {

@@ -438,12 +438,16 @@ func TestNativeTooLarge(t *testing.T) {
 	const maxFrame = 4096
 	ts := startServer(t, newMemHandler(), ServerConfig{MaxFrame: maxFrame})
 	cases := []struct {
-		name string
-		req  Request
-		body bool // send the body too, not just the header
+		name  string
+		req   Request
+		body  bool // send the body too, not just the header
+		keeps bool // the connection goes on serving
 	}{
-		{"body sent", Request{ID: 42, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 2*maxFrame)}, true},
-		{"header only", Request{ID: 43, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 100*maxFrame)}, false},
+		// Within skipFrames times the limit the frame is read past: the
+		// connection carries other requests (a client pool's).
+		{"body sent", Request{ID: 42, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 2*maxFrame)}, true, true},
+		{"header only", Request{ID: 43, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 100*maxFrame)}, false, false},
+		{"far over, body sent", Request{ID: 44, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), (skipFrames+1)*maxFrame)}, true, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -463,7 +467,14 @@ func TestNativeTooLarge(t *testing.T) {
 			if !strings.Contains(resp.Err.Message, "4096") {
 				t.Fatalf("message %q does not give the limit", resp.Err.Message)
 			}
-			expectClosed(t, n.r)
+			if !tc.keeps {
+				expectClosed(t, n.r)
+				return
+			}
+			n.c.Write(AppendRequest(nil, &Request{ID: 45, Op: OpSave, SID: "after", Data: []byte(`{"a":1}`)}))
+			if resp := n.recv(); resp.ID != 45 || resp.Err != nil {
+				t.Fatalf("the request after a refused frame: %+v (err %v)", resp, resp.Err)
+			}
 		})
 	}
 	// A frame exactly at the limit is fine.
