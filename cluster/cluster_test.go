@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/client"
@@ -505,11 +504,7 @@ func dirEntries(t *testing.T, dir string) string {
 // how to bring it back: raft does not tell it, and it used to log only that
 // it heard from no leader.
 func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
-	logs := map[string]*logCapture{}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		logs[c.ID] = &logCapture{}
-		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
-	})
+	tc, logs := newLoggedCluster(t, 3)
 	f := tc.follower()
 	id := tc.nodes[f].ID()
 	if err := tc.nodes[tc.leader()].Remove(context.Background(), id); err != nil {
@@ -539,11 +534,7 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 
 // A leader that stops hands leadership over first, and says to whom.
 func TestStoppingLeaderLogsTheHandover(t *testing.T) {
-	logs := map[string]*logCapture{}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		logs[c.ID] = &logCapture{}
-		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
-	})
+	tc, logs := newLoggedCluster(t, 3)
 	l := tc.leader()
 	id := tc.nodes[l].ID()
 	tc.stop(l)
@@ -612,11 +603,7 @@ func TestClosedForwarderDialsNothing(t *testing.T) {
 // follower that still answers (raft's own choice could be the stopped one:
 // the transfer then failed, and the last node waited for an election).
 func TestStoppingLeaderHandsOverToALiveFollower(t *testing.T) {
-	logs := map[string]*logCapture{}
-	tc := newTestCluster(t, 3, func(c *Config) {
-		logs[c.ID] = &logCapture{}
-		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
-	})
+	tc, logs := newLoggedCluster(t, 3)
 	l := tc.leader()
 	var followers []int
 	for i := range tc.nodes {

@@ -7,7 +7,10 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -214,6 +217,25 @@ func (f *faultNet) healAll() {
 	f.faults = map[link]fault{}
 	f.delays = map[link]time.Duration{}
 	f.cond.Broadcast()
+}
+
+// newFaultCluster starts an n-node test cluster whose nodes dial through a
+// new faultNet (seeded 1), node i as i; tweak, when set, adjusts node i's
+// configuration.
+func newFaultCluster(t testing.TB, n int, tweak func(i int, c *Config)) (*testCluster, *faultNet) {
+	fn := newFaultNet(1)
+	tc := newTestCluster(t, n, func(c *Config) {
+		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
+		c.Dialer = fn.dialer(i - 1)
+		if tweak != nil {
+			tweak(i-1, c)
+		}
+	})
+	t.Cleanup(fn.closeAll)
+	for i, node := range tc.nodes {
+		fn.register(node.Addr(), i)
+	}
+	return tc, fn
 }
 
 // closeAll closes every connection the layer made (test end).

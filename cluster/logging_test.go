@@ -32,6 +32,17 @@ func (l *logCapture) String() string {
 	return l.buf.String()
 }
 
+// newLoggedCluster starts an n-node test cluster whose nodes log at info
+// level into captures, by node id.
+func newLoggedCluster(t testing.TB, n int) (*testCluster, map[string]*logCapture) {
+	logs := map[string]*logCapture{}
+	tc := newTestCluster(t, n, func(c *Config) {
+		logs[c.ID] = &logCapture{}
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Info, Output: logs[c.ID]})
+	})
+	return tc, logs
+}
+
 // TestLoggingNoSessionIDsOrToken runs a three-node cluster with a client
 // token, logging at trace level, through successes and failure paths —
 // refused tokens, oversized and malformed requests, forwarded writes, a

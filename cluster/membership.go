@@ -295,22 +295,10 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 // tellRemoved tells the node id at addr, just removed, that it was (best
 // effort: it may be down): raft does not, and a removed node otherwise
 // only logs, over and over, that it hears from no leader. It ends within
-// seconds, or when the node stops.
+// seconds, or when the node stops (its closed forwarder fails the call).
 func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress) {
-	select {
-	case <-n.stop:
-		return // closing: its connections are closed, or about to be
-	default:
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise})
 	if _, err := n.adminCall(ctx, string(addr), body); err != nil {
 		n.log.Debug("could not tell the removed node", "id", id, "address", addr, "error", err)
@@ -404,6 +392,10 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 					out.Nodes[i].Error = err.Error()
 					return
 				}
+				if st.ID != string(s.ID) {
+					out.Nodes[i].Error = fmt.Sprintf("the node at %s is %q, not %q", s.Address, st.ID, s.ID)
+					return
+				}
 			}
 			out.Nodes[i].State = st.State
 			out.Nodes[i].LastContact = st.LastContact
@@ -470,35 +462,34 @@ func (n *Node) joinLoop() error {
 	}
 }
 
-// isMember reports whether the latest configuration this node knows names
-// it at its advertised address.
-// removed reports whether the latest configuration this node knows lacks
-// its id altogether (a member under another address, after a restart on a
-// new port, is not removed).
-func (n *Node) removed() bool {
+// member returns this node's entry in the latest configuration it knows,
+// or an error when it cannot read it.
+func (n *Node) member() (raft.Server, bool, error) {
 	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return false
+	if err := f.Error(); err != nil {
+		return raft.Server{}, false, err
 	}
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == n.id {
-			return false
+			return s, true, nil
 		}
 	}
-	return true
+	return raft.Server{}, false, nil
 }
 
+// removed reports whether the latest configuration this node knows lacks
+// its id altogether (a member under another address, after a restart on a
+// new port, is not removed). A configuration it cannot read says nothing.
+func (n *Node) removed() bool {
+	_, ok, err := n.member()
+	return err == nil && !ok
+}
+
+// isMember reports whether the latest configuration this node knows names
+// it at its advertised address.
 func (n *Node) isMember() bool {
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return false
-	}
-	for _, s := range f.Configuration().Servers {
-		if string(s.ID) == n.id && string(s.Address) == n.cfg.Advertise {
-			return true
-		}
-	}
-	return false
+	s, ok, _ := n.member()
+	return ok && string(s.Address) == n.cfg.Advertise
 }
 
 // checkJoinCluster asks the nodes in Config.Join which cluster they belong

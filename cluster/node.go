@@ -462,13 +462,7 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 		}
 		if len(records) > 0 {
 			n.log.Info("imported the save file", "file", n.cfg.SaveFile, "sessions", len(records))
-			now, expired := time.Now().UnixMilli(), 0
-			for _, r := range records {
-				if r.Expired(now, n.cfg.Duration.Milliseconds()) {
-					expired++
-				}
-			}
-			if expired > 0 {
+			if expired := fsm.CountExpired(records, time.Now().UnixMilli(), n.cfg.Duration.Milliseconds()); expired > 0 {
 				n.log.Warn("sessions of the save file were saved longer ago than --duration: they read as absent, and the next prune removes them",
 					"file", n.cfg.SaveFile, "expired", expired, "sessions", len(records), "duration", n.cfg.Duration)
 			}
@@ -663,17 +657,9 @@ func (n *Node) Close() error {
 		close(n.stop)
 		if n.raft.State() == raft.Leader && n.voters() > 1 {
 			start := time.Now()
-			if err := n.handOver(); err != nil {
+			if to, err := n.handOver(); err != nil {
 				n.log.Warn("leadership transfer failed; the others elect a leader when this node's heartbeats stop", "error", err)
 			} else {
-				// The successor is named once it sends its first heartbeat.
-				var to raft.ServerID
-				for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-					if _, id := n.raft.LeaderWithID(); id != "" && string(id) != n.id {
-						to = id
-						break
-					}
-				}
 				n.log.Info("handed leadership over before stopping", "to", to, "took", time.Since(start).Round(time.Millisecond))
 			}
 		}
@@ -695,41 +681,21 @@ func (n *Node) Close() error {
 // the most: raft's own choice (the furthest replicated) may be a follower
 // that has just stopped, and the transfer then failed, leaving an election
 // to the others (operator review: 3 of 9 trials).
-func (n *Node) handOver() error {
-	f := n.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
-		return err
-	}
+func (n *Node) handOver() (raft.ServerID, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	type answer struct {
-		s       raft.Server
-		applied uint64
-		ok      bool
-	}
-	var peers []raft.Server
-	for _, s := range f.Configuration().Servers {
-		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(n.id) {
-			peers = append(peers, s)
-		}
-	}
-	answers := make(chan answer, len(peers))
-	for _, s := range peers {
-		go func() {
-			st, err := n.peerStatus(ctx, string(s.Address))
-			answers <- answer{s, st.Applied, err == nil && st.ID == string(s.ID)}
-		}()
-	}
-	var best *answer
-	for range peers {
-		if a := <-answers; a.ok && (best == nil || a.applied > best.applied) {
-			best = &a
+	cs := n.ClusterStatus(ctx)
+	var best *NodeStatus
+	for i, s := range cs.Nodes {
+		if s.Voter && s.ID != n.id && s.State != "unreachable" && (best == nil || s.Applied > best.Applied) {
+			best = &cs.Nodes[i]
 		}
 	}
 	if best == nil {
-		return errors.New("no other voter answers")
+		return "", errors.New("no other voter answers")
 	}
-	return n.raft.LeadershipTransferToServer(best.s.ID, best.s.Address).Error()
+	id := raft.ServerID(best.ID)
+	return id, n.raft.LeadershipTransferToServer(id, raft.ServerAddress(best.Address)).Error()
 }
 
 func (n *Node) voters() int {

@@ -7,8 +7,6 @@ import (
 	"maps"
 	"net"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,19 +38,12 @@ func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
 		slowTimeout = 6 * time.Second
 		fastTimeout = time.Second
 	)
-	fn := newFaultNet(1)
-	tc := newTestCluster(t, 3, func(c *Config) {
-		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
-		c.Dialer = fn.dialer(i - 1)
+	tc, fn := newFaultCluster(t, 3, func(i int, c *Config) {
 		c.HeartbeatTimeout, c.ElectionTimeout = fastTimeout, fastTimeout
-		if i-1 == oldLeader {
+		if i == oldLeader {
 			c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = slowTimeout, slowTimeout, slowTimeout
 		}
 	})
-	t.Cleanup(fn.closeAll)
-	for i, n := range tc.nodes {
-		fn.register(n.Addr(), i)
-	}
 	tc.transferTo(oldLeader)
 	term := tc.nodes[oldLeader].raft.CurrentTerm()
 	ctx := context.Background()
@@ -429,15 +420,7 @@ func TestPipelinedReadsShareARound(t *testing.T) {
 // asks the other (at once when the request fails, after hedgeAfter when it
 // is only slow), and reads go on.
 func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
-	fn := newFaultNet(1)
-	tc := newTestCluster(t, 3, func(c *Config) {
-		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
-		c.Dialer = fn.dialer(i - 1)
-	})
-	t.Cleanup(fn.closeAll)
-	for i, n := range tc.nodes {
-		fn.register(n.Addr(), i)
-	}
+	tc, fn := newFaultCluster(t, 3, nil)
 	l := tc.leader()
 	leader := tc.node(l)
 	counts := askCounter(leader)
@@ -518,15 +501,7 @@ func readN(t *testing.T, n *Node, sid, want string, count int) {
 // late round, not every round: it is then asked last (it used to stay
 // first, and every read waited for the round's timer, 30 ms each).
 func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
-	fn := newFaultNet(1)
-	tc := newTestCluster(t, 5, func(c *Config) {
-		i, _ := strconv.Atoi(strings.TrimPrefix(c.ID, "n"))
-		c.Dialer = fn.dialer(i - 1)
-	})
-	t.Cleanup(fn.closeAll)
-	for i, n := range tc.nodes {
-		fn.register(n.Addr(), i)
-	}
+	tc, fn := newFaultCluster(t, 5, nil)
 	tc.waitMembers(5)
 	l := tc.leader()
 	leader := tc.node(l)

@@ -36,10 +36,18 @@ func (v *View) Len() int {
 func (v *View) Expired(now, duration int64) int {
 	n := 0
 	for _, m := range v.shards {
-		for _, r := range m {
-			if r.Expired(now, duration) {
-				n++
-			}
+		n += CountExpired(m, now, duration)
+	}
+	return n
+}
+
+// CountExpired returns how many of records are expired at now
+// (Record.Expired): a view's shard, or a save file's records.
+func CountExpired(records map[string]*Record, now, duration int64) int {
+	n := 0
+	for _, r := range records {
+		if r.Expired(now, duration) {
+			n++
 		}
 	}
 	return n

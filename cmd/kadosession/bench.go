@@ -138,8 +138,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	if err := parseFlags(fs, args); err != nil {
 		return cfg, err
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	given := setFlags(fs)
 	if given["cluster"] {
 		if given["target"] && cfg.target != *cluster {
 			return cfg, fmt.Errorf("--cluster %q and --target %q disagree: give one (--cluster is an alias of --target)", *cluster, cfg.target)

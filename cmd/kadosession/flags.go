@@ -44,8 +44,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (flags start with --; see --help)", fs.Arg(0))
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	given := setFlags(fs)
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] || err != nil || !fromEnv(fs, f) {
 			return
@@ -57,6 +56,14 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+// setFlags names the flags of fs that were set, on the command line or
+// (after parseFlags) from the environment.
+func setFlags(fs *flag.FlagSet) map[string]bool {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return given
 }
 
 // fromEnv reports whether flag f of fs may come from the environment:

@@ -75,8 +75,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	given := setFlags(fs)
 	if !given["max-session-size"] {
 		cfg.MaxSessionSize = 0 // the default
 	}

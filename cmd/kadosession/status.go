@@ -7,24 +7,9 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
-)
 
-// clusterStatus mirrors cluster.ClusterStatus on the wire.
-type clusterStatus struct {
-	ClusterID string `json:"cluster_id"`
-	LeaderID  string `json:"leader_id"`
-	Leader    string `json:"leader_address"`
-	Nodes     []struct {
-		ID          string `json:"id"`
-		Address     string `json:"address"`
-		State       string `json:"state"`
-		Voter       bool   `json:"voter"`
-		LastContact string `json:"last_contact"`
-		Applied     uint64 `json:"applied_index"`
-		Sessions    int    `json:"sessions"`
-		Error       string `json:"error"`
-	} `json:"nodes"`
-}
+	"github.com/kadosession/kadosession/cluster"
+)
 
 func status(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
@@ -43,19 +28,21 @@ func status(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var st clusterStatus
+	var st cluster.ClusterStatus
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("node answered something that is not status JSON: %v", err)
 	}
 	// The node asked may know no leader where the members do (it was
 	// removed, or is cut off): the cluster has a leader if one reports so.
 	leaderID, leaderAddr, note := st.LeaderID, st.Leader, ""
-	if leaderID == "" {
-		for _, n := range st.Nodes {
-			if n.State == "leader" {
-				leaderID, leaderAddr = n.ID, n.Address
-				note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
-			}
+	var leaderApplied uint64
+	for _, n := range st.Nodes {
+		if leaderID == "" && n.State == "leader" {
+			leaderID, leaderAddr = n.ID, n.Address
+			note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
+		}
+		if n.ID == leaderID {
+			leaderApplied = n.Applied
 		}
 	}
 	if *asJSON {
@@ -63,30 +50,14 @@ func status(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	} else {
-		voters, reachable := 0, 0
-		for _, n := range st.Nodes {
-			if n.Voter {
-				voters++
-				if n.State != "unreachable" {
-					reachable++
-				}
-			}
-		}
-		quorum := voters/2 + 1
 		leader := "none"
 		if leaderID != "" {
 			leader = fmt.Sprintf("%s (%s)", leaderID, leaderAddr)
 		}
 		fmt.Fprintf(stdout, "cluster %s, leader %s\nvoters: %d of %d reachable, quorum %d: %s\n%s\n", st.ClusterID, leader,
-			reachable, voters, quorum, tolerance(reachable, quorum), note)
+			st.VotersReachable, st.Voters, st.Quorum, tolerance(st.FailuresLeft), note)
 		// LAG: log entries the member has yet to apply that the leader
 		// has applied (a member falling behind, or catching up).
-		var leaderApplied uint64
-		for _, n := range st.Nodes {
-			if n.ID == leaderID {
-				leaderApplied = n.Applied
-			}
-		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tADDRESS\tVOTER\tSTATE\tLAST CONTACT\tAPPLIED\tLAG\tSESSIONS")
 		for _, n := range st.Nodes {
@@ -113,9 +84,9 @@ func status(args []string, stdout, stderr io.Writer) error {
 }
 
 // tolerance says how many more voters may fail before the cluster loses
-// its quorum, with reachable of them answering and quorum needed.
-func tolerance(reachable, quorum int) string {
-	switch more := reachable - quorum; {
+// its quorum (ClusterStatus.FailuresLeft).
+func tolerance(more int) string {
+	switch {
 	case more < 0:
 		return fmt.Sprintf("LOST (%d more must come back)", -more)
 	case more == 0:
