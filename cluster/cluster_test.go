@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,6 +192,72 @@ func TestRemoveMember(t *testing.T) {
 			cs.Voters, cs.VotersReachable, cs.Quorum, cs.FailuresLeft)
 	}
 	mustSave(t, tc.nodes[tc.leader()], "two-left", `{}`)
+}
+
+// ClusterStatus gives each answering member's lag behind the leader's
+// applied index: a member whose log store is held falls behind while the
+// other two commit, and is level again once it is let go.
+func TestClusterStatusShowsLag(t *testing.T) {
+	var held atomic.Bool
+	release := make(chan struct{})
+	tc := newTestCluster(t, 3, func(c *Config) {
+		if c.ID == "n3" {
+			c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return heldLogStore{s, &held, release} }
+		}
+	})
+	var once sync.Once
+	let := func() { held.Store(false); once.Do(func() { close(release) }) }
+	t.Cleanup(let) // before the nodes close, should the test end early
+	ctx := context.Background()
+	lead := tc.nodes[tc.leader()]
+	lags := func() map[string]string {
+		out := map[string]string{}
+		for _, m := range lead.ClusterStatus(ctx).Nodes {
+			out[m.ID] = "none"
+			if m.Lag != nil {
+				out[m.ID] = fmt.Sprint(*m.Lag)
+			}
+		}
+		return out
+	}
+	level := func() bool { l := lags(); return l["n1"] == "0" && l["n2"] == "0" && l["n3"] == "0" }
+	mustSave(t, lead, "before", `{}`)
+	poll(t, level, 5*time.Second, "every member level with the leader")
+	held.Store(true)
+	for i := range 5 {
+		mustSave(t, lead, fmt.Sprintf("while-held-%d", i), `{}`)
+	}
+	// n2 learns of the last commit with the leader's next message.
+	var l map[string]string
+	poll(t, func() bool { l = lags(); return l["n1"] == "0" && l["n2"] == "0" }, 5*time.Second, "n1 and n2 level")
+	if n3, err := strconv.Atoi(l["n3"]); err != nil || n3 < 5 {
+		t.Fatalf("lags with n3's log store held after 5 saves: %v; want n3 at least 5 behind", l)
+	}
+	let()
+	poll(t, level, 10*time.Second, "n3 level again once let go")
+	tc.stop(tc.follower())
+	for _, m := range lead.ClusterStatus(ctx).Nodes {
+		if m.State == "unreachable" && m.Lag != nil {
+			t.Fatalf("an unreachable member has a lag: %+v", m)
+		}
+	}
+}
+
+// heldLogStore holds every append while held is set, until release is
+// closed.
+type heldLogStore struct {
+	raft.LogStore
+	held    *atomic.Bool
+	release chan struct{}
+}
+
+func (h heldLogStore) StoreLog(l *raft.Log) error { return h.StoreLogs([]*raft.Log{l}) }
+
+func (h heldLogStore) StoreLogs(logs []*raft.Log) error {
+	if h.held.Load() {
+		<-h.release
+	}
+	return h.LogStore.StoreLogs(logs)
 }
 
 // TestRemovedMemberIsReadmitted: a removed node, still running with its

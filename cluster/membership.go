@@ -75,7 +75,11 @@ type NodeStatus struct {
 	Applied     uint64 `json:"applied_index"`
 	Term        uint64 `json:"term"`
 	Sessions    int    `json:"sessions"`
-	Error       string `json:"error,omitempty"`
+	// Lag is how many log entries the leader has applied that this member
+	// has not (a member falling behind, or catching up); absent when the
+	// member or the leader did not answer.
+	Lag   *uint64 `json:"lag,omitempty"`
+	Error string  `json:"error,omitempty"`
 }
 
 // ClusterStatus is the whole cluster as one node sees it.
@@ -406,6 +410,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	}
 	wg.Wait()
 	sort.Slice(out.Nodes, func(a, b int) bool { return out.Nodes[a].ID < out.Nodes[b].ID })
+	setLag(out.Nodes, out.LeaderID)
 	for _, s := range out.Nodes {
 		if s.Voter {
 			out.Voters++
@@ -417,6 +422,27 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	out.Quorum = out.Voters/2 + 1
 	out.FailuresLeft = out.VotersReachable - out.Quorum
 	return out
+}
+
+// setLag sets each answering member's Lag from the leader's applied index:
+// the leader leaderID names, or, when this node knows none (removed, or
+// cut off), a member that reports leading.
+func setLag(nodes []NodeStatus, leaderID string) {
+	var leader *NodeStatus
+	for i := range nodes {
+		if nodes[i].State == "leader" && (leader == nil || nodes[i].ID == leaderID) {
+			leader = &nodes[i]
+		}
+	}
+	if leader == nil {
+		return
+	}
+	for i := range nodes {
+		if nodes[i].State != "unreachable" {
+			lag := leader.Applied - min(nodes[i].Applied, leader.Applied)
+			nodes[i].Lag = &lag
+		}
+	}
 }
 
 // joinLoop asks the nodes in Config.Join to admit this node until one does.

@@ -66,7 +66,10 @@ func status(args []string, stdout, stderr io.Writer) error {
 				continue
 			}
 			lag := "-"
-			if leaderApplied > 0 {
+			switch {
+			case n.Lag != nil:
+				lag = fmt.Sprint(*n.Lag)
+			case leaderApplied > 0: // a node from before NodeStatus.Lag
 				lag = fmt.Sprint(max(int64(leaderApplied)-int64(n.Applied), 0))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%s\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, lag, n.Sessions)

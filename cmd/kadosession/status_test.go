@@ -21,12 +21,19 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 	status := statusOf(t, nodes[0])
 	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
 	status("LAG", 0)
+	// --json gives each member's lag too (absent for one not answering).
+	var js bytes.Buffer
+	if code := run([]string{"status", "--cluster", nodes[0].Addr(), "--json"}, &js, io.Discard); code != 0 ||
+		strings.Count(js.String(), `"lag":`) != 3 {
+		t.Fatalf("status --json: exit %d, want a lag for each of 3 members: %s", code, js.String())
+	}
 	nodes[2].Close()
 	status("voters: 2 of 3 reachable, quorum 2: no further failure tolerated", 0)
 	// --json carries the same figures, for scripts and alerts.
 	var out bytes.Buffer
 	if code := run([]string{"status", "--cluster", nodes[0].Addr(), "--json"}, &out, io.Discard); code != 0 ||
-		!strings.Contains(out.String(), `"voters":3,"voters_reachable":2,"quorum":2,"failures_tolerated":0`) {
+		!strings.Contains(out.String(), `"voters":3,"voters_reachable":2,"quorum":2,"failures_tolerated":0`) ||
+		strings.Count(out.String(), `"lag":`) != 2 {
 		t.Fatalf("status --json: exit %d, %s", code, out.String())
 	}
 	nodes[1].Close()
