@@ -17,9 +17,11 @@
 # for reference at 64 clients, also with one connection per client (as
 # redis-benchmark and go-redis's pool do; rows marked /conn). It prints
 # ops/s, p50 and p99 with every kadosession figure as a ratio to the matching Redis figure (save: Redis AOF always; restore: Redis
-# without persistence), the issue's goals as PASS/MISS, and writes the same
-# figures as an SVG bar chart (docs/bench.svg). Everything started is
-# stopped on exit.
+# without persistence), the issue's goals as PASS/MISS, where a save's
+# time goes (from the nodes' /metrics around each save run: saves per
+# batch, batches per second, and the mean time of a log store append on the
+# leader and on a follower), and writes the same figures as an SVG bar
+# chart (docs/bench.svg). Everything started is stopped on exit.
 #
 # ROUNDS (1) repeats the whole matrix, each round visiting the targets of a
 # cell in another order, and reports per cell the median of the rounds'
@@ -113,10 +115,12 @@ for p in "$rp1" "$rp2"; do
 done
 
 echo "== starting kadosession: a single node and a three-node cluster"
+declare -A metrics_port # node id -> its admin HTTP port (/metrics)
 start_node() { # dir port id [join]
-  local dir=$1 port=$2 id=$3 join=${4:-} extra=()
+  local dir=$1 port=$2 id=$3 join=${4:-} extra=() hp
   [ -n "$join" ] && extra=(--join "$join")
-  "$bin" serve --id "$id" --listen "127.0.0.1:$port" --data "$work/$dir" --log-level warn "${extra[@]}" \
+  hp=$(free_port); metrics_port[$id]=$hp
+  "$bin" serve --id "$id" --listen "127.0.0.1:$port" --http "127.0.0.1:$hp" --data "$work/$dir" --log-level warn "${extra[@]}" \
     2>>"$work/$dir.log" &
   pids+=($!)
 }
@@ -151,6 +155,26 @@ for p in "$k1" "$k2" "$k3"; do
 done
 [ -n "$follower" ] || { echo "no follower found (leader $leader)" >&2; exit 1; }
 echo "   single node 127.0.0.1:$ks; cluster leader $leader, load through follower 127.0.0.1:$follower"
+# Where a kadosession save's time goes: the log store appends (one per
+# batch of saves, fsynced) read from the leader's and a follower's /metrics
+# around each save run.
+declare -A appenders=([kado-single]="s1" [kado-3node]="$leader")
+for id in n1 n2 n3; do
+  [ "$id" != "$leader" ] && { appenders[kado-3node]+=" $id"; break; }
+done
+scrape() { # id=port...: each node's log store and batch counters, as one JSON object ({} if unreadable)
+  python3 - "$@" <<'PY' || echo '{}'
+import json, sys, urllib.request
+out = {}
+for arg in sys.argv[1:]:
+    node, port = arg.split("=")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out[node] = {k: float(v) for k, v in (l.split() for l in text.splitlines()
+                 if l.startswith(("kadosession_log_store_duration_seconds_", "kadosession_commit_batch_size_"))
+                 and l.split()[0].endswith(("_sum", "_count")))}
+print(json.dumps(out))
+PY
+}
 
 # target name -> bench arguments
 declare -A targs=(
@@ -174,10 +198,33 @@ for round in $(seq 1 "$ROUNDS"); do
       mapfile -t cells < <(round_order "$round" "${cells[@]}") # scripts/lib.sh
       for t in "${cells[@]}"; do
         printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
+        watch=() before='{}' after='{}'
+        if [ "$op" = save ] && [ -n "${appenders[$t]:-}" ]; then
+          for id in ${appenders[$t]}; do watch+=("$id=${metrics_port[$id]}"); done
+          before=$(scrape "${watch[@]}")
+        fi
         # shellcheck disable=SC2086
         if out=$(timeout $((secs + 300)) "$bin" bench ${targs[$t]} --op "$op" --clients "$c" --size "$SIZE" \
             --sessions "$SESSIONS" --duration "$DURATION" --json 2>>"$work/bench-progress.log"); then
-          python3 -c 'import json,sys; r=json.loads(sys.argv[2]); r["name"]=sys.argv[1]; r["round"]=int(sys.argv[3]); print(json.dumps(r))' "$t" "$out" "$round" >>"$results"
+          [ ${#watch[@]} -gt 0 ] && after=$(scrape "${watch[@]}")
+          # With the metrics: the batches the leader cut (saves_per_batch,
+          # batches_per_sec) and its log store appends' mean time
+          # (append_ms), and a follower's (follower_append_ms).
+          python3 -c '
+import json, sys
+r = json.loads(sys.argv[2]); r["name"] = sys.argv[1]; r["round"] = int(sys.argv[3])
+b, a = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+nodes = [n for n in b if n in a]
+if nodes:
+    d = lambda n, k: a[n].get(k, 0) - b[n].get(k, 0)
+    ms = lambda n: 1000 * d(n, "kadosession_log_store_duration_seconds_sum") / max(d(n, "kadosession_log_store_duration_seconds_count"), 1)
+    batches = d(nodes[0], "kadosession_commit_batch_size_count")
+    r["saves_per_batch"] = d(nodes[0], "kadosession_commit_batch_size_sum") / max(batches, 1)
+    r["batches_per_sec"] = batches / r["seconds"]
+    r["append_ms"] = ms(nodes[0])
+    if len(nodes) > 1:
+        r["follower_append_ms"] = ms(nodes[1])
+print(json.dumps(r))' "$t" "$out" "$round" "$before" "$after" >>"$results"
           python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%9.0f ops/s  p50 %.3f ms  p99 %.3f ms  errors %d" % (r["ops_per_sec"], r["p50_ms"], r["p99_ms"], r["errors"]))' "$out"
         else
           echo "FAILED (see below)"
@@ -271,6 +318,22 @@ for text, v, t, higher, ok, xs in goals:
     status = "n/a " if ok is None else ("PASS" if ok else "MISS")
     spread = f" [{min(xs):.2f}–{max(xs):.2f}]" if len(xs) > 1 else ""
     print(f"  {status}  {text}: {fmt(v, '.2f')}×{spread} (goal {'≥' if higher else '≤'} {t:g}×)")
+
+# Where a kadosession save's time goes (each figure the median of its rounds).
+def med(cell, f):
+    rs = [r for r in R.results() if (r["name"], r["op"], r["clients"]) == cell and f in r]
+    return sorted(x[f] for x in rs)[len(rs) // 2] if rs else None
+rows = [(n, c) for n in ("kado-single", "kado-3node") for c in (1, 64) if med((n, "save", c), "append_ms") is not None]
+if rows:
+    print("\nsaves: each batch of saves is one raft log entry, appended (and fsynced) on the leader, then on")
+    print("the followers; the figures come from the nodes' /metrics (kadosession_commit_batch_size,")
+    print("kadosession_log_store_duration_seconds)")
+    for n, c in rows:
+        cell = (n, "save", c)
+        fol = med(cell, "follower_append_ms")
+        print(f"  {n:<12} c={c:<3} {fmt(med(cell, 'saves_per_batch'), '5.1f')} saves per batch, "
+              f"{fmt(med(cell, 'batches_per_sec'), '6.0f')} batches/s, leader append {fmt(med(cell, 'append_ms'), '.2f')} ms"
+              + (f", follower append {fol:.2f} ms" if fol is not None else ""))
 
 if not svg_path:
     sys.exit(0)
