@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
 )
 
 // Defaults for MemoryOptions, Kado's SessionStore defaults.
@@ -347,14 +348,24 @@ func (m *MemoryStore) UserSessions(ctx context.Context, user string) ([]string, 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if user == "" {
+		return nil, errEmptyUser
+	}
 	return m.state.UserSessions(user, m.nowMs(), m.duration), nil
 }
+
+// errEmptyUser refuses an empty user as a node does (client.ErrBadRequest):
+// Session's methods answer it without asking the store.
+var errEmptyUser = transport.Errorf(transport.CodeBadRequest, "user is empty")
 
 // RevokeUser implements UserStore: it deletes every session tagged with
 // user and returns how many there were.
 func (m *MemoryStore) RevokeUser(ctx context.Context, user string) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
+	}
+	if user == "" {
+		return 0, errEmptyUser
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -245,13 +245,18 @@ func (s *Session) Destroy(ctx context.Context) error {
 			return fmt.Errorf("%w: destroy: %w", ErrStoreUnavailable, err)
 		}
 	}
+	s.destroyedLocked()
+	return nil
+}
+
+// destroyedLocked empties the session once the store no longer holds it.
+func (s *Session) destroyedLocked() {
 	if s.web == nil {
 		id := s.id
 		s.freshLocked()
 		s.id = id // Kado-style sessions keep the id they were made with
-		return nil
+		return
 	}
 	s.freshLocked()
 	s.web.destroyed()
-	return nil
 }

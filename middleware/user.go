@@ -2,7 +2,9 @@ package middleware
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 
 	"github.com/kadosession/kadosession/fsm"
 )
@@ -35,26 +37,67 @@ func (s *Session) SetUser(id string) *Session {
 
 // User returns the user id the session is tagged with, or "".
 func (s *Session) User() string {
-	var u string
-	_ = s.GetInto(fsm.UserKey, &u)
-	return u
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(s.base)
+	return s.userLocked()
 }
 
 // UserSessions lists the sessions of user in the store behind the session.
+// An empty user has none (a visitor who is not signed in). A store failure
+// is an error wrapping ErrStoreUnavailable, as for every other store call.
 func (s *Session) UserSessions(ctx context.Context, user string) ([]string, error) {
 	us, ok := s.store.(UserStore)
 	if !ok {
 		return nil, ErrNoUserIndex
 	}
-	return us.UserSessions(ctx, user)
+	if user == "" {
+		return nil, nil
+	}
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	ids, err := us.UserSessions(cctx, user)
+	if err != nil {
+		return nil, fmt.Errorf("%w: user sessions: %w", ErrStoreUnavailable, err)
+	}
+	return ids, nil
 }
 
-// RevokeUser deletes every session of user in the store behind the
-// session (this one included, if it is the user's).
+// RevokeUser deletes every session of user in the store behind the session
+// and returns how many it deleted: "sign out everywhere". When this session
+// is the user's, it is left as Destroy leaves it: the rest of the request
+// sees a fresh, empty session (saved under a new id if the handler sets
+// anything, a flash message say), and the browser's cookie is expired. An
+// empty user has no sessions. A store failure is an error wrapping
+// ErrStoreUnavailable, and changes nothing here.
 func (s *Session) RevokeUser(ctx context.Context, user string) (int, error) {
 	us, ok := s.store.(UserStore)
 	if !ok {
 		return 0, ErrNoUserIndex
 	}
-	return us.RevokeUser(ctx, user)
+	if user == "" {
+		return 0, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	n, err := us.RevokeUser(cctx, user)
+	if err != nil {
+		return 0, fmt.Errorf("%w: revoke user: %w", ErrStoreUnavailable, err)
+	}
+	// A session this request has not loaded is found gone when it is.
+	if s.loaded && s.loadErr == nil && s.userLocked() == user {
+		s.destroyedLocked()
+	}
+	return n, nil
+}
+
+// userLocked is User with s.mu held and the session loaded.
+func (s *Session) userLocked() string {
+	var u string
+	if raw, ok := s.data.get(fsm.UserKey); ok && !decodeScalar(raw, &u) {
+		_ = json.Unmarshal(raw, &u)
+	}
+	return u
 }

@@ -3,10 +3,13 @@ package middleware
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"testing"
+
+	"github.com/kadosession/kadosession/transport"
 )
 
 func TestSetUserListAndRevoke(t *testing.T) {
@@ -66,3 +69,83 @@ func TestUserKeyTakesOnlyAString(t *testing.T) {
 		t.Fatalf("Set(\"_user\", \"alice\"): %v, User %q", err, s.User())
 	}
 }
+
+// "Sign out everywhere" from the user's own request leaves this session as
+// Destroy does: the rest of the request sees a fresh, empty session, a flash
+// set afterwards is saved under a new id, and the old cookie names nothing.
+func TestRevokeUserFromTheUsersOwnRequest(t *testing.T) {
+	store := newStore(t)
+	srv := newServer(t, Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		switch r.URL.Path {
+		case "/login":
+			if err := s.Regenerate(r.Context()); err != nil {
+				t.Error(err)
+			}
+			s.SetUser("alice")
+		case "/everywhere":
+			n, err := s.RevokeUser(r.Context(), s.User())
+			if err != nil || n != 1 {
+				t.Errorf("RevokeUser = %d, %v", n, err)
+			}
+			if s.User() != "" || len(s.Keys()) != 0 {
+				t.Errorf("after RevokeUser this request still sees user %q, keys %v", s.User(), s.Keys())
+			}
+			s.Set("flash", "signed out everywhere")
+		case "/flash":
+			fmt.Fprint(w, s.Get("flash"))
+		}
+	}))
+	srv.get(t, "/login")
+	before := srv.sid(t, "session")
+	srv.get(t, "/everywhere")
+	after := srv.sid(t, "session")
+	if after == before || after == "" {
+		t.Fatalf("session id after revoking its own user: %q (was %q), want a new one", after, before)
+	}
+	if _, found, _ := store.Restore(context.Background(), before); found {
+		t.Fatal("the revoked session is still in the store")
+	}
+	if _, body := srv.get(t, "/flash"); body != "signed out everywhere" {
+		t.Fatalf("the flash set after RevokeUser reads %q", body)
+	}
+}
+
+// UserSessions and RevokeUser: an empty user has no sessions (a visitor
+// not signed in), whatever the store; a store failure wraps
+// ErrStoreUnavailable, as every other store call does.
+func TestUserCallsOnEmptyUserAndFailingStore(t *testing.T) {
+	ctx := context.Background()
+	mem := newStore(t)
+	s := NewSession("", mem)
+	if ids, err := s.UserSessions(ctx, ""); ids != nil || err != nil {
+		t.Fatalf("UserSessions(\"\") = %v, %v; want none", ids, err)
+	}
+	if n, err := s.RevokeUser(ctx, ""); n != 0 || err != nil {
+		t.Fatalf("RevokeUser(\"\") = %d, %v; want 0, nil", n, err)
+	}
+	// The store itself refuses an empty user, as a node does.
+	if _, err := mem.UserSessions(ctx, ""); !errors.Is(err, transport.ErrBadRequest) {
+		t.Fatalf("MemoryStore.UserSessions(\"\") = %v, want a bad request", err)
+	}
+	if _, err := mem.RevokeUser(ctx, ""); !errors.Is(err, transport.ErrBadRequest) {
+		t.Fatalf("MemoryStore.RevokeUser(\"\") = %v, want a bad request", err)
+	}
+	down := NewSession("", downUserStore{mem})
+	down.SetUser("alice")
+	if _, err := down.UserSessions(ctx, "alice"); !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, errDown) {
+		t.Fatalf("UserSessions on a failing store = %v, want ErrStoreUnavailable wrapping its error", err)
+	}
+	if _, err := down.RevokeUser(ctx, "alice"); !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, errDown) {
+		t.Fatalf("RevokeUser on a failing store = %v, want ErrStoreUnavailable wrapping its error", err)
+	}
+	if down.User() != "alice" {
+		t.Fatalf("a failed RevokeUser changed the session: user %q", down.User())
+	}
+}
+
+// downUserStore is a MemoryStore whose user index is unreachable.
+type downUserStore struct{ *MemoryStore }
+
+func (downUserStore) UserSessions(context.Context, string) ([]string, error) { return nil, errDown }
+func (downUserStore) RevokeUser(context.Context, string) (int, error)        { return 0, errDown }

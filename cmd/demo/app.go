@@ -222,14 +222,10 @@ func (a *app) revoke(w http.ResponseWriter, r *http.Request) {
 		a.signedOut(w, r, s)
 		return
 	}
+	// This session is one of them: RevokeUser leaves it as Destroy does
+	// (the browser's cookie is expired).
 	if _, err := s.RevokeUser(r.Context(), u); err != nil {
 		a.fail(w, r, "revoke the sessions", err)
-		return
-	}
-	// This session was one of them: drop it here too, so the browser's
-	// cookie is expired rather than left naming nothing.
-	if err := s.Destroy(r.Context()); err != nil {
-		a.fail(w, r, "sign out", err)
 		return
 	}
 	seeOther(w, r, "/?m=revoked")
