@@ -163,6 +163,23 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 	if n.Ready() {
 		t.Fatal("the refused node serves clients")
 	}
+	// 'kadosession join' (its request names no cluster) of a node serving
+	// a cluster of its own: the leader asks the node, and refuses. It used
+	// to add it, and the node took this cluster's snapshot over its
+	// sessions.
+	apart := startNode(t, Config{ID: "apart"})
+	mustSave(t, apart, "kept", `{"v":1}`)
+	ctx := context.Background()
+	if _, err := tc.nodes[tc.leader()].Join(ctx, "apart", apart.Addr(), ""); err == nil ||
+		!strings.Contains(err.Error(), "holds the data of cluster "+apart.ClusterID()) {
+		t.Fatalf("join of a node serving another cluster: %v", err)
+	}
+	if v := tc.nodes[tc.leader()].voters(); v != 2 {
+		t.Fatalf("cluster has %d voters after a refused join", v)
+	}
+	if r, found, err := apart.Restore(ctx, "kept", transport.Default); err != nil || !found || string(r) != `{"v":1}` {
+		t.Fatalf("the refused node's session: %s, %v, %v", r, found, err)
+	}
 	// A changed id on an existing data directory is refused at start.
 	tc.stop(1)
 	_, err := Open(Config{ID: "n9", Listen: "127.0.0.1:0", DataDir: tc.cfgs[1].DataDir, Logger: testLogger()})
@@ -240,6 +257,37 @@ func TestClusterStatusShowsLag(t *testing.T) {
 		if m.State == "unreachable" && m.Lag != nil {
 			t.Fatalf("an unreachable member has a lag: %+v", m)
 		}
+	}
+}
+
+// A member's address answered by a node of another cluster of the same id
+// (the member was recovered into a new cluster without this one, say):
+// ClusterStatus reports the row as an error, not that node's state: a
+// status through the old cluster reported the new cluster's leader as its
+// own, and a healthy quorum.
+func TestClusterStatusRefusesAnotherClustersNode(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	f := tc.follower()
+	id, addr := tc.nodes[f].ID(), tc.nodes[f].Addr()
+	tc.stop(f)
+	// Not waited on to serve: the cluster's raft traffic reaches it too.
+	impostor, err := Open(Config{ID: id, Listen: addr, DataDir: t.TempDir(), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { impostor.Close() })
+	poll(t, func() bool { return impostor.ClusterID() != "" }, 10*time.Second, "the impostor's own cluster id")
+	var row NodeStatus
+	poll(t, func() bool {
+		for _, m := range tc.nodes[tc.leader()].ClusterStatus(context.Background()).Nodes {
+			if m.ID == id {
+				row = m
+			}
+		}
+		return row.Error != ""
+	}, 10*time.Second, "an error in the row of "+id)
+	if row.State != "unreachable" || !strings.Contains(row.Error, "belongs to cluster "+impostor.ClusterID()) || row.Lag != nil {
+		t.Fatalf("the row of %s, answered by another cluster's node: %+v", id, row)
 	}
 }
 

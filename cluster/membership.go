@@ -210,10 +210,8 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 	if err := checkPeerAddr(addr); err != nil {
 		return reply, transport.Errorf(transport.CodeBadRequest, "join refused: %v", err)
 	}
-	if clusterID != "" && clusterID != n.ClusterID() {
-		return reply, transport.Errorf(transport.CodeBadRequest,
-			"join refused: node %s holds the data of cluster %s, and this is cluster %s; to join it, stop it and start it with an empty --data directory (its sessions will come from this cluster)",
-			id, clusterID, n.ClusterID())
+	if err := n.sameCluster(id, clusterID); err != nil {
+		return reply, err
 	}
 	n.memberMu.Lock()
 	defer n.memberMu.Unlock()
@@ -267,7 +265,21 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
 	if st.ID != id {
 		return transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
 	}
-	return nil
+	// What the node says of itself, for 'kadosession join', whose request
+	// carries no cluster id: added, a node leading a cluster of its own
+	// took this cluster's snapshot over its sessions.
+	return n.sameCluster(id, st.ClusterID)
+}
+
+// sameCluster refuses a joining node id that holds the data of another
+// cluster (clusterID set and not this one's).
+func (n *Node) sameCluster(id, clusterID string) error {
+	if clusterID == "" || clusterID == n.ClusterID() {
+		return nil
+	}
+	return transport.Errorf(transport.CodeBadRequest,
+		"join refused: node %s holds the data of cluster %s, and this is cluster %s; to join it, stop it and start it with an empty --data directory (its sessions will come from this cluster)",
+		id, clusterID, n.ClusterID())
 }
 
 // Remove takes a member out of the cluster. Leader only.
@@ -398,6 +410,12 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 				}
 				if st.ID != string(s.ID) {
 					out.Nodes[i].Error = fmt.Sprintf("the node at %s is %q, not %q", s.Address, st.ID, s.ID)
+					return
+				}
+				if st.ClusterID != "" && out.ClusterID != "" && st.ClusterID != out.ClusterID {
+					// Recovered without this node (peers.json), say: its
+					// state, a leader's above all, is another cluster's.
+					out.Nodes[i].Error = fmt.Sprintf("the node at %s belongs to cluster %s, not %s", s.Address, st.ClusterID, out.ClusterID)
 					return
 				}
 			}
