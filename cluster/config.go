@@ -193,6 +193,11 @@ func (c *Config) Validate() error {
 	} else if port == "0" {
 		errs = append(errs, fmt.Errorf("advertise address %q has port 0: give the real port", d.Advertise))
 	}
+	for _, j := range d.Join {
+		if j == d.Listen || j == d.Advertise {
+			errs = append(errs, fmt.Errorf("join address %q is this node's own address: join through a node already in the cluster", j))
+		}
+	}
 	for name, v := range map[string]time.Duration{
 		"save frequency": d.SaveFrequency, "duration": d.Duration, "prune frequency": d.PruneFrequency,
 		"heartbeat timeout": d.HeartbeatTimeout, "election timeout": d.ElectionTimeout,

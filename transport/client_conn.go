@@ -373,6 +373,10 @@ func (c *Conn) flushLocked() {
 	c.writing = false
 }
 
+// httpAsFrameSize is "HTTP" (an HTTP server's answer) read as a frame's
+// length.
+const httpAsFrameSize = 'H'<<24 | 'T'<<16 | 'T'<<8 | 'P'
+
 // readLoop hands each response to its waiting call until the connection
 // fails.
 func (c *Conn) readLoop() {
@@ -382,6 +386,9 @@ func (c *Conn) readLoop() {
 	for {
 		frame, err := ReadFrame(r, buf, c.maxFrame)
 		if err != nil {
+			if fe := (*FrameTooLargeError)(nil); errors.As(err, &fe) && fe.Size == httpAsFrameSize {
+				err = fmt.Errorf("the server at %s answered in HTTP: is that a node's --http (admin) port? Give its --listen port", c.addr)
+			}
 			c.fail(err)
 			return
 		}

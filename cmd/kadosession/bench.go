@@ -96,15 +96,23 @@ func bench(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if cfg.asJSON {
-		return json.NewEncoder(stdout).Encode(res)
+		if err := json.NewEncoder(stdout).Encode(res); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "%s %s against %s (%s), %d clients, %d B: %.0f ops/s, p50 %.3f ms, p99 %.3f ms, max %.3f ms, %d ops, %d errors\n",
+			res.Op, res.Protocol, res.Target, res.Kind, res.Clients, res.Size, res.OpsPerSec, res.P50, res.P99, res.Max, res.Ops, res.Errors)
+		if len(res.Gaps) > 0 {
+			fmt.Fprintf(stdout, "stretches with no success (ms): %.0f\n", res.Gaps)
+		}
+		if res.FirstError != "" {
+			fmt.Fprintf(stdout, "first error: %s\n", res.FirstError)
+		}
 	}
-	fmt.Fprintf(stdout, "%s %s against %s (%s), %d clients, %d B: %.0f ops/s, p50 %.3f ms, p99 %.3f ms, max %.3f ms, %d ops, %d errors\n",
-		res.Op, res.Protocol, res.Target, res.Kind, res.Clients, res.Size, res.OpsPerSec, res.P50, res.P99, res.Max, res.Ops, res.Errors)
-	if len(res.Gaps) > 0 {
-		fmt.Fprintf(stdout, "stretches with no success (ms): %.0f\n", res.Gaps)
-	}
-	if res.FirstError != "" {
-		fmt.Fprintf(stdout, "first error: %s\n", res.FirstError)
+	if res.Ops == 0 && res.Errors > 0 {
+		// A run with errors and nothing else measured nothing: scripts
+		// must not take its figures for a store's.
+		return fmt.Errorf("every request failed (%d errors; the first: %s)", res.Errors, res.FirstError)
 	}
 	return nil
 }

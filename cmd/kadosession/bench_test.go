@@ -307,3 +307,19 @@ func TestBenchLoadRateSamples(t *testing.T) {
 		t.Errorf("--samples line %q: want END_NS LATENCY_US", lines[0])
 	}
 }
+
+// A run in which every request failed measured nothing: bench says so and
+// exits non-zero (it printed "0 ops/s" and exited 0), after its report.
+func TestBenchFailsWhenNothingSucceeded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	var out, errOut bytes.Buffer
+	err = bench([]string{"--target", addr, "--op", "save", "--clients", "2", "--duration", "1s"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "every request failed") || !strings.Contains(out.String(), "0 ops") {
+		t.Fatalf("bench against a closed port: %v\nstdout: %s", err, out.String())
+	}
+}

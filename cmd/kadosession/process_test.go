@@ -303,6 +303,8 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
 		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},
 		{"lease over heartbeat", []string{"--leader-lease-timeout", "2s"}, "", "lease"},
+		// It used to wait silently, forever, for a leader.
+		{"join names the node itself", []string{"--listen", "127.0.0.1:7516", "--join", "127.0.0.1:7516"}, "", `join address "127.0.0.1:7516" is this node's own address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary(t), append([]string{"serve", "--data", t.TempDir()}, tc.args...)...)
