@@ -291,6 +291,26 @@ func TestClusterStatusRefusesAnotherClustersNode(t *testing.T) {
 	}
 }
 
+// A node of another cluster at a member's address and id (a data directory
+// started afresh there without --join) gets no raft traffic from this
+// cluster's leader: it took the leader's log over its own, followed it, and
+// served this cluster's sessions under its own cluster id.
+func TestRaftTrafficSparesAnotherClustersNode(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	f := tc.follower()
+	id, addr := tc.nodes[f].ID(), tc.nodes[f].Addr()
+	tc.stop(f)
+	mustSave(t, tc.nodes[tc.leader()], "the-clusters", `{}`)
+	apart := startNode(t, Config{ID: id, Listen: addr}) // waits until it serves, as its own leader
+	mustSave(t, apart, "its-own", `{}`)
+	time.Sleep(2 * time.Second) // many heartbeat intervals of the cluster's leader
+	st := apart.Status()
+	if st.State != "leader" || st.LeaderID != id || st.ClusterID == tc.nodes[tc.leader()].ClusterID() || st.Sessions != 1 {
+		t.Fatalf("the other cluster's node: %+v; want it leading its own cluster with its one session", st)
+	}
+	mustSave(t, tc.nodes[tc.leader()], "still-writable", `{}`) // the two left make a quorum
+}
+
 // heldLogStore holds every append while held is set, until release is
 // closed.
 type heldLogStore struct {

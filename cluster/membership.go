@@ -606,6 +606,38 @@ func (n *Node) adminCall(ctx context.Context, addr string, body []byte) ([]byte,
 }
 
 // peerStatus asks the node at addr for its status.
+// verifyPeerCluster lets raft open a connection to addr only once the node
+// there has said which cluster it belongs to, and it is this one (or none
+// yet: a node joining): hashicorp/raft's messages name no cluster, and a
+// node of another cluster found at a member's address (a data directory
+// recovered, restored or started afresh there) took this cluster's log and
+// snapshot over its own. A node that does not answer in time is not dialed
+// (raft retries later, as after a failed dial): while a node starts, the
+// port is bound before the node serves, and a connection made then reached
+// it before it could be asked. Raft keeps its connections, so a peer is
+// asked when raft connects, not for every message.
+func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
+	ours := n.ClusterID()
+	if ours == "" {
+		return nil // joining: the cluster's id comes with the join
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, time.Second))
+	defer cancel()
+	st, err := n.peerStatus(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("asking the node at %s which cluster it belongs to: %w", addr, err)
+	}
+	if st.ClusterID != "" && st.ClusterID != ours {
+		if last, ok := n.peerClusterWarned.Load(addr); !ok || time.Since(last.(time.Time)) > time.Minute {
+			n.peerClusterWarned.Store(addr, time.Now())
+			n.log.Error("refusing raft traffic to a node of another cluster: remove it from this cluster (kadosession remove), or start it on this cluster's data",
+				"address", addr, "id", st.ID, "its_cluster", st.ClusterID, "cluster", ours)
+		}
+		return fmt.Errorf("the node at %s (%s) belongs to cluster %s, and this is cluster %s: no raft traffic goes to it", addr, st.ID, st.ClusterID, ours)
+	}
+	return nil
+}
+
 func (n *Node) peerStatus(ctx context.Context, addr string) (Status, error) {
 	var st Status
 	body, err := n.adminCall(ctx, addr, []byte(`{"op":"status"}`))

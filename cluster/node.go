@@ -35,10 +35,13 @@ type Node struct {
 	mapped *mappedPages // the log store's mapped pages (nil: not dropped)
 	trans  *raft.NetworkTransport
 	stream *streamLayer
-	server *transport.Server
-	ln     net.Listener
-	commit *committer
-	reads  *readIndex
+	// peerClusterWarned: peer address -> when verifyPeerCluster last
+	// logged its refusal.
+	peerClusterWarned sync.Map
+	server            *transport.Server
+	ln                net.Listener
+	commit            *committer
+	reads             *readIndex
 	// freads serves linearizable reads on a follower (follower_read.go).
 	freads *followerReads
 	fwd    *forwarder
@@ -266,6 +269,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 
 	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.Token)
+	n.stream.verify = n.verifyPeerCluster
 	if cfg.Dialer != nil {
 		n.stream.dialer = func(address string, timeout time.Duration) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)

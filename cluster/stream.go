@@ -24,6 +24,9 @@ type streamLayer struct {
 	done   chan struct{}
 	once   sync.Once
 	dialer func(address string, timeout time.Duration) (net.Conn, error)
+	// verify, when set, may refuse a peer before it is dialed
+	// (Node.verifyPeerCluster).
+	verify func(address string, timeout time.Duration) error
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -71,6 +74,11 @@ func (s *streamLayer) Addr() net.Addr { return s.addr }
 
 // Dial opens a raft connection to a peer's one port.
 func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if s.verify != nil {
+		if err := s.verify(string(address), timeout); err != nil {
+			return nil, err
+		}
+	}
 	c, err := s.dialer(string(address), timeout)
 	if err != nil {
 		return nil, err
