@@ -317,6 +317,22 @@ func TestReadyzFalseWhenCutOffFromLeader(t *testing.T) {
 	}
 }
 
+// A removed node is not ready: /readyz says why, and kadosession_ready,
+// which stayed 1, is 0 with it.
+func TestRemovedNodeIsNotReady(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	f := tc.follower()
+	n := tc.nodes[f]
+	poll(t, func() bool { v, _ := metricValue(scrape(t, n), "kadosession_ready", nil); return v == 1 }, 10*time.Second, "kadosession_ready 1")
+	if err := tc.nodes[tc.leader()].Remove(context.Background(), n.ID()); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, func() bool { code, _ := httpGet(t, n, "/readyz"); return code == http.StatusServiceUnavailable }, 10*time.Second, "/readyz 503 on the removed node")
+	if v, ok := metricValue(scrape(t, n), "kadosession_ready", nil); !ok || v != 0 {
+		t.Fatalf("kadosession_ready on a removed node = %v (found %v), want 0", v, ok)
+	}
+}
+
 // blockedLogStore holds LastIndex until release is closed: a start that
 // takes long (a large log or snapshot).
 type blockedLogStore struct {

@@ -56,13 +56,13 @@ func (f *forwarder) call(ctx context.Context, addr string, req *transport.Reques
 		}
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return transport.Response{}, transport.Errorf(transport.CodeTimeout, "forwarding %s to the leader at %s: %v", req.Op, addr, err)
+		return transport.Response{}, transport.Errorf(transport.CodeTimeout, "%s to the node at %s: %v", req.Op, addr, err)
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		return transport.Response{}, err
 	}
-	return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "forwarding %s to the leader at %s: %v", req.Op, addr, err)
+	return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "%s to the node at %s: %v", req.Op, addr, err)
 }
 
 func (f *forwarder) close() {

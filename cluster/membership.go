@@ -605,7 +605,6 @@ func (n *Node) adminCall(ctx context.Context, addr string, body []byte) ([]byte,
 	return resp.Data, err
 }
 
-// peerStatus asks the node at addr for its status.
 // verifyPeerCluster lets raft open a connection to addr only once the node
 // there has said which cluster it belongs to, and it is this one (or none
 // yet: a node joining): hashicorp/raft's messages name no cluster, and a
@@ -638,6 +637,7 @@ func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 	return nil
 }
 
+// peerStatus asks the node at addr for its status.
 func (n *Node) peerStatus(ctx context.Context, addr string) (Status, error) {
 	var st Status
 	body, err := n.adminCall(ctx, addr, []byte(`{"op":"status"}`))

@@ -235,7 +235,7 @@ var (
 	descPeerContact = prometheus.NewDesc("kadosession_peer_last_contact_seconds", "Leader: seconds since each other member last answered it (probed every second; absent on followers and for a member never heard from).", []string{"peer"}, nil)
 	descLeaderKnown = prometheus.NewDesc("kadosession_raft_leader_known", "1 when the node knows a leader.", nil, nil)
 	descVoters      = prometheus.NewDesc("kadosession_raft_voters", "Voters in the node's latest raft configuration.", nil, nil)
-	descReady       = prometheus.NewDesc("kadosession_ready", "1 when the node serves client requests (see /readyz for the full check).", nil, nil)
+	descReady       = prometheus.NewDesc("kadosession_ready", "1 when the node is ready for traffic, as /readyz answers 200 (started, a member, a leader known and heard from).", nil, nil)
 	descSessions    = prometheus.NewDesc("kadosession_sessions", "Sessions held by the node's state machine (expired ones until pruned).", nil, nil)
 	descConns       = prometheus.NewDesc("kadosession_open_connections", "Client and peer connections open on the node's port (raft's own not counted).", nil, nil)
 	descInFlight    = prometheus.NewDesc("kadosession_requests_in_flight", "Client and peer requests the node has read and not yet answered (a Kado JSON connection counts one while open).", nil, nil)
@@ -260,7 +260,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descConns, float64(n.server.OpenConns()))
 		gauge(descInFlight, float64(n.server.InFlight()))
 	}
-	gauge(descReady, b2f(n.ready.Load()))
+	gauge(descReady, b2f(n.Readiness().Ready))
 	r := n.raft
 	if r == nil {
 		return
