@@ -188,6 +188,17 @@ func TestUnsafeSequencesAreRefused(t *testing.T) {
 	}
 }
 
+// The last voter cannot be removed, and says so in words (raft's own
+// refusal printed its configuration struct).
+func TestRemoveLastVoterIsRefused(t *testing.T) {
+	n := startNode(t, Config{ID: "only"})
+	err := n.Remove(context.Background(), "only")
+	if err == nil || !strings.Contains(err.Error(), "only is the cluster's only voter") {
+		t.Fatalf("removing the only voter: %v", err)
+	}
+	mustSave(t, n, "still-serving", `{}`)
+}
+
 func TestRemoveMember(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	ctx := context.Background()

@@ -296,6 +296,9 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 	var ids []string
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == id {
+			if s.Suffrage == raft.Voter && votersIn(f.Configuration()) == 1 {
+				return transport.Errorf(transport.CodeBadRequest, "%s is the cluster's only voter: a cluster cannot lose its last one; stop the node instead", id)
+			}
 			if err := n.raft.RemoveServer(s.ID, 0, remaining(ctx)).Error(); err != nil {
 				return applyError(err, n.raft)
 			}

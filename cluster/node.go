@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -180,7 +181,11 @@ func Open(cfg Config) (*Node, error) {
 	// left it joining nothing.
 	var err error
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen on %s: %w (check --listen: is another node already running there?)", cfg.Listen, err)
+		hint := "check --listen"
+		if errors.Is(err, syscall.EADDRINUSE) {
+			hint += ": is another node already running there?"
+		}
+		return nil, fmt.Errorf("listen on %s: %w (%s)", cfg.Listen, err, hint)
 	}
 	if cfg.Advertise == "" {
 		if ip := n.ln.Addr().(*net.TCPAddr).IP; ip.IsUnspecified() {

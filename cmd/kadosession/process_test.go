@@ -303,6 +303,8 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
 		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},
 		{"lease over heartbeat", []string{"--leader-lease-timeout", "2s"}, "", "lease"},
+		// No "is another node already running there?" for a port that cannot be.
+		{"invalid port", []string{"--listen", "127.0.0.1:99999"}, "", "(check --listen)"},
 		// It used to wait silently, forever, for a leader.
 		{"join names the node itself", []string{"--listen", "127.0.0.1:7516", "--join", "127.0.0.1:7516"}, "", `join address "127.0.0.1:7516" is this node's own address`},
 	} {
