@@ -566,9 +566,10 @@ func (n *Node) checkJoinCluster(limit time.Duration) (confirmed bool, err error)
 			case theirs != n.ClusterID():
 				return false, transport.Errorf(transport.CodeBadRequest,
 					"--join names cluster %s (via %s), but this node's data directory %s holds cluster %s, which it is a member of "+
-						"(it was started without --join once, and bootstrapped a cluster of its own?): to serve that cluster, start it "+
+						"(it bootstrapped a cluster of its own, started once without --join; or %s was recovered from a quorum loss "+
+						"without it, with peers.json): to serve its own cluster, start it "+
 						"without --join; to join %s, stop it, move %s away (kadosession backup first if its sessions matter) and start it "+
-						"again with --join", theirs, addr, n.cfg.DataDir, n.ClusterID(), theirs, n.cfg.DataDir)
+						"again with --join", theirs, addr, n.cfg.DataDir, n.ClusterID(), theirs, theirs, n.cfg.DataDir)
 			default:
 				return true, nil
 			}
