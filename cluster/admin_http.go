@@ -136,7 +136,9 @@ func (n *Node) readyContactBound() time.Duration {
 // Readiness reports whether the node should receive traffic: it serves
 // client requests (start-up done, not shutting down), it is a member of
 // the raft configuration, it knows a leader, and, as a follower, it heard
-// from the leader within a few heartbeat timeouts. Safe for concurrent use.
+// from the leader within a few heartbeat timeouts and has caught up since
+// its start (applied what the leader had committed when it first asked).
+// Safe for concurrent use.
 func (n *Node) Readiness() Readiness {
 	st := n.raft.State()
 	_, leaderID := n.raft.LeaderWithID()
@@ -182,6 +184,8 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 		return "never heard from the leader"
 	case st == raft.Follower && since > n.readyContactBound():
 		return fmt.Sprintf("last heard from the leader %s ago (more than %s)", since.Round(time.Millisecond), n.readyContactBound())
+	case st == raft.Follower && !n.isCaughtUp(false):
+		return n.catchingUp()
 	}
 	return ""
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,6 +332,42 @@ func TestRemovedNodeIsNotReady(t *testing.T) {
 	poll(t, func() bool { code, _ := httpGet(t, n, "/readyz"); return code == http.StatusServiceUnavailable }, 10*time.Second, "/readyz 503 on the removed node")
 	if v, ok := metricValue(scrape(t, n), "kadosession_ready", nil); !ok || v != 0 {
 		t.Fatalf("kadosession_ready on a removed node = %v (found %v), want 0", v, ok)
+	}
+}
+
+// A restarted follower is not ready, and refuses stale reads, until it has
+// applied what the leader had committed: it heard the leader's heartbeats
+// at once and called itself ready with nothing applied (commit index 0)
+// while the leader's replication to it backed off.
+func TestRestartedFollowerReadyOnceCaughtUp(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	f := tc.follower()
+	tc.stop(f)
+	lead := tc.nodes[tc.leader()]
+	for i := range 20 {
+		mustSave(t, lead, fmt.Sprintf("while-down-%d", i), `{}`)
+	}
+	var held atomic.Bool
+	held.Store(true)
+	release := make(chan struct{})
+	var once sync.Once
+	let := func() { held.Store(false); once.Do(func() { close(release) }) }
+	t.Cleanup(let)
+	tc.cfgs[f].wrapLogStore = func(s raft.LogStore) raft.LogStore { return heldLogStore{s, &held, release} }
+	n := tc.start(f)
+	var rd Readiness
+	poll(t, func() bool { rd = n.Readiness(); return n.Ready() && !n.raft.LastContact().IsZero() }, 10*time.Second, "the restarted follower serving and hearing its leader")
+	time.Sleep(500 * time.Millisecond)
+	if rd = n.Readiness(); rd.Ready || !strings.Contains(rd.Reason, "catching up") {
+		t.Fatalf("readiness of a follower that cannot apply what it missed: %+v", rd)
+	}
+	if _, _, err := n.Restore(context.Background(), "while-down-19", transport.Stale); err == nil || !strings.Contains(err.Error(), "catching up") {
+		t.Fatalf("a stale read there: %v", err)
+	}
+	let()
+	poll(t, func() bool { return n.Readiness().Ready }, 10*time.Second, "ready once caught up")
+	if data, found, err := n.Restore(context.Background(), "while-down-19", transport.Stale); err != nil || !found {
+		t.Fatalf("a stale read once caught up: %s %v %v", data, found, err)
 	}
 }
 

@@ -65,6 +65,18 @@ func (f *forwarder) call(ctx context.Context, addr string, req *transport.Reques
 	return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "%s to the node at %s: %v", req.Op, addr, err)
 }
 
+// callOnce sends req to addr on a connection of its own, closed after it:
+// for a call that must not share, nor wait behind, the pooled connections'
+// traffic (verifyPeerCluster, made as raft dials).
+func (f *forwarder) callOnce(ctx context.Context, addr string, req *transport.Request) (transport.Response, error) {
+	c, err := transport.Dial(ctx, addr, f.cfg)
+	if err != nil {
+		return transport.Response{}, err
+	}
+	defer c.Close()
+	return c.RoundTrip(ctx, req)
+}
+
 func (f *forwarder) close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -332,27 +332,94 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 	return r.Data, true, nil
 }
 
-// caughtUpSinceStart refuses stale reads on a node that has not yet applied
-// what the cluster had committed when it first heard from a leader after
-// starting: until then it would serve the state it reloaded at start, and a
-// client reading from it could see time go backwards.
+// caughtUpSinceStart refuses stale reads on a follower that has not yet
+// applied what the leader had committed when this node first asked it
+// after starting: until then it would serve the state it reloaded at
+// start, and a client reading from it could see time go backwards.
 func (n *Node) caughtUpSinceStart() error {
-	if n.caughtUp.Load() {
+	if n.isCaughtUp(true) {
 		return nil
 	}
-	n.catchUpMu.Lock()
-	defer n.catchUpMu.Unlock()
-	if n.catchUpTarget == 0 {
-		if n.raft.LastContact().IsZero() {
-			return transport.Errorf(transport.CodeUnavailable, "stale read refused: this node has not heard from a leader since it started")
-		}
-		n.catchUpTarget = max(n.raft.CommitIndex(), 1)
+	return transport.Errorf(transport.CodeUnavailable, "stale read refused: %s", n.catchingUp())
+}
+
+// isCaughtUp reports whether this node has caught up since its start: it
+// leads, or it has applied what the leader had committed when this node
+// first asked it (Raft's own commit index is no target: a follower's moves
+// with the leader's appends, not with heartbeats, and a restarted follower
+// heard heartbeats for seconds, its commit index 0, while the leader's
+// replication to it backed off). With ask, it asks the leader now if it
+// has not yet; without, it leaves that to watchCatchUp.
+func (n *Node) isCaughtUp(ask bool) bool {
+	if n.caughtUp.Load() {
+		return true
 	}
-	if applied := max(n.fsm.applied.get(), n.raft.AppliedIndex()); applied < n.catchUpTarget {
-		return transport.Errorf(transport.CodeUnavailable, "stale read refused: this node is catching up after its start (applied %d of %d)", applied, n.catchUpTarget)
+	if n.raft.State() == raft.Leader {
+		n.caughtUp.Store(true)
+		return true
+	}
+	target := n.catchUpTarget.Load()
+	if target == 0 && ask {
+		target = n.learnCatchUpTarget()
+	}
+	if target == 0 || n.appliedIndex() < target {
+		return false
 	}
 	n.caughtUp.Store(true)
-	return nil
+	return true
+}
+
+// learnCatchUpTarget asks the leader for its commit index, once: the
+// target of isCaughtUp (0: not learnt, the leader unknown or silent). A
+// call waits for one asking already, and does not ask again within 100 ms
+// of a failed try: reads queued behind a silent leader are not each held
+// for its timeout.
+func (n *Node) learnCatchUpTarget() uint64 {
+	n.catchUpMu.Lock()
+	defer n.catchUpMu.Unlock()
+	if t := n.catchUpTarget.Load(); t != 0 || time.Since(n.catchUpTried) < 100*time.Millisecond {
+		return t
+	}
+	addr, _ := n.raft.LeaderWithID()
+	if addr == "" || string(addr) == n.cfg.Advertise {
+		return 0
+	}
+	n.catchUpTried = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := n.peerStatus(ctx, string(addr))
+	if err != nil || st.State != "leader" {
+		return 0
+	}
+	t := max(st.CommitIndex, 1)
+	n.catchUpTarget.Store(t)
+	return t
+}
+
+// catchingUp says how far a node that has not caught up since its start is.
+func (n *Node) catchingUp() string {
+	target := n.catchUpTarget.Load()
+	if target == 0 {
+		return "this node has not yet learnt the leader's commit index since it started"
+	}
+	return fmt.Sprintf("this node is catching up after its start (applied %d of the %d the leader had committed)", n.appliedIndex(), target)
+}
+
+func (n *Node) appliedIndex() uint64 { return max(n.fsm.applied.get(), n.raft.AppliedIndex()) }
+
+// watchCatchUp settles isCaughtUp after the start without waiting for a
+// read to ask: readiness (/readyz) reads it too.
+func (n *Node) watchCatchUp() {
+	defer n.bg.Done()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for !n.isCaughtUp(true) {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // checkStaleness refuses a stale read on a follower that has not heard from

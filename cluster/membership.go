@@ -626,7 +626,14 @@ func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, time.Second))
 	defer cancel()
-	st, err := n.peerStatus(ctx, addr)
+	resp, err := n.fwd.callOnce(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	var st Status
+	if err == nil {
+		err = json.Unmarshal(resp.Data, &st)
+	}
 	if err != nil {
 		return fmt.Errorf("asking the node at %s which cluster it belongs to: %w", addr, err)
 	}

@@ -54,10 +54,13 @@ type Node struct {
 	backups *backupStore // backups held for streaming (backup.go)
 
 	clusterID atomic.Pointer[string]
-	// caughtUp gates stale reads after start (caughtUpSinceStart).
+	// caughtUp gates stale reads and readiness after start (watchCatchUp);
+	// catchUpTarget is the leader's commit index it waits for (0: not
+	// learnt yet).
 	caughtUp      atomic.Bool
-	catchUpMu     sync.Mutex
-	catchUpTarget uint64
+	catchUpMu     sync.Mutex // one learnCatchUpTarget at a time
+	catchUpTried  time.Time  // its last try (catchUpMu)
+	catchUpTarget atomic.Uint64
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
@@ -352,6 +355,8 @@ func Open(cfg Config) (*Node, error) {
 	go n.watchLeader(obs)
 	n.bg.Add(1)
 	go n.probePeers()
+	n.bg.Add(1)
+	go n.watchCatchUp()
 	n.bg.Add(1)
 	go n.snapshotOnLogGrowth()
 	n.commit = newCommitter(n.raft, 10*time.Second)
