@@ -387,7 +387,7 @@ func (n *Node) learnCatchUpTarget() uint64 {
 	n.catchUpTried = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	st, err := n.peerStatus(ctx, string(addr))
+	st, err := n.peerStatusOnce(ctx, string(addr))
 	if err != nil || st.State != "leader" {
 		return 0
 	}

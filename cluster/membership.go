@@ -626,14 +626,7 @@ func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, time.Second))
 	defer cancel()
-	resp, err := n.fwd.callOnce(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
-	var st Status
-	if err == nil {
-		err = json.Unmarshal(resp.Data, &st)
-	}
+	st, err := n.peerStatusOnce(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("asking the node at %s which cluster it belongs to: %w", addr, err)
 	}
@@ -646,6 +639,21 @@ func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 		return fmt.Errorf("the node at %s (%s) belongs to cluster %s, and this is cluster %s: no raft traffic goes to it", addr, st.ID, st.ClusterID, ours)
 	}
 	return nil
+}
+
+// peerStatusOnce is peerStatus on a connection of its own (forwarder.callOnce):
+// for the checks made as raft dials and as a node starts, which must not
+// slow the requests on the pooled connections.
+func (n *Node) peerStatusOnce(ctx context.Context, addr string) (Status, error) {
+	resp, err := n.fwd.callOnce(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
+	if err == nil && resp.Err != nil {
+		err = resp.Err
+	}
+	var st Status
+	if err == nil {
+		err = json.Unmarshal(resp.Data, &st)
+	}
+	return st, err
 }
 
 // peerStatus asks the node at addr for its status.

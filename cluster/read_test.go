@@ -436,8 +436,10 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	}
 	read(50)
 	c := counts()
-	// A round late on a loaded machine (the race detector) may ask both.
-	if first, second := max(c[peers[0]], c[peers[1]]), min(c[peers[0]], c[peers[1]]); first < 45 || second > 5 {
+	// A round late on a loaded machine (the race detector) may ask both:
+	// run 16 times in a row under -race, up to 10 of 50 did (asking both
+	// every round, or in turn, gives 50/50 or 25/25).
+	if first, second := max(c[peers[0]], c[peers[1]]), min(c[peers[0]], c[peers[1]]); first < 40 || second > 10 {
 		t.Fatalf("50 reads asked %v: want nearly every round to ask one peer, the same", c)
 	}
 	first, other := peers[0], peers[1]
@@ -450,8 +452,10 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	start := time.Now()
 	read(20)
 	t.Logf("20 reads with the preferred peer paused took %v", time.Since(start))
-	if c = counts(); c[first] > 1 || c[other] < 20 {
-		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once, the other every round", first, c)
+	// Under -race a second round may start before the first has given up
+	// on the paused peer: twice at most.
+	if c = counts(); c[first] > 2 || c[other] < 19 {
+		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once (twice under load), the other every round", first, c)
 	}
 	fn.healAll()
 	// Now the other peer stops: its request fails, and the round asks the
