@@ -255,6 +255,30 @@ func TestMetricsEndpoint(t *testing.T) {
 	}, 15*time.Second, "the stopped follower's last contact to grow while the other's stays fresh")
 }
 
+// The leader that replaces a crashed one reports the crashed member too,
+// counting from when it took office: it had no series for it, so an alert
+// on the metric missed exactly the member that had just died.
+func TestPeerContactCoversTheCrashedLeader(t *testing.T) {
+	tc := newTestCluster(t, 3, withHTTP)
+	old := tc.leader()
+	oldID := tc.cfgs[old].ID
+	tc.crash(old)
+	var lead *Node
+	poll(t, func() bool {
+		for i, n := range tc.nodes {
+			if n != nil && i != old && n.raft.State() == raft.Leader {
+				lead = n
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, "a new leader")
+	poll(t, func() bool {
+		v, ok := metricValue(scrape(t, lead), "kadosession_peer_last_contact_seconds", map[string]string{"peer": oldID})
+		return ok && v > 2*peerProbeInterval.Seconds()
+	}, 15*time.Second, "the new leader's last contact with the crashed one, growing")
+}
+
 func TestReadyzHealthzStatus(t *testing.T) {
 	tc := newTestCluster(t, 3, withHTTP)
 	f := tc.follower()

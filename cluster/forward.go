@@ -179,11 +179,15 @@ func (n *Node) watchLeader(obs chan raft.Observation) {
 		select {
 		case <-n.stop:
 			return
-		case <-obs:
+		case o := <-obs:
 			n.leaderMu.Lock()
 			close(n.leaderCh)
 			n.leaderCh = make(chan struct{})
 			n.leaderMu.Unlock()
+			// When this node took office, for kadosession_peer_last_contact_seconds.
+			if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID == raft.ServerID(n.id) {
+				n.ledSince.Store(time.Now().UnixNano())
+			}
 		}
 	}
 }

@@ -232,7 +232,7 @@ var (
 	descApplied     = prometheus.NewDesc("kadosession_raft_applied_index", "The highest log index applied to the state machine.", nil, nil)
 	descLast        = prometheus.NewDesc("kadosession_raft_last_index", "The last index in the node's log.", nil, nil)
 	descLastContact = prometheus.NewDesc("kadosession_raft_last_contact_seconds", "Followers: seconds since the leader was last heard from (absent on the leader and before any contact).", nil, nil)
-	descPeerContact = prometheus.NewDesc("kadosession_peer_last_contact_seconds", "Leader: seconds since each other member last answered it (probed every second; absent on followers and for a member never heard from).", []string{"peer"}, nil)
+	descPeerContact = prometheus.NewDesc("kadosession_peer_last_contact_seconds", "Leader: seconds since each other member last answered it, or since this node took office if it has not answered since (probed every second; absent on followers).", []string{"peer"}, nil)
 	descLeaderKnown = prometheus.NewDesc("kadosession_raft_leader_known", "1 when the node knows a leader.", nil, nil)
 	descVoters      = prometheus.NewDesc("kadosession_raft_voters", "Voters in the node's latest raft configuration.", nil, nil)
 	descReady       = prometheus.NewDesc("kadosession_ready", "1 when the node is ready for traffic, as /readyz answers 200 (started, a member, a leader known and heard from).", nil, nil)
@@ -287,7 +287,14 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			if s.ID == raft.ServerID(n.id) {
 				continue
 			}
-			if t, ok := n.contacts.get(s.Address); ok {
+			// A member not heard from since this node took office (a
+			// crashed old leader, say) counts from then: without a
+			// series, an alert on it missed exactly that member.
+			t, ok := n.contacts.get(s.Address)
+			if since := n.ledSince.Load(); !ok && since != 0 {
+				t, ok = time.Unix(0, since), true
+			}
+			if ok {
 				gauge(descPeerContact, time.Since(t).Seconds(), string(s.ID))
 			}
 		}

@@ -61,6 +61,7 @@ type Node struct {
 	catchUpMu     sync.Mutex // one learnCatchUpTarget at a time
 	catchUpTried  time.Time  // its last try (catchUpMu)
 	catchUpTarget atomic.Uint64
+	ledSince      atomic.Int64 // when this node last took office (Unix ns); 0: never
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
