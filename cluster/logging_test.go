@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/transport"
 )
@@ -124,4 +126,21 @@ func TestLoggingNoSessionIDsOrToken(t *testing.T) {
 		t.Error("the log holds the client token")
 	}
 	t.Logf("%d log lines checked", strings.Count(out, "\n"))
+}
+
+// Raft's transport logs an ERROR for every incoming raft connection its
+// shutdown ends ("failed to decode incoming command" with
+// raft.ErrTransportShutdown, seen on a leader stopped with SIGTERM), which
+// alerts on errors caught: quietShutdown logs those at DEBUG, and every
+// other error as it was.
+func TestTransportShutdownIsNoError(t *testing.T) {
+	var out logCapture
+	q := quietShutdown{hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Debug, Output: &out})}
+	q.Error("failed to decode incoming command", "error", raft.ErrTransportShutdown)
+	q.Error("failed to decode incoming command", "error", io.ErrUnexpectedEOF)
+	got := out.String()
+	if !strings.Contains(got, "[DEBUG] raft-net: failed to decode incoming command: error=\"transport shutdown\"") ||
+		!strings.Contains(got, "[ERROR] raft-net: failed to decode incoming command: error=\"unexpected EOF\"") {
+		t.Fatalf("logged:\n%s", got)
+	}
 }

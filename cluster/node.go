@@ -290,7 +290,7 @@ func Open(cfg Config) (*Node, error) {
 		Stream:  n.stream,
 		MaxPool: 4,
 		Timeout: 5 * time.Second,
-		Logger:  log.Named("raft-net"),
+		Logger:  quietShutdown{log.Named("raft-net")},
 	})
 	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
 	rc := raft.DefaultConfig()

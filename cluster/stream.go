@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/transport"
@@ -116,3 +117,19 @@ type advertisedAddr string
 
 func (a advertisedAddr) Network() string { return "tcp" }
 func (a advertisedAddr) String() string  { return string(a) }
+
+// quietShutdown is raft's network transport logger, but for its ERROR on
+// every incoming raft connection when the transport shuts down ("failed to
+// decode incoming command", raft.ErrTransportShutdown), which it logs at
+// DEBUG: a node stopping gracefully logged errors that alerts catch.
+type quietShutdown struct{ hclog.Logger }
+
+func (q quietShutdown) Error(msg string, args ...any) {
+	for i := 1; i < len(args); i += 2 {
+		if err, ok := args[i].(error); ok && errors.Is(err, raft.ErrTransportShutdown) {
+			q.Logger.Debug(msg, args...)
+			return
+		}
+	}
+	q.Logger.Error(msg, args...)
+}
