@@ -142,6 +142,8 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	switch req.Op {
 	case "status":
 		return json.Marshal(n.Status())
+	case "ready":
+		return json.Marshal(n.Readiness()) // /readyz's answer, for kadosession health
 	case "cluster":
 		return json.Marshal(n.ClusterStatus(ctx))
 	case "term":
@@ -190,7 +192,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 		}
 		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
 	}
-	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, cluster, join, remove, user_sessions, revoke_user or list)", req.Op)
+	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, ready, cluster, join, remove, user_sessions, revoke_user or list)", req.Op)
 }
 
 func quote(s string) string {

@@ -94,3 +94,28 @@ func statusOf(t *testing.T, n *cluster.Node) func(want string, wantCode int) {
 		}
 	}
 }
+
+// health says what /readyz says: ok on a member that knows its leader; on a
+// removed node, that it is not a member (it said the node knew no leader).
+func TestHealthSaysWhyNotReady(t *testing.T) {
+	nodes := startStatusCluster(t)
+	// health until it exits want with text in its output, for 10 s.
+	until := func(addr string, want int, text string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		var code int
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			out.Reset()
+			errOut.Reset()
+			if code = run([]string{"health", "--cluster", addr}, &out, &errOut); code == want && strings.Contains(out.String()+errOut.String(), text) {
+				return
+			}
+		}
+		t.Fatalf("health of %s: exit %d, %s%s; want exit %d saying %q", addr, code, out.String(), errOut.String(), want, text)
+	}
+	until(nodes[1].Addr(), 0, "ok: node n2")
+	if err := nodes[0].Remove(context.Background(), nodes[2].ID()); err != nil {
+		t.Fatal(err)
+	}
+	until(nodes[2].Addr(), 1, "is not ready: not a member")
+}
