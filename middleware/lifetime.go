@@ -85,6 +85,7 @@ func (s *Session) endLocked(ctx context.Context, why string) {
 		s.web.log(hclog.Debug, "session ended: "+why, old, nil)
 	}
 	s.freshLocked()
+	s.web.destroyed() // its cookie goes too, as after Destroy
 }
 
 // stampLocked records that this request uses the session for writing:

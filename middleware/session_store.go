@@ -33,6 +33,10 @@ func (s *Session) loadLocked(ctx context.Context) {
 		s.loadErr = fmt.Errorf("%w: restore: %w", ErrStoreUnavailable, err)
 	case !found && s.web != nil:
 		s.freshLocked() // strict mode: never adopt an id the store does not hold
+		// A cookie naming nothing is dropped, unless a new session is
+		// saved under a cookie of its own: the browser sent it with every
+		// request, each a store lookup for nothing.
+		s.web.destroyed()
 	case !found:
 		s.isNew = true
 	default:
