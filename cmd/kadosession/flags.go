@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -124,4 +125,21 @@ func wants(f *flag.Flag, err error) error {
 		return errors.New("want true or false")
 	}
 	return err
+}
+
+// envNote names the environment variables behind the values err quotes:
+// a start refused over KADOSESSION_LISTEN=bogus said only `listen address
+// "bogus"`, and the operator looked for a flag that was never given.
+func envNote(fs *flag.FlagSet, err error) string {
+	var from []string
+	fs.VisitAll(func(f *flag.Flag) {
+		v, ok := os.LookupEnv(envName(f.Name))
+		if ok && v != "" && fromEnv(fs, f) && f.Value.String() == v && strings.Contains(err.Error(), v) {
+			from = append(from, envName(f.Name)+"="+strconv.Quote(v))
+		}
+	})
+	if len(from) == 0 {
+		return ""
+	}
+	return " (from the environment: " + strings.Join(from, ", ") + ")"
 }

@@ -300,6 +300,8 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		{"negative key limit", []string{"--max-keys", "-1"}, "", "--max-keys -1: want a positive number"},
 		{"zero duration", []string{"--duration", "0"}, "", "--duration 0s: want a positive duration"},
 		{"bad env duration", nil, "KADOSESSION_SAVE_FREQUENCY=soon", "KADOSESSION_SAVE_FREQUENCY"},
+		// Refused by the node, not the flag parser: the variable is named too.
+		{"bad env listen address", nil, "KADOSESSION_LISTEN=bogus", `(from the environment: KADOSESSION_LISTEN="bogus")`},
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
 		{"unspecified advertise", []string{"--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:3001"}, "", "advertise"},
 		{"lease over heartbeat", []string{"--leader-lease-timeout", "2s"}, "", "lease"},

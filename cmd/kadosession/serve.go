@@ -149,7 +149,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	node, err := cluster.Open(cfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w%s", err, envNote(fs, err))
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
