@@ -143,7 +143,7 @@ func (n *Node) Readiness() Readiness {
 	st := n.raft.State()
 	_, leaderID := n.raft.LeaderWithID()
 	rd := Readiness{ID: n.id, State: stateName(st), Leader: string(leaderID),
-		CommitIndex: n.raft.CommitIndex(), Applied: max(n.fsm.applied.get(), n.raft.AppliedIndex())}
+		CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex()}
 	var since time.Duration
 	if st != raft.Leader {
 		if t := n.raft.LastContact(); !t.IsZero() {

@@ -221,7 +221,7 @@ func (tc *testCluster) quiet() (string, bool) {
 			continue
 		}
 		last := n.raft.LastIndex()
-		if n.server.InFlight() != 0 || max(n.fsm.applied.get(), n.raft.AppliedIndex()) != last {
+		if n.server.InFlight() != 0 || n.appliedIndex() != last {
 			return "", false
 		}
 		leader = leader || n.raft.State() == raft.Leader

@@ -405,6 +405,8 @@ func (n *Node) catchingUp() string {
 	return fmt.Sprintf("this node is catching up after its start (applied %d of the %d the leader had committed)", n.appliedIndex(), target)
 }
 
+// appliedIndex is the last index the state machine has applied (raft's
+// own, for entries it keeps to itself).
 func (n *Node) appliedIndex() uint64 { return max(n.fsm.applied.get(), n.raft.AppliedIndex()) }
 
 // watchCatchUp settles isCaughtUp after the start without waiting for a
@@ -471,7 +473,7 @@ func (n *Node) Status() Status {
 		ClusterID: n.ClusterID(), LastContact: lastContact,
 		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
 		LeaderID: string(id), LeaderAddr: string(addr),
-		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: max(n.fsm.applied.get(), n.raft.AppliedIndex()),
+		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex(),
 		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(),
 	}
 }

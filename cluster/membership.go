@@ -433,7 +433,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	}
 	wg.Wait()
 	sort.Slice(out.Nodes, func(a, b int) bool { return out.Nodes[a].ID < out.Nodes[b].ID })
-	setLag(out.Nodes, out.LeaderID)
+	out.SetLags()
 	for _, s := range out.Nodes {
 		if s.Voter {
 			out.Voters++
@@ -447,23 +447,25 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	return out
 }
 
-// setLag sets each answering member's Lag from the leader's applied index:
-// the leader leaderID names, or, when this node knows none (removed, or
-// cut off), a member that reports leading.
-func setLag(nodes []NodeStatus, leaderID string) {
+// SetLags sets each answering member's Lag from the leader's applied
+// index: the leader LeaderID names, or, when the node asked knows none
+// (removed, or cut off), a member that reports leading. ClusterStatus calls
+// it; kadosession status calls it again for an answer from a node that
+// predates Lag.
+func (cs *ClusterStatus) SetLags() {
 	var leader *NodeStatus
-	for i := range nodes {
-		if nodes[i].State == "leader" && (leader == nil || nodes[i].ID == leaderID) {
-			leader = &nodes[i]
+	for i := range cs.Nodes {
+		if cs.Nodes[i].State == "leader" && (leader == nil || cs.Nodes[i].ID == cs.LeaderID) {
+			leader = &cs.Nodes[i]
 		}
 	}
 	if leader == nil {
 		return
 	}
-	for i := range nodes {
-		if nodes[i].State != "unreachable" {
-			lag := leader.Applied - min(nodes[i].Applied, leader.Applied)
-			nodes[i].Lag = &lag
+	for i := range cs.Nodes {
+		if cs.Nodes[i].State != "unreachable" {
+			lag := leader.Applied - min(cs.Nodes[i].Applied, leader.Applied)
+			cs.Nodes[i].Lag = &lag
 		}
 	}
 }
@@ -604,7 +606,12 @@ func (n *Node) clusterOf(ctx context.Context, addr string) (string, error) {
 // adminCall sends the admin request body to the node at addr and returns
 // its answer; an error the node answered with is returned as the error.
 func (n *Node) adminCall(ctx context.Context, addr string, body []byte) ([]byte, error) {
-	resp, err := n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: body})
+	return adminAnswer(n.fwd.call(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: body}))
+}
+
+// adminAnswer is an admin response's body, or the error the node answered
+// with.
+func adminAnswer(resp transport.Response, err error) ([]byte, error) {
 	if err == nil && resp.Err != nil {
 		err = resp.Err
 	}
@@ -647,21 +654,18 @@ func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 // for the checks made as raft dials and as a node starts, which must not
 // slow the requests on the pooled connections.
 func (n *Node) peerStatusOnce(ctx context.Context, addr string) (Status, error) {
-	resp, err := n.fwd.callOnce(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"status"}`)})
-	if err == nil && resp.Err != nil {
-		err = resp.Err
-	}
-	var st Status
-	if err == nil {
-		err = json.Unmarshal(resp.Data, &st)
-	}
-	return st, err
+	return decodeStatus(adminAnswer(n.fwd.callOnce(ctx, addr, &transport.Request{Op: transport.OpAdmin, Data: statusRequest})))
 }
 
 // peerStatus asks the node at addr for its status.
 func (n *Node) peerStatus(ctx context.Context, addr string) (Status, error) {
+	return decodeStatus(n.adminCall(ctx, addr, statusRequest))
+}
+
+var statusRequest = []byte(`{"op":"status"}`)
+
+func decodeStatus(body []byte, err error) (Status, error) {
 	var st Status
-	body, err := n.adminCall(ctx, addr, []byte(`{"op":"status"}`))
 	if err == nil {
 		err = json.Unmarshal(body, &st)
 	}

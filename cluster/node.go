@@ -36,13 +36,10 @@ type Node struct {
 	mapped *mappedPages // the log store's mapped pages (nil: not dropped)
 	trans  *raft.NetworkTransport
 	stream *streamLayer
-	// peerClusterWarned: peer address -> when verifyPeerCluster last
-	// logged its refusal.
-	peerClusterWarned sync.Map
-	server            *transport.Server
-	ln                net.Listener
-	commit            *committer
-	reads             *readIndex
+	server *transport.Server
+	ln     net.Listener
+	commit *committer
+	reads  *readIndex
 	// freads serves linearizable reads on a follower (follower_read.go).
 	freads *followerReads
 	fwd    *forwarder
@@ -66,6 +63,10 @@ type Node struct {
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
 	fatal         chan error
+
+	// peerClusterWarned: peer address -> when verifyPeerCluster last
+	// logged its refusal.
+	peerClusterWarned sync.Map
 
 	ready     atomic.Bool
 	stop      chan struct{}

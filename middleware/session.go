@@ -103,6 +103,11 @@ func (s *Session) GetInto(key string, v any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loadLocked(s.base)
+	return s.getIntoLocked(key, v)
+}
+
+// getIntoLocked is GetInto with s.mu held and the load done.
+func (s *Session) getIntoLocked(key string, v any) error {
 	if s.loadErr != nil {
 		return s.loadErr
 	}

@@ -2,7 +2,6 @@ package middleware
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -87,7 +86,7 @@ func (s *Session) RevokeUser(ctx context.Context, user string) (int, error) {
 		return 0, fmt.Errorf("%w: revoke user: %w", ErrStoreUnavailable, err)
 	}
 	// A session this request has not loaded is found gone when it is.
-	if s.loaded && s.loadErr == nil && s.userLocked() == user {
+	if s.loaded && s.userLocked() == user {
 		s.destroyedLocked()
 	}
 	return n, nil
@@ -96,8 +95,6 @@ func (s *Session) RevokeUser(ctx context.Context, user string) (int, error) {
 // userLocked is User with s.mu held and the session loaded.
 func (s *Session) userLocked() string {
 	var u string
-	if raw, ok := s.data.get(fsm.UserKey); ok && !decodeScalar(raw, &u) {
-		_ = json.Unmarshal(raw, &u)
-	}
+	_ = s.getIntoLocked(fsm.UserKey, &u)
 	return u
 }

@@ -308,33 +308,16 @@ func frame(id uint64, body ...byte) []byte {
 }
 
 // A Conn dialed to an HTTP server (a node's --http port given for its
-// --listen port) says so: it reported a frame of 1213486160 bytes. The
-// server here answers as Go's does a line that is no HTTP request.
+// --listen port) says so: it reported a frame of 1213486160 bytes. The fake
+// node answers as Go's HTTP server does a line that is no HTTP request.
 func TestConnToAnHTTPServerSaysSo(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				_, _ = c.Read(buf)
-				_, _ = io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
-				time.Sleep(time.Second)
-			}()
-		}
-	}()
-	c := dialConn(t, ln.Addr().String(), ConnConfig{})
+	c, n := pipeDial(t, ConnConfig{})
+	go n.serve(func(uint64) []byte {
+		return []byte("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request")
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = c.RoundTrip(ctx, &Request{Op: OpPing})
+	_, err := c.RoundTrip(ctx, &Request{Op: OpPing})
 	if err == nil || !strings.Contains(err.Error(), "answered in HTTP") || !strings.Contains(err.Error(), "--listen port") {
 		t.Fatalf("a request to an HTTP server: %v", err)
 	}

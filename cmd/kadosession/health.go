@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/kadosession/kadosession/cluster"
 )
 
 // health exits 0 when the node answers and is ready, as /readyz says (a
@@ -31,24 +33,19 @@ func health(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var st struct {
-		ID       string  `json:"id"`
-		State    string  `json:"state"`
-		Ready    bool    `json:"ready"`
-		Reason   *string `json:"reason"` // set by "ready" when not ready
-		LeaderID string  `json:"leader_id"`
-	}
+	// Both answers decode as a Readiness (a status has no reason).
+	var st cluster.Readiness
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("node answered something that is not status JSON: %v", err)
 	}
 	switch {
-	case st.Reason != nil && *st.Reason != "":
-		return fmt.Errorf("node %s (%s) is not ready: %s", st.ID, st.State, *st.Reason)
+	case st.Reason != "":
+		return fmt.Errorf("node %s (%s) is not ready: %s", st.ID, st.State, st.Reason)
 	case !st.Ready:
 		return fmt.Errorf("node %s is starting", st.ID)
-	case st.LeaderID == "":
+	case st.Leader == "":
 		return fmt.Errorf("node %s (%s) knows no leader", st.ID, st.State)
 	}
-	fmt.Fprintf(stdout, "ok: node %s is %s, leader %s\n", st.ID, st.State, st.LeaderID)
+	fmt.Fprintf(stdout, "ok: node %s is %s, leader %s\n", st.ID, st.State, st.Leader)
 	return nil
 }

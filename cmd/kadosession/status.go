@@ -35,16 +35,13 @@ func status(args []string, stdout, stderr io.Writer) error {
 	// The node asked may know no leader where the members do (it was
 	// removed, or is cut off): the cluster has a leader if one reports so.
 	leaderID, leaderAddr, note := st.LeaderID, st.Leader, ""
-	var leaderApplied uint64
 	for _, n := range st.Nodes {
 		if leaderID == "" && n.State == "leader" {
 			leaderID, leaderAddr = n.ID, n.Address
 			note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
 		}
-		if n.ID == leaderID {
-			leaderApplied = n.Applied
-		}
 	}
+	st.SetLags() // a node from before NodeStatus.Lag sends none
 	if *asJSON {
 		if _, err := fmt.Fprintf(stdout, "%s\n", body); err != nil {
 			return err
@@ -66,11 +63,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 				continue
 			}
 			lag := "-"
-			switch {
-			case n.Lag != nil:
+			if n.Lag != nil {
 				lag = fmt.Sprint(*n.Lag)
-			case leaderApplied > 0: // a node from before NodeStatus.Lag
-				lag = fmt.Sprint(max(int64(leaderApplied)-int64(n.Applied), 0))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%d\t%s\t%d\n", n.ID, n.Address, n.Voter, n.State, n.LastContact, n.Applied, lag, n.Sessions)
 		}
