@@ -167,14 +167,8 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 	if !n.ready.Load() {
 		return "starting: waiting for a leader, to join, or to import the save file"
 	}
-	member := false
-	if f := n.raft.GetConfiguration(); f.Error() == nil {
-		for _, s := range f.Configuration().Servers {
-			member = member || s.ID == raft.ServerID(n.id)
-		}
-	}
 	switch {
-	case !member:
+	case n.removed():
 		return "not a member of the cluster's configuration (removed, or not joined yet)"
 	case st == raft.Candidate:
 		return "candidate: an election is under way"

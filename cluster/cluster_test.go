@@ -678,6 +678,41 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 	}
 }
 
+// The leader stops replicating to a node once its removal commits, so the
+// removed node may never see the configuration that leaves it out: the
+// leader's notice alone makes it answer as removed (CI once saw a save on it
+// wait out its whole deadline). The next log entry it receives, as it
+// would once a join re-admits it, ends that.
+func TestRemovedNoticeHoldsUntilTheNextConfiguration(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l, f := tc.leader(), tc.follower()
+	id := tc.nodes[f].ID()
+	poll(t, func() bool { return !tc.nodes[f].removed() }, 10*time.Second, "the follower to learn it is a member")
+	// A notice from another cluster (a node now at a removed one's
+	// address, or the same id elsewhere) is refused.
+	notice := func(cluster string) error {
+		_, err := tc.nodes[l].adminCall(context.Background(), tc.nodes[f].Addr(), []byte(`{"op":"removed","id":"`+id+`","cluster_id":"`+cluster+`"}`))
+		return err
+	}
+	if err := notice("another-cluster"); err == nil || tc.nodes[f].removed() {
+		t.Fatalf("a notice from another cluster was taken (error %v)", err)
+	}
+	// The notice, as the leader sends it, with the node still a member.
+	if err := notice(tc.nodes[l].ClusterID()); err != nil {
+		t.Fatal(err)
+	}
+	if !tc.nodes[f].removed() {
+		t.Fatal("the leader's notice did not mark the node removed")
+	}
+	if r := tc.nodes[f].Readiness(); r.Ready || !strings.Contains(r.Reason, "not a member") {
+		t.Fatalf("readiness after the notice: %+v", r)
+	}
+	if got := kadoRequest(t, tc.nodes[l].Addr(), []byte(kadoSave)); got != `{"status":"ok"}` {
+		t.Fatalf("a save on the leader answered %s", got)
+	}
+	poll(t, func() bool { return !tc.nodes[f].removed() }, 10*time.Second, "a new log entry to end the notice")
+}
+
 // A leader that stops hands leadership over first, and says to whom.
 func TestStoppingLeaderLogsTheHandover(t *testing.T) {
 	tc, logs := newLoggedCluster(t, 3)

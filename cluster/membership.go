@@ -320,7 +320,7 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise})
+	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
 	if _, err := n.adminCall(ctx, string(addr), body); err != nil {
 		n.log.Debug("could not tell the removed node", "id", id, "address", addr, "error", err)
 	}
@@ -335,10 +335,16 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 	if req.ID != n.id {
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed names %q, but this node is %q", req.ID, n.id)
 	}
+	if ours := n.ClusterID(); req.ClusterID != ours {
+		// A node now at the removed one's address, or the same id in
+		// another cluster: not the node that was removed.
+		return nil, transport.Errorf(transport.CodeBadRequest, "removed comes from cluster %q, but this node is of cluster %q", req.ClusterID, ours)
+	}
 	n.log.Warn(fmt.Sprintf("this node was removed from the cluster: it serves no requests until it is a member again "+
 		"(kadosession join --cluster %s --id %s --address %s re-admits it; a node removed for good should be stopped, "+
 		"and not restarted with --join, which asks to be admitted again)", req.Address, n.id, n.cfg.Advertise),
 		"by", req.By, "leader", req.Address, "id", n.id)
+	n.toldRemovedAt.Store(n.raft.LastIndex() + 1)
 	return []byte(`{}`), nil
 }
 
@@ -530,8 +536,13 @@ func (n *Node) member() (raft.Server, bool, error) {
 
 // removed reports whether the latest configuration this node knows lacks
 // its id altogether (a member under another address, after a restart on a
-// new port, is not removed). A configuration it cannot read says nothing.
+// new port, is not removed), or whether a leader told it it was removed
+// and no log entry has reached it since (a join that re-admits it sends
+// some). A configuration it cannot read says nothing.
 func (n *Node) removed() bool {
+	if told := n.toldRemovedAt.Load(); told != 0 && n.raft.LastIndex()+1 == told {
+		return true
+	}
 	_, ok, err := n.member()
 	return err == nil && !ok
 }

@@ -62,6 +62,11 @@ type Node struct {
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
+	// toldRemovedAt: 1 + this node's last log index when a leader told it
+	// it was removed (0: never told). The leader stops replicating to a
+	// node as it removes it, so the node may never see the configuration
+	// that leaves it out; one that is re-admitted receives entries again.
+	toldRemovedAt atomic.Uint64
 	fatal         chan error
 
 	// peerClusterWarned: peer address -> when verifyPeerCluster last
