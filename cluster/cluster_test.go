@@ -683,22 +683,29 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 // leader's notice alone makes it answer as removed (CI once saw a save on it
 // wait out its whole deadline). The next log entry it receives, as it
 // would once a join re-admits it, ends that.
-func TestRemovedNoticeHoldsUntilTheNextConfiguration(t *testing.T) {
+func TestRemovedNoticeHoldsUntilTheNextEntry(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	l, f := tc.leader(), tc.follower()
 	id := tc.nodes[f].ID()
 	poll(t, func() bool { return !tc.nodes[f].removed() }, 10*time.Second, "the follower to learn it is a member")
-	// A notice from another cluster (a node now at a removed one's
-	// address, or the same id elsewhere) is refused.
-	notice := func(cluster string) error {
-		_, err := tc.nodes[l].adminCall(context.Background(), tc.nodes[f].Addr(), []byte(`{"op":"removed","id":"`+id+`","cluster_id":"`+cluster+`"}`))
+	notice := func(cluster string, index uint64) error {
+		_, err := tc.nodes[l].adminCall(context.Background(), tc.nodes[f].Addr(),
+			[]byte(fmt.Sprintf(`{"op":"removed","id":%q,"cluster_id":%q,"index":%d}`, id, cluster, index)))
 		return err
 	}
-	if err := notice("another-cluster"); err == nil || tc.nodes[f].removed() {
+	// A notice from another cluster (a node now at a removed one's
+	// address, or the same id elsewhere) is refused, and so is one that
+	// comes after the node received entries past its removal (a join
+	// re-admitted it meanwhile).
+	if err := notice("another-cluster", 0); err == nil || tc.nodes[f].removed() {
 		t.Fatalf("a notice from another cluster was taken (error %v)", err)
 	}
-	// The notice, as the leader sends it, with the node still a member.
-	if err := notice(tc.nodes[l].ClusterID()); err != nil {
+	if err := notice(tc.nodes[l].ClusterID(), 1); err == nil || !strings.Contains(err.Error(), "re-admitted since") || tc.nodes[f].removed() {
+		t.Fatalf("a notice older than the node's log was taken (error %v)", err)
+	}
+	// The notice, as the leader sends it, with the node still a member
+	// (an index beyond its log: its removal not received).
+	if err := notice(tc.nodes[l].ClusterID(), tc.nodes[f].raft.LastIndex()+1000); err != nil {
 		t.Fatal(err)
 	}
 	if !tc.nodes[f].removed() {

@@ -29,8 +29,9 @@ type adminRequest struct {
 	ID        string `json:"id,omitempty"`
 	Address   string `json:"address,omitempty"`
 	ClusterID string `json:"cluster_id,omitempty"`
-	Term      uint64 `json:"term,omitempty"` // read_index: the asking follower's term
-	By        string `json:"by,omitempty"`   // removed: the leader that removed the node
+	Term      uint64 `json:"term,omitempty"`  // read_index: the asking follower's term
+	By        string `json:"by,omitempty"`    // removed: the leader that removed the node
+	Index     uint64 `json:"index,omitempty"` // removed: the log index of the configuration without it
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -301,11 +302,12 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 			if s.Suffrage == raft.Voter && votersIn(f.Configuration()) == 1 {
 				return transport.Errorf(transport.CodeBadRequest, "%s is the cluster's only voter: a cluster cannot lose its last one; stop the node instead", id)
 			}
-			if err := n.raft.RemoveServer(s.ID, 0, remaining(ctx)).Error(); err != nil {
+			f := n.raft.RemoveServer(s.ID, 0, remaining(ctx))
+			if err := f.Error(); err != nil {
 				return applyError(err, n.raft)
 			}
 			n.log.Info("node removed", "id", id)
-			go n.tellRemoved(s.ID, s.Address)
+			go n.tellRemoved(s.ID, s.Address, f.Index())
 			return nil
 		}
 		ids = append(ids, string(s.ID))
@@ -317,10 +319,10 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 // effort: it may be down): raft does not, and a removed node otherwise
 // only logs, over and over, that it hears from no leader. It ends within
 // seconds, or when the node stops (its closed forwarder fails the call).
-func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress) {
+func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress, index uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID()})
+	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID(), Index: index})
 	if _, err := n.adminCall(ctx, string(addr), body); err != nil {
 		n.log.Debug("could not tell the removed node", "id", id, "address", addr, "error", err)
 	}
@@ -339,6 +341,11 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 		// A node now at the removed one's address, or the same id in
 		// another cluster: not the node that was removed.
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed comes from cluster %q, but this node is of cluster %q", req.ClusterID, ours)
+	}
+	if last := n.raft.LastIndex(); req.Index != 0 && last > req.Index {
+		// A notice that arrives late, after a join re-admitted the node:
+		// the leader sent it nothing past its removal until then.
+		return nil, transport.Errorf(transport.CodeBadRequest, "removed at log index %d, but this node holds entries up to %d, past it: re-admitted since", req.Index, last)
 	}
 	n.log.Warn(fmt.Sprintf("this node was removed from the cluster: it serves no requests until it is a member again "+
 		"(kadosession join --cluster %s --id %s --address %s re-admits it; a node removed for good should be stopped, "+
