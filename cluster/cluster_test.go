@@ -681,8 +681,8 @@ func TestRemovedNodeLogsItWasRemoved(t *testing.T) {
 // The leader stops replicating to a node once its removal commits, so the
 // removed node may never see the configuration that leaves it out: the
 // leader's notice alone makes it answer as removed (CI once saw a save on it
-// wait out its whole deadline). The next log entry it receives, as it
-// would once a join re-admits it, ends that.
+// wait out its whole deadline). An entry past its removal, as a join that
+// re-admits it sends, ends that.
 func TestRemovedNoticeHoldsUntilTheNextEntry(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	l, f := tc.leader(), tc.follower()
@@ -704,8 +704,9 @@ func TestRemovedNoticeHoldsUntilTheNextEntry(t *testing.T) {
 		t.Fatalf("a notice older than the node's log was taken (error %v)", err)
 	}
 	// The notice, as the leader sends it, with the node still a member
-	// (an index beyond its log: its removal not received).
-	if err := notice(tc.nodes[l].ClusterID(), tc.nodes[f].raft.LastIndex()+1000); err != nil {
+	// (as if the leader's last entry removed it, and it did not get it).
+	poll(t, func() bool { return tc.nodes[f].raft.LastIndex() == tc.nodes[l].raft.LastIndex() }, 10*time.Second, "the follower to hold the leader's log")
+	if err := notice(tc.nodes[l].ClusterID(), tc.nodes[l].raft.LastIndex()); err != nil {
 		t.Fatal(err)
 	}
 	if !tc.nodes[f].removed() {

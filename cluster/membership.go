@@ -351,7 +351,11 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 		"(kadosession join --cluster %s --id %s --address %s re-admits it; a node removed for good should be stopped, "+
 		"and not restarted with --join, which asks to be admitted again)", req.Address, n.id, n.cfg.Advertise),
 		"by", req.By, "leader", req.Address, "id", n.id)
-	n.toldRemovedAt.Store(n.raft.LastIndex() + 1)
+	until := req.Index + 1
+	if req.Index == 0 { // a leader that does not say: what this node holds now
+		until = n.raft.LastIndex() + 1
+	}
+	n.removedUntil.Store(until)
 	return []byte(`{}`), nil
 }
 
@@ -544,10 +548,10 @@ func (n *Node) member() (raft.Server, bool, error) {
 // removed reports whether the latest configuration this node knows lacks
 // its id altogether (a member under another address, after a restart on a
 // new port, is not removed), or whether a leader told it it was removed
-// and no log entry has reached it since (a join that re-admits it sends
-// some). A configuration it cannot read says nothing.
+// and it holds no log entry past its removal (a join that re-admits it
+// sends some). A configuration it cannot read says nothing.
 func (n *Node) removed() bool {
-	if told := n.toldRemovedAt.Load(); told != 0 && n.raft.LastIndex()+1 == told {
+	if until := n.removedUntil.Load(); until != 0 && n.raft.LastIndex() < until {
 		return true
 	}
 	_, ok, err := n.member()

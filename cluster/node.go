@@ -62,12 +62,13 @@ type Node struct {
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
-	// toldRemovedAt: 1 + this node's last log index when a leader told it
-	// it was removed (0: never told). The leader stops replicating to a
-	// node as it removes it, so the node may never see the configuration
-	// that leaves it out; one that is re-admitted receives entries again.
-	toldRemovedAt atomic.Uint64
-	fatal         chan error
+	// removedUntil: once a leader told this node it was removed, the
+	// first log index past its removal (0: never told). The leader stops
+	// replicating to a node as it removes it, so the node may never see
+	// the configuration that leaves it out; one that is re-admitted
+	// receives entries past it.
+	removedUntil atomic.Uint64
+	fatal        chan error
 
 	// peerClusterWarned: peer address -> when verifyPeerCluster last
 	// logged its refusal.
