@@ -73,9 +73,11 @@ type NodeStatus struct {
 	State       string `json:"state"` // leader, follower, candidate or unreachable
 	Voter       bool   `json:"voter"`
 	LastContact string `json:"last_contact,omitempty"`
-	Applied     uint64 `json:"applied_index"`
-	Term        uint64 `json:"term"`
-	Sessions    int    `json:"sessions"`
+	// Applied, Term and Sessions are the member's own figures: zero for a
+	// member that did not answer (State "unreachable", Error says why).
+	Applied  uint64 `json:"applied_index"`
+	Term     uint64 `json:"term"`
+	Sessions int    `json:"sessions"`
 	// Lag is how many log entries the leader has applied that this member
 	// has not (a member falling behind, or catching up); absent when the
 	// member or the leader did not answer.
