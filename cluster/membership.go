@@ -339,9 +339,11 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 	if req.ID != n.id {
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed names %q, but this node is %q", req.ID, n.id)
 	}
-	if ours := n.ClusterID(); req.ClusterID != ours {
+	if ours := n.ClusterID(); ours != "" && req.ClusterID != ours {
 		// A node now at the removed one's address, or the same id in
-		// another cluster: not the node that was removed.
+		// another cluster: not the node that was removed. (One that has
+		// not stored its cluster's id yet, its join's answer still on
+		// the way, may well be: a node added and removed at once.)
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed comes from cluster %q, but this node is of cluster %q", req.ClusterID, ours)
 	}
 	if last := n.raft.LastIndex(); req.Index != 0 && last > req.Index {
