@@ -271,3 +271,22 @@ func TestRetriesAcrossRestart(t *testing.T) {
 		t.Fatalf("Restore after restart: %v, %v", found, err)
 	}
 }
+
+// A token the node refuses is final, as ErrUnauthorized's doc says: it was
+// retried on every node and each was taken for unreachable for a while
+// (leader hints to it ignored), though any node would refuse it the same.
+func TestRefusedTokenIsNotRetried(t *testing.T) {
+	h := newMemHandler()
+	ts := startServerWith(t, "127.0.0.1:0", h, transport.ServerConfig{Token: []byte("the-right-token")})
+	s := newStore(t, client.Config{Addrs: []string{ts.addr}, Token: "a-wrong-token"})
+	err := s.SaveRaw(context.Background(), "sid1", []byte(`{"a":1}`))
+	if !errors.Is(err, client.ErrUnauthorized) {
+		t.Fatalf("save with a wrong token: %v; want ErrUnauthorized", err)
+	}
+	if n := ts.accepted.Load(); n != 1 {
+		t.Errorf("the node saw %d connections; want 1: a refused token is not retried", n)
+	}
+	if strings.Contains(err.Error(), "gave up after") {
+		t.Errorf("the error says it was retried: %v", err)
+	}
+}

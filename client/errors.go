@@ -95,12 +95,17 @@ func (s *Store) callErr(op transport.Op, addr string, err error) error {
 	return err
 }
 
-// connectError reports a failed dial, TLS handshake or preamble.
+// connectError reports a failed dial, TLS handshake or preamble. A token
+// the node refused is final: every node would refuse it.
 func connectError(addr string, err error, limit time.Duration) *callError {
+	class := classNext
+	if errors.Is(err, transport.ErrUnauthorized) {
+		class = classFinal
+	}
 	return &callError{
 		text:  fmt.Sprintf("kadosession: connect to %s: %s", addr, describe(err, limit)),
 		cause: err,
-		class: classNext,
+		class: class,
 	}
 }
 

@@ -140,11 +140,17 @@ func (l countingListener) Accept() (net.Conn, error) {
 // ends or stop is called.
 func startServer(t testing.TB, addr string, h transport.Handler) *testServer {
 	t.Helper()
+	return startServerWith(t, addr, h, transport.ServerConfig{})
+}
+
+// startServerWith is startServer with the server's config.
+func startServerWith(t testing.TB, addr string, h transport.Handler, cfg transport.ServerConfig) *testServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen on %s: %v", addr, err)
 	}
-	ts := &testServer{addr: ln.Addr().String(), srv: transport.NewServer(h, transport.ServerConfig{}), done: make(chan struct{})}
+	ts := &testServer{addr: ln.Addr().String(), srv: transport.NewServer(h, cfg), done: make(chan struct{})}
 	go func() {
 		defer close(ts.done)
 		_ = ts.srv.Serve(countingListener{ln, &ts.accepted})

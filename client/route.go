@@ -104,8 +104,8 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 		deadline = time.Now().Add(s.cfg.RequestTimeout)
 	}
 	c, err := n.GetDeadline(ctx, deadline)
-	if err != nil && ctx.Err() == nil && errors.As(err, new(*transport.DialError)) {
-		s.cannotReach(n)
+	if err != nil && ctx.Err() == nil && errors.As(err, new(*transport.DialError)) && !errors.Is(err, transport.ErrUnauthorized) {
+		s.cannotReach(n) // (a refused token is the client's fault, not the node's)
 	}
 	var resp transport.Response
 	if err == nil {
