@@ -180,6 +180,7 @@ type Conn struct {
 	writeTimeout time.Duration
 	maxFrame     int
 	broken       atomic.Bool   // set once err is
+	frames       atomic.Uint64 // frames read so far (silentFor)
 	failed       chan struct{} // closed once err is set
 	readerDone   chan struct{} // closed when readLoop returns
 
@@ -312,6 +313,7 @@ func (c *Conn) roundTrip(ctx context.Context, expired <-chan time.Time, req *Req
 		c.flushLocked()
 	}
 	c.mu.Unlock()
+	sent, seen := time.Now(), c.frames.Load()
 
 	select {
 	case res := <-cl.done:
@@ -319,10 +321,36 @@ func (c *Conn) roundTrip(ctx context.Context, expired <-chan time.Time, req *Req
 		return res.resp, res.err
 	case <-ctx.Done():
 		c.abandon(id, cl)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.silentFor(sent, seen)
+		}
 		return Response{}, ctx.Err()
 	case <-expired:
 		c.abandon(id, cl)
+		c.silentFor(sent, seen)
 		return Response{}, ErrDeadline
+	}
+}
+
+// silentAfter is how long a call must have waited, with nothing at all read
+// on its connection meanwhile, for silentFor to give the connection up (a
+// variable for tests).
+var silentAfter = time.Second
+
+// silentFor fails the connection when a call sent at sent timed out after
+// at least silentAfter and no frame came on it since (seen: the frames read
+// by then). A node whose host vanished (power lost, a partition dropping
+// packets) sends no reset: TCP's retransmissions take some 15 minutes to
+// give up, keep-alives wait for them, and every call on the connection
+// meanwhile waited out its whole deadline. Given up, the connection is
+// redialled by the next call, and a dial that fails says the node cannot
+// be reached. Calls still waiting on it fail as on a lost connection.
+func (c *Conn) silentFor(sent time.Time, seen uint64) {
+	if c.frames.Load() != seen {
+		return // the node answers others: this request is merely slow
+	}
+	if waited := time.Since(sent); waited >= silentAfter {
+		c.fail(fmt.Errorf("no answer for %s and nothing else read on the connection meanwhile: the node may be gone", waited.Round(time.Millisecond)))
 	}
 }
 
@@ -395,6 +423,7 @@ func (c *Conn) readLoop() {
 		if cap(frame) <= maxKeptBuffer {
 			buf = frame
 		}
+		c.frames.Add(1)
 		id := binary.BigEndian.Uint64(frame)
 		c.mu.Lock()
 		cl, ok := c.pending[id]

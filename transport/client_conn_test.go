@@ -146,6 +146,88 @@ func TestConnContextEndLeavesConnUsable(t *testing.T) {
 	}
 }
 
+// A node whose host vanished sends no reset, and TCP takes some 15 minutes
+// to give up: a call that waited silentAfter with nothing at all read on
+// its connection gives the connection up, so the next call redials (and a
+// failed dial says the node cannot be reached) instead of every call
+// waiting out its whole deadline on it. A request that is merely slow,
+// while the node answers others, leaves the connection alone (above).
+func TestConnSilentNodeIsGivenUp(t *testing.T) {
+	defer func(d time.Duration) { silentAfter = d }(silentAfter)
+	silentAfter = 100 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() { // reads what comes and never answers, as a vanished host
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, nc)
+			mu.Unlock()
+			go io.Copy(io.Discard, nc)
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, nc := range held {
+			nc.Close()
+		}
+	})
+	bg := context.Background()
+	for _, tc := range []struct {
+		name string
+		call func(c *Conn) error
+	}{
+		{"the request's deadline", func(c *Conn) error {
+			_, err := c.RoundTripDeadline(bg, time.Now().Add(200*time.Millisecond), &Request{Op: OpRestore, SID: "s"})
+			return err
+		}},
+		{"the caller's context deadline", func(c *Conn) error {
+			ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+			defer cancel()
+			_, err := c.RoundTrip(ctx, &Request{Op: OpRestore, SID: "s"})
+			return err
+		}},
+	} {
+		c := dialConn(t, ln.Addr().String(), ConnConfig{})
+		// A deadline shorter than silentAfter says nothing about the node.
+		if _, err := c.RoundTripDeadline(bg, time.Now().Add(20*time.Millisecond), &Request{Op: OpRestore, SID: "s"}); err != ErrDeadline {
+			t.Fatalf("%s: a short call: %v; want ErrDeadline", tc.name, err)
+		}
+		if err := c.Err(); err != nil {
+			t.Fatalf("%s: a 20 ms timeout gave the connection up: %v", tc.name, err)
+		}
+		waiting := make(chan error, 1)
+		go func() {
+			_, err := c.RoundTripDeadline(bg, time.Now().Add(5*time.Second), &Request{Op: OpRestore, SID: "other"})
+			waiting <- err
+		}()
+		if err := tc.call(c); err == nil {
+			t.Fatalf("%s: a call to a silent node succeeded", tc.name)
+		}
+		if err := c.Err(); err == nil || !strings.Contains(err.Error(), "the node may be gone") {
+			t.Fatalf("%s: after a silent timeout the connection's error is %v; want it given up", tc.name, err)
+		}
+		select {
+		case err := <-waiting:
+			var ce *ConnError
+			if !errors.As(err, &ce) {
+				t.Fatalf("%s: the other waiting call got %v; want a *ConnError", tc.name, err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("%s: the other call still waits on the given-up connection", tc.name)
+		}
+	}
+}
+
 func TestConnBrokenFailsWaiters(t *testing.T) {
 	h := newMemHandler()
 	ts := startServer(t, h, ServerConfig{})
