@@ -453,17 +453,19 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	read(20)
 	t.Logf("20 reads with the preferred peer paused took %v", time.Since(start))
 	// Under -race a second round may start before the first has given up
-	// on the paused peer: twice at most.
-	if c = counts(); c[first] > 2 || c[other] < 19 {
-		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once (twice under load), the other every round", first, c)
+	// on the paused peer, and a round whose answer is late (hedgeAfter)
+	// asks every peer, the paused one too: a few times at most, not every
+	// round.
+	if c = counts(); c[first] > 5 || c[other] < 19 {
+		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once (a few times under load), the other every round", first, c)
 	}
 	fn.healAll()
 	// Now the other peer stops: its request fails, and the round asks the
 	// first at once.
 	tc.stop(index[other])
 	read(20)
-	if c = counts(); c[other] > 1 || c[first] < 20 {
-		t.Fatalf("after %s stopped, 20 reads asked %v: want the stopped peer asked once, the other every round", other, c)
+	if c = counts(); c[other] > 4 || c[first] < 20 {
+		t.Fatalf("after %s stopped, 20 reads asked %v: want the stopped peer asked once (a few times when rounds are late under load), the other every round", other, c)
 	}
 }
 
@@ -530,7 +532,9 @@ func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
 	c = counts()
 	fn.healAll()
 	t.Logf("40 reads with %s paused took %v, asked %v", paused, took, c)
-	if c[paused] > 2 || took > time.Second {
-		t.Fatalf("with %s paused, 40 reads took %v and asked %v: want it asked at most twice", paused, took, c)
+	// A round whose answers are late on a loaded machine asks every peer,
+	// the paused one too: a few times, not every round.
+	if c[paused] > 6 || took > 2*time.Second {
+		t.Fatalf("with %s paused, 40 reads took %v and asked %v: want it asked a few times at most, not every round", paused, took, c)
 	}
 }

@@ -113,13 +113,15 @@ func TestSaveFileShapeAndRestart(t *testing.T) {
 }
 
 func TestExpiryAndReplicatedPrune(t *testing.T) {
-	n := startNode(t, Config{Duration: 300 * time.Millisecond, PruneFrequency: time.Hour})
+	// 2 s: a save, restore, save and prune under -race on a loaded 2-core
+	// machine must fit in a session's lifetime.
+	n := startNode(t, Config{Duration: 2 * time.Second, PruneFrequency: time.Hour})
 	ctx := context.Background()
 	n.Save(ctx, "short", []byte(`{"a":1}`))
 	if _, found, _ := n.Restore(ctx, "short", transport.Default); !found {
 		t.Fatal("fresh session not found")
 	}
-	time.Sleep(350 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	if _, found, _ := n.Restore(ctx, "short", transport.Default); found {
 		t.Fatal("expired session returned before the prune")
 	}

@@ -86,7 +86,18 @@ func TestProcessThreeNodeCluster(t *testing.T) {
 	mu.Unlock()
 	procs[leader].cmd.Process.Signal(syscall.SIGKILL)
 	<-procs[leader].done
-	time.Sleep(1500 * time.Millisecond)
+	// Writes go on once a new leader is elected: wait for the first (an
+	// election on a loaded machine may take several seconds), then a
+	// little more.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		ok := !firstOKAfterKill.IsZero()
+		mu.Unlock()
+		if ok {
+			break
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 	_ = lastFail
