@@ -375,6 +375,33 @@ func TestRemovedMemberIsReadmitted(t *testing.T) {
 	tc.waitSame()
 }
 
+// A member removed while it was down still finds itself in its own log
+// when it restarts with --join: it used to skip asking to join, wait for a
+// leader that never came (the leader sends a node outside its
+// configuration nothing) and stay a candidate. Now it asks, as the removed
+// node's log line says it will, and is admitted again.
+func TestMemberRemovedWhileDownRejoinsOnRestart(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	f := tc.follower()
+	id := tc.nodes[f].ID()
+	if len(tc.cfgs[f].Join) == 0 {
+		t.Fatal("the follower was started without --join")
+	}
+	tc.stop(f)
+	if err := tc.nodes[tc.leader()].Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitMembers(2)
+	mustSave(t, tc.nodes[tc.leader()], "while-out", `{"v":1}`)
+	tc.start(f)
+	tc.waitMembers(3)
+	tc.waitSame()
+	if _, ok := tc.nodes[f].State().Get("while-out", time.Now().UnixMilli(), time.Hour.Milliseconds()); !ok {
+		t.Fatal("the re-admitted node lacks what was written without it")
+	}
+}
+
 func TestFourthNodeCatchesUpBySnapshot(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) { c.SnapshotThreshold = 64; c.TrailingLogs = 16 })
 	l := tc.nodes[tc.leader()]

@@ -497,33 +497,24 @@ func (n *Node) joinLoop() error {
 	backoff := 100 * time.Millisecond
 	for {
 		if n.isMember() {
-			// A restarted member (maybe elected leader meanwhile) has
-			// nothing to ask: the configuration it holds names it already.
-			// But it must be the cluster --join names (checkJoinCluster).
+			// A restarted member (maybe elected leader meanwhile): the
+			// configuration it holds names it already. But it must be the
+			// cluster --join names (checkJoinCluster), and it may have
+			// been removed while it was down (rejoinUntilLed).
 			n.log.Debug("already a member of the cluster; no join needed")
-			_, err := n.checkJoinCluster(0)
-			return err
-		}
-		for _, addr := range n.cfg.Join {
-			if addr == n.cfg.Advertise {
-				continue
-			}
-			err := n.joinVia(addr)
-			var te *transport.Error
-			if errors.As(err, &te) && te.Code == transport.CodeNotLeader && te.Leader != "" && te.Leader != n.cfg.Advertise {
-				err = n.joinVia(te.Leader) // peers do not forward for peers: go to the leader
-			}
-			if err == nil {
-				return nil
-			}
-			if errors.As(err, &te) && te.Code == transport.CodeBadRequest {
+			if _, err := n.checkJoinCluster(0); err != nil {
 				return err
 			}
+			return n.rejoinUntilLed()
+		}
+		if joined, err := n.askToJoin(func(addr string, err error) {
 			hint := "will retry"
-			if errors.As(err, &te) && te.Code == transport.CodeUnavailable {
+			if te := (*transport.Error)(nil); errors.As(err, &te) && te.Code == transport.CodeUnavailable {
 				hint = "will retry; check that --join names a running member of the cluster"
 			}
 			n.log.Warn("join attempt failed; "+hint, "via", addr, "error", err)
+		}); joined || err != nil {
+			return err
 		}
 		select {
 		case <-n.stop:
@@ -532,6 +523,58 @@ func (n *Node) joinLoop() error {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// rejoinUntilLed asks --join's nodes to admit this node, as a new node
+// does, until it hears from a leader (or leads). A member removed while it
+// was down, or one that missed the entry removing it, still finds itself in
+// its own log, and waited for a leader that never came: the leader sends a
+// node outside its configuration nothing. For a member in good standing
+// the join is a no-op, and a leader is heard from within a heartbeat or
+// two anyway.
+func (n *Node) rejoinUntilLed() error {
+	backoff := 500 * time.Millisecond
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" || n.raft.State() == raft.Leader {
+			return nil
+		}
+		if joined, err := n.askToJoin(func(addr string, err error) {
+			n.log.Debug("no leader heard from yet; asking to be admitted failed, will retry", "via", addr, "error", err)
+		}); joined || err != nil {
+			return err
+		}
+		select {
+		case <-n.stop:
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// askToJoin asks --join's nodes in turn to admit this node. joined is true
+// once one did (or answered that it is a member already); err is a refusal
+// retrying cannot fix. Other failures go to failed, and are retried by the
+// caller.
+func (n *Node) askToJoin(failed func(addr string, err error)) (joined bool, err error) {
+	for _, addr := range n.cfg.Join {
+		if addr == n.cfg.Advertise {
+			continue
+		}
+		err := n.joinVia(addr)
+		var te *transport.Error
+		if errors.As(err, &te) && te.Code == transport.CodeNotLeader && te.Leader != "" && te.Leader != n.cfg.Advertise {
+			err = n.joinVia(te.Leader) // peers do not forward for peers: go to the leader
+		}
+		if err == nil {
+			return true, nil
+		}
+		if errors.As(err, &te) && te.Code == transport.CodeBadRequest {
+			return false, err
+		}
+		failed(addr, err)
+	}
+	return false, nil
 }
 
 // member returns this node's entry in the latest configuration it knows,
