@@ -41,17 +41,22 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	before, _ := os.ReadFile(path)
 	fullDisk(t, n)
 	mustSave(t, n, "b", `{"v":2}`)
-	time.Sleep(100 * time.Millisecond) // several save-file rounds fail
+	// The failures are counted, for an alert: a timed round fails (waited
+	// for, not slept on: a loaded machine may run none in 100 ms), then
+	// SaveNow does.
+	failed := func() float64 {
+		var m dto.Metric
+		if err := n.obs.saveFiles.WithLabelValues("error").Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	poll(t, func() bool { return failed() >= 1 }, 5*time.Second, "a timed save-file write to fail")
 	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "previous save file is intact") {
 		t.Fatalf("SaveNow on a full disk: %v", err)
 	}
-	// The failures are counted, for an alert.
-	var m dto.Metric
-	if err := n.obs.saveFiles.WithLabelValues("error").Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	if failed := m.GetCounter().GetValue(); failed < 2 {
-		t.Fatalf("kadosession_save_file_writes_total{result=\"error\"} = %v after several failed writes", failed)
+	if f := failed(); f < 2 {
+		t.Fatalf("kadosession_save_file_writes_total{result=\"error\"} = %v after several failed writes", f)
 	}
 	// Still serving, and the previous save file is as it was.
 	if data, found, err := n.Restore(ctx, "b", transport.Default); err != nil || !found || string(data) != `{"v":2}` {
