@@ -189,8 +189,11 @@ func (s *Session) goneLocked() {
 // cookie is updated.
 //
 // It returns ErrHeadersSent (changing nothing) when the response's headers
-// already went out, the remembered error of a failed load or rejected Set, or
-// an error wrapping ErrStoreUnavailable. When saving under the new id fails
+// already went out, ErrSessionGone when the session was deleted since this
+// request loaded it (a logout or RevokeUser elsewhere: the session is then a
+// fresh, empty one, which a further Regenerate moves as a new session), the
+// remembered error of a failed load or rejected Set, or an error wrapping
+// ErrStoreUnavailable. When saving under the new id fails
 // nothing changed; when only deleting the old id fails, the session has
 // moved but the old id may still be valid until it expires.
 func (s *Session) Regenerate(ctx context.Context) error {
@@ -199,6 +202,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	if s.web != nil && s.web.headersSent {
 		return ErrHeadersSent
 	}
+	loadedBefore := s.loaded
 	s.loadLocked(ctx)
 	if s.loadErr != nil {
 		return s.loadErr
@@ -209,6 +213,19 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	newID := s.newID()
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
+	if loadedBefore && !s.isNew && s.id != "" {
+		// Saved whole under a new id, a session a logout or RevokeUser
+		// deleted since this request loaded it would come back, its user
+		// tag and all: look first (a session loaded just now is current).
+		_, found, err := restore(cctx, s.store, s.id)
+		if err != nil {
+			return storeError("regenerate: look up the session", err)
+		}
+		if !found {
+			s.goneLocked()
+			return ErrSessionGone
+		}
+	}
 	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
 	if err := save(cctx, s.store, newID, s.withMeta()); err != nil {
 		return storeError("regenerate: save under the new id", err)

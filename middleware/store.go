@@ -94,9 +94,9 @@ var (
 	// headers went out, when the cookie naming the new id can no longer be
 	// sent; nothing was changed.
 	ErrHeadersSent = errors.New("session: response headers already sent")
-	// ErrSessionGone is returned by an explicit Save when the session was
-	// deleted since this request loaded it (a logout in another tab,
-	// RevokeUser, a login's Regenerate): the deletion wins, the changes are
+	// ErrSessionGone is returned by an explicit Save or by Regenerate when
+	// the session was deleted since this request loaded it (a logout in
+	// another tab, RevokeUser, a login's Regenerate): the deletion wins, the changes are
 	// dropped, and the session is now a fresh, empty one; the response
 	// leaves the client's cookie as the deleting request set it. The
 	// middleware's own save treats it the same way without an error.

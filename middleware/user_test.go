@@ -149,3 +149,42 @@ type downUserStore struct{ *MemoryStore }
 
 func (downUserStore) UserSessions(context.Context, string) ([]string, error) { return nil, errDown }
 func (downUserStore) RevokeUser(context.Context, string) (int, error)        { return 0, errDown }
+
+// A request that loaded the session before a logout or RevokeUser elsewhere
+// and then calls Regenerate (a step-up login, an id rotation) does not
+// bring it back under a new id, user tag and all: the revoked account
+// stays signed out. Regenerate says ErrSessionGone, and leaves the cookie
+// as the revoking request set it.
+func TestRegenerateDoesNotResurrectARevokedSession(t *testing.T) {
+	store := newStore(t)
+	ctx := context.Background()
+	srv := newServer(t, Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		switch r.URL.Path {
+		case "/login":
+			if err := s.Regenerate(r.Context()); err != nil {
+				t.Error(err)
+			}
+			s.SetUser("alice")
+		case "/rotate":
+			_ = s.User()                                                        // loaded, as a handler reads it first
+			if n, err := store.RevokeUser(ctx, "alice"); err != nil || n != 1 { // meanwhile, elsewhere
+				t.Errorf("RevokeUser elsewhere = %d, %v", n, err)
+			}
+			if err := s.Regenerate(r.Context()); !errors.Is(err, ErrSessionGone) {
+				t.Errorf("Regenerate of a revoked session = %v, want ErrSessionGone", err)
+			}
+		}
+	}))
+	srv.get(t, "/login")
+	before := srv.sid(t, "session")
+	resp, _ := srv.get(t, "/rotate")
+	if ids, _ := store.UserSessions(ctx, "alice"); len(ids) != 0 {
+		t.Fatalf("alice has sessions %v after her revocation: Regenerate brought one back", ids)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == "session" && c.Value != "" && c.Value != before {
+			t.Fatalf("the response set a cookie for a new session %s", c.Value)
+		}
+	}
+}
