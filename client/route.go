@@ -104,9 +104,7 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 		deadline = time.Now().Add(s.cfg.RequestTimeout)
 	}
 	c, err := n.GetDeadline(ctx, deadline)
-	if err != nil && ctx.Err() == nil && errors.As(err, new(*transport.DialError)) && !errors.Is(err, transport.ErrUnauthorized) {
-		s.cannotReach(n) // (a refused token is the client's fault, not the node's)
-	}
+	dialFailed := err != nil
 	var resp transport.Response
 	if err == nil {
 		resp, err = c.RoundTripDeadline(ctx, deadline, req)
@@ -121,6 +119,11 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 		return resp, nil
 	}
 	err = s.callErr(req.Op, n.Addr(), err)
+	if ce := (*callError)(nil); dialFailed && ctx.Err() == nil && errors.As(err, &ce) && ce.class == classNext {
+		// A dial that failed for the node's sake (connectError: not a
+		// refused token, which every node would refuse the same).
+		s.cannotReach(n)
+	}
 	switch {
 	case errors.Is(err, ErrClosed):
 		return resp, err

@@ -73,9 +73,12 @@ var errNotMember = transport.Errorf(transport.CodeUnavailable,
 // leaderKnown reports whether the node is ready and knows a leader (itself
 // or another).
 func (n *Node) leaderKnown() bool {
-	if !n.ready.Load() {
-		return false
-	}
+	return n.ready.Load() && n.hearsALeader()
+}
+
+// hearsALeader reports whether raft on this node leads or knows a leader,
+// ready or not.
+func (n *Node) hearsALeader() bool {
 	if n.raft.State() == raft.Leader {
 		return true
 	}

@@ -346,7 +346,8 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 		// the way, may well be: a node added and removed at once.)
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed comes from cluster %q, but this node is of cluster %q", req.ClusterID, ours)
 	}
-	if last := n.raft.LastIndex(); req.Index != 0 && last > req.Index {
+	last := n.raft.LastIndex()
+	if req.Index != 0 && last > req.Index {
 		// A notice that arrives late, after a join re-admitted the node:
 		// the leader sent it nothing past its removal until then.
 		return nil, transport.Errorf(transport.CodeBadRequest, "removed at log index %d, but this node holds entries up to %d, past it: re-admitted since", req.Index, last)
@@ -355,11 +356,10 @@ func (n *Node) adminRemoved(ctx context.Context, req adminRequest) ([]byte, erro
 		"(kadosession join --cluster %s --id %s --address %s re-admits it; a node removed for good should be stopped, "+
 		"and not restarted with --join, which asks to be admitted again)", req.Address, n.id, n.cfg.Advertise),
 		"by", req.By, "leader", req.Address, "id", n.id)
-	until := req.Index + 1
 	if req.Index == 0 { // a leader that does not say: what this node holds now
-		until = n.raft.LastIndex() + 1
+		req.Index = last
 	}
-	n.removedUntil.Store(until)
+	n.removedUntil.Store(req.Index + 1)
 	return []byte(`{}`), nil
 }
 
@@ -535,7 +535,7 @@ func (n *Node) joinLoop() error {
 func (n *Node) rejoinUntilLed() error {
 	backoff := 500 * time.Millisecond
 	for {
-		if addr, _ := n.raft.LeaderWithID(); addr != "" || n.raft.State() == raft.Leader {
+		if n.hearsALeader() {
 			return nil
 		}
 		if joined, err := n.askToJoin(func(addr string, err error) {

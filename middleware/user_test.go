@@ -75,14 +75,8 @@ func TestUserKeyTakesOnlyAString(t *testing.T) {
 // set afterwards is saved under a new id, and the old cookie names nothing.
 func TestRevokeUserFromTheUsersOwnRequest(t *testing.T) {
 	store := newStore(t)
-	srv := newServer(t, Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := FromContext(r.Context())
+	srv := newAliceServer(t, store, func(s *Session, r *http.Request, w http.ResponseWriter) {
 		switch r.URL.Path {
-		case "/login":
-			if err := s.Regenerate(r.Context()); err != nil {
-				t.Error(err)
-			}
-			s.SetUser("alice")
 		case "/everywhere":
 			n, err := s.RevokeUser(r.Context(), s.User())
 			if err != nil || n != 1 {
@@ -95,7 +89,7 @@ func TestRevokeUserFromTheUsersOwnRequest(t *testing.T) {
 		case "/flash":
 			fmt.Fprint(w, s.Get("flash"))
 		}
-	}))
+	})
 	srv.get(t, "/login")
 	before := srv.sid(t, "session")
 	srv.get(t, "/everywhere")
@@ -158,14 +152,8 @@ func (downUserStore) RevokeUser(context.Context, string) (int, error)        { r
 func TestRegenerateDoesNotResurrectARevokedSession(t *testing.T) {
 	store := newStore(t)
 	ctx := context.Background()
-	srv := newServer(t, Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := FromContext(r.Context())
+	srv := newAliceServer(t, store, func(s *Session, r *http.Request, w http.ResponseWriter) {
 		switch r.URL.Path {
-		case "/login":
-			if err := s.Regenerate(r.Context()); err != nil {
-				t.Error(err)
-			}
-			s.SetUser("alice")
 		case "/rotate":
 			_ = s.User()                                                        // loaded, as a handler reads it first
 			if n, err := store.RevokeUser(ctx, "alice"); err != nil || n != 1 { // meanwhile, elsewhere
@@ -175,7 +163,7 @@ func TestRegenerateDoesNotResurrectARevokedSession(t *testing.T) {
 				t.Errorf("Regenerate of a revoked session = %v, want ErrSessionGone", err)
 			}
 		}
-	}))
+	})
 	srv.get(t, "/login")
 	before := srv.sid(t, "session")
 	resp, _ := srv.get(t, "/rotate")
@@ -187,4 +175,20 @@ func TestRegenerateDoesNotResurrectARevokedSession(t *testing.T) {
 			t.Fatalf("the response set a cookie for a new session %s", c.Value)
 		}
 	}
+}
+
+// newAliceServer serves the middleware on store: /login signs alice in
+// (Regenerate, then SetUser), and every other path goes to h.
+func newAliceServer(t *testing.T, store Store, h func(s *Session, r *http.Request, w http.ResponseWriter)) *server {
+	return newServer(t, Options{Store: store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		if r.URL.Path != "/login" {
+			h(s, r, w)
+			return
+		}
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+		s.SetUser("alice")
+	}))
 }
