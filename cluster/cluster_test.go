@@ -556,11 +556,19 @@ func TestPatchExistingThroughTheCluster(t *testing.T) {
 		if ok, err := c.PatchExisting(ctx, sid, set, nil); err != nil || !ok {
 			t.Fatalf("via %s: PatchExisting of a live session = %v, %v; want true, nil", tc.nodes[via].ID(), ok, err)
 		}
+		// An empty one renews a live session and tells a deleted one
+		// (the middleware's explicit Save of an unchanged session).
+		if ok, err := c.PatchExisting(ctx, sid, nil, nil); err != nil || !ok {
+			t.Fatalf("via %s: empty PatchExisting of a live session = %v, %v; want true, nil", tc.nodes[via].ID(), ok, err)
+		}
 		if err := c.Delete(ctx, sid); err != nil {
 			t.Fatal(err)
 		}
 		if ok, err := c.PatchExisting(ctx, sid, set, nil); err != nil || ok {
 			t.Fatalf("via %s: PatchExisting after a logout = %v, %v; want false, nil", tc.nodes[via].ID(), ok, err)
+		}
+		if ok, err := c.PatchExisting(ctx, sid, nil, nil); err != nil || ok {
+			t.Fatalf("via %s: empty PatchExisting after a logout = %v, %v; want false, nil", tc.nodes[via].ID(), ok, err)
 		}
 		tc.waitSame()
 		for _, n := range tc.nodes {

@@ -65,6 +65,8 @@ type webRequest struct {
 	cookieID    string // the id that cookie named, kept to keep it out of logs
 	headersSent bool
 	cookie      cookieOp
+	finished    bool // the middleware saved the session for the last time
+	warnedLate  bool // a change after that was logged
 }
 
 // request is what the middleware keeps for one request, allocated at once.
@@ -222,14 +224,17 @@ func (s *Session) beforeHeaders() (*http.Cookie, error) {
 }
 
 // afterHandler saves what changed after the first byte, logging failures the
-// response can no longer report.
-func (s *Session) afterHandler() {
+// response can no longer report; committed is false when the session failed
+// before the response, which then reported it. Changes after this are
+// logged and dropped.
+func (s *Session) afterHandler(committed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.loaded {
+	s.web.finished = true
+	if !committed || !s.loaded {
 		return
 	}
-	if s.isNew && len(s.dirty.fields) > 0 && s.loadErr == nil {
+	if s.isNew && len(s.dirty.fields) > 0 && s.loadErr == nil && !s.detached {
 		// Nobody could ever read it: its id reached no client.
 		s.web.log(hclog.Warn, "a new session was written to after the response headers were sent; its cookie could not be set, so it was not saved (write to the session before writing the response)", s.id, nil)
 		return

@@ -90,7 +90,7 @@ func TestStrictMode(t *testing.T) {
 		wantRestores int32
 	}{
 		{"known id is kept", known, true, 1},
-		{"unknown id is replaced", unknown, false, 1},
+		{"unknown id is replaced", unknown, false, 2}, // the session, then a login's marker (movedLocked)
 		{"malformed id is replaced without asking the store", "../../etc/passwd", false, 0},
 		{"uppercase id is replaced without asking the store", strings.ToUpper(unknown), false, 0},
 		{"__proto__", "__proto__", false, 0},
@@ -259,8 +259,11 @@ func TestRegenerate(t *testing.T) {
 	if _, body := srv.get(t, "/show"); body != "alice,3 apples" {
 		t.Fatalf("after login: %q, want the data kept", body)
 	}
-	if store.Len() != 1 {
-		t.Fatalf("the store holds %d sessions, want 1", store.Len())
+	if _, found, _ := store.Restore(context.Background(), old+movedSuffix); !found {
+		t.Fatal("the login left no marker under the pre-login id")
+	}
+	if store.Len() != 2 {
+		t.Fatalf("the store holds %d records, want 2 (the session and the login's marker)", store.Len())
 	}
 }
 
@@ -500,5 +503,156 @@ func TestLoginWinsOverARunningRequest(t *testing.T) {
 	}
 	if got := restoreString(t, store, fresh, "_user"); got != "alice" {
 		t.Fatalf("the logged-in session holds user %q", got)
+	}
+}
+
+// TestRequestRacingALoginLeavesItsCookie: a request the browser sent with
+// the pre-login cookie, answered after the login's response, must not
+// replace the login's cookie (expired as a dead one, or naming a session of
+// its own): that logs the user out. Within movedGrace it gets an empty
+// session, saves nothing and sends no cookie; later the old cookie is an
+// ordinary dead one again.
+func TestRequestRacingALoginLeavesItsCookie(t *testing.T) {
+	store := newStore(t)
+	clk := newFakeClock()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		s.SetUser("alice")
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+	})
+	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, FromContext(r.Context()).Get("cart"))
+	})
+	srv := newServer(t, Options{Store: store, MaxAge: time.Hour, now: clk.Now}, mux)
+	srv.get(t, "/visit")
+	old := srv.sid(t, "session")
+	srv.get(t, "/login")
+	fresh := srv.sid(t, "session")
+	if fresh == old {
+		t.Fatal("the login kept the id")
+	}
+	// sendOld sends path with the pre-login cookie, past the client's jar,
+	// and returns the session cookie its response set (nil: none).
+	sendOld := func(path string) (*http.Cookie, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		req.AddCookie(&http.Cookie{Name: "session", Value: old})
+		resp, err := srv.client.Transport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body := mustRead(t, resp)
+		for _, c := range resp.Cookies() {
+			if c.Name == "session" {
+				return c, body
+			}
+		}
+		return nil, body
+	}
+	before := store.Len()
+	for _, path := range []string{"/read", "/visit"} {
+		if c, _ := sendOld(path); c != nil {
+			t.Fatalf("%s with the pre-login cookie, just after the login, set %v: the login's cookie would be lost", path, c)
+		}
+	}
+	if store.Len() != before {
+		t.Fatalf("the racing write saved a session: %d records, were %d", store.Len(), before)
+	}
+	if got := restoreString(t, store, fresh, "_user"); got != "alice" {
+		t.Fatalf("the logged-in session holds user %q", got)
+	}
+
+	clk.Advance(movedGrace)
+	c, body := sendOld("/read")
+	if c == nil || c.MaxAge >= 0 || body != "<nil>" {
+		t.Fatalf("the pre-login cookie past the grace: cookie %v, body %q; want it expired and an empty session", c, body)
+	}
+	if _, found, _ := store.Restore(context.Background(), old+movedSuffix); found {
+		t.Fatal("the login's marker outlived its grace")
+	}
+	if c, _ := sendOld("/visit"); c == nil || c.Value == old || !hex40.MatchString(c.Value) {
+		t.Fatalf("a write with the dead cookie set %v, want a fresh session's cookie", c)
+	}
+}
+
+// TestSecondLoginWithThePreLoginCookieWins: two logins sent with the same
+// pre-login cookie (a double-clicked form): the later one is a login too.
+func TestSecondLoginWithThePreLoginCookieWins(t *testing.T) {
+	store := newStore(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		s.SetUser("alice")
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+	})
+	srv := newServer(t, Options{Store: store}, mux)
+	srv.get(t, "/visit")
+	old := srv.sid(t, "session")
+	srv.get(t, "/login")
+	first := srv.sid(t, "session")
+	srv.setSID(t, "session", old)
+	srv.get(t, "/login")
+	second := srv.sid(t, "session")
+	if second == old || second == first {
+		t.Fatalf("after the second login the cookie is %.8s… (pre-login %.8s…, first login %.8s…); want a new id", second, old, first)
+	}
+	if got := restoreString(t, store, second, "_user"); got != "alice" {
+		t.Fatalf("the second login's session holds user %q", got)
+	}
+}
+
+// TestExplicitSaveOfAnUnchangedSessionDeletedMeanwhile: Save with nothing
+// changed renews the session; when a logout deleted it since the request
+// loaded it, Save says so, and the response does not set the dead id's
+// cookie again (MaxAge renews the cookie of a renewed session).
+func TestExplicitSaveOfAnUnchangedSessionDeletedMeanwhile(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		store func(m *MemoryStore) Store
+	}{
+		{"MemoryStore", func(m *MemoryStore) Store { return m }},
+		{"a Store with PatchExisting", func(m *MemoryStore) Store { return &withPatchExisting{m} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := newStore(t)
+			mux := http.NewServeMux()
+			mux.HandleFunc("/visit", setHandler("cart", "1"))
+			mux.HandleFunc("/save", func(w http.ResponseWriter, r *http.Request) {
+				s := FromContext(r.Context())
+				_ = s.Get("cart")
+				if r.URL.Query().Has("logout") {
+					if err := mem.Delete(r.Context(), s.ID()); err != nil { // a logout elsewhere
+						t.Error(err)
+					}
+				}
+				fmt.Fprint(w, s.Save(r.Context()))
+			})
+			srv := newServer(t, Options{Store: tc.store(mem), MaxAge: time.Hour}, mux)
+			srv.get(t, "/visit")
+			sid := srv.sid(t, "session")
+			if _, body := srv.get(t, "/save"); body != "<nil>" {
+				t.Fatalf("Save of a live, unchanged session: %s", body)
+			}
+			resp, body := srv.get(t, "/save?logout")
+			if body != ErrSessionGone.Error() {
+				t.Fatalf("Save of a session deleted meanwhile: %q, want ErrSessionGone", body)
+			}
+			for _, c := range resp.Cookies() {
+				if c.Name == "session" && c.Value == sid {
+					t.Fatalf("the response set the deleted session's cookie again: %v", c)
+				}
+			}
+			if _, found, _ := mem.Restore(context.Background(), sid); found {
+				t.Fatal("the save brought the deleted session back")
+			}
+		})
 	}
 }

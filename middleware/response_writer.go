@@ -3,10 +3,11 @@ package middleware
 import (
 	"bufio"
 	"errors"
-	"github.com/hashicorp/go-hclog"
 	"net"
 	"net/http"
 	"sync"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // responseWriter saves the session before the first byte of the response.
@@ -113,7 +114,5 @@ func (w *responseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 // finish runs when the handler returns: the pre-header save if nothing was
 // written, then the save of changes made after the first byte.
 func (w *responseWriter) finish() {
-	if w.commit() {
-		w.s.afterHandler()
-	}
+	w.s.afterHandler(w.commit())
 }

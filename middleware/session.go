@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/kadosession/kadosession/fsm"
 )
 
@@ -42,6 +44,11 @@ type Session struct {
 	dirty    values // keys set (in data) or deleted (not in data); no values
 	loadErr  error
 	valueErr error
+
+	// detached: the request's cookie named a session a login moved
+	// moments ago (movedLately); the session is empty, and saves write
+	// nothing and set no cookie.
+	detached bool
 
 	meta      sessionMeta // timestamps under MetaKey (Options.IdleTimeout, AbsoluteLifetime)
 	metaDirty bool        // meta must be written with the next save
@@ -294,6 +301,10 @@ func (s *Session) Err() error {
 // markDirty notes that key was set or deleted.
 func (s *Session) markDirty(key string) {
 	s.dirty.set(key, nil)
+	if w := s.web; w != nil && w.finished && !w.warnedLate {
+		w.warnedLate = true
+		w.log(hclog.Warn, "the session was changed after its request finished (from a goroutine the handler left running); the change is not saved", s.id, nil)
+	}
 }
 
 // modifiedLocked reports whether the session holds changes the store has not

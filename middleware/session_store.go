@@ -2,7 +2,10 @@ package middleware
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -17,6 +20,9 @@ func (s *Session) loadLocked(ctx context.Context) {
 	}
 	if s.id == "" {
 		s.freshLocked()
+		if s.web != nil {
+			s.web.destroyed() // a cookie of our name but not an id's shape is dropped too
+		}
 		return
 	}
 	s.loaded = true
@@ -32,11 +38,20 @@ func (s *Session) loadLocked(ctx context.Context) {
 	case err != nil:
 		s.loadErr = fmt.Errorf("%w: restore: %w", ErrStoreUnavailable, err)
 	case !found && s.web != nil:
+		moved := s.movedLocked(ctx)
 		s.freshLocked() // strict mode: never adopt an id the store does not hold
-		// A cookie naming nothing is dropped, unless a new session is
-		// saved under a cookie of its own: the browser sent it with every
-		// request, each a store lookup for nothing.
-		s.web.destroyed()
+		switch moved {
+		case movedNot:
+			// A cookie naming nothing is dropped, unless a new session is
+			// saved under a cookie of its own: the browser sent it with
+			// every request, each a store lookup for nothing.
+			s.web.destroyed()
+		case movedLately:
+			// The pre-login cookie of a request that raced a login: its
+			// response must not replace the login's cookie, neither
+			// expired nor naming a session of its own.
+			s.detached = true
+		}
 	case !found:
 		s.isNew = true
 	default:
@@ -46,6 +61,72 @@ func (s *Session) loadLocked(ctx context.Context) {
 		if why := s.endedLocked(); why != "" {
 			s.endLocked(ctx, why) // treated as absent: a fresh id, as in strict mode
 		}
+	}
+}
+
+// A login's Regenerate leaves a marker under the old id plus movedSuffix
+// (never a cookie's id: validID refuses the colon) holding when it moved
+// the session, {"at": <ms since epoch>}. A request that carries the old
+// cookie and finds the session gone within movedGrace of that was sent
+// before the browser had the login's cookie (a page's other requests, a
+// second tab): it gets an empty session, and its response sends no cookie
+// and saves nothing, where expiring the dead cookie would log the user out
+// again when that response arrives after the login's. Past movedGrace the
+// old cookie is an ordinary dead one, and the marker is deleted.
+const (
+	movedSuffix = ":moved"
+	movedGrace  = 30 * time.Second
+	movedKey    = "at"
+)
+
+// moved is what a dead cookie's marker says.
+type moved int
+
+const (
+	movedNot    moved = iota // no marker: an ordinary dead cookie
+	movedLately              // moved by a login within movedGrace
+	movedUnsure              // the marker could not be read
+)
+
+// movedLocked looks for the marker of s.id, a cookie's id the store does
+// not hold.
+func (s *Session) movedLocked(ctx context.Context) moved {
+	marker := s.id + movedSuffix
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	data, found, err := restore(cctx, s.store, marker)
+	if err != nil {
+		s.web.log(hclog.Warn, "could not tell whether a login moved this cookie's session; the cookie is left alone", s.id, err)
+		return movedUnsure
+	}
+	if !found {
+		return movedNot
+	}
+	var at int64
+	for _, f := range data {
+		if f.Key == movedKey {
+			_ = json.Unmarshal(f.Value, &at) // a marker of another shape counts as old
+		}
+	}
+	if age := s.web.cfg.now().UnixMilli() - at; age >= 0 && age < movedGrace.Milliseconds() {
+		return movedLately
+	}
+	if err := s.store.Delete(cctx, marker); err != nil {
+		s.web.log(hclog.Debug, "could not delete an old login's marker", s.id, err)
+	}
+	return movedNot
+}
+
+// markMovedLocked leaves the marker of oldID, the id a login just moved
+// the session from. A failure is only logged: the login stands, and a
+// request racing it may then expire the new cookie.
+func (s *Session) markMovedLocked(ctx context.Context, oldID string) {
+	at := strconv.AppendInt(nil, s.web.cfg.now().UnixMilli(), 10)
+	data := sessionData{{Key: movedKey, Value: at}}
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	if err := save(cctx, s.store, oldID+movedSuffix, data); err != nil {
+		s.web.log(hclog.Warn, "could not mark the pre-login id as moved; a request racing the login may log the user out", oldID, err)
 	}
 }
 
@@ -67,6 +148,7 @@ func (s *Session) freshLocked() {
 	s.dirty.clear()
 	s.loadErr = nil
 	s.valueErr = nil
+	s.detached = false
 	s.meta, s.metaDirty = sessionMeta{}, false
 }
 
@@ -87,7 +169,8 @@ func (s *Session) Restore(ctx context.Context) error {
 
 // Save writes the session's changes to the store now: Kado's save. A new
 // session is written whole (Store.Save), changed keys only otherwise
-// (Store.Patch), and an unchanged session is renewed (Store.Touch). It loads
+// (Store.Patch), and an unchanged session is renewed (an empty
+// PatchExisting when the store has it, Store.Touch otherwise). It loads
 // the session first when it was not loaded. It returns the remembered error
 // of a failed load or a rejected Set without writing, or an error wrapping
 // ErrStoreUnavailable when the store fails (the changes stay pending and are
@@ -115,6 +198,16 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 	}
 	if s.valueErr != nil {
 		return s.valueErr
+	}
+	if s.detached {
+		if explicit || len(s.dirty.fields) > 0 {
+			s.web.log(hclog.Info, "a request sent before a login's cookie reached the browser changed the session; its changes were dropped", "", nil)
+			s.dirty.clear()
+		}
+		if explicit {
+			return ErrSessionGone
+		}
+		return nil
 	}
 	if s.isNew && !explicit && len(s.dirty.fields) == 0 {
 		return nil // a new session nobody wrote to is not worth storing
@@ -153,7 +246,12 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 			return nil
 		}
 	default: // explicit, nothing changed: renew it
-		err = s.store.Touch(cctx, s.id)
+		var live bool
+		live, err = renewExisting(cctx, s.store, s.id)
+		if err == nil && !live {
+			s.goneLocked()
+			return ErrSessionGone
+		}
 	}
 	if err != nil {
 		return storeError("save", err)
@@ -186,7 +284,13 @@ func (s *Session) goneLocked() {
 // changes included): call it when a user logs in, so an id planted before
 // the login is worthless after it. The data is saved whole under the new id,
 // then the old id is deleted from the store; in a middleware request the
-// cookie is updated.
+// cookie is updated, and a small record under the old id plus ":moved"
+// (never a valid cookie) notes when, so that for the next 30 seconds a
+// request still carrying the old cookie (sent before the login's response
+// arrived) gets an empty session that saves nothing and sends no cookie,
+// instead of expiring or replacing the login's cookie. That record goes
+// with the store's duration, or with the first such request after the 30
+// seconds; it holds no session data and names no user.
 //
 // It returns ErrHeadersSent (changing nothing) when the response's headers
 // already went out, ErrSessionGone when the session was deleted since this
@@ -233,6 +337,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	oldID, wasNew := s.id, s.isNew
 	s.id = newID
 	s.isNew = false
+	s.detached = false // a login from a request that raced another: the later login wins
 	s.metaDirty = false
 	s.dirty.clear()
 	if s.web != nil {
@@ -240,6 +345,9 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	}
 	if wasNew {
 		return nil // the old id was never stored
+	}
+	if s.web != nil {
+		s.markMovedLocked(ctx, oldID) // before the delete: whoever finds the old id gone finds the marker
 	}
 	dctx, dcancel := s.callCtx(ctx)
 	defer dcancel()

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -328,5 +330,33 @@ func TestSessionSaveSendsEachKeyOnce(t *testing.T) {
 	data, _, _ := rec.Restore(ctx, sid)
 	if got := fmt.Sprint(data); got != "map[b:[55] c:[51]]" {
 		t.Fatalf("stored %s, want b=7, c=3", got)
+	}
+}
+
+// TestChangeAfterTheRequestIsLogged: a goroutine the handler left running
+// that changes the session after the request finished changes nothing in
+// the store, and the log says so once.
+func TestChangeAfterTheRequestIsLogged(t *testing.T) {
+	store := newStore(t)
+	var logs lockedBuffer
+	late := make(chan *Session, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/leak", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		_ = s.Get("cart")
+		late <- s
+	})
+	srv := newServer(t, Options{Store: store, Logger: testLogger(&logs)}, mux)
+	srv.get(t, "/visit")
+	sid := srv.sid(t, "session")
+	srv.get(t, "/leak")
+	s := <-late
+	s.Set("cart", "2").Delete("cart")
+	if got := restoreString(t, store, sid, "cart"); got != "1" {
+		t.Fatalf("cart = %q after a change past the request, want 1", got)
+	}
+	if n := strings.Count(logs.String(), "changed after its request finished"); n != 1 {
+		t.Fatalf("%d log lines about the late change, want 1; log:\n%s", n, logs.String())
 	}
 }

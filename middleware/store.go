@@ -98,8 +98,11 @@ var (
 	// the session was deleted since this request loaded it (a logout in
 	// another tab, RevokeUser, a login's Regenerate): the deletion wins, the changes are
 	// dropped, and the session is now a fresh, empty one; the response
-	// leaves the client's cookie as the deleting request set it. The
-	// middleware's own save treats it the same way without an error.
+	// leaves the client's cookie as the deleting request set it. An
+	// explicit Save also returns it in a request that came with the
+	// pre-login cookie moments after a login moved the session (see
+	// Session.Regenerate). The middleware's own save treats both the same
+	// way without an error.
 	ErrSessionGone = errors.New("session: deleted while this request used it; its changes were not saved")
 )
 
@@ -178,6 +181,17 @@ func patchExisting(ctx context.Context, store Store, sid string, set sessionData
 		return st.PatchExisting(ctx, sid, set.toMap(), del)
 	}
 	return true, store.Patch(ctx, sid, set.toMap(), del)
+}
+
+// renewExisting renews session sid of store, a session this request
+// loaded, and reports false when it was deleted or expired since, if store
+// can tell (an empty PatchExisting); Touch cannot, and then it is true.
+func renewExisting(ctx context.Context, store Store, sid string) (bool, error) {
+	switch store.(type) {
+	case *MemoryStore, existingPatcher:
+		return patchExisting(ctx, store, sid, nil, nil)
+	}
+	return true, store.Touch(ctx, sid)
 }
 
 // decodeObject decodes raw, one JSON object from outside the process, into
