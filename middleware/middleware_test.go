@@ -2,6 +2,8 @@ package middleware
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -654,5 +656,137 @@ func TestExplicitSaveOfAnUnchangedSessionDeletedMeanwhile(t *testing.T) {
 				t.Fatal("the save brought the deleted session back")
 			}
 		})
+	}
+}
+
+// TestRequestRacingALoginOnAnotherServer: the login ran on an app server
+// whose clock is ahead of the one answering the racing request.
+func TestRequestRacingALoginOnAnotherServer(t *testing.T) {
+	store := newStore(t)
+	ahead, behind := newFakeClock(), newFakeClock()
+	ahead.Advance(2 * time.Second)
+	login := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := FromContext(r.Context()).Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+	})
+	a := newServer(t, Options{Store: store, now: ahead.Now}, login)
+	b := newServer(t, Options{Store: store, now: behind.Now}, getHandler("cart"))
+	sid := GenerateID("", "")
+	if err := store.Save(context.Background(), sid, map[string]json.RawMessage{"cart": json.RawMessage(`"1"`)}); err != nil {
+		t.Fatal(err)
+	}
+	a.setSID(t, "session", sid)
+	a.get(t, "/")
+	b.setSID(t, "session", sid)
+	if resp, _ := b.get(t, "/"); len(resp.Cookies()) != 0 {
+		t.Fatalf("the racing request on the server whose clock is behind set %v", resp.Cookies())
+	}
+}
+
+// TestDetachedSessionStaysDetached: a request whose session is gone (moved
+// by a login, or deleted while it ran) sets no cookie whatever it does
+// next: Restore, Destroy, writes after a failed Save; a Regenerate (a
+// login of its own) ends that.
+func TestDetachedSessionStaysDetached(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		early  bool // load the session before the login moves it
+		handle func(s *Session, r *http.Request) error
+	}{
+		{"Restore", false, func(s *Session, r *http.Request) error { _ = s.Get("cart"); return s.Restore(r.Context()) }},
+		{"Destroy", false, func(s *Session, r *http.Request) error { _ = s.Get("cart"); return s.Destroy(r.Context()) }},
+		{"write after an unchanged Save", true, func(s *Session, r *http.Request) error {
+			if err := s.Save(r.Context()); !errors.Is(err, ErrSessionGone) {
+				return fmt.Errorf("Save = %v, want ErrSessionGone", err)
+			}
+			s.Set("flash", "hello")
+			return nil
+		}},
+		{"write after a failed Save", true, func(s *Session, r *http.Request) error {
+			s.Set("cart", "2")
+			if err := s.Save(r.Context()); !errors.Is(err, ErrSessionGone) {
+				return fmt.Errorf("Save = %v, want ErrSessionGone", err)
+			}
+			s.Set("flash", "hello")
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newStore(t)
+			loaded, release := make(chan struct{}), make(chan struct{})
+			mux := http.NewServeMux()
+			mux.HandleFunc("/visit", setHandler("cart", "1"))
+			mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+				if err := FromContext(r.Context()).Regenerate(r.Context()); err != nil {
+					t.Error(err)
+				}
+			})
+			mux.HandleFunc("/racing", func(w http.ResponseWriter, r *http.Request) {
+				s := FromContext(r.Context())
+				if tc.early {
+					_ = s.Get("cart")
+				}
+				close(loaded)
+				<-release
+				if err := tc.handle(s, r); err != nil {
+					t.Error(err)
+				}
+			})
+			srv := newServer(t, Options{Store: store, MaxAge: time.Hour}, mux)
+			srv.get(t, "/visit")
+			old := srv.sid(t, "session")
+			racing := make(chan *http.Response, 1)
+			go func() {
+				req, _ := http.NewRequest("GET", srv.URL+"/racing", nil)
+				req.AddCookie(&http.Cookie{Name: "session", Value: old})
+				resp, err := srv.client.Transport.RoundTrip(req)
+				if err != nil {
+					t.Error(err)
+					racing <- nil
+					return
+				}
+				resp.Body.Close()
+				racing <- resp
+			}()
+			<-loaded
+			srv.get(t, "/login")
+			records := store.Len()
+			close(release)
+			resp := <-racing
+			if resp == nil {
+				return
+			}
+			for _, c := range resp.Cookies() {
+				if c.Name == "session" {
+					t.Fatalf("the racing request set %v: the login's cookie would be lost", c)
+				}
+			}
+			if store.Len() != records {
+				t.Fatalf("the racing request saved a session: %d records, were %d", store.Len(), records)
+			}
+		})
+	}
+}
+
+// markerDownStore fails every lookup of a login's marker.
+type markerDownStore struct{ *MemoryStore }
+
+func (m markerDownStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
+	if strings.HasSuffix(sid, movedSuffix) {
+		return nil, false, errDown
+	}
+	return m.MemoryStore.Restore(ctx, sid)
+}
+
+// TestUnreadableMarkerLeavesTheCookie: when the store cannot say whether a
+// login moved the cookie's session, the request neither expires the cookie
+// nor saves a session of its own.
+func TestUnreadableMarkerLeavesTheCookie(t *testing.T) {
+	mem := newStore(t)
+	srv := newServer(t, Options{Store: markerDownStore{mem}, Logger: testLogger(&lockedBuffer{})}, setHandler("cart", "1"))
+	srv.setSID(t, "session", GenerateID("", ""))
+	if resp, _ := srv.get(t, "/"); len(resp.Cookies()) != 0 || mem.Len() != 0 {
+		t.Fatalf("with the marker unreadable: cookies %v, %d records; want none", resp.Cookies(), mem.Len())
 	}
 }

@@ -46,8 +46,9 @@ type Session struct {
 	valueErr error
 
 	// detached: the request's cookie named a session a login moved
-	// moments ago (movedLately); the session is empty, and saves write
-	// nothing and set no cookie.
+	// moments ago (movedLately), or the session was deleted while the
+	// request used it (goneLocked); the session is empty, and saves write
+	// nothing and set no cookie until a Regenerate (a login).
 	detached bool
 
 	meta      sessionMeta // timestamps under MetaKey (Options.IdleTimeout, AbsoluteLifetime)
@@ -303,7 +304,7 @@ func (s *Session) markDirty(key string) {
 	s.dirty.set(key, nil)
 	if w := s.web; w != nil && w.finished && !w.warnedLate {
 		w.warnedLate = true
-		w.log(hclog.Warn, "the session was changed after its request finished (from a goroutine the handler left running); the change is not saved", s.id, nil)
+		w.log(hclog.Warn, "the session was changed after its request finished (from a goroutine the handler left running); the middleware does not save such changes", s.id, nil)
 	}
 }
 

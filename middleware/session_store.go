@@ -19,10 +19,10 @@ func (s *Session) loadLocked(ctx context.Context) {
 		return
 	}
 	if s.id == "" {
+		// No cookie, or one of our name but not an id's shape, which is
+		// left alone: it may be another application's (a parent domain's
+		// "session" cookie), and expiring it would not remove that one.
 		s.freshLocked()
-		if s.web != nil {
-			s.web.destroyed() // a cookie of our name but not an id's shape is dropped too
-		}
 		return
 	}
 	s.loaded = true
@@ -37,19 +37,24 @@ func (s *Session) loadLocked(ctx context.Context) {
 	switch {
 	case err != nil:
 		s.loadErr = fmt.Errorf("%w: restore: %w", ErrStoreUnavailable, err)
+	case !found && s.web != nil && s.id != s.web.cookieID:
+		// This request's own fresh id, never saved (a Restore of a new
+		// session): still fresh, and still detached if it was.
+		detached := s.detached
+		s.freshLocked()
+		s.detached = detached
 	case !found && s.web != nil:
 		moved := s.movedLocked(ctx)
 		s.freshLocked() // strict mode: never adopt an id the store does not hold
-		switch moved {
-		case movedNot:
+		if moved == movedNot {
 			// A cookie naming nothing is dropped, unless a new session is
 			// saved under a cookie of its own: the browser sent it with
 			// every request, each a store lookup for nothing.
 			s.web.destroyed()
-		case movedLately:
-			// The pre-login cookie of a request that raced a login: its
-			// response must not replace the login's cookie, neither
-			// expired nor naming a session of its own.
+		} else {
+			// The pre-login cookie of a request that raced a login (or one
+			// that may be): its response must not replace the login's
+			// cookie, neither expired nor naming a session of its own.
 			s.detached = true
 		}
 	case !found:
@@ -96,7 +101,7 @@ func (s *Session) movedLocked(ctx context.Context) moved {
 	defer cancel()
 	data, found, err := restore(cctx, s.store, marker)
 	if err != nil {
-		s.web.log(hclog.Warn, "could not tell whether a login moved this cookie's session; the cookie is left alone", s.id, err)
+		s.web.log(hclog.Warn, "could not tell whether a login moved this cookie's session; the request saves nothing and leaves the cookie alone", s.id, err)
 		return movedUnsure
 	}
 	if !found {
@@ -108,7 +113,9 @@ func (s *Session) movedLocked(ctx context.Context) moved {
 			_ = json.Unmarshal(f.Value, &at) // a marker of another shape counts as old
 		}
 	}
-	if age := s.web.cfg.now().UnixMilli() - at; age >= 0 && age < movedGrace.Milliseconds() {
+	// Either way: the login may have run on another server, whose clock
+	// is ahead of this one's.
+	if age := s.web.cfg.now().UnixMilli() - at; age > -movedGrace.Milliseconds() && age < movedGrace.Milliseconds() {
 		return movedLately
 	}
 	if err := s.store.Delete(cctx, marker); err != nil {
@@ -200,8 +207,8 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		return s.valueErr
 	}
 	if s.detached {
-		if explicit || len(s.dirty.fields) > 0 {
-			s.web.log(hclog.Info, "a request sent before a login's cookie reached the browser changed the session; its changes were dropped", "", nil)
+		if len(s.dirty.fields) > 0 {
+			s.web.log(hclog.Info, "a request sent before a login's cookie reached the browser, or after the session was deleted, changed the session; its changes were dropped", "", nil)
 			s.dirty.clear()
 		}
 		if explicit {
@@ -277,6 +284,9 @@ func (s *Session) goneLocked() {
 	if s.web != nil {
 		s.web.log(hclog.Info, "the session was deleted while this request used it (a logout, login or revocation elsewhere); its changes were dropped", old, nil)
 		s.web.cookie = cookieKeep
+		// Nor do later changes in this request save a session of their
+		// own, whose cookie would replace a login's.
+		s.detached = true
 	}
 }
 
@@ -288,9 +298,9 @@ func (s *Session) goneLocked() {
 // (never a valid cookie) notes when, so that for the next 30 seconds a
 // request still carrying the old cookie (sent before the login's response
 // arrived) gets an empty session that saves nothing and sends no cookie,
-// instead of expiring or replacing the login's cookie. That record goes
-// with the store's duration, or with the first such request after the 30
-// seconds; it holds no session data and names no user.
+// instead of expiring or replacing the login's cookie. That record lasts
+// as a session does (the store's duration), or until the old cookie comes
+// back after the 30 seconds; it holds no session data and names no user.
 //
 // It returns ErrHeadersSent (changing nothing) when the response's headers
 // already went out, ErrSessionGone when the session was deleted since this
@@ -362,11 +372,22 @@ func (s *Session) Regenerate(ctx context.Context) error {
 // one under a fresh id (saved, with its own cookie, only if the handler then
 // writes to it), and the client's cookie is expired — unless the headers
 // already went out, in which case the stale cookie stays in the browser but
-// names nothing. It returns an error wrapping ErrStoreUnavailable, changing
-// nothing, when the store fails.
+// names nothing. In a request whose session was gone already (a login
+// moved it moments ago, or it was deleted while the request ran) it leaves
+// the cookie alone: it may name the login's session by now. It returns an
+// error wrapping ErrStoreUnavailable, changing nothing, when the store
+// fails.
 func (s *Session) Destroy(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.detached {
+		// The session this request came with is gone already (moved by
+		// a login, or deleted): the cookie may name the login's session
+		// by now, and is left alone.
+		s.data.clear()
+		s.dirty.clear()
+		return nil
+	}
 	if s.id != "" && !(s.loaded && s.isNew && s.web != nil) {
 		cctx, cancel := s.callCtx(ctx)
 		defer cancel()

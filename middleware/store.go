@@ -97,8 +97,9 @@ var (
 	// ErrSessionGone is returned by an explicit Save or by Regenerate when
 	// the session was deleted since this request loaded it (a logout in
 	// another tab, RevokeUser, a login's Regenerate): the deletion wins, the changes are
-	// dropped, and the session is now a fresh, empty one; the response
-	// leaves the client's cookie as the deleting request set it. An
+	// dropped, and the session is now a fresh, empty one that this
+	// request does not save (unless it calls Regenerate: a login); the
+	// response leaves the client's cookie as the deleting request set it. An
 	// explicit Save also returns it in a request that came with the
 	// pre-login cookie moments after a login moved the session (see
 	// Session.Regenerate). The middleware's own save treats both the same
