@@ -9,7 +9,11 @@
 #   kado-3node         three kadosession nodes (n2, n3 --join n1); the load
 #                      goes to a follower, pinned there (--pin): every save is
 #                      forwarded to the leader, every restore is served by the
-#                      follower at the default (linearizable) consistency
+#                      follower at the default (linearizable) consistency;
+#                      at 64 clients also kado-3node/leader: the same
+#                      cluster through the default Go client, which learns
+#                      the leader from the follower and sends it every
+#                      request (reads at the leader: what an app gets)
 # then runs {save, restore} x {1, 64 clients} x 1 KiB against each for
 # DURATION, ROUNDS times. Every client has one request in flight. The kadosession Go
 # client carries them over 4 pipelined connections per node, so Redis is
@@ -184,6 +188,7 @@ declare -A targs=(
   [redis-aof-always/conn]="--target redis://127.0.0.1:$rp2"
   [kado-single]="--target 127.0.0.1:$ks"
   [kado-3node]="--target 127.0.0.1:$follower --pin"
+  [kado-3node/leader]="--target 127.0.0.1:$follower"
 )
 order=(redis-nopersist redis-aof-always kado-single kado-3node)
 results=$work/results.jsonl
@@ -194,7 +199,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for op in save restore; do
     for c in 1 64; do
       cells=("${order[@]}")
-      [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn)
+      [ "$c" -gt 1 ] && cells+=(redis-nopersist/conn redis-aof-always/conn kado-3node/leader)
       mapfile -t cells < <(round_order "$round" "${cells[@]}") # scripts/lib.sh
       for t in "${cells[@]}"; do
         printf '   %-8s c=%-3s %-22s ' "$op" "$c" "$t"
@@ -277,12 +282,14 @@ if rounds > 1:
     print("ops/s, p50, p99: each the median of its rounds; ratios: the median of the per-round ratios (so not")
     print("        always the quotient of the medians shown)")
 print(f"clients have one request in flight each; Redis rows: {rconns} shared pipelined connections, like the")
-print("kadosession Go client's pool (the ratio base); /conn rows: one connection per client (reference)\n")
+print("kadosession Go client's pool (the ratio base); /conn rows: one connection per client (reference);")
+print("kado-3node pins every request to a follower (saves forwarded, reads served there); kado-3node/leader is")
+print("the default Go client given the same follower's address: it learns the leader and sends it everything\n")
 hdr = f"{'workload':<14} {'target':<22} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5}   {'×ops/s':>7} {'×p50':>6} {'×p99':>6}"
 print(hdr); print("-" * len(hdr))
 for op in ("save", "restore"):
     for c in (1, 64):
-        for name in order + ["redis-nopersist/conn", "redis-aof-always/conn"]:
+        for name in order + ["kado-3node/leader", "redis-nopersist/conn", "redis-aof-always/conn"]:
             if (name, op, c) not in R:
                 continue
             ops, p50, p99, err = (get(name, op, c, f) for f in ("ops_per_sec", "p50_ms", "p99_ms", "errors"))
@@ -310,6 +317,8 @@ goal("restore, 3 nodes (linearizable, via follower), 64 clients: ops/s vs Redis 
      ("kado-3node", "restore", 64), ("redis-nopersist", "restore", 64), "ops_per_sec", 1.0)
 goal("save, 3 nodes via follower, 1 client: p50 vs Redis AOF always p50",
      ("kado-3node", "save", 1), ("redis-aof-always", "save", 1), "p50_ms", 4.0, higher=False)
+goal("restore, 3 nodes (linearizable), 64 clients, the default Go client (reads at the leader): ops/s vs Redis no persistence",
+     ("kado-3node/leader", "restore", 64), ("redis-nopersist", "restore", 64), "ops_per_sec", 1.0)
 for name in ("kado-single", "kado-3node"):
     goal(f"save throughput 64 clients vs 1 client ({name})",
          (name, "save", 64), (name, "save", 1), "ops_per_sec", 10.0)
