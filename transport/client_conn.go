@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -178,6 +179,7 @@ type Conn struct {
 	addr         string
 	nc           net.Conn
 	writeTimeout time.Duration
+	resumable    bool // a write stopped by its deadline can go on (plain TCP; TLS's cannot)
 	maxFrame     int
 	broken       atomic.Bool   // set once err is
 	frames       atomic.Uint64 // frames read so far (silentFor)
@@ -228,9 +230,11 @@ func Dial(ctx context.Context, addr string, cfg ConnConfig) (*Conn, error) {
 		nc.Close()
 		return nil, &DialError{Addr: addr, Err: err}
 	}
+	_, resumable := nc.(*net.TCPConn)
 	c := &Conn{
 		addr:         addr,
 		nc:           nc,
+		resumable:    resumable,
 		writeTimeout: cfg.WriteTimeout,
 		maxFrame:     cfg.MaxFrame,
 		failed:       make(chan struct{}),
@@ -272,7 +276,7 @@ func (c *Conn) Done() <-chan struct{} { return c.failed }
 // error: the caller reads resp.Err. The error is ctx.Err(), a *ConnError or
 // a *ResponseError. Safe for concurrent use.
 func (c *Conn) RoundTrip(ctx context.Context, req *Request) (Response, error) {
-	return c.roundTrip(ctx, nil, req)
+	return c.roundTrip(ctx, time.Time{}, nil, req)
 }
 
 // RoundTripDeadline is RoundTrip that also gives up at deadline (none when
@@ -280,20 +284,20 @@ func (c *Conn) RoundTrip(ctx context.Context, req *Request) (Response, error) {
 // is pooled.
 func (c *Conn) RoundTripDeadline(ctx context.Context, deadline time.Time, req *Request) (Response, error) {
 	if deadline.IsZero() {
-		return c.roundTrip(ctx, nil, req)
+		return c.roundTrip(ctx, time.Time{}, nil, req)
 	}
 	t := deadlineTimers.Get().(*time.Timer)
 	t.Reset(time.Until(deadline))
-	resp, err := c.roundTrip(ctx, t.C, req)
+	resp, err := c.roundTrip(ctx, deadline, t.C, req)
 	t.Stop()
 	deadlineTimers.Put(t)
 	return resp, err
 }
 
 // roundTrip sends req and waits for the response, for ctx to end or for
-// expired (nil for none) to fire. A response that comes after the caller
-// stopped waiting is discarded by the reader.
-func (c *Conn) roundTrip(ctx context.Context, expired <-chan time.Time, req *Request) (Response, error) {
+// expired (nil for none), the timer of deadline, to fire. A response that
+// comes after the caller stopped waiting is discarded by the reader.
+func (c *Conn) roundTrip(ctx context.Context, deadline time.Time, expired <-chan time.Time, req *Request) (Response, error) {
 	cl := pendingCalls.Get().(*pendingCall)
 	cl.op = req.Op
 
@@ -310,7 +314,10 @@ func (c *Conn) roundTrip(ctx context.Context, expired <-chan time.Time, req *Req
 	c.pending[id] = cl
 	c.wbuf = AppendRequest(c.wbuf, req)
 	if !c.writing {
-		c.flushLocked()
+		if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+			deadline = d
+		}
+		c.flushLocked(deadline)
 	}
 	c.mu.Unlock()
 	sent, seen := time.Now(), c.frames.Load()
@@ -371,7 +378,18 @@ func (c *Conn) abandon(id uint64, cl *pendingCall) {
 // flushLocked writes wbuf out, and whatever other callers append to it
 // meanwhile, until it is empty. c.mu is held on entry and on return but not
 // during the writes.
-func (c *Conn) flushLocked() {
+//
+// The caller writes for everyone, but waits no longer than its own
+// deadline (until; zero: none): when that passes in the middle of a write
+// (the node stopped reading, its socket buffers full), the rest of the
+// write and of the flush is handed to a goroutine, bound by the
+// connection's WriteTimeout, which fails the connection when it passes.
+// The caller gives up as it would waiting for the answer, and one caller's
+// short deadline does not break the connection for the others. A write
+// stopped by a deadline can go on on a plain TCP connection; after a TLS
+// write's timeout the connection is spoilt, so there the caller waits for
+// the write as before (WriteTimeout at most).
+func (c *Conn) flushLocked(until time.Time) {
 	c.writing = true
 	for len(c.wbuf) > 0 && c.err == nil {
 		// Let callers that are ready to run append their frames first,
@@ -385,20 +403,50 @@ func (c *Conn) flushLocked() {
 		out := c.wbuf
 		c.wbuf = c.spare[:0]
 		c.mu.Unlock()
-		_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
-		_, err := c.nc.Write(out)
+		limit := time.Now().Add(c.writeTimeout)
+		mine := c.resumable && !until.IsZero() && until.Before(limit)
+		if mine {
+			limit = until
+		}
+		_ = c.nc.SetWriteDeadline(limit)
+		n, err := c.nc.Write(out)
+		if err != nil && mine && errors.Is(err, os.ErrDeadlineExceeded) {
+			go c.writeOn(out, n) // still writing: c.writing stays set
+			c.mu.Lock()
+			return
+		}
 		if err != nil {
 			c.fail(err)
 		}
 		c.mu.Lock()
-		if cap(out) <= maxKeptBuffer {
-			c.spare = out[:0]
-		} else {
-			c.spare = nil
-		}
+		c.keepSpare(out)
 	}
 	c.wbuf = c.wbuf[:0]
 	c.writing = false
+}
+
+// writeOn writes out[n:], the rest of a write whose caller's deadline
+// passed, then flushes what was queued meanwhile, under the connection's
+// own WriteTimeout.
+func (c *Conn) writeOn(out []byte, n int) {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	if _, err := c.nc.Write(out[n:]); err != nil {
+		c.fail(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.keepSpare(out)
+	c.flushLocked(time.Time{})
+}
+
+// keepSpare keeps out, a written buffer, for the next write unless it grew
+// too large to keep. c.mu is held.
+func (c *Conn) keepSpare(out []byte) {
+	if cap(out) <= maxKeptBuffer {
+		c.spare = out[:0]
+	} else {
+		c.spare = nil
+	}
 }
 
 // httpAsFrameSize is "HTTP" (an HTTP server's answer) read as a frame's
