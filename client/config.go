@@ -115,7 +115,10 @@ type Config struct {
 	// dialled is used. Nil means plaintext.
 	TLSConfig *tls.Config
 	// Dialer, when set, replaces the TCP dial (tests, fault injection, or a
-	// custom network). It must honour ctx.
+	// custom network). It must honour ctx. Return the *net.TCPConn itself
+	// where you can: a request writing to a node that stopped reading
+	// gives up at its own deadline only on one (on other connections, and
+	// with TLS, it may wait up to the write timeout).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Token is the node's client token (kadosession serve
 	// --auth-token-file), presented on every connection; empty for none.

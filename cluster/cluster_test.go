@@ -842,3 +842,37 @@ func TestStoppingLeaderHandsOverToALiveFollower(t *testing.T) {
 		t.Fatalf("the leader did not hand over to the live follower %s:\n%s", live, out)
 	}
 }
+
+// TestJoiningNodeIsNotTakenForRemoved: a new node is admitted (the leader
+// committed the configuration naming it) before that configuration reaches
+// its own log. Meanwhile its configuration does not name it, and it
+// answered requests as a node removed from the cluster. It serves once its
+// own log names it. The leader's writes to it are delayed here, so that
+// wait is long enough to see.
+func TestJoiningNodeIsNotTakenForRemoved(t *testing.T) {
+	tc, fn := newFaultCluster(t, 2, nil)
+	l := tc.leader()
+	addr := func() string { // a free port, so the fault layer knows the new node before it dials
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+	fn.register(addr, 2)
+	fn.delay(link{from: l, to: 2}, 300*time.Millisecond)
+	tc.cfgs = append(tc.cfgs, Config{ID: "n3", Listen: addr, DataDir: t.TempDir(), Logger: testLogger(),
+		Join: []string{tc.nodes[l].Addr()}, Dialer: fn.dialer(2)})
+	tc.nodes = append(tc.nodes, nil)
+	n := tc.start(2)
+	poll(t, n.Ready, 20*time.Second, "the new node ready")
+	if n.removed() {
+		t.Fatal("the new node, ready, takes itself for removed")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, _, err := n.Restore(ctx, "anything", transport.Linearizable); err != nil {
+		t.Fatalf("a read on the new node as soon as it is ready: %v", err)
+	}
+}

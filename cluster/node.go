@@ -459,10 +459,8 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 			if !ok(n.joinLoop()) { // a new node serves once it is a member
 				return
 			}
-			select {
-			case <-n.stop:
+			if !n.awaitAdmission() {
 				return
-			default:
 			}
 		case !confirmed:
 			// Already a member: re-joining is a no-op, but --join's nodes
@@ -499,6 +497,31 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 	n.bg.Add(2)
 	go n.saveLoop()
 	go n.pruneLoop()
+}
+
+// awaitAdmission waits, after a join was granted, until this node's own
+// log holds the configuration that admits it: the leader committed it,
+// then replicates it here. Until then the node's configuration does not
+// name it, and it would answer requests as a node removed from the cluster
+// (removed). It reports false when the node stops first.
+func (n *Node) awaitAdmission() bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	since := time.Now()
+	for {
+		if _, ok, err := n.member(); err == nil && ok {
+			return true
+		}
+		select {
+		case <-n.stop:
+			return false
+		case <-t.C:
+		}
+		if time.Since(since) >= 10*time.Second {
+			n.log.Warn("admitted to the cluster, but the configuration naming this node has not reached it yet; it serves once it has")
+			since = time.Now()
+		}
+	}
 }
 
 func (n *Node) waitLeader() bool {

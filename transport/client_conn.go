@@ -60,7 +60,10 @@ type ConnConfig struct {
 	// client token.
 	Token string
 	// Dialer, when set, replaces the TCP dial (which enables keep-alives),
-	// for tests and fault injection. It must honour ctx.
+	// for tests and fault injection. It must honour ctx. A connection it
+	// returns that is not a *net.TCPConn is written as a TLS one is: a
+	// caller writing to a node that stopped reading waits up to
+	// WriteTimeout, whatever its own deadline (see Conn).
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 

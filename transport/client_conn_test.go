@@ -413,23 +413,6 @@ func TestConnToAnHTTPServerSaysSo(t *testing.T) {
 // connection's WriteTimeout, and the write goes on without it: the
 // connection stays usable once the node reads again.
 func TestWritingCallerKeepsItsDeadline(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		accepted <- nc
-	}()
-	c := dialConn(t, ln.Addr().String(), ConnConfig{WriteTimeout: 10 * time.Second})
-	srv := <-accepted
-	defer srv.Close()
-
 	// More than the loopback socket buffers hold while the node reads
 	// nothing (the send buffer grows to tcp_wmem's 4 MiB at most; the
 	// receive buffer grows only as the application reads). Buffers shrunk
@@ -437,50 +420,74 @@ func TestWritingCallerKeepsItsDeadline(t *testing.T) {
 	// (64 KiB on loopback) the window reopens only by the sender's
 	// backed-off probes, and the drained writes crawl.
 	big := &Request{Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 24<<20)}
-	for name, call := range map[string]func() error{
-		"the request's deadline": func() error {
+	for _, tc := range []struct {
+		name string
+		call func(c *Conn) error
+	}{
+		{"the request's deadline", func(c *Conn) error {
 			_, err := c.RoundTripDeadline(context.Background(), time.Now().Add(200*time.Millisecond), big)
 			return err
-		},
-		"the caller's context": func() error {
+		}},
+		{"the caller's context", func(c *Conn) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
 			_, err := c.RoundTrip(ctx, big)
 			return err
-		},
+		}},
 	} {
-		start := time.Now()
-		if err := call(); err == nil {
-			t.Fatalf("%s: a call to a node that reads nothing succeeded", name)
-		}
-		if took := time.Since(start); took > 2*time.Second {
-			t.Fatalf("%s: the writing caller took %s to give up, past its 200 ms deadline", name, took)
-		}
-		if err := c.Err(); err != nil {
-			t.Fatalf("%s: a caller's deadline broke the connection: %v", name, err)
-		}
-	}
-	// The node reads again: the handed-over writes finish whole and the
-	// connection stays healthy.
-	var read atomic.Int64
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := srv.Read(buf)
-			read.Add(int64(n))
+		t.Run(tc.name, func(t *testing.T) {
+			// A connection of its own: on a shared one the second call
+			// would find the first one's write going on and only queue.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
-				return
+				t.Fatal(err)
 			}
-		}
-	}()
-	want := 2 * int64(len(big.Data))
-	for deadline := time.Now().Add(5 * time.Second); read.Load() < want && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := read.Load(); n < want {
-		t.Fatalf("the node received %d bytes, want both big frames (%d bytes each)", n, len(big.Data))
-	}
-	if err := c.Err(); err != nil {
-		t.Fatalf("the connection failed once the node read again: %v", err)
+			defer ln.Close()
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				accepted <- nc
+			}()
+			c := dialConn(t, ln.Addr().String(), ConnConfig{WriteTimeout: 10 * time.Second})
+			srv := <-accepted
+			defer srv.Close()
+
+			start := time.Now()
+			if err := tc.call(c); err == nil {
+				t.Fatal("a call to a node that reads nothing succeeded")
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Fatalf("the writing caller took %s to give up, past its 200 ms deadline", took)
+			}
+			if err := c.Err(); err != nil {
+				t.Fatalf("a caller's deadline broke the connection: %v", err)
+			}
+			// The node reads again: the handed-over write finishes whole
+			// and the connection stays healthy.
+			var read atomic.Int64
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := srv.Read(buf)
+					read.Add(int64(n))
+					if err != nil {
+						return
+					}
+				}
+			}()
+			want := int64(len(big.Data))
+			for deadline := time.Now().Add(5 * time.Second); read.Load() < want && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := read.Load(); n < want {
+				t.Fatalf("the node received %d bytes, want the big frame's %d", n, len(big.Data))
+			}
+			if err := c.Err(); err != nil {
+				t.Fatalf("the connection failed once the node read again: %v", err)
+			}
+		})
 	}
 }
