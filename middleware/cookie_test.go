@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -199,5 +200,30 @@ func TestForeignCookieIsLeftAlone(t *testing.T) {
 	req.AddCookie(&http.Cookie{Name: "session", Value: "eyJfZmxhc2hlcyI6W119.Z0"})
 	if cs := serve(Options{Store: newStore(t)}, read, req).Cookies(); len(cs) != 0 {
 		t.Fatalf("a read with another application's cookie set %v; want nothing", cs)
+	}
+}
+
+// A response whose handler used the session varies with the cookie, set or
+// not; one whose handler never touched it does not.
+func TestVaryCookieWhenTheSessionIsUsed(t *testing.T) {
+	store := newStore(t)
+	sid := GenerateID("", "")
+	if err := store.Save(context.Background(), sid, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		handler http.Handler
+		want    string
+	}{
+		{"read", getHandler("a"), "Cookie"},
+		{"untouched", http.NotFoundHandler(), ""},
+	} {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.AddCookie(&http.Cookie{Name: "session", Value: sid})
+		resp := serve(Options{Store: store}, tc.handler, req)
+		if got := resp.Header.Get("Vary"); got != tc.want || len(resp.Cookies()) != 0 {
+			t.Fatalf("%s: Vary %q, cookies %v; want Vary %q and no cookie", tc.name, got, resp.Cookies(), tc.want)
+		}
 	}
 }

@@ -202,25 +202,27 @@ func (w *webRequest) log(level hclog.Level, msg string, sid string, err error) {
 }
 
 // beforeHeaders saves a modified session and returns the cookie the
-// response must carry, if any. Called once, before the first byte.
-func (s *Session) beforeHeaders() (*http.Cookie, error) {
+// response must carry, if any, and whether the handler used the session
+// (so the response may depend on the cookie). Called once, before the
+// first byte.
+func (s *Session) beforeHeaders() (ck *http.Cookie, used bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := s.saveLocked(s.base, false)
+	err = s.saveLocked(s.base, false)
 	w := s.web
 	w.headersSent = true
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	op := w.cookie
 	w.cookie = cookieKeep
 	switch op {
 	case cookieSet:
-		return w.cfg.cookie(s.id), nil
+		return w.cfg.cookie(s.id), true, nil
 	case cookieExpire:
-		return w.cfg.expiredCookie(), nil
+		return w.cfg.expiredCookie(), true, nil
 	}
-	return nil, nil
+	return nil, s.loaded, nil
 }
 
 // afterHandler saves what changed after the first byte, logging failures the

@@ -32,7 +32,7 @@ func (w *responseWriter) commit() bool {
 		return w.err == nil
 	}
 	w.committed = true
-	ck, err := w.s.beforeHeaders()
+	ck, used, err := w.s.beforeHeaders()
 	if err != nil {
 		w.err = err
 		level := hclog.Error
@@ -45,13 +45,18 @@ func (w *responseWriter) commit() bool {
 		web.cfg.ErrorFunc(w.ResponseWriter, web.req, err)
 		return false
 	}
-	if ck != nil {
+	switch {
+	case ck != nil:
 		h := w.ResponseWriter.Header()
 		h.Add("Set-Cookie", ck.String())
 		h.Add("Vary", "Cookie")
 		// A response that carries a session id must never be stored by a
 		// shared cache and served to someone else (OWASP).
 		h.Set("Cache-Control", "no-store")
+	case used:
+		// The handler read the session, so the response may show one
+		// user's data: a cache must not serve it for another cookie.
+		w.ResponseWriter.Header().Add("Vary", "Cookie")
 	}
 	return true
 }
