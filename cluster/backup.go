@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -150,9 +151,17 @@ func (n *Node) backupAdmin(ctx context.Context, body []byte) (out []byte, handle
 			Expired: v.Expired(time.Now().UnixMilli(), n.cfg.Duration.Milliseconds())})
 		return out, true, err
 	default: // restore-batch
-		records, err := fsm.ReadDocument(bytes.NewReader(req.Document), time.Now().UnixMilli())
+		now := time.Now().UnixMilli()
+		records, err := fsm.ReadDocument(bytes.NewReader(req.Document), now)
 		if err != nil {
 			return nil, true, transport.Errorf(transport.CodeBadRequest, "restore batch: %v", err)
+		}
+		moved, err := n.screenRecords(records, now)
+		if err != nil {
+			return nil, true, transport.Errorf(transport.CodeBadRequest, "restore batch: %v", err)
+		}
+		if moved > 0 {
+			n.log.Warn("restored sessions were saved in the future by this node's clock; they count as saved now", "sessions", moved)
 		}
 		if err := n.importRecords(records); err != nil {
 			return nil, true, applyError(err, n.raft)
@@ -381,13 +390,16 @@ func RestoreRecords(ctx context.Context, call AdminFunc, records map[string]*fsm
 			if _, err = call(ctx, body); err == nil {
 				break
 			}
-			if ctx.Err() != nil {
-				break
+			if ctx.Err() != nil || errors.Is(err, transport.ErrBadRequest) || errors.Is(err, transport.ErrTooLarge) {
+				break // the same batch would be refused again
 			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Duration(try+1) * 200 * time.Millisecond):
 			}
+		}
+		if errors.Is(err, transport.ErrTooLarge) {
+			err = fmt.Errorf("%w (send smaller batches: --batch-size below the nodes' --max-frame)", err)
 		}
 		if err != nil {
 			return fmt.Errorf("restore batch of %d sessions (%d bytes) after %d loaded: %w", count, len(doc), loaded, err)

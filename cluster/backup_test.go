@@ -142,3 +142,43 @@ func TestBackupErrors(t *testing.T) {
 		t.Fatalf("status through the observed handler: %s, %v", body, err)
 	}
 }
+
+// TestRestoreHoldsSessionsToTheLimits: a restore batch is held to the
+// limits a live save is: a session over --max-session-size or --max-keys
+// is refused (every later patch of it would fail), the whole batch with
+// it, naming the limits and no session id; a save time in the future is
+// taken for now (the session would never expire).
+func TestRestoreHoldsSessionsToTheLimits(t *testing.T) {
+	n := startNode(t, Config{MaxSessionSize: 1 << 10, MaxKeys: 8})
+	call := adminVia(t, n.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tt := range []struct{ name, doc, want string }{
+		{"size", `{"ok":{"a":1},"secret-sid":{"k":"` + strings.Repeat("x", 2000) + `"}}`, "1 over --max-session-size 1024 bytes (the largest 2008 bytes)"},
+		{"keys", `{"ok":{"a":1},"secret-sid":{` + manyKeys(9) + `}}`, "1 over --max-keys 8 (the most 9 keys)"},
+	} {
+		_, err := call(ctx, []byte(`{"op":"restore-batch","document":`+tt.doc+`}`))
+		if !errors.Is(err, transport.ErrBadRequest) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "secret-sid") {
+			t.Fatalf("%s: %v; want a bad request saying %q and naming no session", tt.name, err, tt.want)
+		}
+	}
+	if got := n.State().Len(); got != 0 {
+		t.Fatalf("%d sessions after refused batches, want none", got)
+	}
+	if _, err := call(ctx, []byte(`{"op":"restore-batch","document":{"later":{"a":1,"_written":99999999999999}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UnixMilli()
+	if r, ok := n.State().Get("later", now, time.Hour.Milliseconds()); !ok || r.Written > now || r.Written < now-60_000 {
+		t.Fatalf("a session saved in the future: found %v, written %d; want it saved now (%d)", ok, r.Written, now)
+	}
+}
+
+// manyKeys returns n members "k0":0,"k1":0,… of a JSON object.
+func manyKeys(n int) string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf(`"k%d":0`, i)
+	}
+	return strings.Join(keys, ",")
+}

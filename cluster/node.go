@@ -215,8 +215,16 @@ func Open(cfg Config) (*Node, error) {
 	_, markerErr := os.Stat(markerPath)
 	var imported map[string]*fsm.Record
 	if errors.Is(markerErr, os.ErrNotExist) {
-		if imported, err = readSaveFile(cfg.SaveFile, time.Now().UnixMilli()); err != nil {
+		now := time.Now().UnixMilli()
+		if imported, err = readSaveFile(cfg.SaveFile, now); err != nil {
 			return nil, err
+		}
+		moved, err := n.screenRecords(imported, now)
+		if err != nil {
+			return nil, fmt.Errorf("save file %s cannot be imported (it is left untouched): %w", cfg.SaveFile, err)
+		}
+		if moved > 0 {
+			log.Warn("sessions of the save file were saved in the future by this node's clock; they count as saved now", "file", cfg.SaveFile, "sessions", moved)
 		}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -537,6 +545,50 @@ func (n *Node) waitLeader() bool {
 		case <-t.C:
 		}
 	}
+}
+
+// futureSlack is how far past this node's clock a save time in a save file
+// or backup may be (the clocks of the machines that wrote it) before it is
+// taken for now.
+const futureSlack = time.Minute
+
+// screenRecords holds records from a save file or a backup to what a live
+// save is held to: a session over --max-session-size or --max-keys is
+// refused (every later patch of it would fail, and with the middleware
+// every request on it), and a save time in the future becomes now (such a
+// session would never expire). It reports how many save times it moved.
+// Its errors name no session id: ids are credentials.
+func (n *Node) screenRecords(records map[string]*fsm.Record, now int64) (moved int, err error) {
+	var big, many, biggest, most int
+	for _, r := range records {
+		if len(r.Data) > n.cfg.MaxSessionSize {
+			big++
+			biggest = max(biggest, len(r.Data))
+		}
+		_, keys, err := fsm.NormalizeObjectKeys(r.Data)
+		if err != nil {
+			return 0, err
+		}
+		if keys > n.cfg.MaxKeys {
+			many++
+			most = max(most, keys)
+		}
+		if r.Written > now+futureSlack.Milliseconds() {
+			r.Written = now
+			moved++
+		}
+	}
+	var over []string
+	if big > 0 {
+		over = append(over, fmt.Sprintf("%d over --max-session-size %d bytes (the largest %d bytes)", big, n.cfg.MaxSessionSize, biggest))
+	}
+	if many > 0 {
+		over = append(over, fmt.Sprintf("%d over --max-keys %d (the most %d keys)", many, n.cfg.MaxKeys, most))
+	}
+	if over != nil {
+		return moved, fmt.Errorf("sessions over this node's limits, which every later change to them would fail: %s; raise the limits on every node, or remove those sessions", strings.Join(over, ", "))
+	}
+	return moved, nil
 }
 
 // importRecords replicates records in batches of about 1 MiB, each keeping

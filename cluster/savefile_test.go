@@ -227,3 +227,31 @@ func TestImportWarnsOfExpiredSessions(t *testing.T) {
 		t.Fatalf("no warning naming 1 expired session:\n%s", out)
 	}
 }
+
+// TestSaveFileOverTheLimitsStopsStart: a save file is held to the limits a
+// live save is: a node does not start from one holding sessions over them,
+// and says which limits, naming no session; the file stays untouched.
+func TestSaveFileOverTheLimitsStopsStart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sessions.json")
+	content := `{"secret-sid":{"a":1,"b":2,"c":3},"other":{"k":"` + strings.Repeat("x", 200) + `"}}`
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(), MaxSessionSize: 100, MaxKeys: 2})
+	if err == nil {
+		t.Fatal("Open succeeded with sessions over the limits")
+	}
+	msg := err.Error()
+	for _, want := range []string{path, "untouched", "1 over --max-session-size 100 bytes", "1 over --max-keys 2"} {
+		if !strings.Contains(msg, want) {
+			t.Fatalf("error %q should say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "secret-sid") {
+		t.Fatalf("error %q names a session id", msg)
+	}
+	if got, _ := os.ReadFile(path); string(got) != content {
+		t.Fatalf("save file changed: %q", got)
+	}
+}

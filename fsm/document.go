@@ -195,10 +195,18 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // ours; the raft snapshot too). A record without WrittenKey — Kado's own
 // SessionStorage wrote none — gets defaultWritten. Any syntax error, a record
 // that is not an object, an invalid sid or a non-integer WrittenKey is
-// reported as ErrCorrupt with the byte offset where it was found.
+// reported as ErrCorrupt with the byte offset where it was found, and so is
+// a session id given twice (JSON.parse would keep the later session and
+// drop the other without a word; neither Kado nor kadosession writes one).
 func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error) {
 	out := make(map[string]*Record)
-	err := readDocument(r, defaultWritten, func(sid string, rec *Record) { out[sid] = rec })
+	err := readDocument(r, defaultWritten, func(sid string, rec *Record) error {
+		if _, ok := out[sid]; ok {
+			return errors.New("its id was given to an earlier session of the document too")
+		}
+		out[sid] = rec
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -206,8 +214,8 @@ func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error)
 }
 
 // readDocument is ReadDocument handing each session to put, in document
-// order (a repeated id: the later one last).
-func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record)) error {
+// order; an error from put stops the reading.
+func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record) error) error {
 	d := &docReader{r: bufio.NewReaderSize(r, 256<<10)}
 	c, err := d.next()
 	if errors.Is(err, io.EOF) {
@@ -266,12 +274,16 @@ func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *R
 		if derr != nil {
 			return d.corrupt(fmt.Sprintf("session #%d", count+1), derr)
 		}
-		put(sid, rec)
+		if perr := put(sid, rec); perr != nil {
+			return d.corrupt(fmt.Sprintf("session #%d", count+1), perr)
+		}
 		count++
 		if c, err = d.next(); err == nil {
 			switch c {
 			case ',':
-				c, err = d.next()
+				if c, err = d.next(); err == nil && c == '}' {
+					return d.corrupt("a session id was expected after ',' (JSON allows no trailing comma)", nil)
+				}
 			case '}':
 			default:
 				return d.corrupt("',' or '}' expected after a session", nil)

@@ -356,7 +356,7 @@ func newStateBuilder(sessions int) *stateBuilder {
 }
 
 // put adds one session; a later one with the same id replaces it.
-func (b *stateBuilder) put(sid string, r *Record) {
+func (b *stateBuilder) put(sid string, r *Record) error {
 	shard := b.shards[shardIndex(sid)]
 	if old, ok := shard[sid]; ok && old.User != "" {
 		delete(b.users[old.User], sid)
@@ -369,6 +369,7 @@ func (b *stateBuilder) put(sid string, r *Record) {
 		b.users[r.User][sid] = struct{}{}
 	}
 	shard[sid] = r
+	return nil
 }
 
 func (s *State) install(b *stateBuilder) {

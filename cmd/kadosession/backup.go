@@ -167,15 +167,20 @@ func restore(args []string, stdout, stderr io.Writer) error {
 	addr := fs.String("cluster", "127.0.0.1:3001", "`HOST:PORT` of any node (a follower forwards to the leader)")
 	in := fs.String("in", "", "backup `FILE` (a save-file document: from kadosession backup, a node's save file, or Kado's)")
 	batch := fs.Int("batch-size", cluster.DefaultRestoreBatch, "bytes of sessions sent per request (keep below the nodes' --max-frame)")
+	replace := fs.Bool("replace", false, "restore into a cluster that already holds sessions: those with the file's ids are replaced by the file's copies, even if newer")
 	fs.Usage = usageWithEnv(fs, "kadosession restore --cluster HOST:PORT --in FILE",
 		"Loads every session of a backup into a running cluster through raft (replicated like any write),\n"+
-			"each keeping its save time (_written). Sessions with the same id are replaced; others are kept.\n"+
+			"each keeping its save time (_written). Into a cluster that holds sessions it needs --replace:\n"+
+			"sessions with the file's ids are then replaced by the file's copies; others are kept.\n"+
 			"When the cluster held nothing else, the result is checked to be identical to the file (SHA-256).")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *in == "" {
 		return fmt.Errorf("--in FILE is required")
+	}
+	if *batch <= 0 {
+		return fmt.Errorf("--batch-size %d: give a number of bytes above 0 (default %d)", *batch, cluster.DefaultRestoreBatch)
 	}
 	f, err := os.Open(*in)
 	if err != nil {
@@ -198,7 +203,12 @@ func restore(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("read the cluster's state before restoring: %w", err)
 	}
 	if before.Sessions > 0 {
-		fmt.Fprintf(stderr, "note: the cluster already holds %d sessions; the file's %d are added (same ids replaced)\n", before.Sessions, len(records))
+		if !*replace {
+			return fmt.Errorf("the cluster already holds %d sessions: restoring replaces those with the file's ids by the file's copies, "+
+				"even where the cluster's are newer (a change since the backup is undone, a logout since it is undone too); "+
+				"to go on, run restore again with --replace", before.Sessions)
+		}
+		fmt.Fprintf(stderr, "note: the cluster already holds %d sessions; the file's %d are added (same ids replaced: --replace)\n", before.Sessions, len(records))
 	}
 	prog := newProgress(stderr, "restore", false)
 	start := time.Now()

@@ -97,7 +97,14 @@ func TestProcessBackupRestore(t *testing.T) {
 	if err := os.WriteFile(old, []byte(`{"old1":{"x":1,"_written":1000},"old2":{"_written":2000}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, err := runCLI(t, "restore", "--cluster", dst, "--in", old); err != nil || !strings.Contains(stderr, "warning: 2 of the cluster's sessions were saved longer ago than its session duration") {
+	// The cluster holds sessions now: restoring into it needs --replace.
+	if _, stderr, err := runCLI(t, "restore", "--cluster", dst, "--in", old); err == nil || !strings.Contains(stderr, "already holds 50 sessions") || !strings.Contains(stderr, "--replace") {
+		t.Fatalf("restore into a cluster holding sessions without --replace: %v, stderr %s; want a refusal naming --replace", err, stderr)
+	}
+	if _, stderr, err := runCLI(t, "restore", "--cluster", dst, "--in", old, "--batch-size", "0"); err == nil || !strings.Contains(stderr, "--batch-size 0") {
+		t.Fatalf("restore --batch-size 0: %v, stderr %s", err, stderr)
+	}
+	if _, stderr, err := runCLI(t, "restore", "--replace", "--cluster", dst, "--in", old); err != nil || !strings.Contains(stderr, "warning: 2 of the cluster's sessions were saved longer ago than its session duration") {
 		t.Fatalf("restore of expired sessions: %v, stderr %s; want a warning naming 2", err, stderr)
 	}
 
