@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // First bytes of a connection. A node tells its protocols apart by them.
@@ -270,17 +271,43 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 		}
 		return nil, &FrameTooLargeError{ID: binary.BigEndian.Uint64(hdr[4:12]), Size: n, Max: max}
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	if cap(buf) >= int(n) || n <= eagerFrame {
+		if cap(buf) < int(n) {
+			buf = make([]byte, n)
 		}
-		return nil, err
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return buf, nil
+	}
+	// A large frame's memory follows its bytes as they arrive, doubling:
+	// taken at its header's word, anyone who can open connections could
+	// have a node hold max bytes per connection by sending headers alone.
+	buf = buf[:0]
+	for len(buf) < int(n) {
+		chunk := min(int(n)-len(buf), len(buf)+eagerFrame)
+		buf = slices.Grow(buf, chunk)
+		m, err := io.ReadFull(r, buf[len(buf):len(buf)+chunk])
+		buf = buf[:len(buf)+m]
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
 	}
 	return buf, nil
+}
+
+// eagerFrame is the largest frame ReadFrame allocates whole on its
+// header's word.
+const eagerFrame = 64 << 10
+
+// unexpectedEOF turns io.EOF in the middle of a frame into
+// io.ErrUnexpectedEOF.
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // DecodeRequest decodes a frame returned by ReadFrame. Strings and data are

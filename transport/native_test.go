@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -435,3 +436,33 @@ func FuzzReadFrame(f *testing.F) {
 
 // withNonce prefixes a write request's body with a zero nonce.
 func withNonce(body ...byte) []byte { return append(make([]byte, len(Nonce{})), body...) }
+
+// TestReadFrameMemoryFollowsTheBytes: a large frame is read whole, in
+// pieces as they come, and a header alone (a frame of max bytes announced,
+// then nothing) costs the reader no more than the bytes that came: taken at
+// the header's word, connections sending headers alone held max bytes each.
+func TestReadFrameMemoryFollowsTheBytes(t *testing.T) {
+	const max = 8 << 20
+	big := Request{ID: 7, Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("y"), max-1024)}
+	wire := AppendRequest(nil, &big)
+	frame, err := ReadFrame(iotest.HalfReader(bytes.NewReader(wire)), nil, max)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeRequest(frame)
+	if err != nil || got.ID != 7 || !bytes.Equal(got.Data, big.Data) {
+		t.Fatalf("a %d-byte frame read in pieces: id %d, %d bytes of data, %v", len(wire), got.ID, len(got.Data), err)
+	}
+
+	header := wire[:4+64<<10] // the header and 64 KiB, then the connection ends
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err = ReadFrame(bytes.NewReader(header), nil, max)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a frame cut short: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if took := after.TotalAlloc - before.TotalAlloc; took > 1<<20 {
+		t.Fatalf("reading 64 KiB of a frame announcing %d bytes allocated %d bytes", max, took)
+	}
+}

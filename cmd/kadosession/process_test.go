@@ -309,6 +309,13 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		{"invalid port", []string{"--listen", "127.0.0.1:99999"}, "", "(check --listen)"},
 		// It used to wait silently, forever, for a leader.
 		{"join names the node itself", []string{"--listen", "127.0.0.1:7516", "--join", "127.0.0.1:7516"}, "", `join address "127.0.0.1:7516" is this node's own address`},
+		// Retried forever before ("missing port in address").
+		{"join address without a port", []string{"--join", "bogus"}, "", `join address "bogus": want HOST:PORT`},
+		// Positive but unworkable: every connection or request failed with
+		// an error that named something else.
+		{"read timeout too short", []string{"--read-timeout", "1ns"}, "", "--read-timeout 1ns: at least 100ms"},
+		{"request timeout too short", []string{"--request-timeout", "1ns"}, "", "--request-timeout 1ns: at least 10ms"},
+		{"session size too large", []string{"--max-session-size", "99999999999"}, "", "--max-session-size 99999999999: at most 67108864"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary(t), append([]string{"serve", "--data", t.TempDir()}, tc.args...)...)

@@ -95,6 +95,30 @@ func serve(args []string, stderr io.Writer) error {
 			return fmt.Errorf("--%s %s: want a positive duration", name, v)
 		}
 	}
+	// Positive but too small to work: every connection or request would
+	// fail with an error that names something else.
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+		min  time.Duration
+		why  string
+	}{
+		{"read-timeout", cfg.Server.ReadTimeout, 100 * time.Millisecond, "a client or peer must send a whole request in it"},
+		{"idle-timeout", cfg.Server.IdleTimeout, time.Second, "connections idle this long are closed"},
+		{"request-timeout", cfg.Server.RequestTimeout, 10 * time.Millisecond, "a request must be replicated and answered in it"},
+	} {
+		if f.v < f.min {
+			return fmt.Errorf("--%s %s: at least %s (%s)", f.name, f.v, f.min, f.why)
+		}
+	}
+	// Sessions and frames are read whole into memory, a frame as soon as
+	// its header names its size.
+	if cfg.MaxSessionSize > maxSessionSizeFlag {
+		return fmt.Errorf("--max-session-size %d: at most %d (64 MiB); sessions are read whole into memory", cfg.MaxSessionSize, maxSessionSizeFlag)
+	}
+	if cfg.Server.MaxFrame > maxFrameFlag {
+		return fmt.Errorf("--max-frame %d: at most %d (256 MiB)", cfg.Server.MaxFrame, maxFrameFlag)
+	}
 	if cfg.MaxStale < 0 {
 		return fmt.Errorf("--max-stale %s: want 0 (no bound) or a positive duration", cfg.MaxStale)
 	}
@@ -163,3 +187,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 }
+
+// The largest --max-session-size and --max-frame taken.
+const (
+	maxSessionSizeFlag = 64 << 20
+	maxFrameFlag       = 256 << 20
+)
