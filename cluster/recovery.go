@@ -3,8 +3,11 @@ package cluster
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,16 +37,9 @@ func (n *Node) recoverFromPeersJSON(rc *raft.Config, logs raft.LogStore, snaps r
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	conf, err := raft.ReadConfigJSON(path)
+	conf, err := n.readPeersJSON(path)
 	if err != nil {
-		return fmt.Errorf("recovery file %s cannot be read: %w (format: [{\"id\":\"n1\",\"address\":\"HOST:PORT\",\"non_voter\":false}, …]); fix it or move it away", path, err)
-	}
-	self := false
-	for _, s := range conf.Servers {
-		self = self || s.ID == raft.ServerID(n.id)
-	}
-	if !self {
-		return fmt.Errorf("recovery file %s does not list this node (id %s): list every surviving node, this one included", path, n.id)
+		return fmt.Errorf("recovery file %s: %w (format: [{\"id\":\"n1\",\"address\":\"HOST:PORT\",\"non_voter\":false}, …]); fix it or move it away", path, err)
 	}
 	if err := raft.RecoverCluster(rc, n.fsm, logs, n.bolt, snaps, n.trans, conf); err != nil {
 		return fmt.Errorf("recover the cluster from %s: %w", path, err)
@@ -70,6 +66,68 @@ func (n *Node) recoverFromPeersJSON(rc *raft.Config, logs raft.LogStore, snaps r
 	n.log.Warn("raft configuration replaced from the recovery file; this is now a cluster of its own", "file", path, "members", len(conf.Servers),
 		"old_cluster_id", old, "cluster_id", recovered)
 	return nil
+}
+
+// readPeersJSON reads and checks the recovery file: applied, it cannot be
+// undone, so a member at an address nobody serves, a misspelt field (its
+// value silently taken as false) or this node listed as a non-voter or
+// elsewhere than --advertise must be refused now, not found out later.
+func (n *Node) readPeersJSON(path string) (raft.Configuration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return raft.Configuration{}, err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, 1<<20))
+	dec.DisallowUnknownFields()
+	var peers []struct {
+		ID       *string `json:"id"`
+		Address  *string `json:"address"`
+		NonVoter bool    `json:"non_voter"`
+	}
+	if err := dec.Decode(&peers); err != nil {
+		return raft.Configuration{}, fmt.Errorf("not a JSON array of members: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return raft.Configuration{}, errors.New("data after the array of members")
+	}
+	var conf raft.Configuration
+	ids, addrs := map[string]bool{}, map[string]bool{}
+	self := false
+	for i, p := range peers {
+		if p.ID == nil || p.Address == nil {
+			return conf, fmt.Errorf("member #%d: \"id\" and \"address\" are both required", i+1)
+		}
+		id, addr := *p.ID, *p.Address
+		if err := validateID(id); err != nil {
+			return conf, fmt.Errorf("member #%d: %w", i+1, err)
+		}
+		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" || port == "0" {
+			return conf, fmt.Errorf("member %s: address %q is not HOST:PORT", id, addr)
+		}
+		if ids[id] || addrs[addr] {
+			return conf, fmt.Errorf("member %s: its id or its address %s is listed twice", id, addr)
+		}
+		ids[id], addrs[addr] = true, true
+		suffrage := raft.Voter
+		if p.NonVoter {
+			suffrage = raft.Nonvoter
+		}
+		if id == n.id {
+			self = true
+			if p.NonVoter {
+				return conf, fmt.Errorf("this node (id %s) is listed as a non-voter: list it as a voter", id)
+			}
+			if addr != n.cfg.Advertise {
+				return conf, fmt.Errorf("this node (id %s) is listed at %s, but peers and clients reach it at %s (--advertise)", id, addr, n.cfg.Advertise)
+			}
+		}
+		conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(id), Address: raft.ServerAddress(addr), Suffrage: suffrage})
+	}
+	if !self {
+		return conf, fmt.Errorf("this node (id %s) is not listed: list every surviving node, this one included", n.id)
+	}
+	return conf, nil
 }
 
 // recoveredFromFile keeps, while a recovery is applied, the cluster id it

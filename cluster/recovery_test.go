@@ -43,10 +43,29 @@ func TestRecoveryFromPeersJSON(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, PeersJSON), []byte(`[{"id":"elsewhere","address":"127.0.0.1:1","non_voter":false}]`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(tc.cfgs[survivor]); err == nil || !strings.Contains(err.Error(), "does not list this node") {
+	if _, err := Open(tc.cfgs[survivor]); err == nil || !strings.Contains(err.Error(), "is not listed") {
 		t.Fatalf("open with a peers.json that omits the node: %v", err)
 	}
-	peers := fmt.Sprintf(`[{"id":%q,"address":%q,"non_voter":false}]`, tc.cfgs[survivor].ID, tc.cfgs[survivor].Listen)
+	// Applied, a file cannot be undone: mistakes in it are refused, and it
+	// is left in place.
+	id, addr := tc.cfgs[survivor].ID, tc.cfgs[survivor].Listen
+	for _, bad := range []struct{ file, want string }{
+		{fmt.Sprintf(`[{"id":%q,"address":%q},{"id":"d","address":"bogus"}]`, id, addr), `address "bogus" is not HOST:PORT`},
+		{fmt.Sprintf(`[{"id":%q,"address":%q,"nonvoter":true}]`, id, addr), `unknown field "nonvoter"`},
+		{fmt.Sprintf(`[{"id":%q,"address":%q}] junk`, id, addr), "data after the array"},
+		{fmt.Sprintf(`[{"id":%q,"address":%q,"non_voter":true}]`, id, addr), "listed as a non-voter"},
+		{fmt.Sprintf(`[{"id":%q,"address":"127.0.0.1:1"}]`, id), "(--advertise)"},
+		{fmt.Sprintf(`[{"id":%q,"address":%q},{"id":%q,"address":"127.0.0.1:2"}]`, id, addr, id), "listed twice"},
+		{fmt.Sprintf(`[{"id":%q}]`, id), "both required"},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, PeersJSON), []byte(bad.file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(tc.cfgs[survivor]); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Fatalf("open with the peers.json %s: %v; want an error saying %q", bad.file, err, bad.want)
+		}
+	}
+	peers := fmt.Sprintf(`[{"id":%q,"address":%q,"non_voter":false}]`, id, addr)
 	if err := os.WriteFile(filepath.Join(dir, PeersJSON), []byte(peers), 0o600); err != nil {
 		t.Fatal(err)
 	}
