@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -70,6 +71,10 @@ func adminSession(addr string, cf *connFlags, perCall time.Duration) (cluster.Ad
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := probeNode(c, addr); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
 	call := func(ctx context.Context, body []byte) ([]byte, error) {
 		ctx, cancel := context.WithTimeout(ctx, perCall)
 		defer cancel()
@@ -83,6 +88,27 @@ func adminSession(addr string, cf *connFlags, perCall time.Duration) (cluster.Ad
 		return resp.Data, nil
 	}
 	return call, func() { c.Close() }, nil
+}
+
+// probeWait bounds the first answer on an admin connection.
+const probeWait = 5 * time.Second
+
+// probeNode asks c's node a question any node answers at once (which
+// cluster it belongs to; an error answer will do too), so that an admin
+// command pointed at some other server's port says so within probeWait
+// instead of waiting out its whole deadline (minutes for a backup) or
+// quoting a "frame" size read from that server's banner.
+func probeNode(c *transport.Conn, addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), probeWait)
+	defer cancel()
+	_, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"cluster"}`)})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: no answer within %s: is it a kadosession node's port (its --listen), and is the node running?", addr, probeWait)
+	}
+	return fmt.Errorf("%s: the server there does not speak kadosession's protocol (%w): is it a kadosession node's port (its --listen)?", addr, err)
 }
 
 // adminCall sends one OpAdmin request to addr and returns the JSON answer.

@@ -3,12 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kadosession/kadosession/fsm"
 )
@@ -117,5 +119,53 @@ func TestProcessBackupRestore(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "no-such-dir", "backup.json")
 	if _, stderr, err := runCLI(t, "backup", "--cluster", src, "--out", missing); err == nil || !strings.Contains(stderr, "--out") || !strings.Contains(stderr, "does not exist") {
 		t.Fatalf("backup into a missing directory: %v %s", err, stderr)
+	}
+}
+
+// TestAdminCommandsOnAForeignPort: an admin command pointed at a port where
+// no kadosession node listens, but something else does, says so within
+// seconds: a server that never answers made status wait 15 s and backup 2
+// minutes, then say "context deadline exceeded"; one that greets first
+// (SSH, Redis errors) gave a "frame of 759517778 bytes" error.
+func TestAdminCommandsOnAForeignPort(t *testing.T) {
+	for _, tc := range []struct {
+		name, greeting, want string
+	}{
+		{"silent", "", "no answer within 5s"},
+		{"greets first", "SSH-2.0-OpenSSH_9.2\r\n", "does not speak kadosession's protocol"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					defer c.Close()
+					if tc.greeting != "" {
+						c.Write([]byte(tc.greeting))
+					}
+					go io.Copy(io.Discard, c)
+				}
+			}()
+			for _, args := range [][]string{
+				{"status", "--cluster", ln.Addr().String()},
+				{"backup", "--cluster", ln.Addr().String(), "--out", filepath.Join(t.TempDir(), "b.json")},
+			} {
+				start := time.Now()
+				_, stderr, err := runCLI(t, args...)
+				if err == nil || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "--listen") {
+					t.Fatalf("%s: %v, stderr %s; want a failure saying %q", args[0], err, stderr, tc.want)
+				}
+				if took := time.Since(start); took > 10*time.Second {
+					t.Fatalf("%s took %s to say so", args[0], took)
+				}
+			}
+		})
 	}
 }
