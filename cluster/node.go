@@ -211,6 +211,9 @@ func Open(cfg Config) (*Node, error) {
 	// The save file is read when it may be imported (no import recorded
 	// yet). Once imported it is only written: reading it at every start
 	// cost a restart with 1M sessions seconds and a second copy in memory.
+	if err := checkSaveFilePath(cfg.SaveFile, cfg.DataDir); err != nil {
+		return nil, err
+	}
 	markerPath := filepath.Join(cfg.DataDir, importMarker)
 	_, markerErr := os.Stat(markerPath)
 	var imported map[string]*fsm.Record

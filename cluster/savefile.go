@@ -129,6 +129,24 @@ func writeSaveFile(path string, v *fsm.View) error {
 	})
 }
 
+// checkSaveFilePath refuses, at start, a save file path no save could be
+// written to: a directory, or a file in a directory that does not exist
+// (the data directory, made at start, excepted). Found out at the first
+// timed save, it was an error every save and a failed final save.
+func checkSaveFilePath(path, dataDir string) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return fmt.Errorf("save file %s is a directory: give the path of a file (--save-file)", path)
+	}
+	dir := filepath.Dir(path)
+	if filepath.Clean(dir) == filepath.Clean(dataDir) {
+		return nil
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("the directory of the save file %s does not exist: create it, or give another --save-file", path)
+	}
+	return nil
+}
+
 // readSaveFile reads the save file at path. A missing file is an empty
 // store (nil map, nil error). Records without a save time get now.
 func readSaveFile(path string, now int64) (map[string]*fsm.Record, error) {

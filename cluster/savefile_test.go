@@ -255,3 +255,18 @@ func TestSaveFileOverTheLimitsStopsStart(t *testing.T) {
 		t.Fatalf("save file changed: %q", got)
 	}
 }
+
+// TestSaveFilePathCheckedAtStart: a save file no save could be written to
+// is refused at start (it was found out at the first timed save: an error
+// every 15 s, and a failed final save at shutdown).
+func TestSaveFilePathCheckedAtStart(t *testing.T) {
+	for _, tc := range []struct{ name, path, want string }{
+		{"a directory", t.TempDir(), "is a directory"},
+		{"in a missing directory", filepath.Join(t.TempDir(), "no-such-dir", "sessions.json"), "does not exist"},
+	} {
+		_, err := Open(Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: testLogger(), SaveFile: tc.path})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--save-file") {
+			t.Fatalf("%s: Open = %v; want an error saying %q and naming --save-file", tc.name, err, tc.want)
+		}
+	}
+}
