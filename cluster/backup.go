@@ -167,7 +167,7 @@ func (n *Node) backupAdmin(ctx context.Context, body []byte) (out []byte, handle
 			return nil, true, applyError(err, n.raft)
 		}
 		n.obs.observeRestored(len(records))
-		return []byte(`{"loaded":` + strconv.Itoa(len(records)) + `}`), true, nil
+		return []byte(`{"loaded":` + strconv.Itoa(len(records)) + `,"moved":` + strconv.Itoa(moved) + `}`), true, nil
 	}
 }
 
@@ -358,6 +358,11 @@ type RestoreOptions struct {
 	BatchBytes int
 	// Progress, when set, is called after every batch.
 	Progress func(done, total int)
+	// Moved, when set, is called with the number of a batch's sessions
+	// whose save time the node moved to its now: they were saved more
+	// than a minute in its future (the clock of the machine that wrote
+	// the file), and would never have expired.
+	Moved func(n int)
 }
 
 // RestoreRecords replicates records into the cluster through call, in
@@ -386,8 +391,9 @@ func RestoreRecords(ctx context.Context, call AdminFunc, records map[string]*fsm
 		body := append([]byte(`{"op":"restore-batch","document":`), doc...)
 		body = append(body, '}')
 		var err error
+		var answer []byte
 		for try := 0; try < 5; try++ {
-			if _, err = call(ctx, body); err == nil {
+			if answer, err = call(ctx, body); err == nil {
 				break
 			}
 			if ctx.Err() != nil || errors.Is(err, transport.ErrBadRequest) || errors.Is(err, transport.ErrTooLarge) {
@@ -405,6 +411,12 @@ func RestoreRecords(ctx context.Context, call AdminFunc, records map[string]*fsm
 			return fmt.Errorf("restore batch of %d sessions (%d bytes) after %d loaded: %w", count, len(doc), loaded, err)
 		}
 		loaded += count
+		var got struct {
+			Moved int `json:"moved"`
+		}
+		if json.Unmarshal(answer, &got) == nil && got.Moved > 0 && opts.Moved != nil {
+			opts.Moved(got.Moved)
+		}
 		if opts.Progress != nil {
 			opts.Progress(loaded, len(records))
 		}

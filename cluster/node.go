@@ -568,11 +568,7 @@ func (n *Node) screenRecords(records map[string]*fsm.Record, now int64) (moved i
 			big++
 			biggest = max(biggest, len(r.Data))
 		}
-		_, keys, err := fsm.NormalizeObjectKeys(r.Data)
-		if err != nil {
-			return 0, err
-		}
-		if keys > n.cfg.MaxKeys {
+		if keys := fsm.CountKeys(r.Data); keys > n.cfg.MaxKeys {
 			many++
 			most = max(most, keys)
 		}

@@ -116,7 +116,7 @@ func (n *Node) readPeersJSON(path string) (raft.Configuration, error) {
 		if id == n.id {
 			self = true
 			if p.NonVoter {
-				return conf, fmt.Errorf("this node (id %s) is listed as a non-voter: list it as a voter", id)
+				return conf, fmt.Errorf("this node (id %s) is listed as a non-voter: list it as a voter, in every survivor's file alike", id)
 			}
 			if addr != n.cfg.Advertise {
 				return conf, fmt.Errorf("this node (id %s) is listed at %s, but peers and clients reach it at %s (--advertise)", id, addr, n.cfg.Advertise)

@@ -138,8 +138,10 @@ func checkSaveFilePath(path, dataDir string) error {
 		return fmt.Errorf("save file %s is a directory: give the path of a file (--save-file)", path)
 	}
 	dir := filepath.Dir(path)
-	if filepath.Clean(dir) == filepath.Clean(dataDir) {
-		return nil
+	absDir, err1 := filepath.Abs(dir)
+	absData, err2 := filepath.Abs(dataDir)
+	if err1 == nil && err2 == nil && absDir == absData {
+		return nil // made at start
 	}
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("the directory of the save file %s does not exist: create it, or give another --save-file", path)

@@ -269,4 +269,16 @@ func TestSaveFilePathCheckedAtStart(t *testing.T) {
 			t.Fatalf("%s: Open = %v; want an error saying %q and naming --save-file", tc.name, err, tc.want)
 		}
 	}
+	// The data directory, made at start, named one way and the save
+	// file's directory another.
+	t.Chdir(t.TempDir())
+	abs, err := filepath.Abs(filepath.Join("data", "sessions.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(Config{DataDir: "data", Listen: "127.0.0.1:0", Logger: testLogger(), SaveFile: abs})
+	if err != nil {
+		t.Fatalf("a save file in the data directory, named by its absolute path, at first start: %v", err)
+	}
+	n.Close()
 }

@@ -125,6 +125,35 @@ func NormalizeObjectKeys(data []byte) ([]byte, int, error) {
 	return EncodeObject(kept), len(kept), nil
 }
 
+// CountKeys returns how many members the JSON object data has at its top
+// level. data must be a valid object, as a Record's Data is (what
+// NormalizeObjectKeys returns); it is scanned once, without decoding.
+func CountKeys(data []byte) int {
+	n, depth, inString, escaped := 0, 0, false, false
+	for _, c := range data {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			depth--
+		case c == ':' && depth == 1:
+			n++
+		}
+	}
+	return n
+}
+
 func withoutWritten(fields []Field) []Field {
 	kept := fields[:0]
 	for _, f := range fields {

@@ -243,3 +243,18 @@ func TestEncodeObject(t *testing.T) {
 		t.Fatalf("EncodeObject(nil) = %s", EncodeObject(nil))
 	}
 }
+
+func TestCountKeys(t *testing.T) {
+	for _, obj := range []string{
+		`{}`, `{"a":1}`, `{"a":{"b":1,"c":2},"d":[1,{"e":":"}]}`,
+		`{"k:ey":"va:l","q\"uo:te":"\\","x":"\\\":"}`, `{"":null,"a":[[],{}],"b":{"c":{"d":{}}}}`,
+	} {
+		_, want, err := NormalizeObjectKeys([]byte(obj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := CountKeys([]byte(obj)); got != want {
+			t.Errorf("CountKeys(%s) = %d, want %d", obj, got, want)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 )
 
 // First bytes of a connection. A node tells its protocols apart by them.
@@ -286,9 +285,12 @@ func ReadFrame(r io.Reader, buf []byte, max int) ([]byte, error) {
 	// have a node hold max bytes per connection by sending headers alone.
 	buf = buf[:0]
 	for len(buf) < int(n) {
-		chunk := min(int(n)-len(buf), len(buf)+eagerFrame)
-		buf = slices.Grow(buf, chunk)
-		m, err := io.ReadFull(r, buf[len(buf):len(buf)+chunk])
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(int(n), 2*len(buf)+eagerFrame))
+			copy(grown, buf)
+			buf = grown
+		}
+		m, err := io.ReadFull(r, buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+m]
 		if err != nil {
 			return nil, unexpectedEOF(err)

@@ -93,18 +93,23 @@ func adminSession(addr string, cf *connFlags, perCall time.Duration) (cluster.Ad
 // probeWait bounds the first answer on an admin connection.
 const probeWait = 5 * time.Second
 
-// probeNode asks c's node a question any node answers at once (which
-// cluster it belongs to; an error answer will do too), so that an admin
-// command pointed at some other server's port says so within probeWait
-// instead of waiting out its whole deadline (minutes for a backup) or
-// quoting a "frame" size read from that server's banner.
+// probeNode asks c's node a question any node answers at once, asking
+// nobody else (its raft term; an error answer will do too), so that an
+// admin command pointed at some other server's port says so within
+// probeWait instead of waiting out its whole deadline (minutes for a
+// backup) or quoting a "frame" size read from that server's banner.
 func probeNode(c *transport.Conn, addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), probeWait)
 	defer cancel()
-	_, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"cluster"}`)})
+	_, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"term"}`)})
+	var answer *transport.Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &answer):
+		// A node's own refusal of the connection (too many connections,
+		// shutting down): the protocol is right, the error says the rest.
+		return fmt.Errorf("%s: %w", addr, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: no answer within %s: is it a kadosession node's port (its --listen), and is the node running?", addr, probeWait)
 	}

@@ -169,3 +169,44 @@ func TestAdminCommandsOnAForeignPort(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminCommandOnAFullNode: a node that refuses the connection itself
+// (over --max-conns) is a kadosession node: the command says what the node
+// said, not that the port speaks another protocol.
+func TestAdminCommandOnAFullNode(t *testing.T) {
+	addr := freeAddr(t)
+	p := startServe(t, "--listen", addr, "--data", t.TempDir(), "--log-level", "error", "--max-conns", "1")
+	waitServing(t, p, addr)
+	hold, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	if _, err := hold.Write([]byte(`{"restore":{"sid":"x"}}` + "\n")); err != nil { // a Kado client, holding the only slot
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	_, stderr, err := runCLI(t, "status", "--cluster", addr)
+	if err == nil || !strings.Contains(stderr, "too many connections") || strings.Contains(stderr, "does not speak") {
+		t.Fatalf("status on a node at its connection limit: %v, stderr %s; want the node's own refusal", err, stderr)
+	}
+}
+
+// TestRestoreOfSaveTimesInTheFuture: a file written on a machine whose
+// clock was ahead restores (those sessions as saved now, or they would
+// never expire), and restore says so instead of failing its check that
+// the cluster is identical to the file.
+func TestRestoreOfSaveTimesInTheFuture(t *testing.T) {
+	addr := freeAddr(t)
+	p := startServe(t, "--listen", addr, "--data", t.TempDir(), "--log-level", "error")
+	waitServing(t, p, addr)
+	file := filepath.Join(t.TempDir(), "ahead.json")
+	ahead := time.Now().Add(2 * time.Hour).UnixMilli()
+	if err := os.WriteFile(file, []byte(fmt.Sprintf(`{"a":{"x":1,"_written":%d},"b":{"x":2}}`, ahead)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, stderr, err := runCLI(t, "restore", "--cluster", addr, "--in", file)
+	if err != nil || !strings.Contains(stderr, "1 sessions were saved more than a minute in the future") || !strings.Contains(stdout, "restored 2 sessions") {
+		t.Fatalf("restore: %v\nstdout %s\nstderr %s", err, stdout, stderr)
+	}
+}

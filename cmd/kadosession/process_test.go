@@ -315,6 +315,7 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		// an error that named something else.
 		{"read timeout too short", []string{"--read-timeout", "1ns"}, "", "--read-timeout 1ns: at least 100ms"},
 		{"request timeout too short", []string{"--request-timeout", "1ns"}, "", "--request-timeout 1ns: at least 10ms"},
+		{"idle timeout too short", []string{"--idle-timeout", "10ms"}, "", "--idle-timeout 10ms: at least 1s"},
 		{"session size too large", []string{"--max-session-size", "99999999999"}, "", "--max-session-size 99999999999: at most 67108864"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
