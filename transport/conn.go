@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 )
@@ -17,6 +18,10 @@ import (
 // serveKado answers one Kado JSON request: read to the client's half-close
 // (bounded in size and time), decode, serve, reply, close.
 func (s *Server) serveKado(c net.Conn, first byte) {
+	if !mayStartJSON(first) {
+		s.refuseForeign(c, first)
+		return
+	}
 	deadline := time.Now().Add(s.cfg.ReadTimeout)
 	_ = c.SetReadDeadline(deadline)
 	doc, err := readAll(c, first, s.cfg.MaxFrame)
@@ -67,6 +72,40 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 }
 
 var errDocTooLarge = errors.New("document too large")
+
+// mayStartJSON reports whether b may begin a JSON document (after
+// optional whitespace): what every Kado request does.
+func mayStartJSON(b byte) bool {
+	switch b {
+	case '{', '[', '"', '-', 't', 'f', 'n', ' ', '\t', '\r', '\n':
+		return true
+	}
+	return b >= '0' && b <= '9'
+}
+
+// refuseForeign answers, at once, a client whose first byte no request of
+// ours begins with: an HTTP client (curl, a browser, a health check
+// pointed at the wrong port) or a Redis one waited for the read timeout
+// before it heard anything. HTTP gets an HTTP answer it can show; anything
+// else a Kado JSON error.
+func (s *Server) refuseForeign(c net.Conn, first byte) {
+	msg := "this is a kadosession node's port: it speaks Kado JSON (one JSON document, then half-close) and kadosession's native protocol (the Go client); " +
+		"its HTTP endpoints (/metrics, /healthz, /readyz, /status) are on the port given by --http"
+	_ = c.SetWriteDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	if strings.IndexByte("GPHDOCT", first) >= 0 { // an HTTP method: GET, POST, PUT, HEAD, DELETE, OPTIONS, CONNECT, TRACE, PATCH
+		body := msg + "\n"
+		_, _ = fmt.Fprintf(c, "HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	} else {
+		_, _ = c.Write(KadoError(fmt.Sprintf("not valid JSON: a Kado request is one JSON document, and this one begins with %q; %s", first, msg)))
+	}
+	// Let the client read the answer before the close, which would reset
+	// the connection while its request sits unread here.
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+}
 
 // readAll reads to EOF, the first byte already consumed, refusing more than
 // max bytes in all.

@@ -1,12 +1,14 @@
 package transport
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -231,7 +233,6 @@ func TestUnknownFirstByte(t *testing.T) {
 		msgs []string
 	}{
 		{"one byte", "X", []string{"not valid JSON", "'X'"}},
-		{"an HTTP request", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", []string{"not valid JSON", "'G'"}},
 		{"a zero byte", "\x00", []string{"not valid JSON"}},
 		{"binary garbage", "\xff\xfe\x00\x01garbage", []string{"not valid JSON"}},
 		{"nothing at all", "", []string{"empty request"}},
@@ -246,6 +247,22 @@ func TestUnknownFirstByte(t *testing.T) {
 				}
 			}
 		})
+	}
+	// An HTTP client (curl, a browser, a health check given the wrong
+	// port) is answered in HTTP, at once: it does not half-close, and
+	// waited for the read timeout before.
+	c := dial(t, ts.addr)
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("an HTTP request got no HTTP answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "--http") {
+		t.Fatalf("an HTTP request got %s %q; want 400 pointing at --http", resp.Status, body)
 	}
 	if got := kado(t, ts.addr, kadoRestore); got != `{"status":"ok","result":{}}` {
 		t.Fatalf("after unknown protocols: %s", got)
