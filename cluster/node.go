@@ -361,7 +361,9 @@ func Open(cfg Config) (*Node, error) {
 	needImport := errors.Is(markerErr, os.ErrNotExist) && (bootstrapped || hasState)
 	if !needImport && errors.Is(markerErr, os.ErrNotExist) {
 		// A joining node takes its state from the cluster, never from a file.
-		_ = writeFileAtomic(markerPath, []byte("joined\n"))
+		if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
+			log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
+		}
 	}
 
 	n.leaderCh = make(chan struct{})
@@ -480,10 +482,15 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 			go func() { defer n.bg.Done(); ok(n.joinLoop()) }()
 		}
 	}
-	if needImport {
-		if !n.waitLeader() {
+	if needImport && !n.waitImporter(markerPath) {
+		select {
+		case <-n.stop:
 			return
+		default:
 		}
+		needImport = false
+	}
+	if needImport {
 		if err := n.importRecords(records); err != nil {
 			n.log.Error("import of the save file failed; the node will not serve clients until restarted", "file", n.cfg.SaveFile, "error", err)
 			return
@@ -535,12 +542,26 @@ func (n *Node) awaitAdmission() bool {
 	}
 }
 
-func (n *Node) waitLeader() bool {
+// waitImporter waits for a leader and reports whether it is this node,
+// which then imports its save file. A node that lacks the record of an
+// import (importMarker) but holds state may be a follower (the record's
+// write failed, or it was deleted): the cluster's state is the truth then,
+// and its save file only a copy. Waiting to lead, as the bootstrapping
+// node does, kept such a follower from ever serving. It reports false too
+// when the node stops.
+func (n *Node) waitImporter(markerPath string) bool {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		if n.raft.State() == raft.Leader {
 			return true
+		}
+		if addr, id := n.raft.LeaderWithID(); addr != "" && string(id) != n.id { // itself: State says Leader at the next tick
+			if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
+				n.log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
+			}
+			n.log.Info("another node leads: this node takes its state from the cluster, not from its save file", "leader", addr)
+			return false
 		}
 		select {
 		case <-n.stop:

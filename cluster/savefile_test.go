@@ -282,3 +282,23 @@ func TestSaveFilePathCheckedAtStart(t *testing.T) {
 	}
 	n.Close()
 }
+
+// TestFollowerWithoutImportRecordServes: a follower whose record of the
+// save-file import is gone (its write failed, or it was deleted) serves
+// after a restart, taking its state from the cluster: it waited to lead
+// before importing its save file, which a follower never does, and never
+// served.
+func TestFollowerWithoutImportRecordServes(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	mustSave(t, tc.nodes[tc.leader()], "s", `{"v":1}`)
+	f := tc.follower()
+	tc.stop(f)
+	if err := os.Remove(filepath.Join(tc.cfgs[f].DataDir, importMarker)); err != nil {
+		t.Fatal(err)
+	}
+	n := tc.start(f)
+	poll(t, n.Ready, 15*time.Second, "the restarted follower to serve")
+	if _, err := os.Stat(filepath.Join(tc.cfgs[f].DataDir, importMarker)); err != nil {
+		t.Fatalf("the follower did not record that it takes its state from the cluster: %v", err)
+	}
+}
