@@ -780,13 +780,22 @@ func (m markerDownStore) Restore(ctx context.Context, sid string) (map[string]js
 }
 
 // TestUnreadableMarkerLeavesTheCookie: when the store cannot say whether a
-// login moved the cookie's session, the request neither expires the cookie
-// nor saves a session of its own.
+// login moved the cookie's session (down, or refusing such sids), a read
+// does not expire the cookie, and a write is kept, in a new session with
+// its own cookie (dropped, every write of every visitor with a dead cookie
+// would be lost with such a store).
 func TestUnreadableMarkerLeavesTheCookie(t *testing.T) {
 	mem := newStore(t)
-	srv := newServer(t, Options{Store: markerDownStore{mem}, Logger: testLogger(&lockedBuffer{})}, setHandler("cart", "1"))
-	srv.setSID(t, "session", GenerateID("", ""))
-	if resp, _ := srv.get(t, "/"); len(resp.Cookies()) != 0 || mem.Len() != 0 {
-		t.Fatalf("with the marker unreadable: cookies %v, %d records; want none", resp.Cookies(), mem.Len())
+	mux := http.NewServeMux()
+	mux.HandleFunc("/read", getHandler("cart"))
+	mux.HandleFunc("/write", setHandler("cart", "1"))
+	srv := newServer(t, Options{Store: markerDownStore{mem}, Logger: testLogger(&lockedBuffer{})}, mux)
+	dead := GenerateID("", "")
+	srv.setSID(t, "session", dead)
+	if resp, _ := srv.get(t, "/read"); len(resp.Cookies()) != 0 {
+		t.Fatalf("a read with the marker unreadable set %v; want the cookie left alone", resp.Cookies())
+	}
+	if resp, _ := srv.get(t, "/write"); len(resp.Cookies()) != 1 || resp.Cookies()[0].Value == dead || mem.Len() != 1 {
+		t.Fatalf("a write with the marker unreadable: cookies %v, %d records; want the write kept in a new session", resp.Cookies(), mem.Len())
 	}
 }

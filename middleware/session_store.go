@@ -46,16 +46,22 @@ func (s *Session) loadLocked(ctx context.Context) {
 	case !found && s.web != nil:
 		moved := s.movedLocked(ctx)
 		s.freshLocked() // strict mode: never adopt an id the store does not hold
-		if moved == movedNot {
+		switch moved {
+		case movedNot:
 			// A cookie naming nothing is dropped, unless a new session is
 			// saved under a cookie of its own: the browser sent it with
 			// every request, each a store lookup for nothing.
 			s.web.destroyed()
-		} else {
-			// The pre-login cookie of a request that raced a login (or one
-			// that may be): its response must not replace the login's
-			// cookie, neither expired nor naming a session of its own.
+		case movedLately:
+			// The pre-login cookie of a request that raced a login: its
+			// response must not replace the login's cookie, neither
+			// expired nor naming a session of its own.
 			s.detached = true
+		case movedUnsure:
+			// The cookie is left alone, but writes are kept (in a session
+			// of their own): detached, a store that cannot read markers
+			// (one that refuses such sids) would drop every write of
+			// every visitor with a dead cookie.
 		}
 	case !found:
 		s.isNew = true
@@ -90,7 +96,7 @@ type moved int
 const (
 	movedNot    moved = iota // no marker: an ordinary dead cookie
 	movedLately              // moved by a login within movedGrace
-	movedUnsure              // the marker could not be read
+	movedUnsure              // the marker could not be read: the cookie is not expired
 )
 
 // movedLocked looks for the marker of s.id, a cookie's id the store does
@@ -101,7 +107,7 @@ func (s *Session) movedLocked(ctx context.Context) moved {
 	defer cancel()
 	data, found, err := restore(cctx, s.store, marker)
 	if err != nil {
-		s.web.log(hclog.Warn, "could not tell whether a login moved this cookie's session; the request saves nothing and leaves the cookie alone", s.id, err)
+		s.web.log(hclog.Warn, "could not tell whether a login moved this cookie's session; the dead cookie is not expired", s.id, err)
 		return movedUnsure
 	}
 	if !found {
