@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
 )
 
 func runCLI(t *testing.T, args ...string) (string, string, error) {
@@ -177,15 +179,29 @@ func TestAdminCommandOnAFullNode(t *testing.T) {
 	addr := freeAddr(t)
 	p := startServe(t, "--listen", addr, "--data", t.TempDir(), "--log-level", "error", "--max-conns", "1")
 	waitServing(t, p, addr)
-	hold, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	// A native client, idle, holds the only slot (a Kado request would be
+	// answered, and its slot freed, as soon as it is whole). It may be
+	// refused while waitServing's last connection still holds the slot:
+	// it holds it when the node says nothing within 300 ms.
+	var hold net.Conn
+	for try := 0; hold == nil; try++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte{transport.MagicNative, transport.VersionNative}); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			hold = c
+		} else if c.Close(); try == 20 {
+			t.Fatalf("could not hold the node's only connection slot: %v", err)
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	defer hold.Close()
-	if _, err := hold.Write([]byte(`{"restore":{"sid":"x"}}` + "\n")); err != nil { // a Kado client, holding the only slot
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond)
 	_, stderr, err := runCLI(t, "status", "--cluster", addr)
 	if err == nil || !strings.Contains(stderr, "too many connections") || strings.Contains(stderr, "does not speak") {
 		t.Fatalf("status on a node at its connection limit: %v, stderr %s; want the node's own refusal", err, stderr)
