@@ -179,10 +179,9 @@ func TestAdminCommandOnAFullNode(t *testing.T) {
 	addr := freeAddr(t)
 	p := startServe(t, "--listen", addr, "--data", t.TempDir(), "--log-level", "error", "--max-conns", "1")
 	waitServing(t, p, addr)
-	// A native client, idle, holds the only slot (a Kado request would be
-	// answered, and its slot freed, as soon as it is whole). It may be
-	// refused while waitServing's last connection still holds the slot:
-	// it holds it when the node says nothing within 300 ms.
+	// An idle native client holds the only slot. It may be refused while
+	// waitServing's last connection still holds the slot: it holds it when
+	// the node says nothing to it within 300 ms.
 	var hold net.Conn
 	for try := 0; hold == nil; try++ {
 		c, err := net.Dial("tcp", addr)
