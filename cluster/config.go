@@ -194,7 +194,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("advertise address %q has port 0: give the real port", d.Advertise))
 	}
 	for _, j := range d.Join {
-		if host, port, err := net.SplitHostPort(j); err != nil || host == "" || port == "" || port == "0" {
+		if checkPeerAddr(j) != nil {
 			errs = append(errs, fmt.Errorf("join address %q: want HOST:PORT of a node already in the cluster", j))
 		} else if j == d.Listen || j == d.Advertise {
 			errs = append(errs, fmt.Errorf("join address %q is this node's own address: join through a node already in the cluster", j))

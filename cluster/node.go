@@ -360,10 +360,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	needImport := errors.Is(markerErr, os.ErrNotExist) && (bootstrapped || hasState)
 	if !needImport && errors.Is(markerErr, os.ErrNotExist) {
-		// A joining node takes its state from the cluster, never from a file.
-		if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
-			log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
-		}
+		n.recordJoined(markerPath) // a joining node takes its state from the cluster, never from a file
 	}
 
 	n.leaderCh = make(chan struct{})
@@ -542,6 +539,14 @@ func (n *Node) awaitAdmission() bool {
 	}
 }
 
+// recordJoined records at markerPath (importMarker) that this node takes
+// its state from the cluster, never from its save file.
+func (n *Node) recordJoined(markerPath string) {
+	if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
+		n.log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
+	}
+}
+
 // waitImporter waits for a leader and reports whether it is this node,
 // which then imports its save file. A node that lacks the record of an
 // import (importMarker) but holds state may be a follower (the record's
@@ -557,9 +562,7 @@ func (n *Node) waitImporter(markerPath string) bool {
 			return true
 		}
 		if addr, id := n.raft.LeaderWithID(); addr != "" && string(id) != n.id { // itself: State says Leader at the next tick
-			if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
-				n.log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
-			}
+			n.recordJoined(markerPath)
 			n.log.Info("another node leads: this node takes its state from the cluster, not from its save file", "leader", addr)
 			return false
 		}

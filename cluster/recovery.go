@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -102,7 +101,7 @@ func (n *Node) readPeersJSON(path string) (raft.Configuration, error) {
 		if err := validateID(id); err != nil {
 			return conf, fmt.Errorf("member #%d: %w", i+1, err)
 		}
-		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" || port == "0" {
+		if checkPeerAddr(addr) != nil {
 			return conf, fmt.Errorf("member %s: address %q is not HOST:PORT", id, addr)
 		}
 		if ids[id] || addrs[addr] {

@@ -191,3 +191,17 @@ func restoreString(t *testing.T, st Store, sid, key string) string {
 	}
 	return v
 }
+
+// loginHandler logs the request's session in: SetUser(user) unless user is
+// "", then Regenerate, failing the test if it fails.
+func loginHandler(t *testing.T, user string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		if user != "" {
+			s.SetUser(user)
+		}
+		if err := s.Regenerate(r.Context()); err != nil {
+			t.Error(err)
+		}
+	}
+}

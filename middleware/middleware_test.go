@@ -472,13 +472,7 @@ func TestLoginWinsOverARunningRequest(t *testing.T) {
 		<-release
 		s.Set("cart", "2")
 	})
-	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-		s := FromContext(r.Context())
-		s.SetUser("alice")
-		if err := s.Regenerate(r.Context()); err != nil {
-			t.Error(err)
-		}
-	})
+	mux.HandleFunc("/login", loginHandler(t, "alice"))
 	srv := newServer(t, Options{Store: store, MaxAge: time.Hour}, mux)
 	srv.get(t, "/visit")
 	old := srv.sid(t, "session")
@@ -519,13 +513,7 @@ func TestRequestRacingALoginLeavesItsCookie(t *testing.T) {
 	clk := newFakeClock()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/visit", setHandler("cart", "1"))
-	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-		s := FromContext(r.Context())
-		s.SetUser("alice")
-		if err := s.Regenerate(r.Context()); err != nil {
-			t.Error(err)
-		}
-	})
+	mux.HandleFunc("/login", loginHandler(t, "alice"))
 	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, FromContext(r.Context()).Get("cart"))
 	})
@@ -588,13 +576,7 @@ func TestSecondLoginWithThePreLoginCookieWins(t *testing.T) {
 	store := newStore(t)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/visit", setHandler("cart", "1"))
-	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-		s := FromContext(r.Context())
-		s.SetUser("alice")
-		if err := s.Regenerate(r.Context()); err != nil {
-			t.Error(err)
-		}
-	})
+	mux.HandleFunc("/login", loginHandler(t, "alice"))
 	srv := newServer(t, Options{Store: store}, mux)
 	srv.get(t, "/visit")
 	old := srv.sid(t, "session")
@@ -665,11 +647,7 @@ func TestRequestRacingALoginOnAnotherServer(t *testing.T) {
 	store := newStore(t)
 	ahead, behind := newFakeClock(), newFakeClock()
 	ahead.Advance(2 * time.Second)
-	login := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := FromContext(r.Context()).Regenerate(r.Context()); err != nil {
-			t.Error(err)
-		}
-	})
+	login := loginHandler(t, "")
 	a := newServer(t, Options{Store: store, now: ahead.Now}, login)
 	b := newServer(t, Options{Store: store, now: behind.Now}, getHandler("cart"))
 	sid := GenerateID("", "")
@@ -717,11 +695,7 @@ func TestDetachedSessionStaysDetached(t *testing.T) {
 			loaded, release := make(chan struct{}), make(chan struct{})
 			mux := http.NewServeMux()
 			mux.HandleFunc("/visit", setHandler("cart", "1"))
-			mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-				if err := FromContext(r.Context()).Regenerate(r.Context()); err != nil {
-					t.Error(err)
-				}
-			})
+			mux.HandleFunc("/login", loginHandler(t, ""))
 			mux.HandleFunc("/racing", func(w http.ResponseWriter, r *http.Request) {
 				s := FromContext(r.Context())
 				if tc.early {

@@ -32,12 +32,7 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 	switch {
 	case errors.Is(err, errDocTooLarge):
 		reply(KadoError(fmt.Sprintf("request too large: the limit is %d bytes (the node's --max-frame, which follows --max-session-size)", s.cfg.MaxFrame)))
-		// Let the client finish sending so it reads the reply rather than a
-		// reset; the read deadline still bounds how long this takes.
-		if tc, ok := c.(interface{ CloseWrite() error }); ok {
-			_ = tc.CloseWrite()
-		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<20))
+		lingerAfterReply(c, 64<<20) // the read deadline bounds how long this takes
 		return
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		reply(KadoError(fmt.Sprintf("incomplete request: no end of request within %s (send one JSON document, then half-close the connection)", s.cfg.ReadTimeout)))
@@ -98,13 +93,19 @@ func (s *Server) refuseForeign(c net.Conn, first byte) {
 	} else {
 		_, _ = c.Write(KadoError(fmt.Sprintf("not valid JSON: a Kado request is one JSON document, and this one begins with %q; %s", first, msg)))
 	}
-	// Let the client read the answer before the close, which would reset
-	// the connection while its request sits unread here.
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	lingerAfterReply(c, 64<<10)
+}
+
+// lingerAfterReply ends c's sending side and reads (up to max bytes,
+// within c's read deadline) what the client still sends, so that it reads
+// the reply: closed with its request unread here, the connection would be
+// reset, and the reply lost with it.
+func lingerAfterReply(c net.Conn, max int64) {
 	if tc, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = tc.CloseWrite()
 	}
-	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, max))
 }
 
 // readAll reads to EOF, the first byte already consumed, refusing more than
