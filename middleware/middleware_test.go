@@ -773,3 +773,59 @@ func TestUnreadableMarkerLeavesTheCookie(t *testing.T) {
 		t.Fatalf("a write with the marker unreadable: cookies %v, %d records; want the write kept in a new session", resp.Cookies(), mem.Len())
 	}
 }
+
+// TestLoginMarkerIsSweptAfterItsGrace: the server that wrote a login's
+// marker deletes it once its grace is over, so a login counts once in the
+// store's sessions; a later login's marker under the same old id is kept.
+func TestLoginMarkerIsSweptAfterItsGrace(t *testing.T) {
+	old := movedSweepAfter
+	movedSweepAfter = 100 * time.Millisecond
+	t.Cleanup(func() { movedSweepAfter = old })
+	store := newStore(t)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/login", loginHandler(t, "alice"))
+	srv := newServer(t, Options{Store: store}, mux)
+	srv.get(t, "/visit")
+	pre := srv.sid(t, "session")
+	srv.get(t, "/login")
+	marker := pre + movedSuffix
+	if _, found, _ := store.Restore(context.Background(), marker); !found {
+		t.Fatal("the login left no marker")
+	}
+	if n := store.Len(); n != 2 {
+		t.Fatalf("store holds %d records after the login, want 2 (the session and its marker)", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for store.Len() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the marker was not swept: %d records", store.Len())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, found, _ := store.Restore(context.Background(), marker); found {
+		t.Fatal("the record left is the marker")
+	}
+
+	// A marker rewritten by a later login is that login's: the earlier
+	// login's sweep leaves it.
+	sweepMarkerLater(store, marker, []byte("1"), time.Second)
+	if err := store.Save(context.Background(), marker, map[string]json.RawMessage{movedKey: json.RawMessage("2")}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(movedSweepAfter + 200*time.Millisecond)
+	if _, found, _ := store.Restore(context.Background(), marker); !found {
+		t.Fatal("a sweep deleted a later login's marker")
+	}
+	sweepMarkerLater(store, marker, []byte("2"), -1)
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if _, found, _ := store.Restore(context.Background(), marker); !found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the later login's own sweep left its marker")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

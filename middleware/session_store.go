@@ -1,6 +1,7 @@
 package middleware
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -140,7 +141,51 @@ func (s *Session) markMovedLocked(ctx context.Context, oldID string) {
 	defer cancel()
 	if err := save(cctx, s.store, oldID+movedSuffix, data); err != nil {
 		s.web.log(hclog.Warn, "could not mark the pre-login id as moved; a request racing the login may log the user out", oldID, err)
+		return
 	}
+	sweepMarkerLater(s.store, oldID+movedSuffix, at, s.timeout)
+}
+
+// movedSweepAfter is how long after a login the server that wrote its
+// marker deletes it. A marker is needed only within movedGrace; left to
+// the store's duration, every login would count twice in the store's
+// sessions (kadosession status, /metrics, MemoryStore.Len) for a day. A
+// server that stops meanwhile leaves its markers to expire with the
+// store's duration, or to the next request with the old cookie. A
+// variable for tests.
+var movedSweepAfter = movedGrace + time.Second
+
+// sweepMarkerLater deletes marker after movedSweepAfter if it still holds
+// at: a second login from the same pre-login cookie (a double-clicked
+// form) writes a marker of its own, which keeps its own grace. Store
+// calls are bounded by timeout as a request's are (DefaultTimeout when 0,
+// none of their own when negative, as Options.Timeout). Failures are
+// ignored: the marker then expires with the store's duration.
+func sweepMarkerLater(store Store, marker string, at []byte, timeout time.Duration) {
+	time.AfterFunc(movedSweepAfter, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout(timeout))
+		defer cancel()
+		data, found, err := restore(ctx, store, marker)
+		if err != nil || !found {
+			return
+		}
+		for _, f := range data {
+			if f.Key == movedKey && !bytes.Equal(f.Value, at) {
+				return // a later login's
+			}
+		}
+		_ = store.Delete(ctx, marker)
+	})
+}
+
+// sweepTimeout bounds the sweep's store calls: a background call has no
+// request deadline to fall back on, so a negative Options.Timeout gets
+// DefaultTimeout too.
+func sweepTimeout(t time.Duration) time.Duration {
+	if t <= 0 {
+		return DefaultTimeout
+	}
+	return t
 }
 
 // newID returns a fresh id: from the client's address and agent in a
