@@ -73,6 +73,12 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 			return resp, err
 		}
 		if attempt-skipped >= s.cfg.MaxRetries {
+			// No retry left: the next call goes where a retry would have
+			// (the leader named, or the next node), or a Store with
+			// retries off would ask a dead node forever.
+			if ce.class != classFollow || !s.follow(ce.leader) {
+				s.advance(n)
+			}
 			if attempt == 0 {
 				return resp, err
 			}

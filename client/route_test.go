@@ -98,6 +98,40 @@ func TestDeadNodeIsSkipped(t *testing.T) {
 	}
 }
 
+// TestNoRetriesStillMovesOn: with retries off a call fails on the node it
+// went to, but the next call goes to the next node (or the leader named):
+// before, every call went to the dead node, healthy ones listed after it.
+func TestNoRetriesStillMovesOn(t *testing.T) {
+	tests := []struct {
+		name string
+		bad  func(t *testing.T) string
+	}{
+		{"dead node", func(t *testing.T) string { return freeAddr(t) }},
+		{"removed node", func(t *testing.T) string {
+			return startServer(t, "127.0.0.1:0", followerHandler(transport.Errorf(transport.CodeUnavailable, "node is not a member of the cluster (it was removed)"))).addr
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			goodH := newMemHandler()
+			good := startServer(t, "127.0.0.1:0", goodH)
+			s := newStore(t, client.Config{Addrs: []string{tt.bad(t), good.addr}, MaxRetries: -1})
+			ctx := context.Background()
+			if err := s.Touch(ctx, "sid"); err == nil {
+				t.Fatal("the first call, on the bad node, succeeded")
+			}
+			for i := range 3 {
+				if err := s.Touch(ctx, "sid"); err != nil {
+					t.Fatalf("call %d after the failure: %v", i+2, err)
+				}
+			}
+			if n := goodH.calls.Load(); n != 3 {
+				t.Errorf("good node served %d requests; want 3", n)
+			}
+		})
+	}
+}
+
 func TestHintLoopGivesUp(t *testing.T) {
 	// Two nodes that each name the other: the client follows the hints
 	// until its retries run out, then reports the node's error.
