@@ -90,16 +90,31 @@ func (p *Pool) dial(ctx context.Context, deadline time.Time, sl *poolSlot) (*Con
 	if p.isClosed() {
 		return nil, ErrClosed
 	}
-	dctx := ctx
+	// The dial ends with the caller's context, its deadline, or Close
+	// (a node that drops packets would otherwise hold a closing Store's
+	// calls for the whole DialTimeout).
+	cctx, cancelOnClose := context.WithCancel(ctx)
+	defer cancelOnClose()
+	go func() {
+		select {
+		case <-p.done:
+			cancelOnClose()
+		case <-cctx.Done():
+		}
+	}()
+	dctx := cctx
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
-		dctx, cancel = context.WithDeadline(ctx, deadline)
+		dctx, cancel = context.WithDeadline(cctx, deadline)
 		defer cancel()
 	}
 	c, err := Dial(dctx, p.addr, p.cfg)
 	sl.dials.Add(1)
 	sl.lastErr = nil
 	if err != nil {
+		if p.isClosed() {
+			return nil, ErrClosed
+		}
 		if dctx.Err() == nil {
 			// A failure of the node, not of this caller's patience:
 			// callers queued behind this dial share it.

@@ -220,9 +220,37 @@ func TestPoolGetDeadline(t *testing.T) {
 	if err := <-errs; err != ErrClosed {
 		t.Errorf("Get waiting at Close: %v; want ErrClosed", err)
 	}
+	wg.Wait() // Close ended the hung dial too (TestPoolCloseEndsADial)
 	cancel()
-	wg.Wait()
-	if !errors.Is(first, context.Canceled) {
-		t.Errorf("the hung dial's Get: %v; want context.Canceled", first)
+	if !errors.Is(first, ErrClosed) {
+		t.Errorf("the hung dial's Get: %v; want ErrClosed", first)
+	}
+}
+
+// TestPoolCloseEndsADial: Close ends a dial in progress at once, with
+// ErrClosed; before, a caller dialling a node that drops packets waited out
+// the whole DialTimeout after Close.
+func TestPoolCloseEndsADial(t *testing.T) {
+	dialing := make(chan struct{})
+	blackhole := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		close(dialing)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	p := newPool(t, "10.1.2.3:3001", 1, ConnConfig{DialTimeout: 10 * time.Second, Dialer: blackhole})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Get(context.Background())
+		errc <- err
+	}()
+	<-dialing
+	p.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Get after Close = %v; want ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not end the dial in progress")
 	}
 }
