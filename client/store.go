@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -206,8 +207,12 @@ func (s *Store) Touch(ctx context.Context, sid string) error {
 
 // Admin sends a cluster administration request (a JSON body: status, join,
 // remove…) to the current node, following leader hints like every other
-// call, and returns the node's JSON answer. The nodes make admin requests
-// idempotent, so they are retried like the others.
+// call, and returns the node's JSON answer. It is retried like every
+// other call. The reads and join are idempotent; a write (revoke_user,
+// remove) should carry a "nonce", a string unique to the call (up to 64
+// bytes), which the node that runs it uses, for a minute, to answer a retry
+// of a write that took effect with the first answer (RevokeUser sends
+// one). A retry that reaches another leader runs the write again.
 func (s *Store) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	resp, err := s.do(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err != nil {
@@ -283,9 +288,11 @@ func (s *Store) UserSessions(ctx context.Context, user string) ([]string, error)
 
 // RevokeUser deletes every session tagged with user, in one replicated
 // command, and returns how many there were — across the whole cluster.
-// Safe for concurrent use; retried like the other writes.
+// Safe for concurrent use; retried like the other writes, with a nonce
+// (see Admin), so a retry of a revoke that took effect gets its count.
 func (s *Store) RevokeUser(ctx context.Context, user string) (int, error) {
-	body, _ := json.Marshal(map[string]string{"op": "revoke_user", "user": user})
+	nonce := s.nonce()
+	body, _ := json.Marshal(map[string]string{"op": "revoke_user", "user": user, "nonce": hex.EncodeToString(nonce[:])})
 	out, err := s.Admin(ctx, body)
 	if err != nil {
 		return 0, err

@@ -32,6 +32,7 @@ type adminRequest struct {
 	Term      uint64 `json:"term,omitempty"`  // read_index: the asking follower's term
 	By        string `json:"by,omitempty"`    // removed: the leader that removed the node
 	Index     uint64 `json:"index,omitempty"` // removed: the log index of the configuration without it
+	Nonce     string `json:"nonce,omitempty"` // revoke_user, remove: the same for every retry of one call (adminOnce)
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -177,11 +178,13 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			}
 			return json.Marshal(map[string]any{"user": req.User, "sessions": sids})
 		case "revoke_user":
-			count, err := n.RevokeUser(ctx, req.User)
-			if err != nil {
-				return nil, err
-			}
-			return json.Marshal(map[string]any{"user": req.User, "revoked": count})
+			return n.once.do(ctx, req.Op, req.Nonce, func() ([]byte, error) {
+				count, err := n.RevokeUser(ctx, req.User)
+				if err != nil {
+					return nil, err
+				}
+				return json.Marshal(map[string]any{"user": req.User, "revoked": count})
+			})
 		}
 		if req.Op == "join" {
 			reply, err := n.Join(ctx, req.ID, req.Address, req.ClusterID)
@@ -190,10 +193,12 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			}
 			return json.Marshal(reply)
 		}
-		if err := n.Remove(ctx, req.ID); err != nil {
-			return nil, err
-		}
-		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
+		return n.once.do(ctx, req.Op, req.Nonce, func() ([]byte, error) {
+			if err := n.Remove(ctx, req.ID); err != nil {
+				return nil, err
+			}
+			return []byte(`{"removed":` + quote(req.ID) + `}`), nil
+		})
 	}
 	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, ready, cluster, join, remove, user_sessions, revoke_user or list)", req.Op)
 }

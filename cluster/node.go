@@ -62,6 +62,7 @@ type Node struct {
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
+	once          adminOnce     // answers of admin writes by nonce, for their retries
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
 	// replicating to a node as it removes it, so the node may never see

@@ -1,9 +1,17 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/middleware"
@@ -52,5 +60,110 @@ func TestUserIndexAcrossSnapshotAndRestart(t *testing.T) {
 	}
 	if got, _ := c.UserSessions(ctx, "bob"); !slices.Equal(got, []string{"s3"}) {
 		t.Fatalf("bob: %v", got)
+	}
+}
+
+// answerDropper is a client connection that, once armed, drops the answer
+// to the first request carrying the armed marker: it waits until ready()
+// (the write took effect), then breaks the connection instead of reading.
+type answerDropper struct {
+	net.Conn
+	marker []byte
+	ready  func() bool
+	armed  *atomic.Bool
+	drop   atomic.Bool
+}
+
+func (c *answerDropper) Write(p []byte) (int, error) {
+	if bytes.Contains(p, c.marker) && c.armed.CompareAndSwap(true, false) {
+		c.drop.Store(true)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *answerDropper) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p) // the connection's reader waits here before the request is written
+	if c.drop.Load() {
+		for deadline := time.Now().Add(5 * time.Second); !c.ready() && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		c.Conn.Close()
+		return 0, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// TestRevokeUserRetryGetsTheFirstCount: a revoke whose answer was lost
+// with its connection is retried by the client; the retry gets the first
+// run's count. Before, it ran again and counted the sessions left: 0.
+func TestRevokeUserRetryGetsTheFirstCount(t *testing.T) {
+	n := startNode(t, Config{})
+	for _, sid := range []string{"s1", "s2", "s3"} {
+		mustSave(t, n, sid, `{"_user":"alice"}`)
+	}
+	var armed atomic.Bool
+	c, err := client.New(client.Config{Addrs: []string{n.Addr()}, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &answerDropper{Conn: conn, marker: []byte("revoke_user"), ready: func() bool { return n.State().Len() == 0 }, armed: &armed}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	armed.Store(true)
+	got, err := c.RevokeUser(context.Background(), "alice")
+	if armed.Load() {
+		t.Fatal("the answer was not dropped: the test tests nothing")
+	}
+	if err != nil || got != 3 {
+		t.Fatalf("RevokeUser after a lost answer = %d, %v; want 3, nil", got, err)
+	}
+}
+
+// TestAdminOnce: a write's answer is remembered by op and nonce; a failed
+// run is not; a retry arriving during the run waits for it.
+func TestAdminOnce(t *testing.T) {
+	var o adminOnce
+	ctx := context.Background()
+	runs := 0
+	f := func() ([]byte, error) { runs++; return []byte(fmt.Sprint(runs)), nil }
+	a, _ := o.do(ctx, "remove", "n1", f)
+	b, _ := o.do(ctx, "remove", "n1", f)
+	if string(a) != "1" || string(b) != "1" {
+		t.Fatalf("same nonce: answers %s, %s; want 1, 1", a, b)
+	}
+	if c, _ := o.do(ctx, "revoke_user", "n1", f); string(c) != "2" {
+		t.Fatalf("another op with the same nonce: %s, want a run of its own", c)
+	}
+	if d, _ := o.do(ctx, "remove", "", f); string(d) != "3" {
+		t.Fatalf("no nonce: %s, want a run", d)
+	}
+	fails := errors.New("no leader")
+	if _, err := o.do(ctx, "remove", "n2", func() ([]byte, error) { return nil, fails }); err != fails {
+		t.Fatal(err)
+	}
+	if e, err := o.do(ctx, "remove", "n2", f); err != nil || string(e) != "4" {
+		t.Fatalf("after a failed run: %s, %v; want a run", e, err)
+	}
+	if _, err := o.do(ctx, "remove", strings.Repeat("x", adminNonceMax+1), f); err == nil {
+		t.Fatal("an overlong nonce was taken")
+	}
+	release := make(chan struct{})
+	first := make(chan []byte)
+	go func() {
+		r, _ := o.do(ctx, "remove", "n3", func() ([]byte, error) { <-release; return []byte("slow"), nil })
+		first <- r
+	}()
+	time.Sleep(20 * time.Millisecond)
+	second := make(chan []byte)
+	go func() { r, _ := o.do(ctx, "remove", "n3", f); second <- r }()
+	time.Sleep(20 * time.Millisecond)
+	close(release)
+	if r1, r2 := <-first, <-second; string(r1) != "slow" || string(r2) != "slow" {
+		t.Fatalf("a retry during the run: %s, %s; want both slow", r1, r2)
 	}
 }
