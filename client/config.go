@@ -108,7 +108,9 @@ type Config struct {
 	// connection that could not be made or was lost, or a node answering
 	// not-leader, unavailable or overloaded (DefaultMaxRetries when 0; a
 	// negative value disables retries). Following a leader hint counts as a
-	// retry but does not wait.
+	// retry but does not wait. However many are allowed, a call is not
+	// retried more than 45 s after its first attempt: a node recognises a
+	// retried write for a minute after it applied it.
 	MaxRetries int
 	// TLSConfig, when set, makes every connection TLS: the native protocol
 	// runs inside it. When its ServerName is empty, the host of the address

@@ -20,3 +20,11 @@ func SetHintPause(t testing.TB, d time.Duration) {
 	hintPause = d
 	t.Cleanup(func() { hintPause = old })
 }
+
+// SetRetryWindow sets how long after its first attempt a call is retried
+// at most, for the test t.
+func SetRetryWindow(t testing.TB, d time.Duration) {
+	old := retryWindow
+	retryWindow = d
+	t.Cleanup(func() { retryWindow = old })
+}

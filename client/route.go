@@ -14,14 +14,17 @@ import (
 
 // do sends req to the current node, following leader hints and moving on to
 // the next known node after retryable failures, within ctx and
-// Config.MaxRetries. Every operation of the native protocol is idempotent
-// (restore, whole-session save, key set/delete, delete, touch, ping, and
-// admin requests, which the nodes make idempotent), so any failure that
-// leaves the outcome unknown but the node healthy-looking may be retried.
+// Config.MaxRetries. Every operation of the native protocol may be retried
+// (reads; writes carry a nonce, which the leader applies once within
+// fsm.DedupeWindow; admin reads and join are idempotent, admin writes
+// carry a nonce in their body), so any failure that leaves the outcome
+// unknown but the node healthy-looking may be retried, within
+// retryWindow of the first attempt.
 func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Response, error) {
 	if s.isClosed() {
 		return transport.Response{}, ErrClosed
 	}
+	start := time.Now() // of the first attempt
 	backoffs := 0
 	skipped := 0        // 1 once a read failed on this Store's follower
 	var last *callError // the last retryable failure
@@ -72,7 +75,7 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 			s.advance(n)
 			return resp, err
 		}
-		if attempt-skipped >= s.cfg.MaxRetries {
+		if attempt-skipped >= s.cfg.MaxRetries || time.Since(start) >= retryWindow {
 			// No retry left: the next call goes where a retry would have
 			// (the leader named, or the next node), or a Store with
 			// retries off would ask a dead node forever.
@@ -82,8 +85,12 @@ func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Respo
 			if attempt == 0 {
 				return resp, err
 			}
+			why := fmt.Sprintf("gave up after %d attempts", attempt+1)
+			if attempt-skipped < s.cfg.MaxRetries {
+				why += fmt.Sprintf(" in %s: a write retried later may be applied twice", retryWindow)
+			}
 			return resp, &callError{
-				text:  fmt.Sprintf("%s (gave up after %d attempts)", ce.text, attempt+1),
+				text:  fmt.Sprintf("%s (%s)", ce.text, why),
 				cause: ce,
 				class: classFinal,
 			}
@@ -140,6 +147,12 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 	}
 	return resp, err
 }
+
+// retryWindow is how long after its first failure a call is retried at
+// most, whatever MaxRetries and RequestTimeout allow: the leader
+// recognises a retried write for fsm.DedupeWindow (a minute) after it
+// applied it, and a retry after that would apply it again.
+var retryWindow = 45 * time.Second // a variable for tests
 
 // pastDeadline reports whether ctx's deadline has passed, which a network
 // deadline derived from it may notice before ctx's own timer has fired.

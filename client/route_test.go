@@ -132,6 +132,23 @@ func TestNoRetriesStillMovesOn(t *testing.T) {
 	}
 }
 
+// TestRetriesEndWithinTheWindow: however many retries are allowed, a call
+// stops retrying once its retry window (45 s; a node recognises a retried
+// write for a minute) has passed since its first attempt.
+func TestRetriesEndWithinTheWindow(t *testing.T) {
+	client.SetRetryWindow(t, 300*time.Millisecond)
+	bad := startServer(t, "127.0.0.1:0", followerHandler(transport.Errorf(transport.CodeUnavailable, "no leader")))
+	s := newStore(t, client.Config{Addrs: []string{bad.addr}, MaxRetries: 1000})
+	start := time.Now()
+	err := s.Touch(context.Background(), "sid")
+	if !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "applied twice") {
+		t.Fatalf("Touch = %v; want ErrUnavailable, giving up for the window", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Touch retried for %s with a window of 300ms", d)
+	}
+}
+
 func TestHintLoopGivesUp(t *testing.T) {
 	// Two nodes that each name the other: the client follows the hints
 	// until its retries run out, then reports the node's error.
