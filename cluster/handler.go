@@ -191,6 +191,13 @@ func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
+	// A session holds at most MaxKeys keys, so a patch naming more cannot
+	// be meant; refused here, it never reaches the log (150k keys in one
+	// patch once held the state machine for minutes, and again at every
+	// restart that replayed it).
+	if len(set) > n.cfg.MaxKeys || len(del) > n.cfg.MaxKeys {
+		return transport.Errorf(transport.CodeTooLarge, "the patch sets %d and deletes %d keys; a session holds at most %d", len(set), len(del), n.cfg.MaxKeys)
+	}
 	cmd := fsm.Command{Op: fsm.OpPatch, SID: sid, Duration: n.cfg.Duration.Milliseconds(), MaxSize: int64(n.cfg.MaxSessionSize), MaxKeys: int64(n.cfg.MaxKeys), IfExists: ifExists}
 	for _, kv := range set {
 		if err := fsm.ValidateKey(kv.Key); err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -165,5 +166,39 @@ func TestAdminOnce(t *testing.T) {
 	close(release)
 	if r1, r2 := <-first, <-second; string(r1) != "slow" || string(r2) != "slow" {
 		t.Fatalf("a retry during the run: %s, %s; want both slow", r1, r2)
+	}
+}
+
+// TestPatchNamingTooManyKeysNeverReachesTheLog: a patch that sets or
+// deletes more keys than a session may hold is refused before it is
+// proposed (one of 150k keys, once in the log, held the state machine for
+// minutes, and again at every restart that replayed it).
+func TestPatchNamingTooManyKeysNeverReachesTheLog(t *testing.T) {
+	n := startNode(t, Config{MaxKeys: 4})
+	c, err := client.New(client.Config{Addrs: []string{n.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	set := map[string]json.RawMessage{}
+	var del []string
+	for i := range 5 {
+		set[fmt.Sprint("k", i)] = json.RawMessage("1")
+		del = append(del, fmt.Sprint("d", i))
+	}
+	before := n.raft.LastIndex()
+	if err := c.Patch(ctx, "s", set, nil); !errors.Is(err, client.ErrTooLarge) {
+		t.Fatalf("patch setting 5 keys, limit 4: %v; want ErrTooLarge", err)
+	}
+	if err := c.Patch(ctx, "s", nil, del); !errors.Is(err, client.ErrTooLarge) {
+		t.Fatalf("patch deleting 5 keys, limit 4: %v; want ErrTooLarge", err)
+	}
+	if after := n.raft.LastIndex(); after != before {
+		t.Fatalf("refused patches reached the log: last index %d, was %d", after, before)
+	}
+	delete(set, "k4")
+	if err := c.Patch(ctx, "s", set, del[:4]); err != nil {
+		t.Fatalf("patch of 4 sets and 4 deletes, limit 4: %v", err)
 	}
 }

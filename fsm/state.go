@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"io"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -206,6 +207,10 @@ func (s *State) put(sid string, r *Record) {
 	s.users.move(sid, oldUser, r.User)
 }
 
+// patchLinearMax is how many keys a patch may name before State.patch
+// looks them up in a map rather than by scanning the session's.
+const patchLinearMax = 16
+
 func (s *State) patch(c *Command) Result {
 	sh := s.shard(c.SID)
 	sh.mu.RLock()
@@ -222,26 +227,56 @@ func (s *State) patch(c *Command) Result {
 			return Result{Err: err}
 		}
 	}
-	for _, set := range c.Set {
-		replaced := false
-		for i := range fields {
-			if fields[i].Key == set.Key {
-				fields[i].Value = set.Value
-				replaced = true
-				break
-			}
-		}
-		if !replaced {
-			fields = append(fields, set)
+	// Linear lookups serve the usual few keys; a patch naming many
+	// (a log entry written before nodes bounded them, or a MemoryStore
+	// caller's) gets a map, and one that must end over MaxKeys stops as
+	// soon as it must: quadratic work here held every write for minutes.
+	var idx map[string]int
+	if len(c.Set)+len(c.Del) > patchLinearMax {
+		idx = make(map[string]int, len(fields)+len(c.Set))
+		for i, f := range fields {
+			idx[f.Key] = i
 		}
 	}
-	for _, del := range c.Del {
-		for i := range fields {
-			if fields[i].Key == del {
-				fields = append(fields[:i], fields[i+1:]...)
-				break
+	for _, set := range c.Set {
+		i := -1
+		if idx != nil {
+			if j, ok := idx[set.Key]; ok {
+				i = j
+			}
+		} else {
+			i = slices.IndexFunc(fields, func(f Field) bool { return f.Key == set.Key })
+		}
+		if i >= 0 {
+			fields[i].Value = set.Value
+			continue
+		}
+		if c.MaxKeys > 0 && int64(len(fields)) >= c.MaxKeys+int64(len(c.Del)) {
+			// The deletes cannot bring it back under the limit.
+			return Result{Err: fmt.Errorf("%w: the patch gives the session more than %d keys, the limit is %d",
+				ErrTooManyKeys, len(fields), c.MaxKeys)}
+		}
+		fields = append(fields, set)
+		if idx != nil {
+			idx[set.Key] = len(fields) - 1
+		}
+	}
+	if len(c.Del) > 0 {
+		drop := func(k string) bool { return slices.Contains(c.Del, k) }
+		if idx != nil {
+			del := make(map[string]struct{}, len(c.Del))
+			for _, k := range c.Del {
+				del[k] = struct{}{}
+			}
+			drop = func(k string) bool { _, ok := del[k]; return ok }
+		}
+		kept := fields[:0]
+		for _, f := range fields {
+			if !drop(f.Key) {
+				kept = append(kept, f)
 			}
 		}
+		fields = kept
 	}
 	if c.MaxKeys > 0 && int64(len(fields)) > c.MaxKeys {
 		return Result{Err: fmt.Errorf("%w: the patch gives the session %d keys, the limit is %d",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -843,5 +844,90 @@ func TestExpiredSessions(t *testing.T) {
 	}
 	if got := s.ExpiredSessions(50, 10); len(got) != 0 {
 		t.Fatalf("after the expire, %v still expired", got)
+	}
+}
+
+// referencePatch is what a patch does to a session's fields, done the
+// plain way: each set replaces the key in place or appends it, then each
+// delete removes the key.
+func referencePatch(fields []Field, set []Field, del []string) []Field {
+	fields = slices.Clone(fields)
+	for _, s := range set {
+		if i := slices.IndexFunc(fields, func(f Field) bool { return f.Key == s.Key }); i >= 0 {
+			fields[i].Value = s.Value
+		} else {
+			fields = append(fields, s)
+		}
+	}
+	for _, d := range del {
+		if i := slices.IndexFunc(fields, func(f Field) bool { return f.Key == d }); i >= 0 {
+			fields = slices.Delete(fields, i, i+1)
+		}
+	}
+	return fields
+}
+
+// TestPatchMatchesTheReference: patches small enough for linear lookups
+// and large enough for the map give what referencePatch gives, with
+// repeated keys, keys both set and deleted, and deletes of absent keys.
+func TestPatchMatchesTheReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	key := func() string { return fmt.Sprintf("k%d", rng.IntN(60)) }
+	for round := range 400 {
+		var start []Field
+		seen := map[string]bool{}
+		for range rng.IntN(40) {
+			if k := key(); !seen[k] {
+				seen[k] = true
+				start = append(start, Field{Key: k, Value: []byte(strconv.Itoa(rng.IntN(100)))})
+			}
+		}
+		var set []Field
+		var del []string
+		for range rng.IntN(2 * patchLinearMax) {
+			set = append(set, Field{Key: key(), Value: []byte(strconv.Itoa(100 + rng.IntN(100)))})
+		}
+		for range rng.IntN(patchLinearMax) {
+			del = append(del, key())
+		}
+		st := NewState()
+		if r := st.Apply(&Command{Op: OpSave, Time: 1, SID: "s", Data: EncodeObject(start)}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		if r := st.Apply(&Command{Op: OpPatch, Time: 2, SID: "s", Set: set, Del: del, MaxKeys: 1000}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		got, _ := st.Get("s", 2, 0)
+		want := EncodeObject(referencePatch(start, set, del))
+		if string(got.Data) != string(want) {
+			t.Fatalf("round %d: %d sets, %d deletes on %s:\ngot  %s\nwant %s", round, len(set), len(del), EncodeObject(start), got.Data, want)
+		}
+	}
+}
+
+// TestPatchOverTheKeyLimitEndsEarly: a patch naming far more keys than a
+// session may hold is refused without quadratic work (150k keys held the
+// state machine for minutes), and a patch whose deletes bring it back
+// under the limit is not refused.
+func TestPatchOverTheKeyLimitEndsEarly(t *testing.T) {
+	st := NewState()
+	var set []Field
+	for i := range 150_000 {
+		set = append(set, Field{Key: "k" + strconv.Itoa(i), Value: []byte("1")})
+	}
+	start := time.Now()
+	r := st.Apply(&Command{Op: OpPatch, Time: 1, SID: "s", Set: set, MaxKeys: 1024})
+	if !errors.Is(r.Err, ErrTooManyKeys) {
+		t.Fatalf("150k-key patch: %v; want ErrTooManyKeys", r.Err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the refused patch held Apply for %s", d)
+	}
+	r = st.Apply(&Command{Op: OpPatch, Time: 1, SID: "s", Set: set[:3], Del: []string{"k0", "k1"}, MaxKeys: 1})
+	if r.Err != nil {
+		t.Fatalf("3 sets and 2 of them deleted, limit 1: %v", r.Err)
+	}
+	if got, _ := st.Get("s", 1, 0); string(got.Data) != `{"k2":1}` {
+		t.Fatalf("session %s", got.Data)
 	}
 }
