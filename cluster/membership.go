@@ -314,12 +314,38 @@ func (n *Node) Remove(ctx context.Context, id string) error {
 				return applyError(err, n.raft)
 			}
 			n.log.Info("node removed", "id", id)
+			n.noteRemoved(id)
 			go n.tellRemoved(s.ID, s.Address, f.Index())
 			return nil
 		}
 		ids = append(ids, string(s.ID))
 	}
+	if at, ok := n.removedAt[id]; ok && time.Since(at) < removedMemory {
+		// This node removed it moments ago: the request is a resend of
+		// that remove (a follower forwarding a remove of the leader sends
+		// it again to the successor, which the removed leader had asked
+		// to remove it; a client retries one whose answer was lost).
+		return nil
+	}
 	return transport.Errorf(transport.CodeBadRequest, "no node %q in the cluster (members: %s)", id, strings.Join(ids, ", "))
+}
+
+// removedMemory is how long a node answers a remove of a node it removed
+// as done, not as "no node".
+const removedMemory = time.Minute
+
+// noteRemoved records that this node removed id now; memberMu is held.
+func (n *Node) noteRemoved(id string) {
+	now := time.Now()
+	for k, at := range n.removedAt {
+		if now.Sub(at) >= removedMemory {
+			delete(n.removedAt, k)
+		}
+	}
+	if n.removedAt == nil {
+		n.removedAt = map[string]time.Time{}
+	}
+	n.removedAt[id] = now
 }
 
 // tellRemoved tells the node id at addr, just removed, that it was (best

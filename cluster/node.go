@@ -60,9 +60,10 @@ type Node struct {
 	catchUpTarget atomic.Uint64
 	ledSince      atomic.Int64 // when this node last took office (Unix ns); 0: never
 	leaderMu      sync.Mutex
-	leaderCh      chan struct{} // closed when raft reports a new leader
-	memberMu      sync.Mutex    // one membership change at a time
-	once          adminOnce     // answers of admin writes by nonce, for their retries
+	leaderCh      chan struct{}        // closed when raft reports a new leader
+	memberMu      sync.Mutex           // one membership change at a time
+	once          adminOnce            // answers of admin writes by nonce, for their retries
+	removedAt     map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
 	// replicating to a node as it removes it, so the node may never see
@@ -220,8 +221,13 @@ func Open(cfg Config) (*Node, error) {
 	var imported map[string]*fsm.Record
 	if errors.Is(markerErr, os.ErrNotExist) {
 		now := time.Now().UnixMilli()
-		if imported, err = readSaveFile(cfg.SaveFile, now); err != nil {
+		var badIDs int
+		if imported, badIDs, err = readSaveFile(cfg.SaveFile, now); err != nil {
 			return nil, err
+		}
+		if badIDs > 0 {
+			log.Warn("sessions of the save file have ids this store cannot hold (empty, or over 512 bytes: Kado took any cookie's value); they are not imported",
+				"file", cfg.SaveFile, "sessions", badIDs)
 		}
 		moved, err := n.screenRecords(imported, now)
 		if err != nil {

@@ -151,18 +151,18 @@ func checkSaveFilePath(path, dataDir string) error {
 
 // readSaveFile reads the save file at path. A missing file is an empty
 // store (nil map, nil error). Records without a save time get now.
-func readSaveFile(path string, now int64) (map[string]*fsm.Record, error) {
+func readSaveFile(path string, now int64) (records map[string]*fsm.Record, badIDs int, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open save file: %w", err)
+		return nil, 0, fmt.Errorf("open save file: %w", err)
 	}
 	defer f.Close()
-	m, err := fsm.ReadDocument(f, now)
+	m, bad, err := fsm.ReadSaveFile(f, now)
 	if err != nil {
-		return nil, fmt.Errorf("save file %s cannot be read: %w; it has been left untouched: repair it, or move it away to start without it", path, err)
+		return nil, 0, fmt.Errorf("save file %s cannot be read: %w; it has been left untouched: repair it, or move it away to start without it", path, err)
 	}
-	return m, nil
+	return m, bad, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -300,5 +301,33 @@ func TestFollowerWithoutImportRecordServes(t *testing.T) {
 	poll(t, n.Ready, 15*time.Second, "the restarted follower to serve")
 	if _, err := os.Stat(filepath.Join(tc.cfgs[f].DataDir, importMarker)); err != nil {
 		t.Fatalf("the follower did not record that it takes its state from the cluster: %v", err)
+	}
+}
+
+// TestSaveFileSessionsWithBadIDsAreSkipped: Kado took any cookie's value
+// for a session id, so its save file may hold one over MaxSIDLen. That
+// session is left out, with a warning that names no id; the others are
+// imported (before, the node refused to start).
+func TestSaveFileSessionsWithBadIDsAreSkipped(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("s", fsm.MaxSIDLen+88)
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"user":"alice"},"`+long+`":{"cart":[1]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCapture{}
+	n := startNode(t, Config{DataDir: dir, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})})
+	poll(t, func() bool { return strings.Contains(logs.String(), "imported the save file") }, 10*time.Second, "the import")
+	if got := kadoRequest(t, n.Addr(), []byte(`{"restore":{"sid":"abc"}}`)); got != `{"status":"ok","result":{"user":"alice"}}` {
+		t.Fatalf("imported session = %s", got)
+	}
+	if n.State().Len() != 1 {
+		t.Fatalf("%d sessions imported, want 1", n.State().Len())
+	}
+	out := logs.String()
+	if !strings.Contains(out, "ids this store cannot hold") || !strings.Contains(out, "sessions=1") {
+		t.Fatalf("no warning counting the skipped session:\n%s", out)
+	}
+	if strings.Contains(out, long[:40]) {
+		t.Fatal("the log names the skipped session's id")
 	}
 }

@@ -199,23 +199,45 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // a session id given twice (JSON.parse would keep the later session and
 // drop the other without a word; neither Kado nor kadosession writes one).
 func ReadDocument(r io.Reader, defaultWritten int64) (map[string]*Record, error) {
+	out, _, err := readRecords(r, defaultWritten, false)
+	return out, err
+}
+
+// ReadSaveFile is ReadDocument for a save file to import, which Kado may
+// have written: Kado took any cookie's value for a session id, so its file
+// may hold ids ValidateSID refuses (over MaxSIDLen bytes, say). Those
+// sessions are skipped and counted in badIDs: no request could name them
+// here, and refusing the file kept every other session from being
+// imported.
+func ReadSaveFile(r io.Reader, defaultWritten int64) (records map[string]*Record, badIDs int, err error) {
+	return readRecords(r, defaultWritten, true)
+}
+
+func readRecords(r io.Reader, defaultWritten int64, skipBadIDs bool) (map[string]*Record, int, error) {
 	out := make(map[string]*Record)
+	bad := 0
+	var badSID func(string, error) error
+	if skipBadIDs {
+		badSID = func(string, error) error { bad++; return nil }
+	}
 	err := readDocument(r, defaultWritten, func(sid string, rec *Record) error {
 		if _, ok := out[sid]; ok {
 			return errors.New("its id was given to an earlier session of the document too")
 		}
 		out[sid] = rec
 		return nil
-	})
+	}, badSID)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return out, nil
+	return out, bad, nil
 }
 
 // readDocument is ReadDocument handing each session to put, in document
-// order; an error from put stops the reading.
-func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record) error) error {
+// order; an error from put stops the reading. A session whose id
+// ValidateSID refuses is corrupt, unless badSID is set: it is then told
+// and, when it returns nil, the session is read and skipped.
+func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record) error, badSID func(sid string, err error) error) error {
 	d := &docReader{r: bufio.NewReaderSize(r, 256<<10)}
 	c, err := d.next()
 	if errors.Is(err, io.EOF) {
@@ -254,8 +276,12 @@ func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *R
 		if sid, err = d.key(); err != nil {
 			return d.corrupt("reading a session id", err)
 		}
+		skip := false
 		if err := ValidateSID(sid); err != nil {
-			return d.corrupt("bad session id", err)
+			if badSID == nil || badSID(sid, err) != nil {
+				return d.corrupt("bad session id", err)
+			}
+			skip = true
 		}
 		if c, err = d.next(); err == nil && c != ':' {
 			return d.corrupt(fmt.Sprintf("':' expected after the id of session #%d", count+1), nil)
@@ -274,8 +300,10 @@ func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *R
 		if derr != nil {
 			return d.corrupt(fmt.Sprintf("session #%d", count+1), derr)
 		}
-		if perr := put(sid, rec); perr != nil {
-			return d.corrupt(fmt.Sprintf("session #%d", count+1), perr)
+		if !skip {
+			if perr := put(sid, rec); perr != nil {
+				return d.corrupt(fmt.Sprintf("session #%d", count+1), perr)
+			}
 		}
 		count++
 		if c, err = d.next(); err == nil {

@@ -369,7 +369,7 @@ func (s *State) Replace(m map[string]*Record) {
 // map first. On an error the state is unchanged.
 func (s *State) Restore(r io.Reader) error {
 	b := newStateBuilder(0)
-	if err := readDocument(r, 0, b.put); err != nil {
+	if err := readDocument(r, 0, b.put, nil); err != nil {
 		return err
 	}
 	s.install(b)

@@ -186,10 +186,13 @@ func restore(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	records, err := fsm.ReadDocument(bufio.NewReaderSize(f, 1<<20), time.Now().UnixMilli())
+	records, badIDs, err := fsm.ReadSaveFile(bufio.NewReaderSize(f, 1<<20), time.Now().UnixMilli())
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("%s cannot be restored: %w", *in, err)
+	}
+	if badIDs > 0 {
+		fmt.Fprintf(stderr, "note: %d sessions of %s have ids this store cannot hold (empty, or over %d bytes: Kado took any cookie's value); they are left out\n", badIDs, *in, fsm.MaxSIDLen)
 	}
 	want := cluster.DocumentDigest(records)
 	call, closeConn, err := adminSession(*addr, &cf, time.Minute)
