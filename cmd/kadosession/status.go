@@ -42,6 +42,12 @@ func status(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	st.SetLags() // a node from before NodeStatus.Lag sends none
+	if len(st.Nodes) == 0 && !*asJSON {
+		// No configuration yet: a node started with --join that its
+		// cluster has not admitted (a table of no voters read as a lost
+		// cluster).
+		return fmt.Errorf("the node at %s is in no cluster yet: started with --join, it waits to be admitted (its log says by whom); ask again in a moment, or ask another node", *addr)
+	}
 	if *asJSON {
 		if _, err := fmt.Fprintf(stdout, "%s\n", body); err != nil {
 			return err

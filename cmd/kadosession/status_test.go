@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +119,25 @@ func TestHealthSaysWhyNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	until(nodes[2].Addr(), 1, "is not ready: not a member")
+}
+
+// status of a node waiting to be admitted says so, where it printed an
+// empty cluster whose quorum was "LOST".
+func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
+	nowhere, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers: the join waits
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nowhere.Close()
+	n, err := cluster.Open(cluster.Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
+		Join: []string{nowhere.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	var out, errOut bytes.Buffer
+	code := run([]string{"status", "--cluster", n.Addr()}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "is in no cluster yet") || strings.Contains(out.String(), "LOST") {
+		t.Fatalf("status of a node not yet admitted: exit %d, %s%s", code, out.String(), errOut.String())
+	}
 }
