@@ -79,13 +79,15 @@ func (s *Session) RevokeUser(ctx context.Context, user string) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Loaded first, to tell whether it is the user's: unloaded, it was
+	// found gone only by a later request, which then expired the cookie.
+	s.loadLocked(ctx)
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	n, err := us.RevokeUser(cctx, user)
 	if err != nil {
 		return 0, fmt.Errorf("%w: revoke user: %w", ErrStoreUnavailable, err)
 	}
-	// A session this request has not loaded is found gone when it is.
 	if s.loaded && s.userLocked() == user {
 		s.destroyedLocked()
 	}

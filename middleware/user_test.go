@@ -105,6 +105,30 @@ func TestRevokeUserFromTheUsersOwnRequest(t *testing.T) {
 	}
 }
 
+// TestRevokeUserOfTheOwnUserUnread: a handler that revokes the request's
+// own user without reading its session first (the README's sample) still
+// expires the cookie, in that response; before, the session was found gone
+// only by the next request.
+func TestRevokeUserOfTheOwnUserUnread(t *testing.T) {
+	store := newStore(t)
+	srv := newAliceServer(t, store, func(s *Session, r *http.Request, w http.ResponseWriter) {
+		if r.URL.Path == "/everywhere" {
+			if n, err := s.RevokeUser(r.Context(), "alice"); err != nil || n != 1 {
+				t.Errorf("RevokeUser = %d, %v", n, err)
+			}
+		}
+	})
+	srv.get(t, "/login")
+	resp, _ := srv.get(t, "/everywhere")
+	var expired bool
+	for _, c := range resp.Cookies() {
+		expired = expired || c.Name == "session" && c.MaxAge < 0
+	}
+	if !expired {
+		t.Fatalf("revoking the request's own user left the cookie: Set-Cookie %q", resp.Header.Values("Set-Cookie"))
+	}
+}
+
 // UserSessions and RevokeUser: an empty user has no sessions (a visitor
 // not signed in), whatever the store; a store failure wraps
 // ErrStoreUnavailable, as every other store call does.
