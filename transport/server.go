@@ -185,7 +185,7 @@ func (s *Server) Serve(l net.Listener) error {
 // refusePlaintext answers a plaintext connection to a node that requires
 // TLS, in the protocol it speaks, and closes it.
 func (s *Server) refusePlaintext(c net.Conn, first byte) {
-	msg := "this node requires TLS: connect with TLS (the Go client: Config.TLSConfig)"
+	msg := "this node requires TLS: connect with TLS (the Go client: Config.TLSConfig; kadosession commands: --tls-ca)"
 	_ = c.SetDeadline(time.Now().Add(s.cfg.ReadTimeout))
 	switch first {
 	case MagicNative, MagicPeer:
