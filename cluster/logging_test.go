@@ -144,3 +144,20 @@ func TestTransportShutdownIsNoError(t *testing.T) {
 		t.Fatalf("logged:\n%s", got)
 	}
 }
+
+// TestJoiningLogsNoRoutineWarnings: a cluster formed by --join (two nodes
+// joining a bootstrapped one, then catching up) logs no warning at all at
+// info level; raft's "no known peers" and "failed to get previous log",
+// routine while a node joins, read as faults.
+func TestJoiningLogsNoRoutineWarnings(t *testing.T) {
+	tc, logs := newLoggedCluster(t, 3)
+	mustSave(t, tc.nodes[tc.leader()], "s", `{}`)
+	tc.waitSame()
+	for id, l := range logs {
+		for _, line := range strings.Split(l.String(), "\n") {
+			if strings.Contains(line, "[WARN]") {
+				t.Errorf("%s logged a warning while the cluster formed: %s", id, line)
+			}
+		}
+	}
+}

@@ -320,7 +320,7 @@ func Open(cfg Config) (*Node, error) {
 	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
-	rc.Logger = log.Named("raft")
+	rc.Logger = quietRaft{log.Named("raft")}
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout

@@ -122,6 +122,38 @@ func (a advertisedAddr) String() string  { return string(a) }
 // every incoming raft connection when the transport shuts down ("failed to
 // decode incoming command", raft.ErrTransportShutdown), which it logs at
 // DEBUG: a node stopping gracefully logged errors that alerts catch.
+// quietRaft is raft's logger with the warnings of routine protocol steps
+// logged lower: a node started with --join logs "no known peers" until it
+// is admitted; a follower catching up logs "failed to get previous log",
+// and its leader "appendEntries rejected", while the leader finds where
+// their logs meet; a node that bootstrapped a cluster starts the first
+// election on a heartbeat timeout with no leader before it. Operators took
+// them for faults (a README walkthrough). An election after a leader was
+// lost stays a warning.
+type quietRaft struct{ hclog.Logger }
+
+func (q quietRaft) Warn(msg string, args ...any) {
+	switch {
+	case msg == "no known peers, aborting election", msg == "failed to get previous log",
+		msg == "appendEntries rejected, sending older logs":
+		q.Logger.Debug(msg, args...)
+	case msg == "heartbeat timeout reached, starting election" && argOf(args, "last-leader-addr") == "":
+		q.Logger.Info(msg, args...)
+	default:
+		q.Logger.Warn(msg, args...)
+	}
+}
+
+// argOf returns the value of key among hclog's key/value args, as text.
+func argOf(args []any, key string) string {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			return fmt.Sprint(args[i+1])
+		}
+	}
+	return ""
+}
+
 type quietShutdown struct{ hclog.Logger }
 
 func (q quietShutdown) Error(msg string, args ...any) {
