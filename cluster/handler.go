@@ -169,7 +169,13 @@ func (n *Node) Save(ctx context.Context, sid string, data []byte) error {
 	if err := fsm.ValidateSID(sid); err != nil {
 		return wireError(err)
 	}
-	norm, keys, err := fsm.NormalizeObjectKeys(data)
+	// A native client is held to the key rules its patches and MemoryStore
+	// follow; a Kado save (also one a follower forwards) keeps Kado's.
+	normalize := fsm.NormalizeObjectKeys
+	if transport.RequestProtocol(ctx) == transport.ProtocolNative {
+		normalize = fsm.NormalizeObjectStrict
+	}
+	norm, keys, err := normalize(data)
 	if err != nil {
 		return wireError(err)
 	}

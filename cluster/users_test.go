@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/middleware"
 )
 
@@ -200,5 +201,33 @@ func TestPatchNamingTooManyKeysNeverReachesTheLog(t *testing.T) {
 	delete(set, "k4")
 	if err := c.Patch(ctx, "s", set, del[:4]); err != nil {
 		t.Fatalf("patch of 4 sets and 4 deletes, limit 4: %v", err)
+	}
+}
+
+// TestNativeSaveFollowsTheKeyRules: a native client's save is held to the
+// key rules its patches and MemoryStore follow (an empty key, an overlong
+// one, "_written": refused; the last was dropped without a word), through
+// the leader and through a follower; a Kado save keeps Kado's leniency,
+// also forwarded by a follower.
+func TestNativeSaveFollowsTheKeyRules(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	for _, addr := range []string{tc.nodes[tc.leader()].Addr(), tc.nodes[tc.follower()].Addr()} {
+		c, err := client.New(client.Config{Addrs: []string{addr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for _, key := range []string{"", strings.Repeat("k", fsm.MaxKeyLen+1), fsm.WrittenKey} {
+			err := c.Save(context.Background(), "s", map[string]json.RawMessage{key: json.RawMessage("1"), "a": json.RawMessage("1")})
+			if !errors.Is(err, client.ErrBadRequest) {
+				t.Fatalf("save with key %.12q at %s: %v; want ErrBadRequest", key, addr, err)
+			}
+		}
+	}
+	if got := kadoRequest(t, tc.nodes[tc.follower()].Addr(), []byte(`{"save":{"sid":"k","data":{"":1,"a":2}}}`)); got != `{"status":"ok"}` {
+		t.Fatalf("Kado save with an empty key through a follower: %s", got)
+	}
+	if got := kadoRequest(t, tc.nodes[tc.leader()].Addr(), []byte(`{"restore":{"sid":"k"}}`)); got != `{"status":"ok","result":{"":1,"a":2}}` {
+		t.Fatalf("Kado restore: %s", got)
 	}
 }

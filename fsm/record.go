@@ -106,6 +106,18 @@ func NormalizeObject(data []byte) ([]byte, error) {
 // NormalizeObjectKeys is NormalizeObject that also returns how many keys
 // the result holds, from the same pass (the node checks its key limit).
 func NormalizeObjectKeys(data []byte) ([]byte, int, error) {
+	return normalizeObject(data, false)
+}
+
+// NormalizeObjectStrict is NormalizeObjectKeys for a writer held to the key
+// rules (ValidateKey), as a native client's save is, like its patch and
+// MemoryStore: a key that is empty, too long or WrittenKey is an error,
+// where a Kado save keeps or drops it as Kado did.
+func NormalizeObjectStrict(data []byte) ([]byte, int, error) {
+	return normalizeObject(data, true)
+}
+
+func normalizeObject(data []byte, strict bool) ([]byte, int, error) {
 	compact, err := compactObject(data)
 	if err != nil {
 		return nil, 0, err
@@ -117,6 +129,13 @@ func NormalizeObjectKeys(data []byte) ([]byte, int, error) {
 	fields, rewrite, err := splitCompact(compact, true) // dropped, or encoded afresh, here
 	if err != nil {
 		return nil, 0, err
+	}
+	if strict {
+		for _, f := range fields {
+			if err := ValidateKey(f.Key); err != nil {
+				return nil, 0, err
+			}
+		}
 	}
 	if !rewrite {
 		return compact, len(fields), nil

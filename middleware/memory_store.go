@@ -84,9 +84,13 @@ func NewMemoryStore(opts MemoryOptions) *MemoryStore {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	duration := opts.Duration.Milliseconds()
+	if opts.Duration > 0 && duration == 0 {
+		duration = 1 // sessions are timed in ms; 0 would mean they never expire
+	}
 	m := &MemoryStore{
 		state:    fsm.NewState(),
-		duration: opts.Duration.Milliseconds(),
+		duration: duration,
 		maxSize:  opts.MaxSessionSize,
 		maxKeys:  opts.MaxKeys,
 		now:      opts.Now,
@@ -330,6 +334,10 @@ func encodeFields(data sessionData) error {
 		f := &data[i]
 		if err := fsm.ValidateKey(f.Key); err != nil {
 			return err
+		}
+		if len(f.Value) == 0 {
+			f.Value = []byte("null") // as the client sends an empty json.RawMessage
+			continue
 		}
 		// The value may be the caller's own slice: the state copies it
 		// into the record it encodes.

@@ -62,6 +62,25 @@ func TestMemoryStoreOperations(t *testing.T) {
 	}
 }
 
+// TestMemoryStoreEmptyValueIsNull: an empty json.RawMessage is stored as
+// null, by Save and Patch, as the client sends it to a node (it was
+// refused here: switching stores changed what an app could save).
+func TestMemoryStoreEmptyValueIsNull(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1})
+	defer m.Close()
+	if err := m.Save(ctx, "s", map[string]json.RawMessage{"a": nil}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Patch(ctx, "s", map[string]json.RawMessage{"b": {}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	data, _, _ := m.Restore(ctx, "s")
+	if string(data["a"]) != "null" || string(data["b"]) != "null" {
+		t.Fatalf("stored %s and %s, want null and null", data["a"], data["b"])
+	}
+}
+
 func TestMemoryStoreRejects(t *testing.T) {
 	ctx := context.Background()
 	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1, MaxSessionSize: 64, MaxKeys: 2})
@@ -79,7 +98,6 @@ func TestMemoryStoreRejects(t *testing.T) {
 		{"empty sid", func() error { return m.Save(ctx, "", nil) }, fsm.ErrBadSID},
 		{"reserved key", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"_written": raw(`1`)}) }, fsm.ErrBadKey},
 		{"not JSON", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"a": raw(`{`)}) }, fsm.ErrBadData},
-		{"nil value", func() error { return m.Patch(ctx, "s", map[string]json.RawMessage{"a": nil}, nil) }, fsm.ErrBadData},
 		{"bad delete key", func() error { return m.Patch(ctx, "s", nil, []string{""}) }, fsm.ErrBadKey},
 		{"save too large", func() error { return m.Save(ctx, "s", map[string]json.RawMessage{"a": big}) }, fsm.ErrSessionTooLarge},
 		{"patch too large", func() error { return m.Patch(ctx, "s", map[string]json.RawMessage{"a": big}, nil) }, fsm.ErrSessionTooLarge},
@@ -403,5 +421,20 @@ func TestWrappedMemoryStoreIsCalledThroughItsMethods(t *testing.T) {
 	}
 	if got := restoreString(t, w, srv.sid(t, "session"), "k"); got != "v" {
 		t.Fatalf("k = %q, want v", got)
+	}
+}
+
+// TestMemoryStoreSubMillisecondDuration: a positive Duration under a ms
+// expires sessions after a ms (it was rounded down to 0: never).
+func TestMemoryStoreSubMillisecondDuration(t *testing.T) {
+	now := time.Now()
+	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1, Duration: 500 * time.Microsecond, Now: func() time.Time { return now }})
+	defer m.Close()
+	if err := m.Save(context.Background(), "s", nil); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Hour)
+	if _, found, _ := m.Restore(context.Background(), "s"); found {
+		t.Fatal("a session of a 0.5 ms store is alive an hour later")
 	}
 }
