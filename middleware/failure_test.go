@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
 )
 
 func TestStoreFailureAnswers503(t *testing.T) {
@@ -275,5 +278,32 @@ func TestStoreCallsAreBounded(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "deadline exceeded") {
 		t.Fatalf("log %q, want the deadline", logs.String())
+	}
+}
+
+// TestStoreErrorSaysWhatFailed: a store's refusal of the data is not
+// reported as an outage (an app answering ErrStoreUnavailable with 503
+// blamed the store for the request's own data).
+func TestStoreErrorSaysWhatFailed(t *testing.T) {
+	for _, tt := range []struct {
+		err, want error
+	}{
+		{fmt.Errorf("x: %w", fsm.ErrBadKey), ErrInvalidValue},
+		{fmt.Errorf("x: %w", fsm.ErrBadData), ErrInvalidValue},
+		{transport.Errorf(transport.CodeBadRequest, "key is empty"), ErrInvalidValue},
+		{fmt.Errorf("x: %w", fsm.ErrTooManyKeys), ErrSessionTooLarge},
+		{transport.Errorf(transport.CodeTooLarge, "too big"), ErrSessionTooLarge},
+		{io.ErrUnexpectedEOF, ErrStoreUnavailable},
+		{context.DeadlineExceeded, ErrStoreUnavailable},
+	} {
+		got := StoreError("save", tt.err)
+		if !errors.Is(got, tt.want) || !errors.Is(got, tt.err) {
+			t.Errorf("StoreError(%v) = %v; want it to wrap %v and the store's error", tt.err, got, tt.want)
+		}
+		for _, other := range []error{ErrInvalidValue, ErrSessionTooLarge, ErrStoreUnavailable} {
+			if other != tt.want && errors.Is(got, other) {
+				t.Errorf("StoreError(%v) = %v, also %v", tt.err, got, other)
+			}
+		}
 	}
 }

@@ -312,7 +312,7 @@ func (s *Session) saveLocked(ctx context.Context, explicit bool) error {
 		}
 	}
 	if err != nil {
-		return storeError("save", err)
+		return StoreError("save", err)
 	}
 	s.isNew = false
 	s.metaDirty = false
@@ -384,7 +384,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 		// tag and all: look first (a session loaded just now is current).
 		_, found, err := restore(cctx, s.store, s.id)
 		if err != nil {
-			return storeError("regenerate: look up the session", err)
+			return StoreError("regenerate: look up the session", err)
 		}
 		if !found {
 			s.goneLocked()
@@ -393,7 +393,7 @@ func (s *Session) Regenerate(ctx context.Context) error {
 	}
 	s.stampLocked() // the creation time moves with the data: no lifetime renewal by regenerating
 	if err := save(cctx, s.store, newID, s.withMeta()); err != nil {
-		return storeError("regenerate: save under the new id", err)
+		return StoreError("regenerate: save under the new id", err)
 	}
 	oldID, wasNew := s.id, s.isNew
 	s.id = newID

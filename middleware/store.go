@@ -73,7 +73,8 @@ type Store interface {
 // Errors returned by this package. Compare them with errors.Is.
 var (
 	// ErrStoreUnavailable wraps every error a Store returned to a Session,
-	// but for ErrSessionTooLarge: the session could not be loaded or saved.
+	// but for ErrSessionTooLarge and ErrInvalidValue (see StoreError): the
+	// session could not be loaded or saved.
 	// The middleware answers the request with HTTP 503 "session store
 	// unavailable" (see Options.ErrorFunc).
 	ErrStoreUnavailable = errors.New("session store unavailable")
@@ -85,8 +86,9 @@ var (
 	// saved", and logs it as a warning.
 	ErrSessionTooLarge = errors.New("session data over the store's limit")
 	// ErrInvalidValue means Session.Set was given a key the store would
-	// refuse or a value that cannot be encoded as JSON. It is remembered and
-	// returned when the session is saved; the middleware answers HTTP 500.
+	// refuse or a value that cannot be encoded as JSON, or a store refused
+	// a key or value (StoreError). It is remembered and returned when the
+	// session is saved; the middleware answers HTTP 500.
 	ErrInvalidValue = errors.New("invalid session value")
 	// ErrKeyNotFound means Session.GetInto was asked for a key the session
 	// does not hold.
@@ -108,12 +110,19 @@ var (
 	ErrSessionGone = errors.New("session: deleted while this request used it; its changes were not saved")
 )
 
-// storeError wraps err, a Store's failure to do what, in ErrSessionTooLarge
-// when the store refused the data for its size or keys, and in
-// ErrStoreUnavailable otherwise.
-func storeError(what string, err error) error {
-	if errors.Is(err, fsm.ErrSessionTooLarge) || errors.Is(err, fsm.ErrTooManyKeys) || errors.Is(err, transport.ErrTooLarge) {
+// StoreError wraps err, a Store's failure to do what, by what it means for
+// the request: ErrSessionTooLarge when the store refused the data for its
+// size or keys; ErrInvalidValue when it refused the data itself (a key or
+// value it does not accept: fsm.ErrBadKey, fsm.ErrBadData, fsm.ErrBadSID,
+// or a node's transport.ErrBadRequest), which no retry mends; and
+// ErrStoreUnavailable otherwise. The store's error stays in the chain. The
+// middleware, scsstore and gorillastore wrap their Store errors with it.
+func StoreError(what string, err error) error {
+	switch {
+	case errors.Is(err, fsm.ErrSessionTooLarge) || errors.Is(err, fsm.ErrTooManyKeys) || errors.Is(err, transport.ErrTooLarge):
 		return fmt.Errorf("%w: %s: %w", ErrSessionTooLarge, what, err)
+	case errors.Is(err, fsm.ErrBadKey) || errors.Is(err, fsm.ErrBadData) || errors.Is(err, fsm.ErrBadSID) || errors.Is(err, transport.ErrBadRequest):
+		return fmt.Errorf("%w: %s: %w", ErrInvalidValue, what, err)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrStoreUnavailable, what, err)
 }

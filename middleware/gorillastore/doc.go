@@ -23,11 +23,18 @@
 // middleware and by Kado, but needs string keys and gives back JSON types
 // (numbers as float64).
 //
-// Save replaces the whole session: of two concurrent requests saving one
-// session, the last one's values win. Save with Options.MaxAge < 0 deletes
-// the session and expires the cookie.
+// Save writes the session's values over the stored ones: of two concurrent
+// requests saving one session, the last one's values win (with
+// JSONSerializer, a field only the other request set is kept). Unlike
+// gorilla's own stores, a session loaded from the store and deleted
+// meanwhile (a logout in another request, RevokeUser) is not brought back:
+// Save returns an error wrapping middleware.ErrSessionGone and sets no
+// cookie. Save with Options.MaxAge < 0 deletes the session and expires the
+// cookie.
 //
-// Errors from the underlying store are wrapped with
-// middleware.ErrStoreUnavailable and keep the store's own error (and a
-// context's error) in their chain; compare them with errors.Is.
+// Errors from the underlying store are classified by middleware.StoreError
+// (middleware.ErrStoreUnavailable when it could not answer,
+// ErrSessionTooLarge or ErrInvalidValue when it refused the values) and
+// keep the store's own error (and a context's error) in their chain;
+// compare them with errors.Is.
 package gorillastore

@@ -1,6 +1,8 @@
 package gorillastore
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -132,12 +134,15 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 // cookie that expires the browser's; the cookie is expired even when the
 // delete fails, whose error (wrapping middleware.ErrStoreUnavailable) then
 // means the session may still be stored. Otherwise a session without an id
-// gets a fresh one from middleware.GenerateID, its values replace the whole
-// stored session (renewing its lifetime), and only then is the cookie set.
-// An error wrapping ErrEncode means the values cannot be serialized,
-// wrapping middleware.ErrStoreUnavailable that the save may not have
-// happened (no cookie is set), and a securecookie error that the id could
-// not be encoded (no hash key). The store call uses r's context. Save must
+// gets a fresh one from middleware.GenerateID, its values replace the
+// stored ones (renewing its lifetime), and only then is the cookie set. An
+// error wrapping ErrEncode means the values cannot be serialized;
+// middleware.ErrSessionGone that the session was loaded from the store and
+// has been deleted since (a logout elsewhere), so nothing was saved;
+// middleware.ErrStoreUnavailable that the save may not have happened;
+// middleware.ErrSessionTooLarge or ErrInvalidValue that the store refused
+// the values; a securecookie error that the id could not be encoded (no
+// hash key). No cookie is set on an error. The store call uses r's context. Save must
 // be called before the response's headers are written.
 func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.Session) error {
 	opts := session.Options
@@ -148,7 +153,7 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 		var err error
 		if session.ID != "" {
 			if derr := s.store.Delete(r.Context(), session.ID); derr != nil {
-				err = fmt.Errorf("%w: gorillastore: delete session: %w", middleware.ErrStoreUnavailable, derr)
+				err = middleware.StoreError("gorillastore: delete session", derr)
 			}
 		}
 		http.SetCookie(w, sessions.NewCookie(session.Name(), "", opts))
@@ -166,10 +171,56 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	if err != nil {
 		return fmt.Errorf("gorillastore: encode cookie: %w", err)
 	}
-	if err := s.store.Save(r.Context(), session.ID, data); err != nil {
-		return fmt.Errorf("%w: gorillastore: save session: %w", middleware.ErrStoreUnavailable, err)
+	if err := s.write(r.Context(), session, data); err != nil {
+		return err
 	}
 	http.SetCookie(w, sessions.NewCookie(session.Name(), encoded, opts))
+	return nil
+}
+
+// existingPatcher is a store that changes a session only if it still
+// exists (the Go client and MemoryStore).
+type existingPatcher interface {
+	PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error)
+}
+
+// write stores data as session's values. A session loaded from the store
+// is written only if it still exists, with the store's PatchExisting when
+// it has one (its fields set, the ones no longer there deleted): saved
+// whole, a session a logout deleted meanwhile, in another request, came
+// back with its user and all.
+func (s *Store) write(ctx context.Context, session *sessions.Session, data map[string]json.RawMessage) error {
+	p, ok := s.store.(existingPatcher)
+	if session.IsNew || !ok {
+		if err := s.store.Save(ctx, session.ID, data); err != nil {
+			return middleware.StoreError("gorillastore: save session", err)
+		}
+		return nil
+	}
+	var del []string
+	if _, gob := s.serializer().(GobSerializer); !gob {
+		// Which fields to delete: the stored ones the values no longer
+		// have (GobSerializer's one field is always set).
+		cur, found, err := s.store.Restore(ctx, session.ID)
+		if err != nil {
+			return middleware.StoreError("gorillastore: save session: look it up", err)
+		}
+		if !found {
+			return fmt.Errorf("gorillastore: save session: %w", middleware.ErrSessionGone)
+		}
+		for k := range cur {
+			if _, keep := data[k]; !keep {
+				del = append(del, k)
+			}
+		}
+	}
+	saved, err := p.PatchExisting(ctx, session.ID, data, del)
+	if err != nil {
+		return middleware.StoreError("gorillastore: save session", err)
+	}
+	if !saved {
+		return fmt.Errorf("gorillastore: save session: %w", middleware.ErrSessionGone)
+	}
 	return nil
 }
 

@@ -399,3 +399,69 @@ func TestKeyRotation(t *testing.T) {
 		t.Fatalf("rotated New = %v, %v", s2, err)
 	}
 }
+
+// TestLogoutIsNotUndoneByARacingSave: a request that loaded the session
+// before another request logged out (MaxAge < 0) cannot bring it back by
+// saving: Save reports middleware.ErrSessionGone and stores nothing. With
+// JSONSerializer, a value deleted from Values is deleted from the store.
+func TestLogoutIsNotUndoneByARacingSave(t *testing.T) {
+	for _, ser := range []gorillastore.Serializer{gorillastore.GobSerializer{}, gorillastore.JSONSerializer{}} {
+		forEachBackend(t, func(t *testing.T, store middleware.Store) {
+			gs := gorillastore.New(store, hashKey)
+			gs.Serializer = ser
+			// request returns a request carrying the cookies rec set.
+			request := func(rec *httptest.ResponseRecorder) *http.Request {
+				r := httptest.NewRequest("GET", "/", nil)
+				for _, c := range rec.Result().Cookies() {
+					r.AddCookie(c)
+				}
+				return r
+			}
+			r0 := httptest.NewRequest("GET", "/", nil)
+			s0, _ := gs.New(r0, name)
+			s0.Values["user"] = "alice"
+			s0.Values["cart"] = "3 items"
+			login := httptest.NewRecorder()
+			if err := gs.Save(r0, login, s0); err != nil {
+				t.Fatal(err)
+			}
+			id := s0.ID
+
+			// A value deleted from Values is gone from the store.
+			r1 := request(login)
+			s1, err := gs.New(r1, name)
+			if err != nil || s1.IsNew {
+				t.Fatalf("load: new=%v err=%v", s1.IsNew, err)
+			}
+			delete(s1.Values, "cart")
+			if err := gs.Save(r1, httptest.NewRecorder(), s1); err != nil {
+				t.Fatal(err)
+			}
+			r2 := request(login)
+			if s2, _ := gs.New(r2, name); s2.Values["cart"] != nil || s2.Values["user"] != "alice" {
+				t.Fatalf("after deleting cart: %v", s2.Values)
+			}
+
+			// Request A loads; request B logs out; A saves.
+			ra := request(login)
+			sa, _ := gs.New(ra, name)
+			rb := request(login)
+			sb, _ := gs.New(rb, name)
+			sb.Options.MaxAge = -1
+			if err := gs.Save(rb, httptest.NewRecorder(), sb); err != nil {
+				t.Fatal(err)
+			}
+			sa.Values["lastSeen"] = "now"
+			recA := httptest.NewRecorder()
+			if err := gs.Save(ra, recA, sa); !errors.Is(err, middleware.ErrSessionGone) {
+				t.Fatalf("a save racing a logout: %v; want ErrSessionGone", err)
+			}
+			if _, found, _ := store.Restore(context.Background(), id); found {
+				t.Fatal("the logged-out session came back")
+			}
+			if len(recA.Result().Cookies()) != 0 {
+				t.Fatalf("the refused save set a cookie: %v", recA.Result().Cookies())
+			}
+		})
+	}
+}

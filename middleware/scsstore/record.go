@@ -16,8 +16,19 @@ func encode(b []byte, expiry time.Time) (map[string]json.RawMessage, error) {
 	}
 	return map[string]json.RawMessage{
 		fieldData:   enc,
-		fieldExpiry: json.RawMessage(strconv.FormatInt(expiry.UnixMilli(), 10)),
+		fieldExpiry: json.RawMessage(strconv.FormatInt(ceilMilli(expiry), 10)),
 	}, nil
+}
+
+// ceilMilli is t in ms since the epoch, rounded up: a session expiring
+// within the next ms is not taken for expired (scs's own stores time to
+// the ns).
+func ceilMilli(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if t.Sub(time.UnixMilli(ms)) > 0 {
+		ms++
+	}
+	return ms
 }
 
 // decode reads a record written by encode; ok is false for any other shape.

@@ -25,8 +25,10 @@ const (
 )
 
 // Errors returned by this package. Compare them with errors.Is. Errors from
-// the underlying store are wrapped with middleware.ErrStoreUnavailable and
-// keep the store's own error (and a context's error) in their chain.
+// the underlying store are wrapped with middleware.ErrStoreUnavailable (a
+// commit's refused data with middleware.ErrSessionTooLarge or
+// ErrInvalidValue: middleware.StoreError) and keep the store's own error
+// (and a context's error) in their chain.
 var (
 	// ErrNotIterable means All or AllCtx was called on an adapter whose
 	// store does not implement Lister and that was given no WithLister.
@@ -146,9 +148,10 @@ func (s *Store) Commit(token string, b []byte, expiry time.Time) error {
 // An expiry not after now deletes the session instead (it could never be
 // found again). It returns ErrInvalidToken for a token that is not a valid
 // kadosession id once prefixed; any other error means the commit may not
-// have happened and wraps middleware.ErrStoreUnavailable and the store's
-// error (fsm.ErrSessionTooLarge when b, base64-encoded, is over the store's
-// size limit). Safe for concurrent use.
+// have happened and wraps the store's error, classified by
+// middleware.StoreError (middleware.ErrSessionTooLarge when b,
+// base64-encoded, is over the store's size limit; ErrStoreUnavailable when
+// the store could not answer). Safe for concurrent use.
 func (s *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
 	sid, ok := s.sid(token)
 	if !ok {
@@ -162,7 +165,7 @@ func (s *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry ti
 		return err
 	}
 	if err := s.store.Save(ctx, sid, data); err != nil {
-		return fmt.Errorf("%w: scsstore: commit: %w", middleware.ErrStoreUnavailable, err)
+		return middleware.StoreError("scsstore: commit", err)
 	}
 	return nil
 }
@@ -225,4 +228,7 @@ func (s *Store) AllCtx(ctx context.Context) (map[string][]byte, error) {
 	return all, nil
 }
 
-func (s *Store) expired(exp int64) bool { return s.now().UnixMilli() >= exp }
+// expired reports whether a record expiring at exp (ms, rounded up) has
+// expired: once now is past it, as scs's own stores judge (up to a ms
+// late, never early).
+func (s *Store) expired(exp int64) bool { return s.now().After(time.UnixMilli(exp)) }

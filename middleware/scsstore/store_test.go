@@ -99,8 +99,12 @@ func TestCommitNew(t *testing.T) {
 			t.Errorf("scs field = %s, want base64 of encoded_data", got)
 		}
 		var exp int64
-		if err := json.Unmarshal(data["exp"], &exp); err != nil || exp != expiry.UnixMilli() {
-			t.Errorf("exp field = %s, want %d", data["exp"], expiry.UnixMilli())
+		want := expiry.UnixMilli() // rounded up: never taken for expired early
+		if expiry.After(time.UnixMilli(want)) {
+			want++
+		}
+		if err := json.Unmarshal(data["exp"], &exp); err != nil || exp != want {
+			t.Errorf("exp field = %s, want %d", data["exp"], want)
 		}
 		if len(data) != 2 {
 			t.Errorf("record has %d fields, want 2: %v", len(data), data)
@@ -126,6 +130,27 @@ func TestCommitUpdated(t *testing.T) {
 		clk.Advance(2 * time.Minute)
 		if _, found, _ := s.Find("session_token"); !found {
 			t.Fatal("session expired at the first commit's expiry; the second should have replaced it")
+		}
+	})
+}
+
+// TestExpiryWithinAMillisecond: a commit expiring less than a millisecond
+// from now is found now (it was taken for expired: its expiry was rounded
+// down to the ms), and not once that moment passed.
+func TestExpiryWithinAMillisecond(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, store middleware.Store, _ lister) {
+		clk := newClock()
+		clk.Advance(time.Millisecond - clk.Now().Sub(clk.Now().Truncate(time.Millisecond)) + 100*time.Microsecond) // 0.1 ms past a ms
+		s := scsstore.New(store, scsstore.WithClock(clk.Now))
+		if err := s.Commit("t", []byte("x"), clk.Now().Add(500*time.Microsecond)); err != nil {
+			t.Fatal(err)
+		}
+		if _, found, _ := s.Find("t"); !found {
+			t.Fatal("a session expiring in 0.5 ms was not found")
+		}
+		clk.Advance(2 * time.Millisecond)
+		if _, found, _ := s.Find("t"); found {
+			t.Fatal("found 1.5 ms after its expiry")
 		}
 	})
 }
