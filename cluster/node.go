@@ -279,6 +279,19 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read raft state: %w", err)
 	}
+	if errors.Is(markerErr, os.ErrNotExist) {
+		if v, err := n.bolt.Get(importKey); err == nil && len(v) > 0 {
+			// The record file is gone (deleted by hand, or its write
+			// failed) but the raft log's copy says the import is done:
+			// importing again would bring back sessions changed or
+			// deleted since the save file was written.
+			log.Info("the record of the save-file import was missing; the raft log says it is done, so the save file is not imported again", "file", markerPath)
+			markerErr, imported = nil, nil
+			if err := writeFileAtomic(markerPath, v); err != nil {
+				log.Warn("cannot write the record of the save-file import again", "file", markerPath, "error", err)
+			}
+		}
+	}
 	// A data directory that never became part of a cluster (a --join that
 	// never got an answer: no raft state, no cluster id) takes a new --id:
 	// no cluster knows the id it kept.
@@ -499,7 +512,7 @@ func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPa
 			n.log.Error("import of the save file failed; the node will not serve clients until restarted", "file", n.cfg.SaveFile, "error", err)
 			return
 		}
-		if err := writeFileAtomic(markerPath, []byte("imported\n")); err != nil {
+		if err := n.recordImport(markerPath, "imported\n"); err != nil {
 			n.log.Error("cannot record the save-file import", "error", err)
 		}
 		if len(records) > 0 {
@@ -549,9 +562,24 @@ func (n *Node) awaitAdmission() bool {
 // recordJoined records at markerPath (importMarker) that this node takes
 // its state from the cluster, never from its save file.
 func (n *Node) recordJoined(markerPath string) {
-	if err := writeFileAtomic(markerPath, []byte("joined\n")); err != nil {
+	if err := n.recordImport(markerPath, "joined\n"); err != nil {
 		n.log.Warn("cannot record that this node takes its state from the cluster", "file", markerPath, "error", err)
 	}
+}
+
+// importKey is where the raft log's store keeps a copy of the import
+// record (importMarker): a node whose record file is lost does not import
+// its save file again.
+var importKey = []byte("kadosession-save-file-import")
+
+// recordImport writes the import record what at markerPath and its copy
+// under importKey.
+func (n *Node) recordImport(markerPath, what string) error {
+	errKey := n.bolt.Set(importKey, []byte(what))
+	if err := writeFileAtomic(markerPath, []byte(what)); err != nil {
+		return err
+	}
+	return errKey
 }
 
 // waitImporter waits for a leader and reports whether it is this node,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/transport"
@@ -297,6 +298,16 @@ func TestFollowerWithoutImportRecordServes(t *testing.T) {
 	if err := os.Remove(filepath.Join(tc.cfgs[f].DataDir, importMarker)); err != nil {
 		t.Fatal(err)
 	}
+	// And its copy in the raft log's store (a data directory from before
+	// the copy, or the copy's write failed).
+	db, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(tc.cfgs[f].DataDir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set(importKey, nil); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 	n := tc.start(f)
 	poll(t, n.Ready, 15*time.Second, "the restarted follower to serve")
 	if _, err := os.Stat(filepath.Join(tc.cfgs[f].DataDir, importMarker)); err != nil {
@@ -329,5 +340,32 @@ func TestSaveFileSessionsWithBadIDsAreSkipped(t *testing.T) {
 	}
 	if strings.Contains(out, long[:40]) {
 		t.Fatal("the log names the skipped session's id")
+	}
+}
+
+// TestLostImportRecordDoesNotImportAgain: a node whose record of the
+// save-file import was deleted does not import its save file again at the
+// next start (the raft log keeps a copy of the record): re-imported, a
+// session deleted since came back.
+func TestLostImportRecordDoesNotImportAgain(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"foo":"bar"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, Config{DataDir: dir})
+	if err := n.Delete(context.Background(), "abc"); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(`{"abc":{"foo":"bar"}}`), 0o600)
+	if err := os.Remove(filepath.Join(dir, importMarker)); err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, Config{DataDir: dir})
+	if got := kadoRequest(t, n2.Addr(), []byte(`{"restore":{"sid":"abc"}}`)); got != `{"status":"ok","result":{}}` {
+		t.Fatalf("after losing the import record, the deleted session came back from the save file: %s", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, importMarker)); err != nil {
+		t.Fatalf("the import record was not written again: %v", err)
 	}
 }
