@@ -3,9 +3,11 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -118,4 +120,67 @@ func TestLogStoreFailureStopsAcks(t *testing.T) {
 	if _, found, _ := n.Restore(context.Background(), "lost", transport.Stale); found {
 		t.Fatal("the unacknowledged save is in the state machine")
 	}
+}
+
+// slowFailingLogStore fails as failingLogStore does, after 20 ms (a disk
+// that takes its time to say it is full): the leader sends the next append
+// before the failure comes back.
+type slowFailingLogStore struct{ failingLogStore }
+
+func (f slowFailingLogStore) StoreLog(l *raft.Log) error { return f.StoreLogs([]*raft.Log{l}) }
+
+func (f slowFailingLogStore) StoreLogs(logs []*raft.Log) error {
+	if f.fail.Load() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return f.failingLogStore.StoreLogs(logs)
+}
+
+// TestFollowerCatchesUpAfterItsLogFailed: a follower whose log writes fail
+// for a while (a full disk) catches up once they succeed again. With
+// hashicorp/raft's pipelined replication, the rejected appends deadlocked
+// the leader's sender to it (hashicorp/raft#612): heartbeats went on, no
+// entry ever did, until the leader restarted (noPipeline).
+func TestFollowerCatchesUpAfterItsLogFailed(t *testing.T) {
+	var fail atomic.Bool
+	tc := newTestCluster(t, 3, func(c *Config) {
+		if c.ID == "n3" {
+			c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return slowFailingLogStore{failingLogStore{s, &fail}} }
+		}
+	})
+	leader := tc.nodes[tc.leader()]
+	n3 := tc.nodes[2]
+	if n3 == leader {
+		t.Skip("n3 leads; the test needs it to follow") // never: n1 bootstraps and leads
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 { // writes all along, as a busy cluster has
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = leader.Save(ctx, fmt.Sprint("s", w, "-", i%50), []byte(`{"n":1}`))
+				cancel()
+			}
+		}()
+	}
+	for range 5 {
+		time.Sleep(150 * time.Millisecond)
+		fail.Store(true)
+		time.Sleep(150 * time.Millisecond)
+		fail.Store(false)
+	}
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	mustSave(t, leader, "last", `{}`)
+	want := leader.raft.LastIndex()
+	poll(t, func() bool { return n3.raft.LastIndex() >= want }, 15*time.Second, "the follower whose log failed to catch up")
 }

@@ -271,7 +271,7 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, log.Named("snapshot"))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{log.Named("snapshot")})
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -345,7 +345,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{snaps, cfg.DataDir, snapshotsRetained}), &n.fsm.opened}, n.trans)
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{newTidySnapshots(snaps, cfg.DataDir, log.Named("snapshot")), cfg.DataDir, snapshotsRetained}), &n.fsm.opened}, noPipeline{n.trans})
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+

@@ -135,7 +135,8 @@ type quietRaft struct{ hclog.Logger }
 func (q quietRaft) Warn(msg string, args ...any) {
 	switch {
 	case msg == "no known peers, aborting election", msg == "failed to get previous log",
-		msg == "appendEntries rejected, sending older logs":
+		msg == "appendEntries rejected, sending older logs",
+		msg == "found temporary snapshot": // the one being written; failed ones are removed (tidySnapshots)
 		q.Logger.Debug(msg, args...)
 	case msg == "heartbeat timeout reached, starting election" && argOf(args, "last-leader-addr") == "":
 		q.Logger.Info(msg, args...)
@@ -164,4 +165,19 @@ func (q quietShutdown) Error(msg string, args ...any) {
 		}
 	}
 	q.Logger.Error(msg, args...)
+}
+
+// noPipeline is raft's network transport without pipelined replication.
+// hashicorp/raft's pipeline can deadlock once a follower rejects an append
+// (hashicorp/raft#612: its send loop blocks on a response reader that has
+// quit): the leader then sends that follower heartbeats, which keep it
+// from calling an election, but never another entry, until the leader
+// restarts. A disk-full drill left a follower so for over five minutes,
+// ready by every check while the cluster had lost its failure tolerance.
+// Without the pipeline the leader sends a follower one append at a time,
+// as it does anyway with one batch in flight (committer).
+type noPipeline struct{ *raft.NetworkTransport }
+
+func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
 }
