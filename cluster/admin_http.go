@@ -167,6 +167,9 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 	if !n.ready.Load() {
 		return "starting: waiting for a leader, to join, or to import the save file"
 	}
+	if f := n.logHealth.failing.Load(); f != nil {
+		return f.String()
+	}
 	switch {
 	case n.removed():
 		return "not a member of the cluster's configuration (removed, or not joined yet)"

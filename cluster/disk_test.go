@@ -184,3 +184,25 @@ func TestFollowerCatchesUpAfterItsLogFailed(t *testing.T) {
 	want := leader.raft.LastIndex()
 	poll(t, func() bool { return n3.raft.LastIndex() >= want }, 15*time.Second, "the follower whose log failed to catch up")
 }
+
+// TestLogFailureIsNamed: while a node cannot write its raft log (a full
+// disk), /readyz's reason and a request's error say so, instead of "no
+// leader known" and a bare timeout; once an append succeeds again, the
+// node is ready.
+func TestLogFailureIsNamed(t *testing.T) {
+	var fail atomic.Bool
+	n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &fail} },
+		Server: transport.ServerConfig{RequestTimeout: 500 * time.Millisecond}})
+	mustSave(t, n, "ok", `{}`)
+	fail.Store(true)
+	got := kadoRequest(t, n.Addr(), []byte(`{"save":{"sid":"lost","data":{}}}`))
+	if !strings.Contains(got, "cannot write its raft log") || !strings.Contains(got, "input/output error") {
+		t.Fatalf("a save while the log fails: %s; want it to say the log cannot be written", got)
+	}
+	if rd := n.Readiness(); rd.Ready || !strings.Contains(rd.Reason, "cannot write its raft log") {
+		t.Fatalf("readiness while the log fails: %+v", rd)
+	}
+	fail.Store(false)
+	poll(t, func() bool { return n.Readiness().Ready }, 15*time.Second, "the node to be ready once its log can be written")
+	mustSave(t, n, "after", `{}`)
+}

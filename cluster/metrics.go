@@ -396,35 +396,35 @@ func (h observedHandler) Restore(ctx context.Context, sid string, c transport.Co
 	t := h.track(ctx, "restore", false)
 	data, found, err = h.Node.Restore(ctx, sid, c)
 	t.done(err)
-	return data, found, err
+	return data, found, h.Node.explain(err)
 }
 
 func (h observedHandler) Save(ctx context.Context, sid string, data []byte) error {
 	t := h.track(ctx, "save", true)
 	err := h.Node.Save(ctx, sid, data)
 	t.done(err)
-	return err
+	return h.Node.explain(err)
 }
 
 func (h observedHandler) Patch(ctx context.Context, sid string, set []transport.KV, del []string, ifExists bool) error {
 	t := h.track(ctx, "patch", true)
 	err := h.Node.Patch(ctx, sid, set, del, ifExists)
 	t.done(err)
-	return err
+	return h.Node.explain(err)
 }
 
 func (h observedHandler) Delete(ctx context.Context, sid string) error {
 	t := h.track(ctx, "delete", true)
 	err := h.Node.Delete(ctx, sid)
 	t.done(err)
-	return err
+	return h.Node.explain(err)
 }
 
 func (h observedHandler) Touch(ctx context.Context, sid string) error {
 	t := h.track(ctx, "touch", true)
 	err := h.Node.Touch(ctx, sid)
 	t.done(err)
-	return err
+	return h.Node.explain(err)
 }
 
 func (h observedHandler) Admin(ctx context.Context, body []byte) ([]byte, error) {

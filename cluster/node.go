@@ -63,6 +63,7 @@ type Node struct {
 	leaderCh      chan struct{}        // closed when raft reports a new leader
 	memberMu      sync.Mutex           // one membership change at a time
 	once          adminOnce            // answers of admin writes by nonce, for their retries
+	logHealth     logHealth            // whether the raft log can be written
 	removedAt     map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
@@ -267,6 +268,7 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
+	logStore = healthLog{logStore, &n.logHealth}
 	logs, err := raft.NewLogCache(512, logStore)
 	if err != nil {
 		return nil, err
