@@ -381,6 +381,13 @@ func (n *Node) isCaughtUp(ask bool) bool {
 	if target == 0 || n.appliedIndex() < target {
 		return false
 	}
+	// raft's applied index moves when entries are handed to the state
+	// machine, before they are applied: a node ready by it alone served a
+	// stale read without an entry it was handed (CI). The state machine
+	// must have applied the last entry it sees at or before the target.
+	if n.fsm.applied.get() < n.reads.fsmIndex(target) {
+		return false
+	}
 	n.caughtUp.Store(true)
 	return true
 }

@@ -385,6 +385,11 @@ func Open(cfg Config) (*Node, error) {
 		n.recordJoined(markerPath) // a joining node takes its state from the cluster, never from a file
 	}
 
+	// Before the goroutines below: watchCatchUp reads it (isCaughtUp).
+	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm,
+		barrierSem: make(chan struct{}, 1)}
+	n.reads.rounds.do = n.reads.confirmRound
+	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	n.leaderCh = make(chan struct{})
 	obs := make(chan raft.Observation, 16)
 	n.raft.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
@@ -404,10 +409,6 @@ func Open(cfg Config) (*Node, error) {
 	n.commit.obs = n.obs
 	n.freads = &followerReads{n: n}
 	n.freads.rounds.do = n.freads.ask
-	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm,
-		barrierSem: make(chan struct{}, 1)}
-	n.reads.rounds.do = n.reads.confirmRound
-	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}
