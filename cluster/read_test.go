@@ -26,6 +26,25 @@ import (
 // leadership for it: the read must not return the session from before the
 // logout. (raft.VerifyLeader counts such answers; see readIndex.)
 func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
+	// The scenario needs the successor elected within the old leader's
+	// lease; on a loaded machine (CI runs packages side by side) the
+	// election sometimes took longer. Such a run tests nothing, and is
+	// made again, on a fresh cluster.
+	for try := 1; ; try++ {
+		if heldAnswersScenario(t) {
+			return
+		}
+		if try == 3 {
+			t.Fatal("the old leader stepped down before its successor was elected, 3 times: the test's timing did not hold")
+		}
+		t.Logf("try %d: the old leader stepped down before its successor was elected; again", try)
+	}
+}
+
+// heldAnswersScenario runs TestHeldAnswersDoNotConfirmDeposedLeader once and
+// reports whether its timing held (false: the old leader stepped down
+// before its successor was elected, and nothing was tested).
+func heldAnswersScenario(t *testing.T) bool {
 	const (
 		oldLeader = 2
 		// The old leader heartbeats every 0.6–1.2 s and keeps its lease
@@ -73,7 +92,7 @@ func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
 		return false
 	}, 10*time.Second, "a successor")
 	if st := tc.nodes[oldLeader].raft.State(); st != raft.Leader {
-		t.Fatalf("the old leader already stepped down (%s): the test's timing did not hold", st)
+		return false
 	}
 	viaNew, err := client.New(client.Config{Addrs: []string{tc.nodes[newLeader].Addr()}, Dialer: fn.dialer(clientBase + 1)})
 	if err != nil {
@@ -113,6 +132,7 @@ func TestHeldAnswersDoNotConfirmDeposedLeader(t *testing.T) {
 	if r.err != nil || r.data != `{"user":null}` {
 		t.Fatalf("read through the old leader: %q %v", r.data, r.err)
 	}
+	return true
 }
 
 // TestAskTermChecksWhoAnswers: a confirmation answer counts only from the
