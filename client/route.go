@@ -16,8 +16,8 @@ import (
 // the next known node after retryable failures, within ctx and
 // Config.MaxRetries. Every operation of the native protocol may be retried
 // (reads; writes carry a nonce, which the leader applies once within
-// fsm.DedupeWindow; admin reads and join are idempotent, admin writes
-// carry a nonce in their body), so any failure that leaves the outcome
+// fsm.DedupeWindow; admin reads, join and remove are idempotent, and a
+// revoke carries a nonce in its body), so any failure that leaves the outcome
 // unknown but the node healthy-looking may be retried, within
 // retryWindow of the first attempt.
 func (s *Store) do(ctx context.Context, req *transport.Request) (transport.Response, error) {

@@ -208,11 +208,12 @@ func (s *Store) Touch(ctx context.Context, sid string) error {
 // Admin sends a cluster administration request (a JSON body: status, join,
 // remove…) to the current node, following leader hints like every other
 // call, and returns the node's JSON answer. It is retried like every
-// other call. The reads and join are idempotent; a write (revoke_user,
-// remove) should carry a "nonce", a string unique to the call (up to 64
-// bytes), which the node that runs it uses, for a minute, to answer a retry
-// of a write that took effect with the first answer (RevokeUser sends
-// one). A retry that reaches another leader runs the write again.
+// other call. The reads and join are idempotent, and a node answers a
+// remove of a node it removed in the last minute as done; a revoke_user
+// should carry a "nonce", a string unique to the call (up to 64 bytes),
+// which the node that runs it uses, for a minute, to answer a retry of a
+// revoke that took effect with the first count (RevokeUser sends one). A
+// retry that reaches another leader runs the revoke again.
 func (s *Store) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	resp, err := s.do(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err != nil {

@@ -8,14 +8,13 @@ import (
 	"github.com/kadosession/kadosession/transport"
 )
 
-// adminOnce answers a retried admin write (revoke_user, remove) that
-// carries the same "nonce" as one this node already ran with the first
-// one's answer, for adminOnceWindow. A client retries a call whose
-// connection broke before the answer came; the write may have taken
-// effect, and running it again gave a wrong answer: a revoke counted the
-// sessions left (0, or any saved since), a remove said "no node" about the
-// node it had just removed. Only the node that ran the write remembers it:
-// a retry that reaches a new leader runs again.
+// adminOnce answers a retried revoke_user that carries the same "nonce"
+// as one this node already ran with the first one's answer, for
+// adminOnceWindow. A client retries a call whose connection broke before
+// the answer came; the revoke may have taken effect, and running it again
+// counted the sessions left (0, or any saved since). Only the node that ran
+// it remembers it: a retry that reaches a new leader runs again. (A
+// repeated remove is recognised by its id instead: noteRemoved.)
 type adminOnce struct {
 	mu sync.Mutex
 	m  map[string]*onceCall

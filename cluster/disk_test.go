@@ -142,17 +142,15 @@ func (f slowFailingLogStore) StoreLogs(logs []*raft.Log) error {
 // the leader's sender to it (hashicorp/raft#612): heartbeats went on, no
 // entry ever did, until the leader restarted (noPipeline).
 func TestFollowerCatchesUpAfterItsLogFailed(t *testing.T) {
-	var fail atomic.Bool
+	fails := map[string]*atomic.Bool{} // by node id; the test fails a follower's
 	tc := newTestCluster(t, 3, func(c *Config) {
-		if c.ID == "n3" {
-			c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return slowFailingLogStore{failingLogStore{s, &fail}} }
-		}
+		fail := &atomic.Bool{}
+		fails[c.ID] = fail
+		c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return slowFailingLogStore{failingLogStore{s, fail}} }
 	})
 	leader := tc.nodes[tc.leader()]
-	n3 := tc.nodes[2]
-	if n3 == leader {
-		t.Skip("n3 leads; the test needs it to follow") // never: n1 bootstraps and leads
-	}
+	f := tc.nodes[tc.follower()]
+	fail := fails[f.ID()]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range 8 { // writes all along, as a busy cluster has
@@ -182,7 +180,7 @@ func TestFollowerCatchesUpAfterItsLogFailed(t *testing.T) {
 	wg.Wait()
 	mustSave(t, leader, "last", `{}`)
 	want := leader.raft.LastIndex()
-	poll(t, func() bool { return n3.raft.LastIndex() >= want }, 15*time.Second, "the follower whose log failed to catch up")
+	poll(t, func() bool { return f.raft.LastIndex() >= want }, 15*time.Second, "the follower whose log failed to catch up")
 }
 
 // TestLogFailureIsNamed: while a node cannot write its raft log (a full

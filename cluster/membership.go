@@ -32,7 +32,7 @@ type adminRequest struct {
 	Term      uint64 `json:"term,omitempty"`  // read_index: the asking follower's term
 	By        string `json:"by,omitempty"`    // removed: the leader that removed the node
 	Index     uint64 `json:"index,omitempty"` // removed: the log index of the configuration without it
-	Nonce     string `json:"nonce,omitempty"` // revoke_user, remove: the same for every retry of one call (adminOnce)
+	Nonce     string `json:"nonce,omitempty"` // revoke_user: the same for every retry of one call (adminOnce)
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -193,12 +193,12 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			}
 			return json.Marshal(reply)
 		}
-		return n.once.do(ctx, req.Op, req.Nonce, func() ([]byte, error) {
-			if err := n.Remove(ctx, req.ID); err != nil {
-				return nil, err
-			}
-			return []byte(`{"removed":` + quote(req.ID) + `}`), nil
-		})
+		// A repeated remove needs no nonce: Remove answers one of a node
+		// it removed lately as done (noteRemoved).
+		if err := n.Remove(ctx, req.ID); err != nil {
+			return nil, err
+		}
+		return []byte(`{"removed":` + quote(req.ID) + `}`), nil
 	}
 	return nil, transport.Errorf(transport.CodeBadRequest, "unknown admin op %q (want status, ready, cluster, join, remove, user_sessions, revoke_user or list)", req.Op)
 }

@@ -216,9 +216,9 @@ func ReadSaveFile(r io.Reader, defaultWritten int64) (records map[string]*Record
 func readRecords(r io.Reader, defaultWritten int64, skipBadIDs bool) (map[string]*Record, int, error) {
 	out := make(map[string]*Record)
 	bad := 0
-	var badSID func(string, error) error
+	var badIDs *int
 	if skipBadIDs {
-		badSID = func(string, error) error { bad++; return nil }
+		badIDs = &bad
 	}
 	err := readDocument(r, defaultWritten, func(sid string, rec *Record) error {
 		if _, ok := out[sid]; ok {
@@ -226,7 +226,7 @@ func readRecords(r io.Reader, defaultWritten int64, skipBadIDs bool) (map[string
 		}
 		out[sid] = rec
 		return nil
-	}, badSID)
+	}, badIDs)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -235,9 +235,9 @@ func readRecords(r io.Reader, defaultWritten int64, skipBadIDs bool) (map[string
 
 // readDocument is ReadDocument handing each session to put, in document
 // order; an error from put stops the reading. A session whose id
-// ValidateSID refuses is corrupt, unless badSID is set: it is then told
-// and, when it returns nil, the session is read and skipped.
-func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record) error, badSID func(sid string, err error) error) error {
+// ValidateSID refuses is corrupt, unless badIDs is set: the session is
+// then read, skipped and counted there.
+func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *Record) error, badIDs *int) error {
 	d := &docReader{r: bufio.NewReaderSize(r, 256<<10)}
 	c, err := d.next()
 	if errors.Is(err, io.EOF) {
@@ -278,9 +278,10 @@ func readDocument(r io.Reader, defaultWritten int64, put func(sid string, rec *R
 		}
 		skip := false
 		if err := ValidateSID(sid); err != nil {
-			if badSID == nil || badSID(sid, err) != nil {
+			if badIDs == nil {
 				return d.corrupt("bad session id", err)
 			}
+			*badIDs++
 			skip = true
 		}
 		if c, err = d.next(); err == nil && c != ':' {

@@ -192,6 +192,15 @@ func restoreString(t *testing.T, st Store, sid, key string) string {
 	return v
 }
 
+// visitLoginMux routes /visit (sets "cart" to "1": a visitor's session)
+// and /login (logs "alice" in); tests add routes of their own.
+func visitLoginMux(t *testing.T) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/visit", setHandler("cart", "1"))
+	mux.HandleFunc("/login", loginHandler(t, "alice"))
+	return mux
+}
+
 // loginHandler logs the request's session in: SetUser(user) unless user is
 // "", then Regenerate, failing the test if it fails.
 func loginHandler(t *testing.T, user string) http.HandlerFunc {

@@ -511,9 +511,7 @@ func TestLoginWinsOverARunningRequest(t *testing.T) {
 func TestRequestRacingALoginLeavesItsCookie(t *testing.T) {
 	store := newStore(t)
 	clk := newFakeClock()
-	mux := http.NewServeMux()
-	mux.HandleFunc("/visit", setHandler("cart", "1"))
-	mux.HandleFunc("/login", loginHandler(t, "alice"))
+	mux := visitLoginMux(t)
 	mux.HandleFunc("/read", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, FromContext(r.Context()).Get("cart"))
 	})
@@ -574,9 +572,7 @@ func TestRequestRacingALoginLeavesItsCookie(t *testing.T) {
 // pre-login cookie (a double-clicked form): the later one is a login too.
 func TestSecondLoginWithThePreLoginCookieWins(t *testing.T) {
 	store := newStore(t)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/visit", setHandler("cart", "1"))
-	mux.HandleFunc("/login", loginHandler(t, "alice"))
+	mux := visitLoginMux(t)
 	srv := newServer(t, Options{Store: store}, mux)
 	srv.get(t, "/visit")
 	old := srv.sid(t, "session")
@@ -782,9 +778,7 @@ func TestLoginMarkerIsSweptAfterItsGrace(t *testing.T) {
 	movedSweepAfter = 100 * time.Millisecond
 	t.Cleanup(func() { movedSweepAfter = old })
 	store := newStore(t)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/visit", setHandler("cart", "1"))
-	mux.HandleFunc("/login", loginHandler(t, "alice"))
+	mux := visitLoginMux(t)
 	srv := newServer(t, Options{Store: store}, mux)
 	srv.get(t, "/visit")
 	pre := srv.sid(t, "session")

@@ -115,11 +115,7 @@ func (s *Session) movedLocked(ctx context.Context) moved {
 		return movedNot
 	}
 	var at int64
-	for _, f := range data {
-		if f.Key == movedKey {
-			_ = json.Unmarshal(f.Value, &at) // a marker of another shape counts as old
-		}
-	}
+	_ = json.Unmarshal(markerTime(data), &at) // a marker of another shape counts as old
 	// Either way: the login may have run on another server, whose clock
 	// is ahead of this one's.
 	if age := s.web.cfg.now().UnixMilli() - at; age > -movedGrace.Milliseconds() && age < movedGrace.Milliseconds() {
@@ -158,34 +154,36 @@ var movedSweepAfter = movedGrace + time.Second
 // sweepMarkerLater deletes marker after movedSweepAfter if it still holds
 // at: a second login from the same pre-login cookie (a double-clicked
 // form) writes a marker of its own, which keeps its own grace. Store
-// calls are bounded by timeout as a request's are (DefaultTimeout when 0,
-// none of their own when negative, as Options.Timeout). Failures are
+// calls are bounded by timeout, or DefaultTimeout when it sets none (a
+// background call has no request deadline to fall back on). Failures are
 // ignored: the marker then expires with the store's duration.
 func sweepMarkerLater(store Store, marker string, at []byte, timeout time.Duration) {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
 	time.AfterFunc(movedSweepAfter, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout(timeout))
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		data, found, err := restore(ctx, store, marker)
 		if err != nil || !found {
 			return
 		}
-		for _, f := range data {
-			if f.Key == movedKey && !bytes.Equal(f.Value, at) {
-				return // a later login's
-			}
+		if t := markerTime(data); t != nil && !bytes.Equal(t, at) {
+			return // a later login's
 		}
 		_ = store.Delete(ctx, marker)
 	})
 }
 
-// sweepTimeout bounds the sweep's store calls: a background call has no
-// request deadline to fall back on, so a negative Options.Timeout gets
-// DefaultTimeout too.
-func sweepTimeout(t time.Duration) time.Duration {
-	if t <= 0 {
-		return DefaultTimeout
+// markerTime is the time a login's marker holds (its movedKey value), or
+// nil when it holds none.
+func markerTime(data sessionData) json.RawMessage {
+	for _, f := range data {
+		if f.Key == movedKey {
+			return f.Value
+		}
 	}
-	return t
+	return nil
 }
 
 // newID returns a fresh id: from the client's address and agent in a

@@ -173,22 +173,25 @@ func save(ctx context.Context, store Store, sid string, data sessionData) error 
 	return store.Save(ctx, sid, data.toMap())
 }
 
-// existingPatcher is a Store that can patch a session only if it still
-// exists: client.Store and MemoryStore (PatchExisting).
-type existingPatcher interface {
+// ExistingPatcher is a Store that can patch a session only if it still
+// exists, reporting whether it did: client.Store and MemoryStore. The
+// middleware and gorillastore write a session they loaded with it, so
+// that a session deleted meanwhile (a logout elsewhere) is not brought
+// back.
+type ExistingPatcher interface {
 	PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error)
 }
 
 // patchExisting sets set's keys and deletes del's in session sid of store,
 // a session this request loaded. It reports false when the session was
 // deleted or expired since (a logout in another tab, RevokeUser), and then
-// changes nothing, if store can tell (existingPatcher); a Store that
+// changes nothing, if store can tell (ExistingPatcher); a Store that
 // cannot patches it anyway, creating it again.
 func patchExisting(ctx context.Context, store Store, sid string, set sessionData, del []string) (bool, error) {
 	switch st := store.(type) {
 	case *MemoryStore:
 		return st.patchFields(ctx, sid, set, del, true)
-	case existingPatcher:
+	case ExistingPatcher:
 		return st.PatchExisting(ctx, sid, set.toMap(), del)
 	}
 	return true, store.Patch(ctx, sid, set.toMap(), del)
@@ -199,7 +202,7 @@ func patchExisting(ctx context.Context, store Store, sid string, set sessionData
 // can tell (an empty PatchExisting); Touch cannot, and then it is true.
 func renewExisting(ctx context.Context, store Store, sid string) (bool, error) {
 	switch store.(type) {
-	case *MemoryStore, existingPatcher:
+	case *MemoryStore, ExistingPatcher:
 		return patchExisting(ctx, store, sid, nil, nil)
 	}
 	return true, store.Touch(ctx, sid)

@@ -178,19 +178,13 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	return nil
 }
 
-// existingPatcher is a store that changes a session only if it still
-// exists (the Go client and MemoryStore).
-type existingPatcher interface {
-	PatchExisting(ctx context.Context, sid string, set map[string]json.RawMessage, del []string) (bool, error)
-}
-
 // write stores data as session's values. A session loaded from the store
 // is written only if it still exists, with the store's PatchExisting when
 // it has one (its fields set, the ones no longer there deleted): saved
 // whole, a session a logout deleted meanwhile, in another request, came
 // back with its user and all.
 func (s *Store) write(ctx context.Context, session *sessions.Session, data map[string]json.RawMessage) error {
-	p, ok := s.store.(existingPatcher)
+	p, ok := s.store.(middleware.ExistingPatcher)
 	if session.IsNew || !ok {
 		if err := s.store.Save(ctx, session.ID, data); err != nil {
 			return middleware.StoreError("gorillastore: save session", err)
