@@ -557,22 +557,25 @@ func (n *Node) joinLoop() error {
 }
 
 // rejoinUntilLed asks --join's nodes to admit this node, as a new node
-// does, until it hears from a leader (or leads). A member removed while it
-// was down, or one that missed the entry removing it, still finds itself in
-// its own log, and waited for a leader that never came: the leader sends a
-// node outside its configuration nothing. For a member in good standing
-// the join is a no-op, and a leader is heard from within a heartbeat or
-// two anyway.
+// does, until one does, or, while they cannot be reached, until it hears
+// from a leader (or leads). A member removed while it was down, or one
+// that missed the entry removing it, still finds itself in its own log, and
+// waited for a leader that never came: the leader sends a node outside its
+// configuration nothing. For a member in good standing the join is a
+// no-op. The join is asked before a leader is taken for an answer: a
+// heartbeat the leader's replication sent just before removing the node
+// could arrive after its restart, and it then never asked (CI, about 1
+// run in 8 with -race).
 func (n *Node) rejoinUntilLed() error {
 	backoff := 500 * time.Millisecond
 	for {
-		if n.hearsALeader() {
-			return nil
-		}
 		if joined, err := n.askToJoin(func(addr string, err error) {
-			n.log.Debug("no leader heard from yet; asking to be admitted failed, will retry", "via", addr, "error", err)
+			n.log.Debug("asking to be admitted failed, will retry unless a leader is heard from", "via", addr, "error", err)
 		}); joined || err != nil {
 			return err
+		}
+		if n.hearsALeader() {
+			return nil
 		}
 		select {
 		case <-n.stop:
