@@ -79,7 +79,8 @@ func TestFaultCheckerCatches(t *testing.T) {
 }
 
 // TestFaultNetCuts checks the fault layer itself: a refused link fails
-// dials and the connections it had, one direction only; a held link
+// dials and the connections it had (also those dialled before the peer's
+// address was registered), one direction only; a held link
 // delivers after the heal; a dropped link loses what is written.
 func TestFaultNetCuts(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -110,7 +111,6 @@ func TestFaultNetCuts(t *testing.T) {
 	}()
 	fn := newFaultNet(1)
 	defer fn.closeAll()
-	fn.register(ln.Addr().String(), 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	echo := func(c net.Conn, msg string) error {
@@ -133,6 +133,9 @@ func TestFaultNetCuts(t *testing.T) {
 	if err := echo(c, "one"); err != nil {
 		t.Fatalf("healthy link: %v", err)
 	}
+	// Registered after the dial, as a test cluster's addresses are after
+	// it formed: the connection is on link 0 -> 1 from now on.
+	fn.register(ln.Addr().String(), 1)
 
 	fn.set(link{1, 0}, faultRefuse) // the other direction: no effect on 0 -> 1
 	if err := echo(c, "two"); err != nil {

@@ -90,11 +90,19 @@ func (f *faultNet) intn(n int) int {
 	return f.rng.Intn(n)
 }
 
-// register names the node listening on addr.
+// register names the node listening on addr. Connections already dialled
+// to addr (while the cluster formed, before its addresses were known) are
+// tagged too: left as -1 they would carry raft's pooled traffic past every
+// fault.
 func (f *faultNet) register(addr string, node int) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.addrs[addr] = node
-	f.mu.Unlock()
+	for c := range f.conns {
+		if c.addr == addr {
+			c.l.to = node
+		}
+	}
 }
 
 // state returns the fault and delay of link (from, to). Caller holds mu.
@@ -132,8 +140,12 @@ func (f *faultNet) dialer(from int) func(ctx context.Context, network, addr stri
 		if err != nil {
 			return nil, err
 		}
-		fc := &faultConn{Conn: c, net: f, l: l}
+		fc := &faultConn{Conn: c, net: f, addr: addr}
 		f.mu.Lock()
+		if to, ok := f.addrs[addr]; ok { // registered while dialling
+			l.to = to
+		}
+		fc.l = l
 		f.conns[fc] = struct{}{}
 		f.mu.Unlock()
 		return fc, nil
@@ -248,11 +260,13 @@ func (f *faultNet) closeAll() {
 	}
 }
 
-// faultConn is a dialled connection on link l.
+// faultConn is a dialled connection to addr on link l (l is guarded by
+// net.mu: register may tag it later).
 type faultConn struct {
 	net.Conn
-	net *faultNet
-	l   link
+	net  *faultNet
+	addr string
+	l    link
 
 	dmu      sync.Mutex // guards the deadlines, remembered so holds honour them
 	rdl, wdl time.Time
