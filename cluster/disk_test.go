@@ -13,9 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kadosession/kadosession/client"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -203,4 +205,69 @@ func TestLogFailureIsNamed(t *testing.T) {
 	fail.Store(false)
 	poll(t, func() bool { return n.Readiness().Ready }, 15*time.Second, "the node to be ready once its log can be written")
 	mustSave(t, n, "after", `{}`)
+}
+
+// TestFailingLogSlowsElectionsAndFailsFast: a single node that cannot
+// append stood for election, won, failed its first append and stepped down
+// every 300 ms, six log lines a round, and its clients waited out their
+// timeouts. Now its rounds slow down (heartbeat and election timeouts
+// doubled per failed append, up to logFailHeartbeatMax), raft's messages
+// of those rounds are at debug with one error of its own, a client's save
+// fails at once saying why, and the first append that succeeds restores
+// the timeouts.
+func TestFailingLogSlowsElectionsAndFailsFast(t *testing.T) {
+	var fail atomic.Bool
+	logs := &logCapture{}
+	n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &fail} },
+		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})})
+	c, err := client.New(client.Config{Addrs: []string{n.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.SaveRaw(ctx, "ok", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	before := len(logs.String())
+	fail.Store(true)
+	term := n.raft.CurrentTerm()
+	if err := c.SaveRaw(ctx, "lost", []byte(`{}`)); err == nil {
+		t.Fatal("a save was acknowledged while the log could not be written")
+	}
+	const failFor = 6 * time.Second
+	time.Sleep(failFor / 2)
+	start := time.Now()
+	err = c.SaveRaw(ctx, "lost", []byte(`{}`))
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "cannot write its raft log") {
+		t.Fatalf("a save while the log fails: %v; want it to say the log cannot be written", err)
+	}
+	t.Logf("a save while the log failed took %s: %v", took.Round(time.Millisecond), err)
+	if took > 3*time.Second {
+		t.Errorf("a save while the log failed took %s; want it refused at once, not after the client's timeout", took)
+	}
+	time.Sleep(failFor - time.Since(start) - failFor/2)
+	rounds := n.raft.CurrentTerm() - term
+	// Every 300 ms before: about 20 rounds in 6 s. Slowed: about 4.
+	t.Logf("election rounds in %s of failed appends: %d; heartbeat timeout now %s", failFor, rounds, n.raft.ReloadableConfig().HeartbeatTimeout)
+	if rounds > 8 {
+		t.Errorf("%d election rounds in %s while appends failed; want them slowed down", rounds, failFor)
+	}
+	out := logs.String()[before:]
+	for _, msg := range []string{"entering candidate state", "election won", "failed to commit logs"} {
+		if strings.Contains(out, msg) {
+			t.Errorf("raft's %q was logged above debug while appends failed:\n%s", msg, out)
+		}
+	}
+	if k := strings.Count(out, "[ERROR] this node cannot write its raft log"); k != 1 {
+		t.Errorf("the failure was reported %d times, want once:\n%s", k, out)
+	}
+
+	fail.Store(false)
+	poll(t, func() bool { return c.SaveRaw(ctx, "after", []byte(`{}`)) == nil }, 15*time.Second, "a save once the log can be written")
+	poll(t, func() bool { return n.raft.ReloadableConfig().HeartbeatTimeout == n.cfg.HeartbeatTimeout }, 5*time.Second, "the heartbeat timeout restored")
+	if !strings.Contains(logs.String(), "this node can write its raft log again") {
+		t.Errorf("the end of the failure was not logged:\n%s", logs.String())
+	}
 }

@@ -47,6 +47,14 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		// and then saying "retry shortly" sent clients round in circles.
 		return errNotMember
 	}
+	// A node that cannot write its log, with no other node leading, will
+	// not lead either (it steps down at its first append): waiting out the
+	// request's deadline only hid the cause behind a timeout (the Go
+	// client's 5 s is shorter than the node's 10 s). The error says it
+	// (explain).
+	if n.logHealth.recent() != nil {
+		return notLeader(n.raft)
+	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -62,6 +70,9 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		}
 		if n.leaderKnown() {
 			return nil
+		}
+		if n.logHealth.recent() != nil {
+			return notLeader(n.raft)
 		}
 	}
 }

@@ -56,7 +56,11 @@ func TestLoggingNoSessionIDsOrToken(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) {
 		c.Server.Token = []byte(token)
 		c.Server.MaxConns = 64
-		c.Server.ReadTimeout = 300 * time.Millisecond
+		// Long enough for the 2 MiB request to arrive under -race: the node
+		// reads the rest of a refused request (lingerAfterReply) only
+		// until then, and a client still writing then got a reset, not
+		// the answer.
+		c.Server.ReadTimeout = 2 * time.Second
 		c.Duration = 200 * time.Millisecond
 		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.ID, Level: hclog.Trace, Output: logs})
 	})

@@ -20,13 +20,17 @@ import (
 // at the network. Readiness and the errors of client requests now name it.
 type logHealth struct {
 	failing atomic.Pointer[logFailure]
+	// changed is signalled, without blocking, after every failed append
+	// and when an append succeeds after failures (watchLogHealth).
+	changed chan struct{}
 }
 
-// logFailure is a run of failed appends: since the first, and the latest
-// error.
+// logFailure is a run of failed appends: since the first, the latest, how
+// many, and the latest error.
 type logFailure struct {
-	since time.Time
-	err   string
+	since, last time.Time
+	appends     int
+	err         string
 }
 
 // note records the outcome of one append.
@@ -35,11 +39,94 @@ func (h *logHealth) note(err error) {
 	case err == nil && cur != nil:
 		h.failing.Store(nil)
 	case err != nil:
-		since := time.Now()
+		now := time.Now()
+		f := &logFailure{since: now, last: now, appends: 1, err: err.Error()}
 		if cur != nil {
-			since = cur.since
+			f.since, f.appends = cur.since, cur.appends+1
 		}
-		h.failing.Store(&logFailure{since: since, err: err.Error()})
+		h.failing.Store(f)
+	default:
+		return
+	}
+	select {
+	case h.changed <- struct{}{}:
+	default:
+	}
+}
+
+// recent returns the run of failed appends when its latest failure is
+// recent enough that the node is still failing, not merely idle since
+// (a node retries at least every 2×logFailHeartbeatMax while it fails).
+func (h *logHealth) recent() *logFailure {
+	if f := h.failing.Load(); f != nil && time.Since(f.last) < 3*logFailHeartbeatMax {
+		return f
+	}
+	return nil
+}
+
+// logFailHeartbeatMax bounds the heartbeat and election timeouts of a node
+// whose log appends fail (watchLogHealth).
+const logFailHeartbeatMax = 2 * time.Second
+
+// watchLogHealth runs for the node's life and acts on log failures. A
+// single node whose disk was full won an election, failed to append its
+// first entry, stepped down and stood again every 300 ms, six log lines a
+// round: its term went from 2 to 614 in three minutes (a disk-full drill).
+// While appends fail, its heartbeat and election timeouts double with
+// each failed append, up to logFailHeartbeatMax, so it tries again every
+// few seconds; raft's messages of those rounds are logged at debug
+// (quietRaft), and this logs the failure once, then once a minute, and
+// its end. The timeouts are restored by the first append that succeeds.
+func (n *Node) watchLogHealth() {
+	defer n.bg.Done()
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	var (
+		run      *logFailure // the run being reported
+		warned   time.Time
+		slowedTo time.Duration
+	)
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.logHealth.changed:
+		case <-tick.C:
+		}
+		f := n.logHealth.failing.Load()
+		switch {
+		case f == nil && run != nil:
+			n.log.Info("this node can write its raft log again", "failed_for", time.Since(run.since).Round(time.Millisecond), "failed_appends", run.appends)
+			run = nil
+			if slowedTo != 0 {
+				n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
+				slowedTo = 0
+			}
+		case f != nil:
+			if run == nil || !f.since.Equal(run.since) {
+				n.log.Error("this node cannot write its raft log; it retries every few seconds, and while no other node leads it refuses requests with this error", "error", f.err)
+				warned = time.Now()
+			} else if time.Since(warned) >= time.Minute {
+				n.log.Warn(f.String(), "failed_appends", f.appends)
+				warned = time.Now()
+			}
+			run = f
+			hb := n.cfg.HeartbeatTimeout << min(f.appends, 10)
+			hb = max(min(hb, logFailHeartbeatMax), n.cfg.HeartbeatTimeout)
+			if hb != n.cfg.HeartbeatTimeout && hb != slowedTo {
+				n.setElectionTimeouts(hb, max(hb, n.cfg.ElectionTimeout))
+				slowedTo = hb
+			}
+		}
+	}
+}
+
+// setElectionTimeouts sets raft's heartbeat and election timeouts.
+func (n *Node) setElectionTimeouts(hb, election time.Duration) {
+	rc := n.raft.ReloadableConfig()
+	rc.HeartbeatTimeout, rc.ElectionTimeout = hb, election
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		n.log.Warn("cannot change raft's election timeouts", "heartbeat_timeout", hb, "election_timeout", election, "error", err)
 	}
 }
 

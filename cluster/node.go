@@ -268,12 +268,13 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
+	n.logHealth.changed = make(chan struct{}, 1)
 	logStore = healthLog{logStore, &n.logHealth}
 	logs, err := raft.NewLogCache(512, logStore)
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{log.Named("snapshot")})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{Logger: log.Named("snapshot")})
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}
@@ -335,7 +336,7 @@ func Open(cfg Config) (*Node, error) {
 	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
-	rc.Logger = quietRaft{log.Named("raft")}
+	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth}
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
@@ -404,6 +405,8 @@ func Open(cfg Config) (*Node, error) {
 	go n.watchCatchUp()
 	n.bg.Add(1)
 	go n.snapshotOnLogGrowth()
+	n.bg.Add(1)
+	go n.watchLogHealth()
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs

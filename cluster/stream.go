@@ -130,10 +130,19 @@ func (a advertisedAddr) String() string  { return string(a) }
 // election on a heartbeat timeout with no leader before it. Operators took
 // them for faults (a README walkthrough). An election after a leader was
 // lost stays a warning.
-type quietRaft struct{ hclog.Logger }
+type quietRaft struct {
+	hclog.Logger
+	// health, when set, is the node's log health: while its appends fail,
+	// the messages of each election round it stands in and loses again
+	// (electionRound) are logged at debug; watchLogHealth reports the
+	// failure instead.
+	health *logHealth
+}
 
 func (q quietRaft) Warn(msg string, args ...any) {
 	switch {
+	case q.inFailingRound(msg):
+		q.Logger.Debug(msg, args...)
 	case msg == "no known peers, aborting election", msg == "failed to get previous log",
 		msg == "appendEntries rejected, sending older logs",
 		msg == "found temporary snapshot": // the one being written; failed ones are removed (tidySnapshots)
@@ -143,6 +152,43 @@ func (q quietRaft) Warn(msg string, args ...any) {
 	default:
 		q.Logger.Warn(msg, args...)
 	}
+}
+
+func (q quietRaft) Info(msg string, args ...any) {
+	if q.inFailingRound(msg) {
+		q.Logger.Debug(msg, args...)
+		return
+	}
+	q.Logger.Info(msg, args...)
+}
+
+func (q quietRaft) Error(msg string, args ...any) {
+	if q.inFailingRound(msg) {
+		q.Logger.Debug(msg, args...)
+		return
+	}
+	q.Logger.Error(msg, args...)
+}
+
+// electionRound is what raft logs in an election round of a node that
+// cannot append: it stands, wins (alone) or loses, fails to append, and
+// steps down.
+var electionRound = map[string]bool{
+	"heartbeat timeout reached, starting election":           true,
+	"entering candidate state":                               true,
+	"pre-vote successful, starting election":                 true,
+	"pre-vote campaign failed, waiting for election timeout": true,
+	"election won":             true,
+	"entering leader state":    true,
+	"entering follower state":  true,
+	"failed to commit logs":    true,
+	"failed to append to logs": true,
+}
+
+// inFailingRound reports whether msg belongs to an election round while the
+// node's log appends fail.
+func (q quietRaft) inFailingRound(msg string) bool {
+	return q.health != nil && electionRound[msg] && q.health.recent() != nil
 }
 
 // argOf returns the value of key among hclog's key/value args, as text.
