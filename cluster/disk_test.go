@@ -56,7 +56,7 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 		return m.GetCounter().GetValue()
 	}
 	poll(t, func() bool { return failed() >= 1 }, 5*time.Second, "a timed save-file write to fail")
-	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "previous save file is intact") {
+	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "the previous save file, written") || !strings.Contains(err.Error(), "ago, is intact") {
 		t.Fatalf("SaveNow on a full disk: %v", err)
 	}
 	if f := failed(); f < 2 {
@@ -68,6 +68,50 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(path); string(after) != string(before) {
 		t.Fatalf("save file changed on a full disk:\n%s\n%s", before, after)
+	}
+}
+
+// TestSaveFileLeavesRoomForTheLog: a save-file rewrite that would leave
+// less than saveFileReserve free on its disk is not made (the new file is
+// written beside the old one, and on a nearly full disk it took the last
+// space the raft log needed); the old file stays, the error says why and
+// how old the old file is, and the node goes on serving.
+func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
+	dir := t.TempDir()
+	if free, err := diskFree(dir); err != nil || free == 0 {
+		t.Fatalf("free space of %s: %d %v", dir, free, err)
+	}
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	mustSave(t, n, "a", `{"v":1}`)
+	if err := n.SaveNow(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "sessions.json")
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := freeSpace
+	t.Cleanup(func() { n.Close(); freeSpace = orig })
+	var free atomic.Uint64
+	freeSpace = func(string) (uint64, error) { return free.Load(), nil }
+	free.Store(uint64(len(before)) + saveFileReserve - 1)
+	mustSave(t, n, "b", `{"v":2}`)
+	err = n.SaveNow()
+	if err == nil || !strings.Contains(err.Error(), "not written") || !strings.Contains(err.Error(), "kept for the raft log") || !strings.Contains(err.Error(), "ago, is intact") {
+		t.Fatalf("a save file rewrite that would leave less than the reserve: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatalf("the save file changed:\n%s\n%s", before, after)
+	}
+	mustSave(t, n, "c", `{"v":3}`)
+	free.Store(uint64(len(before)) + saveFileReserve)
+	if err := n.SaveNow(); err != nil {
+		t.Fatalf("with room again: %v", err)
+	}
+	if after, _ := os.ReadFile(path); !strings.Contains(string(after), `"c"`) {
+		t.Fatalf("the save file was not rewritten once there was room: %s", after)
 	}
 }
 

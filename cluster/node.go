@@ -710,10 +710,13 @@ func (n *Node) saveIfChanged(last uint64) (uint64, error) {
 		return last, nil
 	}
 	start := time.Now()
-	err := n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) })
+	err := roomForSaveFile(n.cfg.SaveFile)
+	if err == nil {
+		err = n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) })
+	}
 	n.obs.observeSaveFile(time.Since(start), err)
 	if err != nil {
-		return last, fmt.Errorf("write save file %s: %w (the previous save file is intact)", n.cfg.SaveFile, err)
+		return last, fmt.Errorf("write save file %s: %w (%s)", n.cfg.SaveFile, err, previousSaveFile(n.cfg.SaveFile))
 	}
 	return v, nil
 }

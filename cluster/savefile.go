@@ -129,6 +129,51 @@ func writeSaveFile(path string, v *fsm.View) error {
 	})
 }
 
+// saveFileReserve is the free space a save-file rewrite leaves on its
+// disk, for the raft log's appends.
+const saveFileReserve = 32 << 20
+
+// freeSpace returns the bytes an unprivileged writer may still use on the
+// file system holding dir (diskfree_*.go; a variable for tests).
+var freeSpace = diskFree
+
+// roomForSaveFile refuses a rewrite of the save file at path that would
+// leave less than saveFileReserve free: the new file is written beside the
+// old one, as large, before the old one goes, and on a nearly full disk it
+// took the last space the raft log needed (a disk-full drill), after which
+// no write could be acknowledged. An unknown free space is no reason to
+// refuse.
+func roomForSaveFile(path string) error {
+	var need uint64
+	if fi, err := os.Stat(path); err == nil {
+		need = uint64(fi.Size())
+	}
+	free, err := freeSpace(filepath.Dir(path))
+	if err != nil || free >= need+saveFileReserve {
+		return nil
+	}
+	size := func(n uint64) string {
+		if n < 1<<10 {
+			return fmt.Sprintf("%d bytes", n)
+		}
+		if n < 1<<20 {
+			return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+		}
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Errorf("not written: it needs about %s and its disk has %s free, of which %s are kept for the raft log", size(need), size(free), size(saveFileReserve))
+}
+
+// previousSaveFile says what is left of the save file at path after a
+// failed rewrite, for the error.
+func previousSaveFile(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "there is no previous save file"
+	}
+	return fmt.Sprintf("the previous save file, written %s ago, is intact", time.Since(fi.ModTime()).Round(time.Second))
+}
+
 // checkSaveFilePath refuses, at start, a save file path no save could be
 // written to: a directory, or a file in a directory that does not exist
 // (the data directory, made at start, excepted). Found out at the first
