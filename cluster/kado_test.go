@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kadosession/kadosession/fsm"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -82,6 +83,16 @@ func TestKadoProtocolBadInputs(t *testing.T) {
 		if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"`+sid+`"}}`)); got != `{"status":"ok","result":{"v":"`+sid+`"}}` {
 			t.Fatalf("restore %s = %s", sid, got)
 		}
+	}
+	// An id longer than a session id may be (a tampered cookie a Kado app
+	// restores as it is): Kado answers a blank session, and so does the
+	// node, while a save under it is refused with the limit.
+	long := strings.Repeat("s", fsm.MaxSIDLen+1)
+	if got := kadoRequest(t, addr, []byte(`{"restore":{"sid":"`+long+`"}}`)); got != `{"status":"ok","result":{}}` {
+		t.Fatalf("restore of a %d-byte id = %s, want Kado's blank session", len(long), got)
+	}
+	if got := kadoRequest(t, addr, []byte(`{"save":{"sid":"`+long+`","data":{}}}`)); !strings.Contains(got, "the limit is 512") {
+		t.Fatalf("save under a %d-byte id = %s, want the limit", len(long), got)
 	}
 	// After all that the node still serves.
 	if got := kadoRequest(t, addr, []byte(kadoSave)); got != `{"status":"ok"}` {
