@@ -71,15 +71,21 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	}
 }
 
-// TestSaveFileLeavesRoomForTheLog: a save-file rewrite that would leave
-// less than saveFileReserve free on its disk is not made (the new file is
-// written beside the old one, and on a nearly full disk it took the last
-// space the raft log needed); the old file stays, the error says why and
-// how old the old file is, and the node goes on serving.
+// TestSaveFileLeavesRoomForTheLog: a save-file rewrite on the raft log's
+// disk must leave saveFileReserve free (the new file is written beside the
+// old one, and on a nearly full disk it took the last space the raft log
+// needed). It is not started when there is not even the reserve, and is
+// stopped when it would go below it, also with no previous file to size it
+// by; the old file stays, the error says why and how old the old file is,
+// and the node goes on serving. A save file on another disk is not held to
+// it.
 func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 	dir := t.TempDir()
 	if free, err := diskFree(dir); err != nil || free == 0 {
 		t.Fatalf("free space of %s: %d %v", dir, free, err)
+	}
+	if !sameDisk(dir, filepath.Join(dir, ".")) {
+		t.Fatal("sameDisk: a directory is not on its own disk")
 	}
 	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
 	mustSave(t, n, "a", `{"v":1}`)
@@ -92,26 +98,78 @@ func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	orig := freeSpace
-	t.Cleanup(func() { n.Close(); freeSpace = orig })
+	t.Cleanup(func() { freeSpace = orig })
 	var free atomic.Uint64
 	freeSpace = func(string) (uint64, error) { return free.Load(), nil }
-	free.Store(uint64(len(before)) + saveFileReserve - 1)
-	mustSave(t, n, "b", `{"v":2}`)
+	unchanged := func(what string) {
+		t.Helper()
+		if after, _ := os.ReadFile(path); string(after) != string(before) {
+			t.Fatalf("%s: the save file changed:\n%s\n%s", what, before, after)
+		}
+		if tmps, _ := filepath.Glob(filepath.Join(dir, ".sessions.json.tmp-*")); len(tmps) > 0 {
+			t.Fatalf("%s: a partial new file was left: %v", what, tmps)
+		}
+	}
+
+	free.Store(saveFileReserve - 1)
+	mustSave(t, n, "b", `{"v":"`+strings.Repeat("b", 4096)+`"}`)
 	err = n.SaveNow()
-	if err == nil || !strings.Contains(err.Error(), "not written") || !strings.Contains(err.Error(), "kept for the raft log") || !strings.Contains(err.Error(), "ago, is intact") {
-		t.Fatalf("a save file rewrite that would leave less than the reserve: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "kept for the log") || !strings.Contains(err.Error(), "ago, is intact") {
+		t.Fatalf("a rewrite with less than the reserve free: %v", err)
 	}
-	t.Logf("refused: %v", err)
-	if after, _ := os.ReadFile(path); string(after) != string(before) {
-		t.Fatalf("the save file changed:\n%s\n%s", before, after)
+	t.Logf("not started: %v", err)
+	unchanged("not started")
+
+	free.Store(saveFileReserve + 1024) // less than the new file needs
+	err = n.SaveNow()
+	if err == nil || !strings.Contains(err.Error(), "would leave less than") || !strings.Contains(err.Error(), "ago, is intact") {
+		t.Fatalf("a rewrite that would go below the reserve: %v", err)
 	}
-	mustSave(t, n, "c", `{"v":3}`)
-	free.Store(uint64(len(before)) + saveFileReserve)
+	t.Logf("stopped: %v", err)
+	unchanged("stopped")
+	if data, found, err := n.Restore(context.Background(), "b", transport.Default); err != nil || !found || len(data) < 4096 {
+		t.Fatalf("restore while the save file cannot be written: %d bytes, %v %v", len(data), found, err)
+	}
+
+	free.Store(saveFileReserve + 1<<20)
 	if err := n.SaveNow(); err != nil {
 		t.Fatalf("with room again: %v", err)
 	}
-	if after, _ := os.ReadFile(path); !strings.Contains(string(after), `"c"`) {
-		t.Fatalf("the save file was not rewritten once there was room: %s", after)
+	if after, _ := os.ReadFile(path); !strings.Contains(string(after), `"b"`) {
+		t.Fatalf("the save file was not rewritten once there was room: %.200s", after)
+	}
+
+	// With no previous file to size the rewrite by, it is stopped too.
+	dir2 := t.TempDir()
+	n2 := startNode(t, Config{DataDir: dir2, SaveFrequency: time.Hour})
+	mustSave(t, n2, "c", `{"v":"`+strings.Repeat("c", 4096)+`"}`)
+	free.Store(saveFileReserve + 1024)
+	if err := n2.SaveNow(); err == nil || !strings.Contains(err.Error(), "there is no previous save file") {
+		t.Fatalf("a first save file that would go below the reserve: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir2, "sessions.json")); !os.IsNotExist(err) {
+		t.Fatalf("a first save file was written below the reserve: %v", err)
+	}
+
+	// A save file on another disk than the raft log is not held to it.
+	var shm syscall.Stat_t
+	var tmp syscall.Stat_t
+	if syscall.Stat("/dev/shm", &shm) != nil || syscall.Stat(dir2, &tmp) != nil || shm.Dev == tmp.Dev {
+		return // no second file system here
+	}
+	other, err := os.MkdirTemp("/dev/shm", "kadosession-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	if sameDisk(other, dir2) {
+		t.Fatalf("sameDisk: %s and %s are on different file systems", other, dir2)
+	}
+	n3 := startNode(t, Config{DataDir: t.TempDir(), SaveFile: filepath.Join(other, "sessions.json"), SaveFrequency: time.Hour})
+	mustSave(t, n3, "d", `{"v":1}`)
+	free.Store(0)
+	if err := n3.SaveNow(); err != nil {
+		t.Fatalf("a save file on another disk than the raft log: %v", err)
 	}
 }
 
@@ -313,5 +371,98 @@ func TestFailingLogSlowsElectionsAndFailsFast(t *testing.T) {
 	poll(t, func() bool { return n.raft.ReloadableConfig().HeartbeatTimeout == n.cfg.HeartbeatTimeout }, 5*time.Second, "the heartbeat timeout restored")
 	if !strings.Contains(logs.String(), "this node can write its raft log again") {
 		t.Errorf("the end of the failure was not logged:\n%s", logs.String())
+	}
+}
+
+// TestLogFailureLetsRequestsWaitForAnotherLeader: requests wait through an
+// election as always when another voter may win it, or after a single
+// failed append: only a single node whose appends keep failing refuses
+// them at once (a review found a leader's failing log refusing ~20 saves
+// that would have been forwarded to its successor 250 ms later, and one
+// failed append on a single node refusing saves for seconds).
+func TestLogFailureLetsRequestsWaitForAnotherLeader(t *testing.T) {
+	t.Run("three nodes, the leader's log fails", func(t *testing.T) {
+		fails := map[string]*atomic.Bool{}
+		tc := newTestCluster(t, 3, func(c *Config) {
+			fail := &atomic.Bool{}
+			fails[c.ID] = fail
+			c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return failingLogStore{s, fail} }
+		})
+		old := tc.nodes[tc.leader()]
+		fails[old.ID()].Store(true)
+		refused := 0
+		for i := range 40 {
+			got := kadoRequest(t, old.Addr(), []byte(fmt.Sprintf(`{"save":{"sid":"s%d","data":{"i":%d}}}`, i, i)))
+			if got != `{"status":"ok"}` {
+				refused++
+				t.Logf("save %d through the old leader: %s", i, got)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// The save whose append failed may fail; the rest wait for the
+		// successor and are forwarded to it.
+		if refused > 2 {
+			t.Fatalf("%d of 40 saves through a leader whose log failed were refused; want them to wait for its successor", refused)
+		}
+	})
+	t.Run("single node, one failed append", func(t *testing.T) {
+		var failNext atomic.Int32
+		n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failOnce{s, &failNext} }})
+		mustSave(t, n, "ok", `{}`)
+		failNext.Store(1)
+		refused := 0
+		for i := range 40 {
+			if got := kadoRequest(t, n.Addr(), []byte(fmt.Sprintf(`{"save":{"sid":"s%d","data":{"i":%d}}}`, i, i))); got != `{"status":"ok"}` {
+				refused++
+				t.Logf("save %d: %s", i, got)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if refused > 1 {
+			t.Fatalf("%d of 40 saves refused after one failed append; want them to wait for the node to lead again", refused)
+		}
+	})
+}
+
+// failOnce fails the next *n appends.
+type failOnce struct {
+	raft.LogStore
+	n *atomic.Int32
+}
+
+func (f failOnce) StoreLog(l *raft.Log) error { return f.StoreLogs([]*raft.Log{l}) }
+
+func (f failOnce) StoreLogs(logs []*raft.Log) error {
+	if f.n.Add(-1) >= 0 {
+		return errors.New("input/output error")
+	}
+	return f.LogStore.StoreLogs(logs)
+}
+
+// TestFailingRoundsLoggedLower: while a node's appends fail, raft's
+// messages of its own election rounds go to debug, but a warning that it
+// lost a leader other than itself stays a warning; in a healthy node
+// nothing changes.
+func TestFailingRoundsLoggedLower(t *testing.T) {
+	var out logCapture
+	var h logHealth
+	h.changed = make(chan struct{}, 1)
+	q := quietRaft{Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: &out}), health: &h, self: "n1"}
+	logAll := func() {
+		q.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "127.0.0.1:1", "last-leader-id", "n1")
+		q.Warn("heartbeat timeout reached, starting election", "last-leader-addr", "127.0.0.1:2", "last-leader-id", "n2")
+		q.Info("election won", "term", 3)
+		q.Error("failed to commit logs", "error", "input/output error")
+	}
+	logAll()
+	if got := strings.Count(out.String(), "\n"); got != 4 {
+		t.Fatalf("healthy: %d lines logged, want all 4:\n%s", got, out.String())
+	}
+	before := len(out.String())
+	h.note(errors.New("input/output error"))
+	logAll()
+	got := out.String()[before:]
+	if strings.Count(got, "\n") != 1 || !strings.Contains(got, "[WARN]") || !strings.Contains(got, "last-leader-id=n2") {
+		t.Fatalf("failing: want only the lost leader n2's warning, got:\n%s", got)
 	}
 }

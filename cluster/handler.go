@@ -47,12 +47,13 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		// and then saying "retry shortly" sent clients round in circles.
 		return errNotMember
 	}
-	// A node that cannot write its log, with no other node leading, will
-	// not lead either (it steps down at its first append): waiting out the
-	// request's deadline only hid the cause behind a timeout (the Go
-	// client's 5 s is shorter than the node's 10 s). The error says it
-	// (explain).
-	if n.logHealth.recent() != nil {
+	// A single node whose log appends keep failing will not lead (it
+	// steps down at its first append): waiting out the request's deadline
+	// only hid the cause behind a timeout (the Go client's 5 s is shorter
+	// than the node's 10 s). The error says it (explain). Where another
+	// voter may win the election, or after a single failure, requests wait
+	// as they always do.
+	if n.failingAlone() {
 		return notLeader(n.raft)
 	}
 	t := time.NewTicker(5 * time.Millisecond)
@@ -71,10 +72,17 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		if n.leaderKnown() {
 			return nil
 		}
-		if n.logHealth.recent() != nil {
+		if n.failingAlone() {
 			return notLeader(n.raft)
 		}
 	}
+}
+
+// failingAlone reports whether this node is its cluster's only voter and
+// its log appends have failed more than once lately.
+func (n *Node) failingAlone() bool {
+	f := n.logHealth.recent()
+	return f != nil && f.appends >= 2 && n.voters() <= 1
 }
 
 // errNotMember answers requests on a node removed from the cluster.
@@ -269,7 +277,7 @@ func (n *Node) Touch(ctx context.Context, sid string) error {
 // leader within the staleness bound.
 func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency) ([]byte, bool, error) {
 	if err := fsm.ValidateSID(sid); err != nil {
-		if transport.RequestProtocol(ctx) == transport.ProtocolKado {
+		if transport.FromKado(ctx) {
 			// Kado answers a restore of an id it does not hold with a blank
 			// session, whatever the id (a Kado app restores any cookie's
 			// value), and no session has this one: an error here failed

@@ -94,6 +94,10 @@ func TestKadoProtocolBadInputs(t *testing.T) {
 	if got := kadoRequest(t, addr, []byte(`{"save":{"sid":"`+long+`","data":{}}}`)); !strings.Contains(got, "the limit is 512") {
 		t.Fatalf("save under a %d-byte id = %s, want the limit", len(long), got)
 	}
+	// Only a Kado request gets Kado's leniency, not a call made in-process.
+	if _, _, err := n.Restore(context.Background(), long, transport.Default); err == nil || !strings.Contains(err.Error(), "the limit is 512") {
+		t.Fatalf("in-process restore of a %d-byte id: %v, want the limit", len(long), err)
+	}
 	// After all that the node still serves.
 	if got := kadoRequest(t, addr, []byte(kadoSave)); got != `{"status":"ok"}` {
 		t.Fatalf("save after bad inputs = %s", got)

@@ -77,6 +77,8 @@ const logFailHeartbeatMax = 2 * time.Second
 // few seconds; raft's messages of those rounds are logged at debug
 // (quietRaft), and this logs the failure once, then once a minute, and
 // its end. The timeouts are restored by the first append that succeeds.
+// A single node that fails again and again also refuses requests at once
+// (failingAlone).
 func (n *Node) watchLogHealth() {
 	defer n.bg.Done()
 	tick := time.NewTicker(time.Minute)
@@ -96,7 +98,11 @@ func (n *Node) watchLogHealth() {
 		f := n.logHealth.failing.Load()
 		switch {
 		case f == nil && run != nil:
-			n.log.Info("this node can write its raft log again", "failed_for", time.Since(run.since).Round(time.Millisecond), "failed_appends", run.appends)
+			// raft's election messages of the round that recovered were
+			// logged at debug: say where the node stands.
+			leader, _ := n.raft.LeaderWithID()
+			n.log.Info("this node can write its raft log again", "failed_for", time.Since(run.since).Round(time.Millisecond), "failed_appends", run.appends,
+				"state", n.raft.State().String(), "leader", leader)
 			run = nil
 			if slowedTo != 0 {
 				n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
@@ -104,7 +110,7 @@ func (n *Node) watchLogHealth() {
 			}
 		case f != nil:
 			if run == nil || !f.since.Equal(run.since) {
-				n.log.Error("this node cannot write its raft log; it retries every few seconds, and while no other node leads it refuses requests with this error", "error", f.err)
+				n.log.Error("this node cannot write its raft log; it retries every few seconds, and requests it cannot have served by another node fail with this error", "error", f.err)
 				warned = time.Now()
 			} else if time.Since(warned) >= time.Minute {
 				n.log.Warn(f.String(), "failed_appends", f.appends)

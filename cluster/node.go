@@ -336,7 +336,7 @@ func Open(cfg Config) (*Node, error) {
 	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
-	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth}
+	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth, self: id}
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
@@ -710,9 +710,9 @@ func (n *Node) saveIfChanged(last uint64) (uint64, error) {
 		return last, nil
 	}
 	start := time.Now()
-	err := roomForSaveFile(n.cfg.SaveFile)
+	budget, err := saveFileBudget(n.cfg.SaveFile, n.cfg.DataDir)
 	if err == nil {
-		err = n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture()) })
+		err = n.fsm.writeState(func() error { return writeSaveFile(n.cfg.SaveFile, n.fsm.State.Capture(), budget) })
 	}
 	n.obs.observeSaveFile(time.Since(start), err)
 	if err != nil {

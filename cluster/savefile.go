@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -121,47 +122,74 @@ func shrinkAndRemove(path string) {
 }
 
 // writeSaveFile writes a view as the save-file document, atomically, paced
-// (diskPacer) so that the raft log's fsyncs are not queued behind it.
-func writeSaveFile(path string, v *fsm.View) error {
+// (diskPacer), writing at most budget bytes (no limit when negative:
+// saveFileBudget).
+func writeSaveFile(path string, v *fsm.View, budget int64) error {
 	return writeAtomic(path, func(f *os.File) error {
-		_, err := v.WriteTo(newPacedWriter(f))
+		var w io.Writer = newPacedWriter(f)
+		if budget >= 0 {
+			w = &budgetWriter{w: w, left: budget}
+		}
+		_, err := v.WriteTo(w)
 		return err
 	})
 }
 
-// saveFileReserve is the free space a save-file rewrite leaves on its
-// disk, for the raft log's appends.
+// saveFileReserve is the free space a save-file rewrite leaves on the disk
+// it shares with the raft log, for the log's appends.
 const saveFileReserve = 32 << 20
 
 // freeSpace returns the bytes an unprivileged writer may still use on the
 // file system holding dir (diskfree_*.go; a variable for tests).
 var freeSpace = diskFree
 
-// roomForSaveFile refuses a rewrite of the save file at path that would
-// leave less than saveFileReserve free: the new file is written beside the
-// old one, as large, before the old one goes, and on a nearly full disk it
-// took the last space the raft log needed (a disk-full drill), after which
-// no write could be acknowledged. An unknown free space is no reason to
-// refuse.
-func roomForSaveFile(path string) error {
-	var need uint64
-	if fi, err := os.Stat(path); err == nil {
-		need = uint64(fi.Size())
+// saveFileBudget returns how many bytes a rewrite of the save file at path
+// may write (-1: no limit). The new file is written beside the old one
+// before the old one goes, and on a nearly full disk it took the last
+// space the raft log needed (a disk-full drill), after which no write
+// could be acknowledged. So where the save file shares its disk with the
+// raft log (in dataDir), a rewrite must leave saveFileReserve free; it is
+// stopped when it would not (budgetWriter), and not started when there is
+// not even that. Elsewhere, or with the free space unknown, it is not
+// limited.
+func saveFileBudget(path, dataDir string) (int64, error) {
+	dir := filepath.Dir(path)
+	if !sameDisk(dir, dataDir) {
+		return -1, nil
 	}
-	free, err := freeSpace(filepath.Dir(path))
-	if err != nil || free >= need+saveFileReserve {
-		return nil
+	free, err := freeSpace(dir)
+	if err != nil {
+		return -1, nil
 	}
-	size := func(n uint64) string {
-		if n < 1<<10 {
-			return fmt.Sprintf("%d bytes", n)
-		}
-		if n < 1<<20 {
-			return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-		}
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	if free <= saveFileReserve {
+		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has %s free, and %s are kept for the log", sizeText(free), sizeText(saveFileReserve))
 	}
-	return fmt.Errorf("not written: it needs about %s and its disk has %s free, of which %s are kept for the raft log", size(need), size(free), size(saveFileReserve))
+	return int64(free - saveFileReserve), nil
+}
+
+// budgetWriter fails a write past its budget (saveFileBudget).
+type budgetWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (b *budgetWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > b.left {
+		return 0, fmt.Errorf("not written: it would leave less than the %s kept free for the raft log on the disk they share", sizeText(saveFileReserve))
+	}
+	b.left -= int64(len(p))
+	return b.w.Write(p)
+}
+
+// sizeText says how many bytes n is, for messages.
+func sizeText(n uint64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d bytes", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
 // previousSaveFile says what is left of the save file at path after a

@@ -137,11 +137,14 @@ type quietRaft struct {
 	// (electionRound) are logged at debug; watchLogHealth reports the
 	// failure instead.
 	health *logHealth
+	// self is the node's id: a failing node that lost a leader other than
+	// itself still warns that it starts an election.
+	self string
 }
 
 func (q quietRaft) Warn(msg string, args ...any) {
 	switch {
-	case q.inFailingRound(msg):
+	case q.inFailingRound(msg) && (msg != "heartbeat timeout reached, starting election" || argOf(args, "last-leader-id") == "" || argOf(args, "last-leader-id") == q.self):
 		q.Logger.Debug(msg, args...)
 	case msg == "no known peers, aborting election", msg == "failed to get previous log",
 		msg == "appendEntries rejected, sending older logs",

@@ -48,7 +48,7 @@ func (s *Server) serveKado(c net.Conn, first byte) {
 		reply(KadoError(err.Error()))
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(s.ctx, kadoRequestKey{}, true), s.cfg.RequestTimeout)
 	defer cancel()
 	switch req.Op {
 	case OpSave:
@@ -451,6 +451,16 @@ func RequestNonce(ctx context.Context) (Nonce, bool) {
 // FromPeer reports whether ctx belongs to a request that arrived on a peer
 // connection (MagicPeer): one node forwarding to another. A node that is not
 // the leader answers such requests itself rather than forwarding again.
+// FromKado reports whether ctx belongs to a Kado JSON request this
+// server read (not a call made in-process, which RequestProtocol counts
+// with them).
+func FromKado(ctx context.Context) bool {
+	v, _ := ctx.Value(kadoRequestKey{}).(bool)
+	return v
+}
+
+type kadoRequestKey struct{}
+
 func FromPeer(ctx context.Context) bool {
 	info := infoOf(ctx)
 	return info != nil && info.peer

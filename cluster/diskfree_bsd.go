@@ -1,4 +1,4 @@
-//go:build unix
+//go:build darwin || freebsd || dragonfly
 
 package cluster
 
@@ -12,4 +12,10 @@ func diskFree(dir string) (uint64, error) {
 		return 0, err
 	}
 	return uint64(st.Bavail) * uint64(st.Bsize), nil
+}
+
+// sameDisk reports whether paths a and b are on one file system.
+func sameDisk(a, b string) bool {
+	var sa, sb syscall.Stat_t
+	return syscall.Stat(a, &sa) == nil && syscall.Stat(b, &sb) == nil && sa.Dev == sb.Dev
 }
