@@ -37,7 +37,8 @@ func fullDisk(t *testing.T, n *Node) {
 
 func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	dir := t.TempDir()
-	n := startNode(t, Config{DataDir: dir, SaveFrequency: 20 * time.Millisecond})
+	logs := &logCapture{}
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: 20 * time.Millisecond, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})})
 	ctx := context.Background()
 	mustSave(t, n, "a", `{"v":1}`)
 	path := filepath.Join(dir, "sessions.json")
@@ -61,6 +62,11 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 	}
 	if f := failed(); f < 2 {
 		t.Fatalf("kadosession_save_file_writes_total{result=\"error\"} = %v after several failed writes", f)
+	}
+	// Logged once, not at every timed round (once a minute after that).
+	poll(t, func() bool { return failed() >= 6 }, 10*time.Second, "more timed save-file writes to fail")
+	if k := strings.Count(logs.String(), "save file not written"); k != 1 {
+		t.Fatalf("%v failed writes logged %d times, want once:\n%s", failed(), k, logs.String())
 	}
 	// Still serving, and the previous save file is as it was.
 	if data, found, err := n.Restore(ctx, "b", transport.Default); err != nil || !found || string(data) != `{"v":2}` {
@@ -464,5 +470,57 @@ func TestFailingRoundsLoggedLower(t *testing.T) {
 	got := out.String()[before:]
 	if strings.Count(got, "\n") != 1 || !strings.Contains(got, "[WARN]") || !strings.Contains(got, "last-leader-id=n2") {
 		t.Fatalf("failing: want only the lost leader n2's warning, got:\n%s", got)
+	}
+}
+
+// TestIdleFollowerRecoversFromLogFailure: a follower whose last append
+// failed is ready again, with raft's timeouts restored, once its log can be
+// written, also when nothing is appended after: only an append cleared the
+// failure, and a drill's follower, caught up by a snapshot in an idle
+// cluster, stayed not ready for minutes with room on its disk (probeLog).
+// The failed append is noted as the log store's wrapper notes it, and
+// nothing is written after it.
+func TestIdleFollowerRecoversFromLogFailure(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	f := tc.nodes[tc.follower()]
+	f.logHealth.note(errors.New("no space left on device"))
+	poll(t, func() bool { return f.raft.ReloadableConfig().HeartbeatTimeout > f.cfg.HeartbeatTimeout }, 5*time.Second, "the follower's elections to be slowed")
+	if rd := f.Readiness(); rd.Ready {
+		t.Fatalf("ready while its log failed: %+v", rd)
+	}
+	start := time.Now()
+	poll(t, func() bool {
+		return f.Readiness().Ready && f.raft.ReloadableConfig().HeartbeatTimeout == f.cfg.HeartbeatTimeout
+	}, 30*time.Second, "the idle follower to be ready, its timeouts restored")
+	t.Logf("ready again after %s, with nothing appended", time.Since(start).Round(time.Millisecond))
+}
+
+// TestSnapshotLeavesRoomForTheLog: a snapshot the node takes must leave
+// saveFileReserve free beside its raft log: one that filled the disk
+// failed the log's appends each time raft tried it again (a disk-full
+// drill). It is stopped instead, leaves nothing behind, and writes go on.
+func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir})
+	for i := range 20 {
+		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
+	}
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	var free atomic.Uint64
+	freeSpace = func(string) (uint64, error) { return free.Load(), nil }
+	free.Store(saveFileReserve + 1024)
+	err := n.raft.Snapshot().Error()
+	if err == nil || !strings.Contains(err.Error(), "snapshot not written") {
+		t.Fatalf("a snapshot that would go below the reserve: %v", err)
+	}
+	t.Logf("stopped: %v", err)
+	if tmps, _ := filepath.Glob(filepath.Join(dir, "snapshots", "*.tmp")); len(tmps) > 0 {
+		t.Fatalf("the stopped snapshot left %v", tmps)
+	}
+	mustSave(t, n, "after", `{}`)
+	free.Store(saveFileReserve + 1<<20)
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("a snapshot with room: %v", err)
 	}
 }

@@ -81,7 +81,7 @@ const logFailHeartbeatMax = 2 * time.Second
 // (failingAlone).
 func (n *Node) watchLogHealth() {
 	defer n.bg.Done()
-	tick := time.NewTicker(time.Minute)
+	tick := time.NewTicker(logProbeInterval)
 	defer tick.Stop()
 	var (
 		run      *logFailure // the run being reported
@@ -96,6 +96,12 @@ func (n *Node) watchLogHealth() {
 		case <-tick.C:
 		}
 		f := n.logHealth.failing.Load()
+		if f != nil && time.Since(f.last) >= logProbeInterval && n.probeLog() {
+			// Nothing appended lately (an idle follower, one that caught
+			// up by a snapshot): the probe says the log can be written.
+			n.logHealth.note(nil)
+			f = nil
+		}
 		switch {
 		case f == nil && run != nil:
 			// raft's election messages of the round that recovered were
@@ -125,6 +131,28 @@ func (n *Node) watchLogHealth() {
 			}
 		}
 	}
+}
+
+// logProbeInterval is how long a node whose log appends failed waits for
+// another append before it probes the log store itself (probeLog).
+const logProbeInterval = 5 * time.Second
+
+// logProbeKey is the raft log store's stable-store key that probeLog
+// writes; nothing reads it.
+var logProbeKey = []byte("kadosession-log-probe")
+
+// probeLog reports whether the raft log's store can be written now: it
+// writes, then clears, a value the size of a large log entry under a key
+// of its own. Only an append cleared a node's log failure, and a follower
+// of an idle cluster, or one that caught up by installing a snapshot,
+// appends nothing: it stayed "cannot write its raft log", not ready and
+// with slowed elections, for minutes after its disk had room again (a
+// disk-full drill).
+func (n *Node) probeLog() bool {
+	if err := n.bolt.Set(logProbeKey, make([]byte, 64<<10)); err != nil {
+		return false
+	}
+	return n.bolt.Set(logProbeKey, nil) == nil
 }
 
 // setElectionTimeouts sets raft's heartbeat and election timeouts.

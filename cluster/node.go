@@ -95,6 +95,7 @@ type trackedFSM struct {
 	opened  atomic.Uint64 // see indexedSnapshots
 	growth  *logGrowth
 	writing sync.Mutex // held by writeState
+	dataDir string     // the node's, for snapshotBudget
 }
 
 // writeState runs write, which writes the whole state (a snapshot's Persist
@@ -135,7 +136,7 @@ func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &countedSnapshot{FSMSnapshot: s, growth: t.growth, mark: mark, writeState: t.writeState}, nil
+	return &countedSnapshot{FSMSnapshot: s, growth: t.growth, mark: mark, writeState: t.writeState, dataDir: t.dataDir}, nil
 }
 
 // Restore restores a snapshot; the applied index becomes the snapshot's
@@ -333,7 +334,7 @@ func Open(cfg Config) (*Node, error) {
 		Timeout: 5 * time.Second,
 		Logger:  quietShutdown{log.Named("raft-net")},
 	})
-	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes)}
+	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes), dataDir: cfg.DataDir}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
 	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth, self: id}
@@ -726,7 +727,8 @@ func (n *Node) saveLoop() {
 	t := time.NewTicker(n.cfg.SaveFrequency)
 	defer t.Stop()
 	var last uint64
-	var rested time.Time
+	var rested, logged time.Time
+	failures := 0 // writes failed in a row
 	for {
 		select {
 		case <-n.stop:
@@ -750,8 +752,18 @@ func (n *Node) saveLoop() {
 				n.log.Debug("save file write was long; the next one waits", "took", took, "rest", rest)
 			}
 			if err != nil {
-				n.log.Error("save file not written; still serving", "error", err)
+				// Once, then once a minute: a full disk failed every write,
+				// every --save-frequency (30 lines a minute at 2 s).
+				// kadosession_save_file_writes_total counts each.
+				if failures++; failures == 1 || time.Since(logged) >= time.Minute {
+					n.log.Error("save file not written; still serving", "error", err, "failed_writes", failures)
+					logged = time.Now()
+				}
 				continue
+			}
+			if failures > 0 {
+				n.log.Info("save file written again", "failed_writes", failures)
+				failures = 0
 			}
 			last = v
 		}

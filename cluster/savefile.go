@@ -162,7 +162,7 @@ func saveFileBudget(path, dataDir string) (int64, error) {
 		return -1, nil
 	}
 	if free <= saveFileReserve {
-		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has %s free, and %s are kept for the log", sizeText(free), sizeText(saveFileReserve))
+		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has %s free, not more than the %s kept for the log", sizeText(free), sizeText(saveFileReserve))
 	}
 	return int64(free - saveFileReserve), nil
 }
