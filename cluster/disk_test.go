@@ -524,3 +524,24 @@ func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
 		t.Fatalf("a snapshot with room: %v", err)
 	}
 }
+
+// TestStatusNamesAMemberThatCannotWrite: status names a member whose raft
+// log cannot be written and counts it as a failure: it answers, but cannot
+// help commit (a drill's status said "3 of 3 reachable, 1 more may fail"
+// while one member's disk was full, and writes stopped when another
+// paused).
+func TestStatusNamesAMemberThatCannotWrite(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.nodes[tc.leader()]
+	f := tc.nodes[tc.follower()]
+	f.logHealth.note(errors.New("no space left on device"))
+	cs := l.ClusterStatus(context.Background())
+	if cs.VotersReachable != 3 || cs.FailuresLeft != 0 {
+		t.Fatalf("status with one member that cannot write: %d reachable, %d more may fail; want 3 and 0", cs.VotersReachable, cs.FailuresLeft)
+	}
+	for _, m := range cs.Nodes {
+		if want := m.ID == f.ID(); want != strings.Contains(m.LogFailure, "cannot write its raft log") {
+			t.Fatalf("member %s: log_failure %q", m.ID, m.LogFailure)
+		}
+	}
+}

@@ -505,6 +505,9 @@ type Status struct {
 	Sessions    int    `json:"sessions"`
 	Ready       bool   `json:"ready"`
 	LastContact string `json:"last_contact"` // since the leader was last heard from; "0s" on the leader
+	// LogFailure says that the node cannot write its raft log, since when
+	// and why (a full disk); empty when it can.
+	LogFailure string `json:"log_failure,omitempty"`
 }
 
 // Status returns the node's view of itself.
@@ -518,8 +521,12 @@ func (n *Node) Status() Status {
 			lastContact = time.Since(t).Round(time.Millisecond).String()
 		}
 	}
+	var logFailure string
+	if f := n.logHealth.failing.Load(); f != nil {
+		logFailure = f.String()
+	}
 	return Status{
-		ClusterID: n.ClusterID(), LastContact: lastContact,
+		ClusterID: n.ClusterID(), LastContact: lastContact, LogFailure: logFailure,
 		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
 		LeaderID: string(id), LeaderAddr: string(addr),
 		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex(),

@@ -84,6 +84,10 @@ type NodeStatus struct {
 	// member or the leader did not answer.
 	Lag   *uint64 `json:"lag,omitempty"`
 	Error string  `json:"error,omitempty"`
+	// LogFailure: the member answers but cannot write its raft log (a
+	// full disk), so it cannot help commit; it counts as a failure in
+	// ClusterStatus.FailuresLeft.
+	LogFailure string `json:"log_failure,omitempty"`
 }
 
 // ClusterStatus is the whole cluster as one node sees it.
@@ -481,6 +485,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			out.Nodes[i].Applied = st.Applied
 			out.Nodes[i].Term = st.Term
 			out.Nodes[i].Sessions = st.Sessions
+			out.Nodes[i].LogFailure = st.LogFailure
 		}()
 	}
 	wg.Wait()
@@ -496,6 +501,11 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	}
 	out.Quorum = out.Voters/2 + 1
 	out.FailuresLeft = out.VotersReachable - out.Quorum
+	for _, s := range out.Nodes {
+		if s.Voter && s.State != "unreachable" && s.LogFailure != "" {
+			out.FailuresLeft-- // it answers, but cannot store what it is sent
+		}
+	}
 	return out
 }
 

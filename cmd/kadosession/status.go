@@ -77,8 +77,18 @@ func status(args []string, stdout, stderr io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		for _, n := range st.Nodes {
+			if n.LogFailure != "" {
+				fmt.Fprintf(stdout, "note: %s: %s\n", n.ID, n.LogFailure)
+			}
+		}
 	}
 	if leaderID == "" {
+		for _, n := range st.Nodes {
+			if n.Voter && n.LogFailure != "" && len(st.Nodes) == 1 {
+				return fmt.Errorf("the node has no leader: %s; while that lasts it refuses writes and linearizable reads", n.LogFailure)
+			}
+		}
 		// Scripts and operators can tell from the exit status, as with
 		// health; the table above says which members answer.
 		return errors.New("the cluster has no leader: writes and linearizable reads wait until one is elected, which needs a quorum of voters reachable")
