@@ -58,7 +58,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 			leader = fmt.Sprintf("%s (%s)", leaderID, leaderAddr)
 		}
 		fmt.Fprintf(stdout, "cluster %s, leader %s\nvoters: %d of %d reachable, quorum %d: %s\n%s\n", st.ClusterID, leader,
-			st.VotersReachable, st.Voters, st.Quorum, tolerance(st.FailuresLeft), note)
+			st.VotersReachable, st.Voters, st.Quorum, tolerance(st.FailuresLeft, st.Nodes), note)
 		// LAG: log entries the member has yet to apply that the leader
 		// has applied (a member falling behind, or catching up).
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -97,10 +97,16 @@ func status(args []string, stdout, stderr io.Writer) error {
 }
 
 // tolerance says how many more voters may fail before the cluster loses
-// its quorum (ClusterStatus.FailuresLeft).
-func tolerance(more int) string {
+// its quorum (ClusterStatus.FailuresLeft, which counts voters that answer
+// but cannot write their raft log as failed too).
+func tolerance(more int, nodes []cluster.NodeStatus) string {
 	switch {
 	case more < 0:
+		for _, n := range nodes {
+			if n.Voter && n.LogFailure != "" {
+				return fmt.Sprintf("LOST (%d more must come back or be able to write its raft log)", -more)
+			}
+		}
 		return fmt.Sprintf("LOST (%d more must come back)", -more)
 	case more == 0:
 		return "no further failure tolerated"

@@ -141,3 +141,16 @@ func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
 		t.Fatalf("status of a node not yet admitted: exit %d, %s%s", code, out.String(), errOut.String())
 	}
 }
+
+// TestToleranceOfAMemberThatCannotWrite: a lost quorum whose reachable
+// voter cannot write its raft log says so; a single node on a full disk
+// read "1 of 1 reachable … LOST (1 more must come back)" (a drill).
+func TestToleranceOfAMemberThatCannotWrite(t *testing.T) {
+	full := []cluster.NodeStatus{{ID: "s1", Voter: true, State: "follower", LogFailure: "this node cannot write its raft log (for 1m0s): no space left on device"}}
+	if got := tolerance(-1, full); !strings.Contains(got, "or be able to write its raft log") {
+		t.Fatalf("tolerance with a voter that cannot write: %q", got)
+	}
+	if got := tolerance(-1, nil); got != "LOST (1 more must come back)" {
+		t.Fatalf("tolerance with a voter down: %q", got)
+	}
+}
