@@ -201,11 +201,17 @@ func TestCorruptSnapshotStopsStart(t *testing.T) {
 	}
 }
 
-// failingLogStore fails StoreLogs while fail is set, as a dying disk would.
+// failingLogStore fails StoreLogs while fail says so, as a dying disk
+// would: an *atomic.Bool (while set) or a *failCount.
 type failingLogStore struct {
 	raft.LogStore
-	fail *atomic.Bool
+	fail interface{ Load() bool }
 }
+
+// failCount says to fail the next n appends.
+type failCount struct{ n atomic.Int32 }
+
+func (c *failCount) Load() bool { return c.n.Add(-1) >= 0 }
 
 func (f failingLogStore) StoreLog(l *raft.Log) error { return f.StoreLogs([]*raft.Log{l}) }
 
@@ -412,10 +418,10 @@ func TestLogFailureLetsRequestsWaitForAnotherLeader(t *testing.T) {
 		}
 	})
 	t.Run("single node, one failed append", func(t *testing.T) {
-		var failNext atomic.Int32
-		n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failOnce{s, &failNext} }})
+		var failNext failCount
+		n := startNode(t, Config{wrapLogStore: func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &failNext} }})
 		mustSave(t, n, "ok", `{}`)
-		failNext.Store(1)
+		failNext.n.Store(1)
 		refused := 0
 		for i := range 40 {
 			if got := kadoRequest(t, n.Addr(), []byte(fmt.Sprintf(`{"save":{"sid":"s%d","data":{"i":%d}}}`, i, i))); got != `{"status":"ok"}` {
@@ -428,21 +434,6 @@ func TestLogFailureLetsRequestsWaitForAnotherLeader(t *testing.T) {
 			t.Fatalf("%d of 40 saves refused after one failed append; want them to wait for the node to lead again", refused)
 		}
 	})
-}
-
-// failOnce fails the next *n appends.
-type failOnce struct {
-	raft.LogStore
-	n *atomic.Int32
-}
-
-func (f failOnce) StoreLog(l *raft.Log) error { return f.StoreLogs([]*raft.Log{l}) }
-
-func (f failOnce) StoreLogs(logs []*raft.Log) error {
-	if f.n.Add(-1) >= 0 {
-		return errors.New("input/output error")
-	}
-	return f.LogStore.StoreLogs(logs)
 }
 
 // TestFailingRoundsLoggedLower: while a node's appends fail, raft's

@@ -2,7 +2,7 @@ package cluster
 
 import (
 	"errors"
-	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -118,11 +118,17 @@ type countedSnapshot struct {
 	growth     *logGrowth
 	mark       uint64
 	writeState func(func() error) error // trackedFSM.writeState
-	dataDir    string                   // where the snapshot and the raft log are (snapshotBudget)
+	dataDir    string                   // where the snapshot and the raft log are (reserveBudget)
 }
 
 func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
-	c := &countingSink{SnapshotSink: sink, budget: snapshotBudget(s.dataDir)}
+	// Only snapshots taken here are held to the reserve: one installed
+	// from the leader replaces the whole log, which frees its space. A
+	// snapshot that filled the disk failed the log's appends, and so
+	// acknowledged writes, each time raft tried it again (a disk-full
+	// drill); stopped, it leaves the log growing until there is room.
+	c := &countingSink{SnapshotSink: sink}
+	c.w = &budgetWriter{w: sink, left: reserveBudget(s.dataDir), what: "snapshot"}
 	err := s.writeState(func() error { return s.FSMSnapshot.Persist(c) })
 	if err == nil {
 		s.growth.written(s.mark, c.n)
@@ -132,29 +138,12 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 
 type countingSink struct {
 	raft.SnapshotSink
-	n      int64
-	budget int64 // the most it may write; no limit when negative
+	w io.Writer // the sink, through its budget
+	n int64
 }
 
 func (c *countingSink) Write(p []byte) (int, error) {
-	if c.budget >= 0 && c.n+int64(len(p)) > c.budget {
-		return 0, fmt.Errorf("snapshot not written: it would leave less than the %s kept free for the raft log's appends on its disk; the log keeps growing until there is room", sizeText(saveFileReserve))
-	}
-	n, err := c.SnapshotSink.Write(p)
+	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// snapshotBudget is how many bytes a snapshot this node takes may write in
-// dataDir, beside its raft log (-1: no limit, the free space unknown). It
-// leaves saveFileReserve free: a snapshot that filled the disk failed the
-// log's appends, and so acknowledged writes, each time raft tried it again
-// (a disk-full drill). Only snapshots taken here are held to it: one
-// installed from the leader replaces the whole log, which frees its space.
-func snapshotBudget(dataDir string) int64 {
-	free, err := freeSpace(dataDir)
-	if err != nil {
-		return -1
-	}
-	return max(int64(free)-saveFileReserve, 0)
 }

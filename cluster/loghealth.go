@@ -84,9 +84,8 @@ func (n *Node) watchLogHealth() {
 	tick := time.NewTicker(logProbeInterval)
 	defer tick.Stop()
 	var (
-		run      *logFailure // the run being reported
-		warned   time.Time
-		slowedTo time.Duration
+		run    *logFailure // the run being reported
+		warned time.Time
 	)
 	for {
 		select {
@@ -110,10 +109,7 @@ func (n *Node) watchLogHealth() {
 			n.log.Info("this node can write its raft log again", "failed_for", time.Since(run.since).Round(time.Millisecond), "failed_appends", run.appends,
 				"state", n.raft.State().String(), "leader", leader)
 			run = nil
-			if slowedTo != 0 {
-				n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
-				slowedTo = 0
-			}
+			n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
 		case f != nil:
 			if run == nil || !f.since.Equal(run.since) {
 				n.log.Error("this node cannot write its raft log; it retries every few seconds, and requests it cannot have served by another node fail with this error", "error", f.err)
@@ -125,10 +121,7 @@ func (n *Node) watchLogHealth() {
 			run = f
 			hb := n.cfg.HeartbeatTimeout << min(f.appends, 10)
 			hb = max(min(hb, logFailHeartbeatMax), n.cfg.HeartbeatTimeout)
-			if hb != n.cfg.HeartbeatTimeout && hb != slowedTo {
-				n.setElectionTimeouts(hb, max(hb, n.cfg.ElectionTimeout))
-				slowedTo = hb
-			}
+			n.setElectionTimeouts(hb, max(hb, n.cfg.ElectionTimeout))
 		}
 	}
 }
@@ -155,9 +148,13 @@ func (n *Node) probeLog() bool {
 	return n.bolt.Set(logProbeKey, nil) == nil
 }
 
-// setElectionTimeouts sets raft's heartbeat and election timeouts.
+// setElectionTimeouts sets raft's heartbeat and election timeouts, when
+// they differ (raft's own configuration is the only record of them).
 func (n *Node) setElectionTimeouts(hb, election time.Duration) {
 	rc := n.raft.ReloadableConfig()
+	if rc.HeartbeatTimeout == hb && rc.ElectionTimeout == election {
+		return
+	}
 	rc.HeartbeatTimeout, rc.ElectionTimeout = hb, election
 	if err := n.raft.ReloadConfig(rc); err != nil {
 		n.log.Warn("cannot change raft's election timeouts", "heartbeat_timeout", hb, "election_timeout", election, "error", err)

@@ -95,7 +95,7 @@ type trackedFSM struct {
 	opened  atomic.Uint64 // see indexedSnapshots
 	growth  *logGrowth
 	writing sync.Mutex // held by writeState
-	dataDir string     // the node's, for snapshotBudget
+	dataDir string     // the node's, for the snapshots' reserveBudget
 }
 
 // writeState runs write, which writes the whole state (a snapshot's Persist

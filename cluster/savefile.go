@@ -126,11 +126,7 @@ func shrinkAndRemove(path string) {
 // saveFileBudget).
 func writeSaveFile(path string, v *fsm.View, budget int64) error {
 	return writeAtomic(path, func(f *os.File) error {
-		var w io.Writer = newPacedWriter(f)
-		if budget >= 0 {
-			w = &budgetWriter{w: w, left: budget}
-		}
-		_, err := v.WriteTo(w)
+		_, err := v.WriteTo(&budgetWriter{w: newPacedWriter(f), left: budget, what: "save file"})
 		return err
 	})
 }
@@ -157,27 +153,39 @@ func saveFileBudget(path, dataDir string) (int64, error) {
 	if !sameDisk(dir, dataDir) {
 		return -1, nil
 	}
-	free, err := freeSpace(dir)
-	if err != nil {
-		return -1, nil
+	budget := reserveBudget(dir)
+	if budget == 0 {
+		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has no more free than the %s kept for the log", sizeText(saveFileReserve))
 	}
-	if free <= saveFileReserve {
-		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has %s free, not more than the %s kept for the log", sizeText(free), sizeText(saveFileReserve))
-	}
-	return int64(free - saveFileReserve), nil
+	return budget, nil
 }
 
-// budgetWriter fails a write past its budget (saveFileBudget).
+// reserveBudget returns how many bytes may still be written on the file
+// system holding dir leaving saveFileReserve free (-1: unknown).
+func reserveBudget(dir string) int64 {
+	free, err := freeSpace(dir)
+	if err != nil {
+		return -1
+	}
+	return max(int64(free)-saveFileReserve, 0)
+}
+
+// budgetWriter fails a write past its budget (reserveBudget; no limit
+// when negative): the save file's and the snapshots' on the raft log's
+// disk. what names the file for the error.
 type budgetWriter struct {
 	w    io.Writer
 	left int64
+	what string
 }
 
 func (b *budgetWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) > b.left {
-		return 0, fmt.Errorf("not written: it would leave less than the %s kept free for the raft log on the disk they share", sizeText(saveFileReserve))
+	if b.left >= 0 {
+		if int64(len(p)) > b.left {
+			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, sizeText(saveFileReserve))
+		}
+		b.left -= int64(len(p))
 	}
-	b.left -= int64(len(p))
 	return b.w.Write(p)
 }
 

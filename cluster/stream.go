@@ -144,7 +144,7 @@ type quietRaft struct {
 
 func (q quietRaft) Warn(msg string, args ...any) {
 	switch {
-	case q.inFailingRound(msg) && (msg != "heartbeat timeout reached, starting election" || argOf(args, "last-leader-id") == "" || argOf(args, "last-leader-id") == q.self):
+	case q.inFailingRound(msg, args):
 		q.Logger.Debug(msg, args...)
 	case msg == "no known peers, aborting election", msg == "failed to get previous log",
 		msg == "appendEntries rejected, sending older logs",
@@ -158,7 +158,7 @@ func (q quietRaft) Warn(msg string, args ...any) {
 }
 
 func (q quietRaft) Info(msg string, args ...any) {
-	if q.inFailingRound(msg) {
+	if q.inFailingRound(msg, args) {
 		q.Logger.Debug(msg, args...)
 		return
 	}
@@ -166,7 +166,7 @@ func (q quietRaft) Info(msg string, args ...any) {
 }
 
 func (q quietRaft) Error(msg string, args ...any) {
-	if q.inFailingRound(msg) {
+	if q.inFailingRound(msg, args) {
 		q.Logger.Debug(msg, args...)
 		return
 	}
@@ -189,9 +189,14 @@ var electionRound = map[string]bool{
 }
 
 // inFailingRound reports whether msg belongs to an election round while the
-// node's log appends fail.
-func (q quietRaft) inFailingRound(msg string) bool {
-	return q.health != nil && electionRound[msg] && q.health.recent() != nil
+// node's log appends fail: not a warning that a leader other than this
+// node was lost.
+func (q quietRaft) inFailingRound(msg string, args []any) bool {
+	if q.health == nil || !electionRound[msg] || q.health.recent() == nil {
+		return false
+	}
+	last := argOf(args, "last-leader-id")
+	return msg != "heartbeat timeout reached, starting election" || last == "" || last == q.self
 }
 
 // argOf returns the value of key among hclog's key/value args, as text.
