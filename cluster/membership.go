@@ -32,7 +32,7 @@ type adminRequest struct {
 	Term      uint64 `json:"term,omitempty"`  // read_index: the asking follower's term
 	By        string `json:"by,omitempty"`    // removed: the leader that removed the node
 	Index     uint64 `json:"index,omitempty"` // removed: the log index of the configuration without it
-	Nonce     string `json:"nonce,omitempty"` // revoke_user: the same for every retry of one call (adminOnce)
+	Nonce     string `json:"nonce,omitempty"` // revoke_user: the same for every retry of one call (revokeID)
 }
 
 // termReply answers {"op":"term"}: the node's current raft term, which
@@ -182,13 +182,15 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			}
 			return json.Marshal(map[string]any{"user": req.User, "sessions": sids})
 		case "revoke_user":
-			return n.once.do(ctx, req.Op, req.Nonce, func() ([]byte, error) {
-				count, err := n.RevokeUser(ctx, req.User)
-				if err != nil {
-					return nil, err
-				}
-				return json.Marshal(map[string]any{"user": req.User, "revoked": count})
-			})
+			id, err := revokeID(req.Nonce)
+			if err != nil {
+				return nil, err
+			}
+			count, err := n.revokeUser(ctx, req.User, id)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(map[string]any{"user": req.User, "revoked": count})
 		}
 		if req.Op == "join" {
 			reply, err := n.Join(ctx, req.ID, req.Address, req.ClusterID)

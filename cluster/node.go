@@ -62,7 +62,6 @@ type Node struct {
 	leaderMu      sync.Mutex
 	leaderCh      chan struct{}        // closed when raft reports a new leader
 	memberMu      sync.Mutex           // one membership change at a time
-	once          adminOnce            // answers of admin writes by nonce, for their retries
 	logHealth     logHealth            // whether the raft log can be written
 	removedAt     map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the

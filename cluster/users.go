@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"time"
 
 	"github.com/kadosession/kadosession/fsm"
@@ -27,9 +28,41 @@ func (n *Node) UserSessions(ctx context.Context, user string) ([]string, error) 
 // RevokeUser deletes every session tagged with user, in one replicated
 // command, and returns how many there were. Leader only.
 func (n *Node) RevokeUser(ctx context.Context, user string) (int, error) {
+	return n.revokeUser(ctx, user, fsm.RequestID(newNonce()))
+}
+
+// adminNonceMax bounds a revoke_user request's "nonce", in bytes.
+const adminNonceMax = 64
+
+// revokeID is the log's request id for a revoke_user call that carries
+// nonce (client.RevokeUser sends one, the same for every retry): the same
+// on every node, so that a retry reaching another leader is recognised. A
+// call without one gets an id of its own.
+func revokeID(nonce string) (fsm.RequestID, error) {
+	if nonce == "" {
+		return fsm.RequestID(newNonce()), nil
+	}
+	if len(nonce) > adminNonceMax {
+		return fsm.RequestID{}, transport.Errorf(transport.CodeBadRequest, "admin request's nonce is %d bytes, over %d", len(nonce), adminNonceMax)
+	}
+	sum := sha256.Sum256([]byte("revoke_user\x00" + nonce))
+	return fsm.RequestID(sum[:16]), nil
+}
+
+// revokeUser runs a revoke once per id: a retry of one applied within
+// fsm.DedupeWindow, by this leader or an earlier one, gets the first run's
+// count (0 after the node restarted: State.RememberApplied), and one still
+// in flight here waits for it. Run again, a revoke would log out the
+// sessions the user made in between, and count only those.
+func (n *Node) revokeUser(ctx context.Context, user string, id fsm.RequestID) (int, error) {
 	if user == "" {
 		return 0, transport.Errorf(transport.CodeBadRequest, "user is empty")
 	}
-	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpDeleteUser, SID: user})
+	// A new leader first applies what earlier leaders committed, so that a
+	// retry of a revoke they applied is recognised (State.Applied).
+	if err := n.reads.barrier(ctx, n.raft.CurrentTerm()); err != nil {
+		return 0, wireError(err)
+	}
+	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpDeleteUser, SID: user, ID: id})
 	return r.Count, wireError(err)
 }

@@ -40,14 +40,28 @@ const (
 	// opPatchIfExists is the log's byte for an OpPatch with IfExists; a
 	// decoded command has Op OpPatch and IfExists set.
 	opPatchIfExists Op = 9
+	// opDeleteUserOnce is the log's byte for an OpDeleteUser with an ID; a
+	// decoded command has Op OpDeleteUser and the ID. A revoke carries one
+	// so that its retry through another leader is answered, not run again
+	// (it would log out the user's sessions made in between). A node built
+	// before it stops at such an entry, as at OpExpire (cluster/DESIGN.md).
+	opDeleteUserOnce Op = 10
 )
 
 // RequestID is a write's idempotency key (the native protocol's nonce).
 type RequestID [16]byte
 
-// deduplicated reports whether commands of op carry a RequestID.
+// deduplicated reports whether commands of op may carry a RequestID that
+// Apply remembers (State.Applied).
 func (o Op) deduplicated() bool {
-	return o == OpSave || o == OpPatch || o == OpDelete || o == OpTouch
+	return o == OpSave || o == OpPatch || o == OpDelete || o == OpTouch || o == OpDeleteUser
+}
+
+// carriesID reports whether a command whose log byte is o has a RequestID
+// after its time. OpDeleteUser's byte has none: its ID came later, with a
+// byte of its own.
+func (o Op) carriesID() bool {
+	return o == OpSave || o == OpPatch || o == OpDelete || o == OpTouch || o == opPatchIfExists || o == opDeleteUserOnce
 }
 
 func (o Op) String() string {
@@ -78,7 +92,7 @@ type Command struct {
 	Op   Op
 	Time int64
 	// ID identifies one logical write across its retries (OpSave, OpPatch,
-	// OpDelete, OpTouch): a command whose ID was applied within
+	// OpDelete, OpTouch, OpDeleteUser): a command whose ID was applied within
 	// DedupeWindow is not applied again. Zero: no deduplication.
 	ID  RequestID
 	SID string
@@ -111,13 +125,16 @@ type Command struct {
 
 // Encode appends the command's log encoding to dst.
 func (c *Command) Encode(dst []byte) []byte {
-	if c.Op == OpPatch && c.IfExists {
-		dst = append(dst, byte(opPatchIfExists))
-	} else {
-		dst = append(dst, byte(c.Op))
+	op := c.Op
+	switch {
+	case c.Op == OpPatch && c.IfExists:
+		op = opPatchIfExists
+	case c.Op == OpDeleteUser && c.ID != (RequestID{}):
+		op = opDeleteUserOnce
 	}
+	dst = append(dst, byte(op))
 	dst = binary.AppendVarint(dst, c.Time)
-	if c.Op.deduplicated() {
+	if op.carriesID() {
 		dst = append(dst, c.ID[:]...)
 	}
 	switch c.Op {
@@ -253,13 +270,17 @@ func (d *decoder) command(depth int) Command {
 		d.fail("empty")
 		return Command{}
 	}
-	c := Command{Op: Op(d.b[0])}
-	if c.Op == opPatchIfExists {
+	op := Op(d.b[0])
+	c := Command{Op: op}
+	switch op {
+	case opPatchIfExists:
 		c.Op, c.IfExists = OpPatch, true
+	case opDeleteUserOnce:
+		c.Op = OpDeleteUser
 	}
 	d.b = d.b[1:]
 	c.Time = d.varint()
-	if c.Op.deduplicated() {
+	if op.carriesID() {
 		if len(d.b) < len(c.ID) {
 			d.fail("truncated request id")
 			return c

@@ -63,6 +63,8 @@ func sampleCommands() []struct {
 		{"patch if exists", Command{Op: OpPatch, Time: 1, SID: "p", Set: []Field{{Key: "a", Value: []byte(`1`)}}, IfExists: true}},
 		{"delete", Command{Op: OpDelete, Time: 7, SID: "__proto__"}},
 		{"touch", Command{Op: OpTouch, Time: 8, SID: "constructor"}},
+		{"delete user", Command{Op: OpDeleteUser, Time: 9, SID: "alice"}},
+		{"delete user with id", Command{Op: OpDeleteUser, Time: 9, SID: "alice", ID: RequestID{0xaa, 1}}},
 		{"touch with duration", Command{Op: OpTouch, Time: 8, SID: "t", Duration: 1000}},
 		{"prune", Command{Op: OpPrune, Time: 1 << 62, Duration: 21600000}},
 		{"prune zero", Command{Op: OpPrune}},

@@ -58,3 +58,44 @@ func TestUserIndex(t *testing.T) {
 		t.Fatalf("decode: %+v %v", d, err)
 	}
 }
+
+// TestDeleteUserWithID: a revoke without an id encodes as it did before
+// ids (entries already in logs decode unchanged); with one it has a byte of
+// its own, round-trips its id, and Apply remembers it with its count, so a
+// retry is answered (State.Applied) instead of run again.
+func TestDeleteUserWithID(t *testing.T) {
+	plain := Command{Op: OpDeleteUser, Time: 5, SID: "carol"}
+	want := append([]byte{byte(OpDeleteUser), 10}, append([]byte{5}, "carol"...)...)
+	if got := plain.Encode(nil); string(got) != string(want) {
+		t.Fatalf("a revoke without an id encodes as %x, want %x (as before ids)", got, want)
+	}
+	withID := plain
+	withID.ID = RequestID{1, 2, 3}
+	enc := withID.Encode(nil)
+	if enc[0] != byte(opDeleteUserOnce) {
+		t.Fatalf("a revoke with an id has op byte %d, want %d", enc[0], opDeleteUserOnce)
+	}
+	d, err := DecodeCommand(enc)
+	if err != nil || d.Op != OpDeleteUser || d.ID != withID.ID || d.SID != "carol" || d.Time != 5 {
+		t.Fatalf("decode: %+v %v", d, err)
+	}
+
+	s := NewState()
+	for _, sid := range []string{"a", "b"} {
+		s.Apply(&Command{Op: OpSave, Time: 1, SID: sid, Data: []byte(`{"_user":"carol"}`)})
+	}
+	if r := s.Apply(&d); r.Count != 2 {
+		t.Fatalf("revoke removed %d, want 2", r.Count)
+	}
+	if n, ok := s.Applied(d.ID, 6); !ok || n != 2 {
+		t.Fatalf("Applied(revoke's id) = %d, %v; want 2, true", n, ok)
+	}
+	if _, ok := s.Applied(RequestID{}, 6); ok {
+		t.Fatal("the zero id counts as applied")
+	}
+	restarted := NewState()
+	restarted.RememberApplied(&d)
+	if n, ok := restarted.Applied(d.ID, 6); !ok || n != 0 {
+		t.Fatalf("after a restart Applied(revoke's id) = %d, %v; want 0, true (the count is not known)", n, ok)
+	}
+}
