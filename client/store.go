@@ -210,10 +210,10 @@ func (s *Store) Touch(ctx context.Context, sid string) error {
 // call, and returns the node's JSON answer. It is retried like every
 // other call. The reads and join are idempotent, and a node answers a
 // remove of a node it removed in the last minute as done; a revoke_user
-// should carry a "nonce", a string unique to the call (up to 64 bytes),
-// which the node that runs it uses, for a minute, to answer a retry of a
-// revoke that took effect with the first count (RevokeUser sends one). A
-// retry that reaches another leader runs the revoke again.
+// should carry a "nonce", a string unique to the call (up to 64 bytes):
+// for a minute, a retry of a revoke that took effect, reaching any leader,
+// is answered with the first count instead of run again (RevokeUser sends
+// one). Without it a retry runs the revoke again.
 func (s *Store) Admin(ctx context.Context, body []byte) ([]byte, error) {
 	resp, err := s.do(ctx, &transport.Request{Op: transport.OpAdmin, Data: body})
 	if err != nil {

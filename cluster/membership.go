@@ -182,7 +182,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 			}
 			return json.Marshal(map[string]any{"user": req.User, "sessions": sids})
 		case "revoke_user":
-			id, err := revokeID(req.Nonce)
+			id, err := revokeID(req.Nonce, req.User)
 			if err != nil {
 				return nil, err
 			}

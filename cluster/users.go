@@ -34,18 +34,20 @@ func (n *Node) RevokeUser(ctx context.Context, user string) (int, error) {
 // adminNonceMax bounds a revoke_user request's "nonce", in bytes.
 const adminNonceMax = 64
 
-// revokeID is the log's request id for a revoke_user call that carries
-// nonce (client.RevokeUser sends one, the same for every retry): the same
-// on every node, so that a retry reaching another leader is recognised. A
-// call without one gets an id of its own.
-func revokeID(nonce string) (fsm.RequestID, error) {
+// revokeID is the log's request id for a revoke_user call of user that
+// carries nonce (client.RevokeUser sends one, the same for every retry):
+// the same on every node, so that a retry reaching another leader is
+// recognised. The user is part of it: a nonce reused for another user (by
+// mistake) revokes that user too, instead of being answered with the
+// first one's count. A call without a nonce gets an id of its own.
+func revokeID(nonce, user string) (fsm.RequestID, error) {
 	if nonce == "" {
 		return fsm.RequestID(newNonce()), nil
 	}
 	if len(nonce) > adminNonceMax {
 		return fsm.RequestID{}, transport.Errorf(transport.CodeBadRequest, "admin request's nonce is %d bytes, over %d", len(nonce), adminNonceMax)
 	}
-	sum := sha256.Sum256([]byte("revoke_user\x00" + nonce))
+	sum := sha256.Sum256([]byte("revoke_user\x00" + nonce + "\x00" + user))
 	return fsm.RequestID(sum[:16]), nil
 }
 

@@ -132,18 +132,21 @@ func TestRevokeUserRetryGetsTheFirstCount(t *testing.T) {
 // node; a call without one gets a new id each time; an overlong nonce is
 // refused.
 func TestRevokeID(t *testing.T) {
-	a, errA := revokeID("n1")
-	b, errB := revokeID("n1")
-	c, errC := revokeID("n2")
+	a, errA := revokeID("n1", "alice")
+	b, errB := revokeID("n1", "alice")
+	c, errC := revokeID("n2", "alice")
 	if errA != nil || errB != nil || errC != nil || a != b || a == c || a == (fsm.RequestID{}) {
 		t.Fatalf("ids by nonce: %x %x %x (%v %v %v)", a, b, c, errA, errB, errC)
 	}
-	d, _ := revokeID("")
-	e, _ := revokeID("")
+	if bob, _ := revokeID("n1", "bob"); bob == a {
+		t.Fatal("a nonce reused for another user gives the same id: bob's revoke would be answered with alice's count, and not run")
+	}
+	d, _ := revokeID("", "alice")
+	e, _ := revokeID("", "alice")
 	if d == e || d == (fsm.RequestID{}) {
 		t.Fatalf("calls without a nonce share id %x", d)
 	}
-	if _, err := revokeID(strings.Repeat("x", adminNonceMax+1)); err == nil {
+	if _, err := revokeID(strings.Repeat("x", adminNonceMax+1), "alice"); err == nil {
 		t.Fatal("an overlong nonce was taken")
 	}
 }
@@ -225,7 +228,9 @@ func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
 	applied, proceed := make(chan struct{}), make(chan struct{})
 	var appliedOnce sync.Once
 	var armed atomic.Bool
-	c, err := client.New(client.Config{Addrs: []string{old.Addr()}, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	// The first attempt waits while leadership moves: give it the time
+	// transferTo may take (a timed-out attempt is not retried).
+	c, err := client.New(client.Config{Addrs: []string{old.Addr()}, RequestTimeout: 60 * time.Second, Dialer: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var d net.Dialer
 		conn, err := d.DialContext(ctx, network, addr)
 		if err != nil {
@@ -251,7 +256,7 @@ func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		n, err := c.RevokeUser(ctx, "alice")
 		done <- result{n, err}
@@ -263,9 +268,12 @@ func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the revoke was not applied")
 	}
+	// alice logs in again, at the old leader: the retry is then the new
+	// leader's first write, which it must not run before it has applied
+	// the old leader's entries (the barrier in revokeUser).
+	mustSave(t, old, "s4", `{"_user":"alice"}`)
 	next := (l + 1) % 3
 	tc.transferTo(next)
-	mustSave(t, tc.nodes[next], "s4", `{"_user":"alice"}`) // alice logs in again
 	close(proceed)
 	r := <-done
 	if armed.Load() {
