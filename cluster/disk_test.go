@@ -87,8 +87,8 @@ func TestSaveFileDiskFullKeepsServingAndOldFile(t *testing.T) {
 // it.
 func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 	dir := t.TempDir()
-	if free, err := diskFree(dir); err != nil || free == 0 {
-		t.Fatalf("free space of %s: %d %v", dir, free, err)
+	if d, err := diskFree(dir); err != nil || d.free == 0 || d.size < d.free {
+		t.Fatalf("space on %s: %+v %v", dir, d, err)
 	}
 	if !sameDisk(dir, filepath.Join(dir, ".")) {
 		t.Fatal("sameDisk: a directory is not on its own disk")
@@ -106,7 +106,7 @@ func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 	orig := freeSpace
 	t.Cleanup(func() { freeSpace = orig })
 	var free atomic.Uint64
-	freeSpace = func(string) (uint64, error) { return free.Load(), nil }
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 1 << 40}, nil }
 	unchanged := func(what string) {
 		t.Helper()
 		if after, _ := os.ReadFile(path); string(after) != string(before) {
@@ -176,6 +176,37 @@ func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 	free.Store(0)
 	if err := n3.SaveNow(); err != nil {
 		t.Fatalf("a save file on another disk than the raft log: %v", err)
+	}
+}
+
+// TestSmallDiskKeepsASmallerReserve: on a file system under 256 MiB the
+// space kept for the raft log is an eighth of it. A fixed 32 MiB on a
+// 64 MiB disk (a drill) left no room for the save file once the log held
+// about 35 MB, nor for the snapshot that lets the log be compacted.
+func TestSmallDiskKeepsASmallerReserve(t *testing.T) {
+	for _, c := range []struct{ size, want uint64 }{{1 << 40, 32 << 20}, {256 << 20, 32 << 20}, {64 << 20, 8 << 20}, {0, 0}} {
+		if got := (diskSpace{size: c.size}).reserve(); got != c.want {
+			t.Errorf("reserve on a file system of %d bytes: %d, want %d", c.size, got, c.want)
+		}
+	}
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	mustSave(t, n, "a", `{"v":"`+strings.Repeat("a", 4096)+`"}`)
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	var free atomic.Uint64
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 64 << 20}, nil }
+	free.Store(20 << 20) // under the fixed 32 MiB, over 8
+	if err := n.SaveNow(); err != nil {
+		t.Fatalf("a save file with 20 MiB free of 64: %v", err)
+	}
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("a snapshot with 20 MiB free of 64: %v", err)
+	}
+	free.Store(8<<20 + 1024)
+	mustSave(t, n, "b", `{"v":"`+strings.Repeat("b", 4096)+`"}`)
+	if err := n.SaveNow(); err == nil || !strings.Contains(err.Error(), "less than the 8.0 MiB kept free") {
+		t.Fatalf("a save file that would leave under 8 MiB of 64: %v", err)
 	}
 }
 
@@ -499,7 +530,7 @@ func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
 	orig := freeSpace
 	t.Cleanup(func() { freeSpace = orig })
 	var free atomic.Uint64
-	freeSpace = func(string) (uint64, error) { return free.Load(), nil }
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 1 << 40}, nil }
 	free.Store(saveFileReserve + 1024)
 	err := n.raft.Snapshot().Error()
 	if err == nil || !strings.Contains(err.Error(), "snapshot not written") {

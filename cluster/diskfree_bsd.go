@@ -5,13 +5,13 @@ package cluster
 import "syscall"
 
 // diskFree returns the bytes an unprivileged writer may still use on the
-// file system holding dir.
-func diskFree(dir string) (uint64, error) {
+// file system holding dir, and its size.
+func diskFree(dir string) (diskSpace, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
+		return diskSpace{}, err
 	}
-	return uint64(st.Bavail) * uint64(st.Bsize), nil
+	return diskSpace{free: uint64(st.Bavail) * uint64(st.Bsize), size: uint64(st.Blocks) * uint64(st.Bsize)}, nil
 }
 
 // sameDisk reports whether paths a and b are on one file system.

@@ -3,17 +3,18 @@ package cluster
 import "syscall"
 
 // diskFree returns the bytes an unprivileged writer may still use on the
-// file system holding dir (f_bavail counts fragments of f_frsize bytes).
-func diskFree(dir string) (uint64, error) {
+// file system holding dir, and its size (statfs counts both in fragments
+// of f_frsize bytes).
+func diskFree(dir string) (diskSpace, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
+		return diskSpace{}, err
 	}
 	unit := uint64(st.Frsize)
 	if unit == 0 {
 		unit = uint64(st.Bsize)
 	}
-	return uint64(st.Bavail) * unit, nil
+	return diskSpace{free: uint64(st.Bavail) * unit, size: uint64(st.Blocks) * unit}, nil
 }
 
 // sameDisk reports whether paths a and b are on one file system.

@@ -5,8 +5,8 @@ package cluster
 import "errors"
 
 // diskFree is unknown here: saveFileBudget then sets no limit.
-func diskFree(string) (uint64, error) {
-	return 0, errors.New("free disk space is not known on this system")
+func diskFree(string) (diskSpace, error) {
+	return diskSpace{}, errors.New("free disk space is not known on this system")
 }
 
 // sameDisk is unknown here, so no: nothing is refused for want of space.

@@ -127,8 +127,9 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	// snapshot that filled the disk failed the log's appends, and so
 	// acknowledged writes, each time raft tried it again (a disk-full
 	// drill); stopped, it leaves the log growing until there is room.
-	c := &countingSink{SnapshotSink: sink}
-	c.w = &budgetWriter{w: sink, left: reserveBudget(s.dataDir), what: "snapshot"}
+	budget := reserveBudget(s.dataDir, "snapshot")
+	budget.w = sink
+	c := &countingSink{SnapshotSink: sink, w: budget}
 	err := s.writeState(func() error { return s.FSMSnapshot.Persist(c) })
 	if err == nil {
 		s.growth.written(s.mark, c.n)

@@ -122,21 +122,33 @@ func shrinkAndRemove(path string) {
 }
 
 // writeSaveFile writes a view as the save-file document, atomically, paced
-// (diskPacer), writing at most budget bytes (no limit when negative:
-// saveFileBudget).
-func writeSaveFile(path string, v *fsm.View, budget int64) error {
+// (diskPacer), through budget (saveFileBudget), which stops it past the
+// bytes it allows.
+func writeSaveFile(path string, v *fsm.View, budget *budgetWriter) error {
 	return writeAtomic(path, func(f *os.File) error {
-		_, err := v.WriteTo(&budgetWriter{w: newPacedWriter(f), left: budget, what: "save file"})
+		budget.w = newPacedWriter(f)
+		_, err := v.WriteTo(budget)
 		return err
 	})
 }
 
-// saveFileReserve is the free space a save-file rewrite leaves on the disk
-// it shares with the raft log, for the log's appends.
+// saveFileReserve is the free space a save-file rewrite, or a snapshot the
+// node takes, leaves on the disk it shares with the raft log, for the log's
+// appends; on a file system smaller than 8 times that, an eighth of its
+// size (diskSpace.reserve).
 const saveFileReserve = 32 << 20
 
-// freeSpace returns the bytes an unprivileged writer may still use on the
-// file system holding dir (diskfree_*.go; a variable for tests).
+// diskSpace is what a file system has: free, the bytes an unprivileged
+// writer may still use, and its size.
+type diskSpace struct{ free, size uint64 }
+
+// reserve is the free space to leave on it for the raft log. A fixed 32 MiB
+// on a 64 MiB disk left no room for the save file once the log held about
+// 35 MB, nor for a snapshot, which is what lets the log be compacted.
+func (d diskSpace) reserve() uint64 { return min(saveFileReserve, d.size/8) }
+
+// freeSpace returns the space on the file system holding dir
+// (diskfree_*.go; a variable for tests).
 var freeSpace = diskFree
 
 // saveFileBudget returns how many bytes a rewrite of the save file at path
@@ -144,45 +156,50 @@ var freeSpace = diskFree
 // before the old one goes, and on a nearly full disk it took the last
 // space the raft log needed (a disk-full drill), after which no write
 // could be acknowledged. So where the save file shares its disk with the
-// raft log (in dataDir), a rewrite must leave saveFileReserve free; it is
+// raft log (in dataDir), a rewrite must leave the reserve free; it is
 // stopped when it would not (budgetWriter), and not started when there is
 // not even that. Elsewhere, or with the free space unknown, it is not
 // limited.
-func saveFileBudget(path, dataDir string) (int64, error) {
+func saveFileBudget(path, dataDir string) (*budgetWriter, error) {
 	dir := filepath.Dir(path)
 	if !sameDisk(dir, dataDir) {
-		return -1, nil
+		return &budgetWriter{left: -1, what: "save file"}, nil
 	}
-	budget := reserveBudget(dir)
-	if budget == 0 {
-		return 0, fmt.Errorf("not written: its disk, which the raft log shares, has no more free than the %s kept for the log", sizeText(saveFileReserve))
+	b := reserveBudget(dir, "save file")
+	if b.left == 0 {
+		return nil, fmt.Errorf("not written: its disk, which the raft log shares, has no more free than the %s kept for the log", sizeText(b.reserve))
 	}
-	return budget, nil
+	return b, nil
 }
 
-// reserveBudget returns how many bytes may still be written on the file
-// system holding dir leaving saveFileReserve free (-1: unknown).
-func reserveBudget(dir string) int64 {
-	free, err := freeSpace(dir)
+// reserveBudget returns a budgetWriter, for the file what, allowing the
+// bytes that may still be written on the file system holding dir leaving
+// its reserve free (no limit when the free space is unknown). Its w is
+// for the caller to set.
+func reserveBudget(dir, what string) *budgetWriter {
+	d, err := freeSpace(dir)
 	if err != nil {
-		return -1
+		return &budgetWriter{left: -1, what: what}
 	}
-	return max(int64(free)-saveFileReserve, 0)
+	r := d.reserve()
+	return &budgetWriter{left: int64(max(d.free, r) - r), reserve: r, what: what}
 }
 
 // budgetWriter fails a write past its budget (reserveBudget; no limit
-// when negative): the save file's and the snapshots' on the raft log's
-// disk. what names the file for the error.
+// when left is negative): the save file's and the snapshots' on the raft
+// log's disk. what names the file, and reserve the space kept, for the
+// error.
 type budgetWriter struct {
-	w    io.Writer
-	left int64
-	what string
+	w       io.Writer
+	left    int64
+	reserve uint64
+	what    string
 }
 
 func (b *budgetWriter) Write(p []byte) (int, error) {
 	if b.left >= 0 {
 		if int64(len(p)) > b.left {
-			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, sizeText(saveFileReserve))
+			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, sizeText(b.reserve))
 		}
 		b.left -= int64(len(p))
 	}
