@@ -76,7 +76,8 @@ const logFailHeartbeatMax = 2 * time.Second
 // each failed append, up to logFailHeartbeatMax, so it tries again every
 // few seconds; raft's messages of those rounds are logged at debug
 // (quietRaft), and this logs the failure once, then once a minute, and
-// its end. The timeouts are restored by the first append that succeeds.
+// its end once appends have succeeded for logRecoverySettle. The timeouts
+// are restored by the first append that succeeds.
 // A single node that fails again and again also refuses requests at once
 // (failingAlone).
 func (n *Node) watchLogHealth() {
@@ -84,8 +85,12 @@ func (n *Node) watchLogHealth() {
 	tick := time.NewTicker(logProbeInterval)
 	defer tick.Stop()
 	var (
-		run    *logFailure // the run being reported
-		warned time.Time
+		run       *logFailure // the latest run of the failure being reported
+		first     time.Time   // when the reported failure began
+		earlier   int         // failed appends of its runs before run
+		warned    time.Time
+		recovered time.Time        // when an append last succeeded after run
+		settled   <-chan time.Time // fires logRecoverySettle after recovered
 	)
 	for {
 		select {
@@ -93,6 +98,7 @@ func (n *Node) watchLogHealth() {
 			return
 		case <-n.logHealth.changed:
 		case <-tick.C:
+		case <-settled:
 		}
 		f := n.logHealth.failing.Load()
 		if f != nil && time.Since(f.last) >= logProbeInterval && n.probeLog() {
@@ -102,29 +108,47 @@ func (n *Node) watchLogHealth() {
 			f = nil
 		}
 		switch {
-		case f == nil && run != nil:
+		case f == nil && run != nil && settled == nil:
+			// Restore the timeouts at once; say so once it holds.
+			n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
+			recovered, settled = time.Now(), time.After(logRecoverySettle)
+		case f == nil && run != nil && time.Since(recovered) >= logRecoverySettle:
 			// raft's election messages of the round that recovered were
 			// logged at debug: say where the node stands.
 			leader, _ := n.raft.LeaderWithID()
-			n.log.Info("this node can write its raft log again", "failed_for", time.Since(run.since).Round(time.Millisecond), "failed_appends", run.appends,
+			n.log.Info("this node can write its raft log again", "failed_for", recovered.Sub(first).Round(time.Millisecond), "failed_appends", earlier+run.appends,
 				"state", n.raft.State().String(), "leader", leader)
-			run = nil
-			n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
+			run, settled = nil, nil
 		case f != nil:
-			if run == nil || !f.since.Equal(run.since) {
+			switch {
+			case run == nil:
 				n.log.Error("this node cannot write its raft log; it retries every few seconds, and requests it cannot have served by another node fail with this error", "error", f.err)
-				warned = time.Now()
-			} else if time.Since(warned) >= time.Minute {
-				n.log.Warn(f.String(), "failed_appends", f.appends)
-				warned = time.Now()
+				first, earlier, warned = f.since, 0, time.Now()
+			case !f.since.Equal(run.since):
+				// It failed again within logRecoverySettle of an append
+				// that succeeded (a full disk took a small append now and
+				// then): the same failure, not news.
+				earlier += run.appends
+				fallthrough
+			default:
+				if time.Since(warned) >= time.Minute {
+					n.log.Warn(f.String(), "failed_appends", earlier+f.appends, "failing_since", first)
+					warned = time.Now()
+				}
 			}
-			run = f
+			run, settled = f, nil
 			hb := n.cfg.HeartbeatTimeout << min(f.appends, 10)
 			hb = max(min(hb, logFailHeartbeatMax), n.cfg.HeartbeatTimeout)
 			n.setElectionTimeouts(hb, max(hb, n.cfg.ElectionTimeout))
 		}
 	}
 }
+
+// logRecoverySettle is how long appends must go on succeeding before a
+// node whose log failed says it recovered. A full disk took a small append
+// now and then: the drill's nodes logged the error, that they could write
+// again 0.3-1 s later, then the error again, every time.
+const logRecoverySettle = 3 * time.Second
 
 // logProbeInterval is how long a node whose log appends failed waits for
 // another append before it probes the log store itself (probeLog).
