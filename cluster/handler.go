@@ -361,7 +361,7 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 		if !n.ready.Load() {
 			return nil, false, errStarting
 		}
-		if err := n.checkStaleness(); err != nil {
+		if err := n.checkStaleness(ctx); err != nil {
 			return nil, false, err
 		}
 	default:
@@ -397,6 +397,15 @@ func (n *Node) isCaughtUp(ask bool) bool {
 		return true
 	}
 	if n.raft.State() == raft.Leader {
+		// A leader holds everything committed once a barrier of its has
+		// committed (watchCatchUp runs one): just elected, after a restart,
+		// it may not have applied its own log yet. Taken as caught up on
+		// election, a restarted single node whose first append failed (a
+		// full disk) served stale reads from an empty state, and wrote that
+		// state over its save file, once it had room (a drill).
+		if n.reads.barrierTerm.Load() == 0 {
+			return false
+		}
 		n.caughtUp.Store(true)
 		return true
 	}
@@ -447,6 +456,9 @@ func (n *Node) learnCatchUpTarget() uint64 {
 
 // catchingUp says how far a node that has not caught up since its start is.
 func (n *Node) catchingUp() string {
+	if n.raft.State() == raft.Leader {
+		return "this node leads but has not yet applied its raft log since it started (its first entry as leader has not committed)"
+	}
 	target := n.catchUpTarget.Load()
 	if target == 0 {
 		return "this node has not yet learnt the leader's commit index since it started"
@@ -465,6 +477,12 @@ func (n *Node) watchCatchUp() {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for !n.isCaughtUp(true) {
+		if n.raft.State() == raft.Leader {
+			// A leader serving only stale reads runs no barrier of its own.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = n.reads.caughtUp(ctx)
+			cancel()
+		}
 		select {
 		case <-n.stop:
 			return
@@ -475,9 +493,10 @@ func (n *Node) watchCatchUp() {
 
 // checkStaleness refuses a stale read on a follower that has not heard from
 // its leader within Config.MaxStale (when set).
-func (n *Node) checkStaleness() error {
+func (n *Node) checkStaleness(ctx context.Context) error {
 	if n.raft.State() == raft.Leader {
-		return nil
+		// Everything committed before its term, applied (a barrier, once).
+		return n.reads.caughtUp(ctx)
 	}
 	if err := n.caughtUpSinceStart(); err != nil {
 		return err

@@ -113,6 +113,18 @@ func (n *Node) watchLogHealth() {
 			n.setElectionTimeouts(n.cfg.HeartbeatTimeout, n.cfg.ElectionTimeout)
 			recovered, settled = time.Now(), time.After(logRecoverySettle)
 		case f == nil && run != nil && time.Since(recovered) >= logRecoverySettle:
+			if d, err := freeSpace(n.cfg.DataDir); err == nil && d.free < logLowSpace {
+				// Appends that fit in the log file's free pages prove little
+				// on a disk with no room left (a drill's node said it could
+				// write again with 0 bytes free, then failed at the next
+				// save): wait for room, or the next failure.
+				if time.Since(warned) >= time.Minute {
+					n.log.Warn("this node's raft log appends succeed again, but its disk is full", "free", sizeText(d.free))
+					warned = time.Now()
+				}
+				settled = time.After(logRecoverySettle)
+				break
+			}
 			// raft's election messages of the round that recovered were
 			// logged at debug: say where the node stands.
 			leader, _ := n.raft.LeaderWithID()
@@ -132,7 +144,7 @@ func (n *Node) watchLogHealth() {
 				fallthrough
 			default:
 				if time.Since(warned) >= time.Minute {
-					n.log.Warn(f.String(), "failed_appends", earlier+f.appends, "failing_since", first)
+					n.log.Warn(fmt.Sprintf("this node cannot write its raft log (for %s): %s", time.Since(first).Round(time.Second), f.err), "failed_appends", earlier+f.appends)
 					warned = time.Now()
 				}
 			}
@@ -149,6 +161,10 @@ func (n *Node) watchLogHealth() {
 // now and then: the drill's nodes logged the error, that they could write
 // again 0.3-1 s later, then the error again, every time.
 const logRecoverySettle = 3 * time.Second
+
+// logLowSpace is the free space under which appends that succeed after a
+// failure are not yet taken as its end (watchLogHealth).
+const logLowSpace = 1 << 20
 
 // logProbeInterval is how long a node whose log appends failed waits for
 // another append before it probes the log store itself (probeLog).

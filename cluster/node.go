@@ -705,6 +705,12 @@ func (n *Node) SaveNow() error {
 }
 
 func (n *Node) saveIfChanged(last uint64) (uint64, error) {
+	if !n.isCaughtUp(false) {
+		// Its state may lack what its own log holds: written now, the save
+		// file lost the sessions since the last snapshot (a node restarted
+		// on a full disk wrote {} over it once it had room).
+		return last, fmt.Errorf("save file %s not written: %s; it is left as it was", n.cfg.SaveFile, n.catchingUp())
+	}
 	v := n.fsm.State.Version()
 	if v == last && last != 0 {
 		return last, nil
