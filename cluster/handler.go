@@ -495,7 +495,11 @@ func (n *Node) watchCatchUp() {
 // its leader within Config.MaxStale (when set).
 func (n *Node) checkStaleness(ctx context.Context) error {
 	if n.raft.State() == raft.Leader {
-		// Everything committed before its term, applied (a barrier, once).
+		if n.caughtUp.Load() {
+			return nil // since its start, as a follower or an earlier leader
+		}
+		// Just elected after a restart: what it committed before, applied
+		// (a barrier of its term).
 		return n.reads.caughtUp(ctx)
 	}
 	if err := n.caughtUpSinceStart(); err != nil {
