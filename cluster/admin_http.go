@@ -181,7 +181,7 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 		return "never heard from the leader"
 	case st == raft.Follower && since > n.readyContactBound():
 		return fmt.Sprintf("last heard from the leader %s ago (more than %s)", since.Round(time.Millisecond), n.readyContactBound())
-	case st == raft.Follower && !n.isCaughtUp(false):
+	case !n.isCaughtUp(false): // a leader too, until a barrier of its commits
 		return n.catchingUp()
 	}
 	return ""

@@ -705,11 +705,8 @@ func (n *Node) SaveNow() error {
 }
 
 func (n *Node) saveIfChanged(last uint64) (uint64, error) {
-	if !n.isCaughtUp(false) {
-		// Its state may lack what its own log holds: written now, the save
-		// file lost the sessions since the last snapshot (a node restarted
-		// on a full disk wrote {} over it once it had room).
-		return last, fmt.Errorf("save file %s not written: %s; it is left as it was", n.cfg.SaveFile, n.catchingUp())
+	if err := n.stateIncomplete(); err != nil {
+		return last, err
 	}
 	v := n.fsm.State.Version()
 	if v == last && last != 0 {
@@ -725,6 +722,26 @@ func (n *Node) saveIfChanged(last uint64) (uint64, error) {
 		return last, fmt.Errorf("write save file %s: %w (%s)", n.cfg.SaveFile, err, previousSaveFile(n.cfg.SaveFile))
 	}
 	return v, nil
+}
+
+// errStateIncomplete marks why the save file was not written: the state
+// may lack what the node's log, or the save file being imported, holds.
+var errStateIncomplete = errors.New("the state is not complete yet")
+
+// stateIncomplete says why the state may not be written as the save file
+// yet (nil: it may). Until the node has applied its own log since it
+// started, written now the save file lost the sessions since the last
+// snapshot (a node restarted on a full disk wrote {} over it once it had
+// room); until the save file's import is done, it lost those not yet
+// imported, and the next start imported the partial file.
+func (n *Node) stateIncomplete() error {
+	switch {
+	case !n.ready.Load():
+		return fmt.Errorf("save file %s not written: %w: the node has not finished starting (importing the save file, or admitted to its cluster); the file is left as it was", n.cfg.SaveFile, errStateIncomplete)
+	case !n.isCaughtUp(false):
+		return fmt.Errorf("save file %s not written: %w: %s; the file is left as it was", n.cfg.SaveFile, errStateIncomplete, n.catchingUp())
+	}
+	return nil
 }
 
 func (n *Node) saveLoop() {
@@ -848,7 +865,19 @@ func (n *Node) Close() error {
 		n.commit.close()
 		n.fwd.close()
 		n.bg.Wait()
-		if err := n.SaveNow(); err != nil {
+		if n.raft.State() == raft.Leader && n.ready.Load() && !n.isCaughtUp(false) {
+			// Stopped just after it was elected: its barrier, which the
+			// stop cut short, is what the final save file waits for.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = n.reads.caughtUp(ctx)
+			cancel()
+		}
+		switch err := n.SaveNow(); {
+		case errors.Is(err, errStateIncomplete):
+			// Stopped before it had the whole state: the file on disk is
+			// the last whole one, which is not a failure to stop.
+			n.log.Warn("final save file not written", "reason", err)
+		case err != nil:
 			n.log.Error("final save file not written", "error", err)
 			n.closeErr = err
 		}
