@@ -505,6 +505,9 @@ func TestLogFailureThatFlapsIsOneFailure(t *testing.T) {
 	count := func(what string) int { return strings.Count(out.String(), what) }
 	const failing, again = "cannot write its raft log;", "can write its raft log again"
 	full := errors.New("no space left on device")
+	// Its first entries as leader, appended after the failure is noted,
+	// would clear it: let them be written first.
+	poll(t, func() bool { return n.isCaughtUp(false) }, 10*time.Second, "the node to be caught up")
 	n.logHealth.note(full)
 	poll(t, func() bool { return count(failing) == 1 }, 5*time.Second, "the failure to be logged")
 	n.logHealth.note(nil) // a small append fitted
@@ -641,7 +644,9 @@ func TestStopJustAfterStart(t *testing.T) {
 // nothing is written after it.
 func TestIdleFollowerRecoversFromLogFailure(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
+	l := tc.nodes[tc.leader()]
 	f := tc.nodes[tc.follower()]
+	poll(t, func() bool { return l.isCaughtUp(false) && f.raft.LastIndex() == l.raft.LastIndex() }, 10*time.Second, "the follower to hold the leader's whole log")
 	f.logHealth.note(errors.New("no space left on device"))
 	poll(t, func() bool { return f.raft.ReloadableConfig().HeartbeatTimeout > f.cfg.HeartbeatTimeout }, 5*time.Second, "the follower's elections to be slowed")
 	if rd := f.Readiness(); rd.Ready {
@@ -693,6 +698,9 @@ func TestStatusNamesAMemberThatCannotWrite(t *testing.T) {
 	tc := newTestCluster(t, 3, nil)
 	l := tc.nodes[tc.leader()]
 	f := tc.nodes[tc.follower()]
+	// An append that reaches f after the failure is noted clears it (the
+	// new leader's first entries): wait until f holds the whole log.
+	poll(t, func() bool { return l.isCaughtUp(false) && f.raft.LastIndex() == l.raft.LastIndex() }, 10*time.Second, "the follower to hold the leader's whole log")
 	f.logHealth.note(errors.New("no space left on device"))
 	cs := l.ClusterStatus(context.Background())
 	if cs.VotersReachable != 3 || cs.FailuresLeft != 0 {
