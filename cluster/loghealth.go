@@ -137,9 +137,10 @@ func (n *Node) watchLogHealth() {
 				n.log.Error("this node cannot write its raft log; it retries every few seconds, and requests it cannot have served by another node fail with this error", "error", f.err)
 				first, earlier, warned = f.since, 0, time.Now()
 			case !f.since.Equal(run.since):
-				// It failed again within logRecoverySettle of an append
-				// that succeeded (a full disk took a small append now and
-				// then): the same failure, not news.
+				// It failed again before its recovery was reported (within
+				// logRecoverySettle of an append that succeeded, or with
+				// the disk still full: a full disk takes a small append
+				// now and then): the same failure, not news.
 				earlier += run.appends
 				fallthrough
 			default:
