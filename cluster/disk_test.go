@@ -602,6 +602,58 @@ func TestRestartOnAFullDiskServesNothingUnapplied(t *testing.T) {
 	}
 }
 
+// TestStaleReadOnALeaderNotCaughtUpIsRefusedSoon: a leader restarted
+// whose first entries cannot be written yet (its log store hangs) has not
+// applied its log; a stale read is refused within staleCatchUpWait with
+// why, not left to wait out its deadline.
+func TestStaleReadOnALeaderNotCaughtUpIsRefusedSoon(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir})
+	mustSave(t, n, "a", `{"v":1}`)
+	n.Close()
+	release := make(chan struct{})
+	var hang atomic.Bool
+	hang.Store(true)
+	n2, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(),
+		wrapLogStore: func(s raft.LogStore) raft.LogStore { return hangingLogStore{s, &hang, release} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	defer close(release)
+	poll(t, func() bool { return n2.raft.State() == raft.Leader && n2.ready.Load() }, 10*time.Second, "the restarted node to lead")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, found, err := n2.Restore(ctx, "a", transport.Stale)
+	took := time.Since(start)
+	var te *transport.Error
+	if err == nil || !asError(err, &te) || te.Code != transport.CodeUnavailable || !strings.Contains(err.Error(), "has not yet applied its raft log") {
+		t.Fatalf("a stale read on a leader that has not applied its log: found %v, %v", found, err)
+	}
+	if took > 3*staleCatchUpWait {
+		t.Fatalf("refused after %s; want about %s", took, staleCatchUpWait)
+	}
+	t.Logf("refused after %s: %v", took.Round(time.Millisecond), err)
+}
+
+// hangingLogStore holds every append while hang is set, until release is
+// closed.
+type hangingLogStore struct {
+	raft.LogStore
+	hang    *atomic.Bool
+	release chan struct{}
+}
+
+func (h hangingLogStore) StoreLog(l *raft.Log) error { return h.StoreLogs([]*raft.Log{l}) }
+
+func (h hangingLogStore) StoreLogs(logs []*raft.Log) error {
+	if h.hang.Load() {
+		<-h.release
+	}
+	return h.LogStore.StoreLogs(logs)
+}
+
 // TestStopJustAfterStart: a node stopped just after it started, or was
 // elected, stops cleanly and leaves the save file whole. Its state is
 // complete once a barrier of its term commits, which the stop cuts short:

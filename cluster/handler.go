@@ -491,6 +491,10 @@ func (n *Node) watchCatchUp() {
 	}
 }
 
+// staleCatchUpWait bounds how long a stale read on a leader waits for the
+// leader to have applied its log since its start (checkStaleness).
+const staleCatchUpWait = time.Second
+
 // checkStaleness refuses a stale read on a follower that has not heard from
 // its leader within Config.MaxStale (when set).
 func (n *Node) checkStaleness(ctx context.Context) error {
@@ -499,8 +503,16 @@ func (n *Node) checkStaleness(ctx context.Context) error {
 			return nil // since its start, as a follower or an earlier leader
 		}
 		// Just elected after a restart: what it committed before, applied
-		// (a barrier of its term).
-		return n.reads.caughtUp(ctx)
+		// (a barrier of its term), within a bound: a stale read is asked
+		// for an answer now, and one that waited out its deadline behind a
+		// barrier that could not commit (a full disk) said only "timed out".
+		bctx, cancel := context.WithTimeout(ctx, staleCatchUpWait)
+		defer cancel()
+		err := n.reads.caughtUp(bctx)
+		if err != nil && ctx.Err() == nil && bctx.Err() != nil {
+			return n.explain(transport.Errorf(transport.CodeUnavailable, "stale read refused: %s", n.catchingUp()))
+		}
+		return err
 	}
 	if err := n.caughtUpSinceStart(); err != nil {
 		return err
