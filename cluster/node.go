@@ -749,7 +749,7 @@ func (n *Node) saveLoop() {
 	t := time.NewTicker(n.cfg.SaveFrequency)
 	defer t.Stop()
 	var last uint64
-	var rested, logged time.Time
+	var rested, logged, waited time.Time
 	failures := 0 // writes failed in a row
 	for {
 		select {
@@ -777,6 +777,16 @@ func (n *Node) saveLoop() {
 				// Once, then once a minute: a full disk failed every write,
 				// every --save-frequency (30 lines a minute at 2 s).
 				// kadosession_save_file_writes_total counts each.
+				if errors.Is(err, errStateIncomplete) {
+					// Nothing failed: the file is left until the node has
+					// the whole state (a follower that has not reached its
+					// leader since it started). Once a minute.
+					if time.Since(waited) >= time.Minute {
+						n.log.Warn("save file not written yet; still serving", "reason", err)
+						waited = time.Now()
+					}
+					continue
+				}
 				if failures++; failures == 1 || time.Since(logged) >= time.Minute {
 					n.log.Error("save file not written; still serving", "error", err, "failed_writes", failures)
 					logged = time.Now()
