@@ -555,23 +555,11 @@ func TestLogFailureThatFlapsIsOneFailure(t *testing.T) {
 // acknowledged session, and, once it had room, wrote {} over its save file
 // before its log was applied (a drill).
 func TestRestartOnAFullDiskServesNothingUnapplied(t *testing.T) {
-	dir := t.TempDir()
-	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
-	mustSave(t, n, "a", `{"v":1}`)
-	n.Close()
+	dir, before := stoppedWithSession(t)
 	saveFile := filepath.Join(dir, "sessions.json")
-	before, err := os.ReadFile(saveFile)
-	if err != nil || !strings.Contains(string(before), `"a"`) {
-		t.Fatalf("the final save file: %s %v", before, err)
-	}
 	var fail atomic.Bool
 	fail.Store(true)
-	n2, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(), SaveFrequency: time.Hour,
-		wrapLogStore: func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &fail} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n2.Close()
+	n2 := reopen(t, dir, func(s raft.LogStore) raft.LogStore { return failingLogStore{s, &fail} })
 	poll(t, func() bool { return n2.logHealth.failing.Load() != nil }, 10*time.Second, "the restarted node's first append to fail")
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
@@ -607,20 +595,12 @@ func TestRestartOnAFullDiskServesNothingUnapplied(t *testing.T) {
 // applied its log; a stale read is refused within staleCatchUpWait with
 // why, not left to wait out its deadline.
 func TestStaleReadOnALeaderNotCaughtUpIsRefusedSoon(t *testing.T) {
-	dir := t.TempDir()
-	n := startNode(t, Config{DataDir: dir})
-	mustSave(t, n, "a", `{"v":1}`)
-	n.Close()
+	dir, _ := stoppedWithSession(t)
 	release := make(chan struct{})
-	var hang atomic.Bool
-	hang.Store(true)
-	n2, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(),
-		wrapLogStore: func(s raft.LogStore) raft.LogStore { return hangingLogStore{s, &hang, release} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n2.Close()
-	defer close(release)
+	var held atomic.Bool
+	held.Store(true)
+	n2 := reopen(t, dir, func(s raft.LogStore) raft.LogStore { return heldLogStore{s, &held, release} })
+	defer close(release) // before the cleanup closes n2
 	poll(t, func() bool { return n2.raft.State() == raft.Leader && n2.ready.Load() }, 10*time.Second, "the restarted node to lead")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -637,21 +617,33 @@ func TestStaleReadOnALeaderNotCaughtUpIsRefusedSoon(t *testing.T) {
 	t.Logf("refused after %s: %v", took.Round(time.Millisecond), err)
 }
 
-// hangingLogStore holds every append while hang is set, until release is
-// closed.
-type hangingLogStore struct {
-	raft.LogStore
-	hang    *atomic.Bool
-	release chan struct{}
+// stoppedWithSession runs a node in a new data directory, saves session
+// "a" and stops it; it returns the directory and the save file it left.
+func stoppedWithSession(t *testing.T) (dir string, saved []byte) {
+	t.Helper()
+	dir = t.TempDir()
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	mustSave(t, n, "a", `{"v":1}`)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := os.ReadFile(filepath.Join(dir, "sessions.json"))
+	if err != nil || !strings.Contains(string(saved), `"a"`) {
+		t.Fatalf("the final save file: %s %v", saved, err)
+	}
+	return dir, saved
 }
 
-func (h hangingLogStore) StoreLog(l *raft.Log) error { return h.StoreLogs([]*raft.Log{l}) }
-
-func (h hangingLogStore) StoreLogs(logs []*raft.Log) error {
-	if h.hang.Load() {
-		<-h.release
+// reopen opens a node again on dir, its raft log store wrapped by wrap
+// (nil: as it is); the node is closed when the test ends.
+func reopen(t *testing.T, dir string, wrap func(raft.LogStore) raft.LogStore) *Node {
+	t.Helper()
+	n, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(), SaveFrequency: time.Hour, wrapLogStore: wrap})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return h.LogStore.StoreLogs(logs)
+	t.Cleanup(func() { n.Close() })
+	return n
 }
 
 // TestStopJustAfterStart: a node stopped just after it started, or was
@@ -661,22 +653,10 @@ func (h hangingLogStore) StoreLogs(logs []*raft.Log) error {
 // leader yet) leaves the file as it was, with a warning, not an error
 // (a review: serve stopped 0.2-0.3 s after start exited 1).
 func TestStopJustAfterStart(t *testing.T) {
-	dir := t.TempDir()
-	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
-	mustSave(t, n, "a", `{"v":1}`)
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	dir, _ := stoppedWithSession(t)
 	saveFile := filepath.Join(dir, "sessions.json")
-	before, err := os.ReadFile(saveFile)
-	if err != nil || !strings.Contains(string(before), `"a"`) {
-		t.Fatalf("the save file: %s %v", before, err)
-	}
 	for i := range 5 {
-		n, err := Open(Config{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(), SaveFrequency: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
+		n := reopen(t, dir, nil)
 		time.Sleep(time.Duration(i) * 100 * time.Millisecond)
 		if err := n.Close(); err != nil {
 			t.Fatalf("stopped %d ms after start: %v", i*100, err)

@@ -477,18 +477,25 @@ func (n *Node) watchCatchUp() {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for !n.isCaughtUp(true) {
-		if n.raft.State() == raft.Leader {
-			// A leader serving only stale reads runs no barrier of its own.
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = n.reads.caughtUp(ctx)
-			cancel()
-		}
+		// A leader serving only stale reads runs no barrier of its own.
+		n.leaderCatchUp()
 		select {
 		case <-n.stop:
 			return
 		case <-tick.C:
 		}
 	}
+}
+
+// leaderCatchUp runs, on a leader, the barrier after which it counts as
+// caught up since its start (isCaughtUp), waiting for it a second at most.
+func (n *Node) leaderCatchUp() {
+	if n.raft.State() != raft.Leader {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = n.reads.caughtUp(ctx)
 }
 
 // staleCatchUpWait bounds how long a stale read on a leader waits for the

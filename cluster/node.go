@@ -875,12 +875,10 @@ func (n *Node) Close() error {
 		n.commit.close()
 		n.fwd.close()
 		n.bg.Wait()
-		if n.raft.State() == raft.Leader && n.ready.Load() && !n.isCaughtUp(false) {
+		if n.ready.Load() && !n.isCaughtUp(false) {
 			// Stopped just after it was elected: its barrier, which the
 			// stop cut short, is what the final save file waits for.
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = n.reads.caughtUp(ctx)
-			cancel()
+			n.leaderCatchUp()
 		}
 		switch err := n.SaveNow(); {
 		case errors.Is(err, errStateIncomplete):

@@ -58,10 +58,10 @@ func (o Op) deduplicated() bool {
 }
 
 // carriesID reports whether a command whose log byte is o has a RequestID
-// after its time. OpDeleteUser's byte has none: its ID came later, with a
-// byte of its own.
+// after its time: the deduplicated ops' bytes, except OpDeleteUser's,
+// whose ID came later with a byte of its own.
 func (o Op) carriesID() bool {
-	return o == OpSave || o == OpPatch || o == OpDelete || o == OpTouch || o == opPatchIfExists || o == opDeleteUserOnce
+	return o == opPatchIfExists || o == opDeleteUserOnce || (o.deduplicated() && o != OpDeleteUser)
 }
 
 func (o Op) String() string {

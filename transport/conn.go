@@ -451,6 +451,11 @@ func RequestNonce(ctx context.Context) (Nonce, bool) {
 // FromPeer reports whether ctx belongs to a request that arrived on a peer
 // connection (MagicPeer): one node forwarding to another. A node that is not
 // the leader answers such requests itself rather than forwarding again.
+func FromPeer(ctx context.Context) bool {
+	info := infoOf(ctx)
+	return info != nil && info.peer
+}
+
 // FromKado reports whether ctx belongs to a Kado JSON request this
 // server read (not a call made in-process, which RequestProtocol counts
 // with them).
@@ -460,11 +465,6 @@ func FromKado(ctx context.Context) bool {
 }
 
 type kadoRequestKey struct{}
-
-func FromPeer(ctx context.Context) bool {
-	info := infoOf(ctx)
-	return info != nil && info.peer
-}
 
 // Arrived returns when the native request ctx belongs to was read off its
 // connection (at the latest), or the zero time outside one. A

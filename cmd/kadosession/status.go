@@ -84,10 +84,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if leaderID == "" {
-		for _, n := range st.Nodes {
-			if n.Voter && n.LogFailure != "" && len(st.Nodes) == 1 {
-				return fmt.Errorf("the node has no leader: %s; while that lasts it refuses writes and linearizable reads", n.LogFailure)
-			}
+		if f := cannotWrite(st.Nodes); f != nil && len(st.Nodes) == 1 {
+			return fmt.Errorf("the node has no leader: %s; while that lasts it refuses writes and linearizable reads", f.LogFailure)
 		}
 		// Scripts and operators can tell from the exit status, as with
 		// health; the table above says which members answer.
@@ -102,10 +100,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 func tolerance(more int, nodes []cluster.NodeStatus) string {
 	switch {
 	case more < 0:
-		for _, n := range nodes {
-			if n.Voter && n.LogFailure != "" {
-				return fmt.Sprintf("LOST (%d more must come back or be able to write its raft log)", -more)
-			}
+		if cannotWrite(nodes) != nil {
+			return fmt.Sprintf("LOST (%d more must come back or be able to write its raft log)", -more)
 		}
 		return fmt.Sprintf("LOST (%d more must come back)", -more)
 	case more == 0:
@@ -172,5 +168,16 @@ func remove(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "node %s removed\n", *id)
+	return nil
+}
+
+// cannotWrite returns a voter that answers but cannot write its raft log
+// (NodeStatus.LogFailure), or nil.
+func cannotWrite(nodes []cluster.NodeStatus) *cluster.NodeStatus {
+	for i := range nodes {
+		if nodes[i].Voter && nodes[i].LogFailure != "" {
+			return &nodes[i]
+		}
+	}
 	return nil
 }
