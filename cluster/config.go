@@ -71,11 +71,14 @@ type Config struct {
 	SnapshotThreshold uint64
 	// SnapshotLogBytes: a snapshot is also taken when the log entries
 	// applied since the last one add up to this many bytes, or to the last
-	// snapshot's size if that is larger, times a random 1 to 1.5 (256 MiB;
-	// loggrowth.go).
+	// snapshot's size if that is larger, times a random 1 to 1.5 (0: a
+	// sixteenth of the data directory's file system, between 4 MiB and
+	// 256 MiB; loggrowth.go).
 	SnapshotLogBytes uint64
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
-	// followers that lag a little (4096).
+	// followers that lag a little (0: up to 4096, fewer when the entries
+	// seen lately would add up to more than a sixteenth of the data
+	// directory's file system, or 256 MiB; loggrowth.go).
 	TrailingLogs uint64
 	// HTTP is the HOST:PORT of the admin HTTP endpoint (/metrics, /healthz,
 	// /readyz, /status; see admin_http.go). Empty: off. It has no auth:
@@ -86,6 +89,9 @@ type Config struct {
 
 	// wrapLogStore lets tests put a failing layer under raft's log.
 	wrapLogStore func(raft.LogStore) raft.LogStore
+	// scaleLog and tuneTrailing: SnapshotLogBytes, TrailingLogs was left
+	// at 0, and is scaled to the data directory's file system (logBudget).
+	scaleLog, tuneTrailing bool
 }
 
 // Defaults used for zero Config fields.
@@ -167,9 +173,11 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.SnapshotLogBytes == 0 {
 		out.SnapshotLogBytes = DefaultSnapshotLogBytes
+		out.scaleLog = true
 	}
 	if out.TrailingLogs == 0 {
-		out.TrailingLogs = 4096
+		out.TrailingLogs = DefaultTrailingLogs
+		out.tuneTrailing = true
 	}
 	if out.Logger == nil {
 		out.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: hclog.Info})

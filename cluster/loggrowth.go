@@ -7,11 +7,44 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
-// DefaultSnapshotLogBytes is Config.SnapshotLogBytes's default.
-const DefaultSnapshotLogBytes = 256 << 20
+// DefaultSnapshotLogBytes and DefaultTrailingLogs are the most that
+// Config.SnapshotLogBytes and Config.TrailingLogs are when left at 0.
+const (
+	DefaultSnapshotLogBytes = 256 << 20
+	DefaultTrailingLogs     = 4096
+)
+
+// The raft log's share of a small disk. Unscaled, a snapshot came after
+// 256 MiB of log, and 4096 entries (each up to a batch of saves) stayed
+// after one: on a 64 MiB disk the log filled the disk before its first
+// snapshot. So both are held to logBudget: between snapshots the log grows
+// by at most 1.5 times it, and the entries a snapshot leaves add up to
+// about it.
+const (
+	minLogBudget      = 4 << 20
+	minTrailingLogs   = 16       // followers a few entries behind still get entries, not a snapshot
+	assumedEntryBytes = 64 << 10 // a batch of 64 saves of 1 KiB, until entries are seen
+)
+
+// logBudget is the raft log's share of a file system of size bytes: a
+// sixteenth, between 4 MiB and DefaultSnapshotLogBytes (which is also the
+// share when the size is not known, 0).
+func logBudget(size uint64) uint64 {
+	if size == 0 {
+		return DefaultSnapshotLogBytes
+	}
+	return min(max(size/16, minLogBudget), DefaultSnapshotLogBytes)
+}
+
+// trailingFor is how many entries of avg bytes fit in budget bytes,
+// between minTrailingLogs and most.
+func trailingFor(budget, avg, most uint64) uint64 {
+	return min(max(budget/max(avg, 1), minTrailingLogs), most)
+}
 
 // logGrowth decides when the log has grown enough since the last snapshot
 // to take another, by bytes. Raft's own trigger counts entries
@@ -32,15 +65,38 @@ const DefaultSnapshotLogBytes = 256 << 20
 type logGrowth struct {
 	floor   uint64
 	applied atomic.Uint64 // bytes of log entries applied since the node started
+	entries atomic.Uint64 // how many entries those were
 	base    atomic.Uint64 // applied, as of the last snapshot written or restored
 	next    atomic.Uint64 // bytes of log past base that make a snapshot due
 	due     chan struct{} // one pending signal to snapshotOnLogGrowth
+
+	// The entries a snapshot leaves (trailingLogs; 0 budget: not tuned).
+	// The rest is snapshotOnLogGrowth's alone.
+	trailBudget, trailMost uint64
+	avgEntry               uint64 // bytes per entry applied between the last two tunings
+	tunedBytes, tunedCount uint64 // applied and entries at the last one
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
-	g := &logGrowth{floor: floor, due: make(chan struct{}, 1)}
+	g := &logGrowth{floor: floor, due: make(chan struct{}, 1), avgEntry: assumedEntryBytes}
 	g.next.Store(jittered(floor))
 	return g
+}
+
+// trailingLogs returns how many entries the next snapshot should leave in
+// the log: as many as trailBudget holds, of the average size of the entries
+// applied since the last call (0: not tuned). A size sets it, not a count:
+// a batch is up to 4 MiB, and 4096 of them would be 16 GiB.
+func (g *logGrowth) trailingLogs() uint64 {
+	if g.trailBudget == 0 {
+		return 0
+	}
+	bytes, count := g.applied.Load(), g.entries.Load()
+	if count > g.tunedCount && bytes >= g.tunedBytes {
+		g.avgEntry = (bytes - g.tunedBytes) / (count - g.tunedCount)
+		g.tunedBytes, g.tunedCount = bytes, count
+	}
+	return trailingFor(g.trailBudget, g.avgEntry, g.trailMost)
 }
 
 // jittered returns n times a random factor in [1, 1.5).
@@ -53,9 +109,11 @@ func (g *logGrowth) limit() uint64 { return g.next.Load() }
 // reached limit.
 func (g *logGrowth) overdue(limit uint64) bool { return g.applied.Load()-g.base.Load() >= limit }
 
-// add counts applied entries' bytes and signals when a snapshot is due.
-func (g *logGrowth) add(n int) {
-	g.applied.Add(uint64(n))
+// add counts applied entries and their bytes, and signals when a snapshot
+// is due.
+func (g *logGrowth) add(bytes, entries int) {
+	g.entries.Add(uint64(entries))
+	g.applied.Add(uint64(bytes))
 	if g.overdue(g.limit()) {
 		select {
 		case g.due <- struct{}{}:
@@ -83,6 +141,7 @@ func (g *logGrowth) restored() { g.base.Store(g.applied.Load()) }
 func (n *Node) snapshotOnLogGrowth() {
 	defer n.bg.Done()
 	g := n.fsm.growth
+	taken := 0 // snapshots taken since the last one logged at info
 	for {
 		select {
 		case <-n.stop:
@@ -93,11 +152,18 @@ func (n *Node) snapshotOnLogGrowth() {
 		if !g.overdue(limit) {
 			continue // a snapshot raft took by itself came first
 		}
+		n.tuneTrailingLogs()
 		start := time.Now()
 		err := n.raft.Snapshot().Error()
 		switch {
 		case err == nil:
-			n.log.Info("snapshot taken: the log had grown past its limit", "limit_bytes", limit, "took", time.Since(start).Round(time.Millisecond))
+			taken++
+			const msg = "snapshot taken: the log had grown past its limit"
+			level := n.routine.level(msg)
+			n.log.Log(level, msg, "limit_bytes", limit, "took", time.Since(start).Round(time.Millisecond), "snapshots_since_last_logged", taken)
+			if level == hclog.Info {
+				taken = 0
+			}
 		case errors.Is(err, raft.ErrNothingNewToSnapshot):
 		case errors.Is(err, raft.ErrRaftShutdown):
 			return
@@ -109,6 +175,25 @@ func (n *Node) snapshotOnLogGrowth() {
 			case <-time.After(10 * time.Second):
 			}
 		}
+	}
+}
+
+// tuneTrailingLogs sets raft's TrailingLogs for the snapshots to come
+// (logGrowth.trailingLogs).
+func (n *Node) tuneTrailingLogs() {
+	t := n.fsm.growth.trailingLogs()
+	if t == 0 {
+		return
+	}
+	n.raftConfMu.Lock()
+	defer n.raftConfMu.Unlock()
+	rc := n.raft.ReloadableConfig()
+	if rc.TrailingLogs == t {
+		return
+	}
+	rc.TrailingLogs = t
+	if err := n.raft.ReloadConfig(rc); err != nil {
+		n.log.Warn("cannot change how many entries a snapshot leaves in the raft log", "trailing_logs", t, "error", err)
 	}
 }
 
@@ -147,4 +232,33 @@ func (c *countingSink) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// scaleLogToDisk returns the node's logGrowth, with what Config left of
+// SnapshotLogBytes and TrailingLogs at 0 held to the data directory's
+// logBudget.
+func (n *Node) scaleLogToDisk() *logGrowth {
+	cfg := n.cfg
+	budget, size := uint64(DefaultSnapshotLogBytes), uint64(0)
+	if cfg.scaleLog || cfg.tuneTrailing {
+		if d, err := freeSpace(cfg.DataDir); err == nil {
+			budget, size = logBudget(d.size), d.size
+		}
+	}
+	floor := cfg.SnapshotLogBytes
+	if cfg.scaleLog {
+		floor = budget
+	}
+	g := newLogGrowth(floor)
+	if cfg.tuneTrailing {
+		g.trailBudget, g.trailMost = budget, cfg.TrailingLogs
+	}
+	if budget < DefaultSnapshotLogBytes {
+		args := []any{"file_system", sizeText(size), "snapshot_after_log", sizeText(floor)}
+		if g.trailBudget != 0 {
+			args = append(args, "log_left_by_a_snapshot", sizeText(budget))
+		}
+		n.log.Info("the data directory's file system is small; the raft log is kept to about a sixteenth of it", args...)
+	}
+	return g
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/fsm"
@@ -154,5 +155,105 @@ func TestSnapshotWaitsForSaveFile(t *testing.T) {
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// logHeld returns how many entries the node's raft log holds, and their
+// bytes.
+func logHeld(t *testing.T, n *Node) (entries int, bytes uint64) {
+	t.Helper()
+	first, err := n.bolt.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := n.bolt.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := first; i <= last && first != 0; i++ {
+		var l raft.Log
+		if err := n.bolt.GetLog(i, &l); err != nil {
+			t.Fatalf("entry %d of %d..%d: %v", i, first, last, err)
+		}
+		entries++
+		bytes += uint64(len(l.Data))
+	}
+	return entries, bytes
+}
+
+// TestLogKeptToASmallDisk: on a file system of 64 MiB a node left with the
+// defaults keeps its raft log to about a sixteenth of it (4 MiB): a
+// snapshot comes after 4 to 6 MiB of log, not 256 MiB, and leaves about
+// 4 MiB of entries, not 4096 entries. Unscaled, a drill's log filled a
+// 64 MiB disk before its first snapshot.
+func TestLogKeptToASmallDisk(t *testing.T) {
+	if got := []uint64{logBudget(0), logBudget(1 << 40), logBudget(4 << 30), logBudget(1 << 30), logBudget(64 << 20), logBudget(16 << 20)}; fmt.Sprint(got) !=
+		fmt.Sprint([]uint64{256 << 20, 256 << 20, 256 << 20, 64 << 20, 4 << 20, 4 << 20}) {
+		t.Errorf("logBudget for unknown, 1 TiB, 4 GiB, 1 GiB, 64 MiB, 16 MiB: %v", got)
+	}
+	if got := []uint64{trailingFor(256<<20, 1000, 4096), trailingFor(256<<20, 4<<20, 4096), trailingFor(4<<20, 32<<10, 4096), trailingFor(4<<20, 1<<20, 4096), trailingFor(4<<20, 0, 4096)}; fmt.Sprint(got) !=
+		fmt.Sprint([]uint64{4096, 64, 128, 16, 4096}) {
+		t.Errorf("trailingFor: %v", got)
+	}
+
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	dir := t.TempDir()
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	// 20 MiB of log over 16 sessions of 32 KiB: each save is an entry.
+	value := `{"p":"` + strings.Repeat("x", 32<<10) + `"}`
+	for i := range 640 {
+		mustSave(t, n, fmt.Sprintf("s%02d", i%16), value)
+	}
+	if latestSnapshot(t, dir).Index == 0 {
+		t.Fatal("no snapshot after 20 MiB of log on a 64 MiB disk")
+	}
+	// At most 1.5 times the budget since the last snapshot, and the
+	// budget's worth it left.
+	entries, bytes := logHeld(t, n)
+	if bytes > 10<<20+1<<20 {
+		t.Fatalf("the raft log holds %d entries, %d bytes, after 20 MiB of saves on a 64 MiB disk; want under 11 MiB", entries, bytes)
+	}
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	entries, bytes = logHeld(t, n)
+	if entries > 130 || bytes > 4<<20+64<<10 {
+		t.Fatalf("a snapshot left %d entries, %d bytes, in the raft log; want about 4 MiB (about 125 entries of 33 KB)", entries, bytes)
+	}
+	t.Logf("after a snapshot the log holds %d entries, %d bytes", entries, bytes)
+}
+
+// TestFrequentSnapshotsLoggedLower: a snapshot's lines go to info once
+// every routineEvery, all of them or none, and the rest to debug; the
+// snapshot store's lines, which repeat raft's, go to debug. A drill on a
+// 64 MiB disk logged 473 snapshots in 40 s, four lines each, at info.
+func TestFrequentSnapshotsLoggedLower(t *testing.T) {
+	var out logCapture
+	var r routineLines
+	q := quietRaft{Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: &out}), routine: &r}
+	snapshot := func(index int) {
+		q.Info("creating new snapshot", "path", "x.tmp")
+		q.Info("starting snapshot up to", "index", index)
+		q.Info("compacting logs", "from", 1, "to", index/2)
+		q.Info("snapshot complete up to", "index", index)
+		q.Info("reaping snapshot", "path", "y")
+	}
+	snapshot(10)
+	snapshot(20)
+	snapshot(30)
+	got := out.String()
+	if strings.Count(got, "\n") != 3 || strings.Count(got, "index=10") != 2 || strings.Contains(got, "snapshot: path") {
+		t.Fatalf("three snapshots in a row: want the first's three raft lines at info, got:\n%s", got)
+	}
+	r.last = r.last.Add(-routineEvery)
+	snapshot(40)
+	if got := out.String()[len(got):]; strings.Count(got, "\n") != 3 || strings.Count(got, "index=40") != 2 {
+		t.Fatalf("a snapshot routineEvery later: want its three lines at info, got:\n%s", got)
+	}
+	q.Info("election won", "term", 3)
+	if !strings.Contains(out.String(), "election won") {
+		t.Fatal("other raft lines stay at info")
 	}
 }

@@ -192,6 +192,8 @@ func (n *Node) probeLog() bool {
 // setElectionTimeouts sets raft's heartbeat and election timeouts, when
 // they differ (raft's own configuration is the only record of them).
 func (n *Node) setElectionTimeouts(hb, election time.Duration) {
+	n.raftConfMu.Lock()
+	defer n.raftConfMu.Unlock()
 	rc := n.raft.ReloadableConfig()
 	if rc.HeartbeatTimeout == hb && rc.ElectionTimeout == election {
 		return

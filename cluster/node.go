@@ -63,6 +63,8 @@ type Node struct {
 	leaderCh      chan struct{}        // closed when raft reports a new leader
 	memberMu      sync.Mutex           // one membership change at a time
 	logHealth     logHealth            // whether the raft log can be written
+	raftConfMu    sync.Mutex           // one change to raft's ReloadableConfig at a time
+	routine       routineLines         // routine snapshot lines logged at info now and then
 	removedAt     map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
@@ -110,7 +112,7 @@ func (t *trackedFSM) writeState(write func() error) error {
 func (t *trackedFSM) Apply(l *raft.Log) any {
 	r := t.FSM.Apply(l)
 	t.applied.set(l.Index)
-	t.growth.add(len(l.Data))
+	t.growth.add(len(l.Data), 1)
 	return r
 }
 
@@ -123,7 +125,7 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 	for _, l := range logs {
 		size += len(l.Data)
 	}
-	t.growth.add(size)
+	t.growth.add(size, len(logs))
 	return r
 }
 
@@ -333,16 +335,20 @@ func Open(cfg Config) (*Node, error) {
 		Timeout: 5 * time.Second,
 		Logger:  quietShutdown{log.Named("raft-net")},
 	})
-	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: newLogGrowth(cfg.SnapshotLogBytes), dataDir: cfg.DataDir}
+	growth := n.scaleLogToDisk()
+	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: growth, dataDir: cfg.DataDir}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
-	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth, self: id}
+	rc.Logger = quietRaft{Logger: log.Named("raft"), health: &n.logHealth, self: id, routine: &n.routine}
 	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	rc.ElectionTimeout = cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
+	if t := growth.trailingLogs(); t != 0 {
+		rc.TrailingLogs = t
+	}
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
