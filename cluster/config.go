@@ -76,9 +76,10 @@ type Config struct {
 	// 256 MiB; loggrowth.go).
 	SnapshotLogBytes uint64
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
-	// followers that lag a little (0: up to 4096, fewer when the entries
-	// seen lately would add up to more than a sixteenth of the data
-	// directory's file system, or 256 MiB; loggrowth.go).
+	// followers that lag a little and for recognising retried writes after
+	// a restart (0: up to 4096, as many as SnapshotLogBytes's share holds
+	// at the size of the entries seen lately, or those of the last minute
+	// up to twice that; at least 1; loggrowth.go trailingFor).
 	TrailingLogs uint64
 	// HTTP is the HOST:PORT of the admin HTTP endpoint (/metrics, /healthz,
 	// /readyz, /status; see admin_http.go). Empty: off. It has no auth:

@@ -12,7 +12,8 @@ import (
 // request ids (fsm.State.Applied) after raft restored snapshot index
 // snapIndex at start: the snapshot does not carry the table, but the log
 // still holds the entries before snapIndex that the snapshot left behind
-// (Config.TrailingLogs). Entries older than the dedupe window are skipped:
+// (Config.TrailingLogs: the last minute's, unless a small disk cannot hold
+// them; trailingFor). Entries older than the dedupe window are skipped:
 // the walk goes backwards from snapIndex and stops at the first one older
 // than the window, or at the first entry the log still has. It reports how
 // many entries it read.

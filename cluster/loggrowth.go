@@ -9,6 +9,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
 )
 
 // DefaultSnapshotLogBytes and DefaultTrailingLogs are the most that
@@ -19,14 +21,13 @@ const (
 )
 
 // The raft log's share of a small disk. Unscaled, a snapshot came after
-// 256 MiB of log, and 4096 entries (each up to a batch of saves) stayed
-// after one: on a 64 MiB disk the log filled the disk before its first
-// snapshot. So both are held to logBudget: between snapshots the log grows
-// by at most 1.5 times it, and the entries a snapshot leaves add up to
-// about it.
+// 256 MiB of log, and 4096 entries (each up to a batch of saves, up to
+// 4 MiB) stayed after one: on a 64 MiB disk the log filled the disk before
+// its first snapshot. So both are held to logBudget: between snapshots the
+// log grows by at most 1.5 times it (or the state's size), and a snapshot
+// leaves trailingFor's entries, at most twice it.
 const (
 	minLogBudget      = 4 << 20
-	minTrailingLogs   = 16       // followers a few entries behind still get entries, not a snapshot
 	assumedEntryBytes = 64 << 10 // a batch of 64 saves of 1 KiB, until entries are seen
 )
 
@@ -40,10 +41,18 @@ func logBudget(size uint64) uint64 {
 	return min(max(size/16, minLogBudget), DefaultSnapshotLogBytes)
 }
 
-// trailingFor is how many entries of avg bytes fit in budget bytes,
-// between minTrailingLogs and most.
-func trailingFor(budget, avg, most uint64) uint64 {
-	return min(max(budget/max(avg, 1), minTrailingLogs), most)
+// trailingFor is how many entries a snapshot leaves, when entries average
+// avg bytes and recent of them were applied in the last fsm.DedupeWindow:
+// as many as budget holds, or more to reach back that window, up to twice
+// budget (at least one entry, at most most). A node restarted from the
+// snapshot recognises the retried writes of that window only from these
+// entries (rememberBeforeSnapshot): leaving budget's worth alone, a small
+// disk under load kept half a second of them, and a write retried across a
+// restart was applied again over a later one (a review's test). What twice
+// budget does not hold, a small disk cannot keep.
+func trailingFor(budget, avg, recent, most uint64) uint64 {
+	avg = max(avg, 1)
+	return min(max(budget/avg, min(recent, 2*budget/avg), 1), most)
 }
 
 // logGrowth decides when the log has grown enough since the last snapshot
@@ -74,29 +83,35 @@ type logGrowth struct {
 	// The rest is snapshotOnLogGrowth's alone.
 	trailBudget, trailMost uint64
 	avgEntry               uint64 // bytes per entry applied between the last two tunings
+	recent                 uint64 // entries applied per fsm.DedupeWindow, at their rate then
 	tunedBytes, tunedCount uint64 // applied and entries at the last one
+	tunedAt                time.Time
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
-	g := &logGrowth{floor: floor, due: make(chan struct{}, 1), avgEntry: assumedEntryBytes}
+	g := &logGrowth{floor: floor, due: make(chan struct{}, 1), avgEntry: assumedEntryBytes, tunedAt: time.Now()}
 	g.next.Store(jittered(floor))
 	return g
 }
 
 // trailingLogs returns how many entries the next snapshot should leave in
-// the log: as many as trailBudget holds, of the average size of the entries
-// applied since the last call (0: not tuned). A size sets it, not a count:
-// a batch is up to 4 MiB, and 4096 of them would be 16 GiB.
-func (g *logGrowth) trailingLogs() uint64 {
+// the log (trailingFor), from the size and rate of the entries applied
+// since the last call (0: not tuned). A size sets it, not a count alone: a
+// batch is up to 4 MiB, and 4096 of them would be 16 GiB.
+func (g *logGrowth) trailingLogs(now time.Time) uint64 {
 	if g.trailBudget == 0 {
 		return 0
 	}
 	bytes, count := g.applied.Load(), g.entries.Load()
 	if count > g.tunedCount && bytes >= g.tunedBytes {
-		g.avgEntry = (bytes - g.tunedBytes) / (count - g.tunedCount)
-		g.tunedBytes, g.tunedCount = bytes, count
+		n := count - g.tunedCount
+		g.avgEntry = (bytes - g.tunedBytes) / n
+		if took := now.Sub(g.tunedAt); took > 0 {
+			g.recent = uint64(float64(n) * float64(fsm.DedupeWindow) / float64(took.Milliseconds()+1))
+		}
+		g.tunedBytes, g.tunedCount, g.tunedAt = bytes, count, now
 	}
-	return trailingFor(g.trailBudget, g.avgEntry, g.trailMost)
+	return trailingFor(g.trailBudget, g.avgEntry, g.recent, g.trailMost)
 }
 
 // jittered returns n times a random factor in [1, 1.5).
@@ -133,8 +148,14 @@ func (g *logGrowth) written(mark uint64, size int64) {
 	g.next.Store(jittered(max(g.floor, uint64(size))))
 }
 
-// restored: the state is now a snapshot's; the log before it is covered.
-func (g *logGrowth) restored() { g.base.Store(g.applied.Load()) }
+// restored: the state is now a snapshot's of size bytes; the log before it
+// is covered, and the next snapshot is due as after one written (a large
+// state was written again after the floor's worth of log after every
+// restart).
+func (g *logGrowth) restored(size int64) {
+	g.base.Store(g.applied.Load())
+	g.next.Store(jittered(max(g.floor, uint64(size))))
+}
 
 // snapshotOnLogGrowth takes a snapshot whenever logGrowth says one is due.
 // A failed snapshot is retried after a pause rather than at once.
@@ -181,7 +202,7 @@ func (n *Node) snapshotOnLogGrowth() {
 // tuneTrailingLogs sets raft's TrailingLogs for the snapshots to come
 // (logGrowth.trailingLogs).
 func (n *Node) tuneTrailingLogs() {
-	t := n.fsm.growth.trailingLogs()
+	t := n.fsm.growth.trailingLogs(time.Now())
 	if t == 0 {
 		return
 	}

@@ -143,12 +143,25 @@ func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
 // Restore restores a snapshot; the applied index becomes the snapshot's
 // (noted by indexedSnapshots.Open, which raft calls just before).
 func (t *trackedFSM) Restore(rc io.ReadCloser) error {
-	if err := t.FSM.Restore(rc); err != nil {
+	c := &countingReader{ReadCloser: rc}
+	if err := t.FSM.Restore(c); err != nil {
 		return err
 	}
 	t.applied.set(t.opened.Load())
-	t.growth.restored()
+	t.growth.restored(c.n)
 	return nil
+}
+
+// countingReader counts what is read through it.
+type countingReader struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 var _ raft.BatchingFSM = (*trackedFSM)(nil)
@@ -346,7 +359,7 @@ func Open(cfg Config) (*Node, error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
-	if t := growth.trailingLogs(); t != 0 {
+	if t := growth.trailingLogs(time.Now()); t != 0 {
 		rc.TrailingLogs = t
 	}
 	rc.BatchApplyCh = true

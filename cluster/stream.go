@@ -149,6 +149,7 @@ type quietRaft struct {
 var routineSnapshot = map[string]bool{
 	"starting snapshot up to": true,
 	"compacting logs":         true,
+	"no logs to truncate":     true,
 	"snapshot complete up to": true,
 }
 

@@ -15,7 +15,9 @@ const DedupeWindow = 60_000
 // that forgetting the old ones is a walk from the front. It is not part of
 // snapshots (the save-file document has no place for it). A node that
 // restarts from its own snapshot refills it from the log entries the
-// snapshot left behind (State.RememberApplied); a follower that installs a
+// snapshot left behind (State.RememberApplied), as far back as they reach
+// (on a small disk under load, less than the window: cluster's
+// trailingFor); a follower that installs a
 // snapshot sent by the leader keeps what it had but cannot learn the ids of
 // the entries the snapshot replaced, so if it becomes leader within the
 // window, a retry of one of those writes may still be applied twice. It
