@@ -25,6 +25,9 @@ type committer struct {
 	maxCount int
 	timeout  time.Duration
 	obs      *metrics // batch sizes and apply latency; nil: none
+	// logVersion is the newest log version every member applies
+	// (logversion.go); nil: any.
+	logVersion func() int
 
 	// applied reports a write id already applied (fsm.State.Applied);
 	// pending holds the ids proposed here and not yet answered.
@@ -112,6 +115,14 @@ func (c *committer) submit(ctx context.Context, cmd fsm.Command) (fsm.Result, er
 }
 
 func (c *committer) submitOnce(ctx context.Context, cmd fsm.Command, onDone func()) (fsm.Result, error) {
+	if v := cmd.LogVersion(); v > 0 && c.logVersion != nil && v > c.logVersion() {
+		// A member would stop at it: a command with no older form that
+		// was not held back (logversion.go).
+		if onDone != nil {
+			onDone()
+		}
+		return fsm.Result{}, transport.Errorf(transport.CodeUnavailable, "%v needs raft log version %d, and not every member applies it yet: upgrade every member", cmd.Op, v)
+	}
 	p := &pendingWrite{cmd: cmd, size: approxSize(&cmd), done: make(chan fsm.Result, 1), onDone: onDone}
 	select {
 	case c.queue <- p:

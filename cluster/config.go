@@ -93,6 +93,9 @@ type Config struct {
 	// scaleLog and tuneTrailing: SnapshotLogBytes, TrailingLogs was left
 	// at 0, and is scaled to the data directory's file system (logBudget).
 	scaleLog, tuneTrailing bool
+	// logVersion stands in for another build's log version in tests
+	// (0: fsm.LogVersion; -1: none reported; ownLogVersion).
+	logVersion int
 }
 
 // Defaults used for zero Config fields.

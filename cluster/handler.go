@@ -138,6 +138,11 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 		}
 		return fsm.Result{}, err
 	}
+	if cmd.IfExists && n.cachedLogVersion(ctx) < 1 {
+		// Mid-upgrade, with a member whose build predates it, a patch may
+		// create the session again, as it did in that build (logversion.go).
+		cmd.IfExists = false
+	}
 	r, err := n.commit.submit(ctx, cmd)
 	if err != nil && n.retryElsewhere(ctx, err) {
 		// Deposed while committing: the outcome is unknown, and every
@@ -550,6 +555,9 @@ type Status struct {
 	// LogFailure says that the node cannot write its raft log, since when
 	// and why (a full disk); empty when it can.
 	LogFailure string `json:"log_failure,omitempty"`
+	// LogVersion is the newest raft log version this build applies
+	// (fsm.LogVersion; logversion.go).
+	LogVersion int `json:"log_version,omitempty"`
 }
 
 // Status returns the node's view of itself.
@@ -572,7 +580,7 @@ func (n *Node) Status() Status {
 		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
 		LeaderID: string(id), LeaderAddr: string(addr),
 		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex(),
-		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(),
+		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(), LogVersion: n.ownLogVersion(),
 	}
 }
 

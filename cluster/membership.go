@@ -38,8 +38,9 @@ type adminRequest struct {
 // termReply answers {"op":"term"}: the node's current raft term, which
 // a leader's read confirmation round asks every voter for (readIndex).
 type termReply struct {
-	Term uint64 `json:"term"`
-	ID   string `json:"id"`
+	Term       uint64 `json:"term"`
+	ID         string `json:"id"`
+	LogVersion int    `json:"log_version,omitempty"` // logversion.go
 }
 
 // askTerm asks the member id at addr for its current raft term. An answer
@@ -57,6 +58,7 @@ func (n *Node) askTerm(ctx context.Context, id raft.ServerID, addr raft.ServerAd
 		return 0, fmt.Errorf("term asked of %s at %s, answered by %q", id, addr, r.ID)
 	}
 	n.contacts.seen(addr, time.Now())
+	n.versions.seen(id, r.LogVersion)
 	return r.Term, nil
 }
 
@@ -88,6 +90,9 @@ type NodeStatus struct {
 	// full disk), so it cannot help commit; it counts as a failure in
 	// ClusterStatus.FailuresLeft.
 	LogFailure string `json:"log_failure,omitempty"`
+	// LogVersion is the newest raft log version the member applies (its
+	// build's; 0: a build that does not say, or it did not answer).
+	LogVersion int `json:"log_version,omitempty"`
 }
 
 // ClusterStatus is the whole cluster as one node sees it.
@@ -155,7 +160,7 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	case "cluster":
 		return json.Marshal(n.ClusterStatus(ctx))
 	case "term":
-		return json.Marshal(termReply{Term: n.raft.CurrentTerm(), ID: n.id})
+		return json.Marshal(termReply{Term: n.raft.CurrentTerm(), ID: n.id, LogVersion: n.ownLogVersion()})
 	case "removed":
 		return n.adminRemoved(ctx, req)
 	case "read_index":
@@ -280,6 +285,11 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
 	}
 	if st.ID != id {
 		return transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
+	}
+	// It would stop at the first entry of a newer version it applies, and
+	// the log or snapshot it is sent may hold one (logversion.go).
+	if st.LogVersion < n.ownLogVersion() {
+		return transport.Errorf(transport.CodeBadRequest, "join refused: node %s runs an older build (raft log version %d; this cluster's leader writes version %d): start it from the leader's build", id, st.LogVersion, n.ownLogVersion())
 	}
 	// What the node says of itself, for 'kadosession join', whose request
 	// carries no cluster id: added, a node leading a cluster of its own
@@ -488,6 +498,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			out.Nodes[i].Term = st.Term
 			out.Nodes[i].Sessions = st.Sessions
 			out.Nodes[i].LogFailure = st.LogFailure
+			out.Nodes[i].LogVersion = st.LogVersion
 		}()
 	}
 	wg.Wait()

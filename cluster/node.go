@@ -60,12 +60,16 @@ type Node struct {
 	catchUpTarget atomic.Uint64
 	ledSince      atomic.Int64 // when this node last took office (Unix ns); 0: never
 	leaderMu      sync.Mutex
-	leaderCh      chan struct{}        // closed when raft reports a new leader
-	memberMu      sync.Mutex           // one membership change at a time
-	logHealth     logHealth            // whether the raft log can be written
-	raftConfMu    sync.Mutex           // one change to raft's ReloadableConfig at a time
-	routine       routineLines         // routine snapshot lines logged at info now and then
-	removedAt     map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
+	leaderCh      chan struct{} // closed when raft reports a new leader
+	memberMu      sync.Mutex    // one membership change at a time
+	logHealth     logHealth     // whether the raft log can be written
+	raftConfMu    sync.Mutex    // one change to raft's ReloadableConfig at a time
+	routine       routineLines  // routine snapshot lines logged at info now and then
+	// versions: the log versions members reported; clusterVersion: the
+	// newest all of them apply, as last found (-1: not yet; logversion.go).
+	versions       logVersions
+	clusterVersion atomic.Int32
+	removedAt      map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
 	// replicating to a node as it removes it, so the node may never see
@@ -411,6 +415,7 @@ func Open(cfg Config) (*Node, error) {
 	n.reads.rounds.do = n.reads.confirmRound
 	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	n.leaderCh = make(chan struct{})
+	n.clusterVersion.Store(-1) // not found yet (logversion.go)
 	obs := make(chan raft.Observation, 16)
 	n.raft.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -429,6 +434,7 @@ func Open(cfg Config) (*Node, error) {
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
+	n.commit.logVersion = func() int { return int(n.clusterVersion.Load()) }
 	n.freads = &followerReads{n: n}
 	n.freads.rounds.do = n.freads.ask
 	scfg := cfg.Server
@@ -855,6 +861,13 @@ func (n *Node) Prune(ctx context.Context) (int, error) {
 		return 0, notLeader(n.raft)
 	}
 	duration := n.cfg.Duration.Milliseconds()
+	if v, _ := n.clusterLogVersion(ctx); v < 1 {
+		// A member's build predates OpExpire: the slower OpPrune, which
+		// scans every session where it is applied (logversion.go).
+		r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpPrune, Duration: duration})
+		n.obs.observePrune(r.Count, err)
+		return r.Count, err
+	}
 	expired := n.fsm.State.ExpiredSessions(time.Now().UnixMilli(), duration)
 	total := 0
 	var err error

@@ -42,20 +42,29 @@ func (p *peerContacts) get(addr raft.ServerAddress) (time.Time, bool) {
 const peerProbeInterval = time.Second
 
 // probePeers runs for the node's life: while the node leads, every member
-// not heard from for a probe interval is asked for its term.
+// not heard from for a probe interval is asked for its term, and the log
+// version all members apply is found again (clusterLogVersion), also as
+// soon as the node takes office.
 func (n *Node) probePeers() {
 	defer n.bg.Done()
 	t := time.NewTicker(peerProbeInterval)
 	defer t.Stop()
 	for {
+		n.leaderMu.Lock()
+		changed := n.leaderCh
+		n.leaderMu.Unlock()
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
+		case <-changed:
 		}
 		if n.raft.State() != raft.Leader {
 			continue
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), peerProbeInterval)
+		n.clusterLogVersion(ctx)
+		cancel()
 		f := n.raft.GetConfiguration()
 		if f.Error() != nil {
 			continue

@@ -44,9 +44,34 @@ const (
 	// decoded command has Op OpDeleteUser and the ID. A revoke carries one
 	// so that its retry through another leader is answered, not run again
 	// (it would log out the user's sessions made in between). A node built
-	// before it stops at such an entry, as at OpExpire (cluster/DESIGN.md).
+	// before it stops at such an entry, as at OpExpire (LogVersion).
 	opDeleteUserOnce Op = 10
 )
+
+// LogVersion is the newest raft log format this build applies. Each
+// version adds op bytes that a build of an earlier one cannot apply (it
+// stops at the first such entry), so a leader writes a command of a newer
+// version only once every member reports it (cluster: a rolling upgrade):
+//
+//	0  OpSave to OpDeleteUser (1-7): also every build that reports no version
+//	1  OpExpire (8), opPatchIfExists (9), opDeleteUserOnce (10)
+const LogVersion = 1
+
+// LogVersion is the log version a node must apply to apply c (its own op
+// byte's, or for a batch the newest of its commands').
+func (c *Command) LogVersion() int {
+	switch {
+	case c.Op == OpExpire, c.Op == OpPatch && c.IfExists, c.Op == OpDeleteUser && c.ID != (RequestID{}):
+		return 1
+	case c.Op == OpBatch:
+		v := 0
+		for i := range c.Batch {
+			v = max(v, c.Batch[i].LogVersion())
+		}
+		return v
+	}
+	return 0
+}
 
 // RequestID is a write's idempotency key (the native protocol's nonce).
 type RequestID [16]byte

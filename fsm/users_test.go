@@ -99,3 +99,38 @@ func TestDeleteUserWithID(t *testing.T) {
 		t.Fatalf("after a restart Applied(revoke's id) = %d, %v; want 0, true (the count is not known)", n, ok)
 	}
 }
+
+// TestCommandLogVersion: a command needs log version 1 exactly when its
+// encoding (or a command's of its batch) uses a byte past OpDeleteUser,
+// which builds that report no version cannot apply.
+func TestCommandLogVersion(t *testing.T) {
+	id := RequestID{1}
+	cmds := []Command{
+		{Op: OpSave, SID: "a", Data: []byte(`{}`), ID: id},
+		{Op: OpPatch, SID: "a", ID: id},
+		{Op: OpPatch, SID: "a", ID: id, IfExists: true},
+		{Op: OpDelete, SID: "a", ID: id},
+		{Op: OpTouch, SID: "a", ID: id},
+		{Op: OpPrune, Duration: 1},
+		{Op: OpDeleteUser, SID: "u"},
+		{Op: OpDeleteUser, SID: "u", ID: id},
+		{Op: OpExpire, Duration: 1, Del: []string{"a"}},
+	}
+	for _, c := range cmds {
+		b := c.Encode(nil)
+		want := 0
+		if Op(b[0]) > OpDeleteUser {
+			want = 1
+		}
+		if got := c.LogVersion(); got != want {
+			t.Errorf("%v (log byte %d): log version %d, want %d", c.Op, b[0], got, want)
+		}
+		batch := Command{Op: OpBatch, Batch: []Command{cmds[0], c}}
+		if got := batch.LogVersion(); got != want {
+			t.Errorf("a batch holding %v (log byte %d): log version %d, want %d", c.Op, b[0], got, want)
+		}
+	}
+	if LogVersion != 1 {
+		t.Errorf("LogVersion %d: a new version needs its row in LogVersion's table and here", LogVersion)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/kadosession/kadosession/cluster"
@@ -81,6 +82,9 @@ func status(args []string, stdout, stderr io.Writer) error {
 			if n.LogFailure != "" {
 				fmt.Fprintf(stdout, "note: %s: %s\n", n.ID, n.LogFailure)
 			}
+		}
+		if note := mixedBuilds(st.Nodes); note != "" {
+			fmt.Fprintln(stdout, note)
 		}
 	}
 	if leaderID == "" {
@@ -180,4 +184,24 @@ func cannotWrite(nodes []cluster.NodeStatus) *cluster.NodeStatus {
 		}
 	}
 	return nil
+}
+
+// mixedBuilds notes members that answered with an older raft log version
+// than others (a rolling upgrade under way), or returns "".
+func mixedBuilds(nodes []cluster.NodeStatus) string {
+	newest := 0
+	for _, n := range nodes {
+		newest = max(newest, n.LogVersion)
+	}
+	var older []string
+	for _, n := range nodes {
+		if n.State != "unreachable" && n.LogVersion < newest {
+			older = append(older, fmt.Sprintf("%s (%d)", n.ID, n.LogVersion))
+		}
+	}
+	if len(older) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("note: members run different builds: %s apply an older raft log version than %d; until every member is upgraded, the leader writes the older format (a revoke may run twice if retried through another leader, and a patch may bring back a session deleted meanwhile)",
+		strings.Join(older, ", "), newest)
 }

@@ -154,3 +154,16 @@ func TestToleranceOfAMemberThatCannotWrite(t *testing.T) {
 		t.Fatalf("tolerance with a voter down: %q", got)
 	}
 }
+
+// TestMixedBuildsNoted: mid-upgrade, status names the members that apply an
+// older raft log version; a member that did not answer is not one of them.
+func TestMixedBuildsNoted(t *testing.T) {
+	nodes := []cluster.NodeStatus{{ID: "n1", State: "leader", LogVersion: 1}, {ID: "n2", State: "follower"}, {ID: "n3", State: "unreachable"}}
+	if got := mixedBuilds(nodes); !strings.Contains(got, "n2 (0) apply an older raft log version than 1") || strings.Contains(got, "n3") {
+		t.Fatalf("mixed builds: %q", got)
+	}
+	nodes[1].LogVersion = 1
+	if got := mixedBuilds(nodes); got != "" {
+		t.Fatalf("one build: %q", got)
+	}
+}

@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/transport"
+)
+
+// logVersionsIn returns, for node n's raft log, how many commands it holds
+// of each log version.
+func logVersionsIn(t *testing.T, n *Node) map[int]int {
+	t.Helper()
+	first, _ := n.bolt.FirstIndex()
+	last, _ := n.bolt.LastIndex()
+	out := map[int]int{}
+	for i := first; i <= last && first != 0; i++ {
+		var l raft.Log
+		if err := n.bolt.GetLog(i, &l); err != nil {
+			t.Fatalf("%s: entry %d: %v", n.ID(), i, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := fsm.DecodeCommand(l.Data)
+		if err != nil {
+			t.Fatalf("%s: entry %d: %v", n.ID(), i, err)
+		}
+		out[c.LogVersion()]++
+	}
+	return out
+}
+
+// TestRollingUpgradeKeepsTheOldLogFormat: a cluster of builds that report
+// no log version (version 0, stood in for by Config.logVersion) is
+// upgraded one member at a time. While one member runs the old build, a
+// leader of the new one writes nothing that member could not apply (it
+// would stop there): a patch of a loaded session, a revoke and a prune
+// take their older forms, and an older build is refused as a new member.
+// Once every member runs the new build, the new forms are used.
+func TestRollingUpgradeKeepsTheOldLogFormat(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.logVersion = -1
+		c.Duration = 3 * time.Second
+		c.PruneFrequency = time.Hour
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	upgrade := func(i int) {
+		t.Helper()
+		tc.stop(i)
+		tc.cfgs[i].logVersion = 0
+		tc.start(i)
+		tc.waitMembers(3)
+		tc.waitSame()
+	}
+	upgrade(0)
+	upgrade(1)
+	tc.transferTo(0)
+	l := tc.nodes[tc.leader()]
+	if l.ID() == "n3" {
+		t.Fatal("the old build leads")
+	}
+	patches := 0
+	writes := func() (patchErr error) {
+		t.Helper()
+		for _, sid := range []string{"a1", "a2"} {
+			mustSave(t, l, sid, `{"_user":"alice"}`)
+		}
+		mustSave(t, l, "old", `{"x":1}`)
+		time.Sleep(3100 * time.Millisecond) // "old", a1, a2 expire
+		mustSave(t, l, "a3", `{"_user":"alice"}`)
+		if _, err := l.revokeUser(ctx, "alice", fsm.RequestID{7}); err != nil {
+			t.Fatalf("revoke: %v", err)
+		}
+		if _, err := l.Prune(ctx); err != nil {
+			t.Fatalf("prune: %v", err)
+		}
+		// A patch of a session the request had loaded, which is gone, at
+		// the leader and through an upgraded follower.
+		kv := []transport.KV{{Key: "k", Value: []byte(`1`)}}
+		err := l.Patch(ctx, "gone", kv, nil, true)
+		patches = 1
+		for _, n := range tc.nodes {
+			if n != l && n.ownLogVersion() == fsm.LogVersion {
+				err = errors.Join(err, n.Patch(ctx, "gone-"+n.ID(), kv, nil, true))
+				patches++
+			}
+		}
+		return err
+	}
+	if err := writes(); err != nil {
+		t.Fatalf("mid-upgrade, a patch of a loaded session that is gone creates it, as the old build did: %v", err)
+	}
+	tc.waitSame()
+	if got := logVersionsIn(t, tc.nodes[2]); got[1] != 0 {
+		t.Fatalf("mid-upgrade the old build's log holds commands of version 1, at which it would stop: %v", got)
+	}
+
+	// An older build does not join.
+	old := startNode(t, Config{ID: "n4", logVersion: -1})
+	_, err := l.Join(ctx, "n4", old.Addr(), "")
+	if err == nil || !strings.Contains(err.Error(), "older build") {
+		t.Fatalf("join of an older build: %v", err)
+	}
+	old.Close()
+
+	upgrade(2)
+	l = tc.nodes[tc.leader()]
+	if v, behind := l.clusterLogVersion(ctx); v != fsm.LogVersion {
+		t.Fatalf("every member upgraded: cluster log version %d (%s behind)", v, behind)
+	}
+	before := logVersionsIn(t, l)[1]
+	err = writes()
+	if err == nil || strings.Count(err.Error(), "does not exist") != patches {
+		t.Fatalf("upgraded, patches of a loaded session that is gone, at the leader and through followers: %v, want %d not found", err, patches)
+	}
+	// The revoke, the expire and the patch.
+	if got := logVersionsIn(t, l)[1] - before; got < 1 {
+		t.Fatalf("upgraded: %d new commands of version 1", got)
+	}
+}
