@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/internal/bytesize"
 )
 
 // DefaultSnapshotLogBytes and DefaultTrailingLogs are the most that
@@ -275,9 +276,9 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		g.trailBudget, g.trailMost = budget, cfg.TrailingLogs
 	}
 	if budget < DefaultSnapshotLogBytes {
-		args := []any{"file_system", sizeText(size), "snapshot_after_log", sizeText(floor)}
+		args := []any{"file_system", bytesize.Text(size), "snapshot_after_log", bytesize.Text(floor)}
 		if g.trailBudget != 0 {
-			args = append(args, "log_left_by_a_snapshot", sizeText(budget))
+			args = append(args, "log_left_by_a_snapshot", bytesize.Text(budget))
 		}
 		n.log.Info("the data directory's file system is small; the raft log is kept to about a sixteenth of it", args...)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/kadosession/kadosession/internal/bytesize"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -119,7 +120,7 @@ func (n *Node) watchLogHealth() {
 				// write again with 0 bytes free, then failed at the next
 				// save): wait for room, or the next failure.
 				if time.Since(warned) >= time.Minute {
-					n.log.Warn("this node's raft log appends succeed again, but its disk is full", "free", sizeText(d.free))
+					n.log.Warn("this node's raft log appends succeed again, but its disk is full", "free", bytesize.Text(d.free))
 					warned = time.Now()
 				}
 				settled = time.After(logRecoverySettle)

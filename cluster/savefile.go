@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/internal/bytesize"
 )
 
 // writeFileAtomic writes data to path through a temporary file in the same
@@ -167,7 +168,7 @@ func saveFileBudget(path, dataDir string) (*budgetWriter, error) {
 	}
 	b := reserveBudget(dir, "save file")
 	if b.left == 0 {
-		return nil, fmt.Errorf("not written: its disk, which the raft log shares, has no more free than the %s kept for the log", sizeText(b.reserve))
+		return nil, fmt.Errorf("not written: its disk, which the raft log shares, has no more free than the %s kept for the log", bytesize.Text(b.reserve))
 	}
 	return b, nil
 }
@@ -199,22 +200,11 @@ type budgetWriter struct {
 func (b *budgetWriter) Write(p []byte) (int, error) {
 	if b.left >= 0 {
 		if int64(len(p)) > b.left {
-			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, sizeText(b.reserve))
+			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, bytesize.Text(b.reserve))
 		}
 		b.left -= int64(len(p))
 	}
 	return b.w.Write(p)
-}
-
-// sizeText says how many bytes n is, for messages.
-func sizeText(n uint64) string {
-	switch {
-	case n < 1<<10:
-		return fmt.Sprintf("%d bytes", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
 // previousSaveFile says what is left of the save file at path after a

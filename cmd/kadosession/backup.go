@@ -15,6 +15,7 @@ import (
 
 	"github.com/kadosession/kadosession/cluster"
 	"github.com/kadosession/kadosession/fsm"
+	"github.com/kadosession/kadosession/internal/bytesize"
 )
 
 // progressLine draws a one-line progress indication on stderr when it is a
@@ -48,7 +49,7 @@ func (p *progressLine) update(done, total int64) {
 		pct = 100 * float64(done) / float64(total)
 	}
 	if p.isSize {
-		fmt.Fprintf(p.w, "\r%s: %s of %s (%.0f%%)   ", p.what, humanBytes(done), humanBytes(total), pct)
+		fmt.Fprintf(p.w, "\r%s: %s of %s (%.0f%%)   ", p.what, bytesize.Text(uint64(done)), bytesize.Text(uint64(total)), pct)
 	} else {
 		fmt.Fprintf(p.w, "\r%s: %d of %d sessions (%.0f%%)   ", p.what, done, total, pct)
 	}
@@ -58,18 +59,6 @@ func (p *progressLine) finish() {
 	if p.drawn {
 		fmt.Fprintln(p.w)
 	}
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 func backup(args []string, stdout, stderr io.Writer) error {
@@ -155,7 +144,7 @@ func backup(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "backup written to %s: %d sessions, %s, sha256 %s (leader %s, raft index %d, %s)\n",
-		*out, info.Sessions, humanBytes(info.Size), info.SHA256, info.Leader, info.Index, time.Since(start).Round(time.Millisecond))
+		*out, info.Sessions, bytesize.Text(uint64(info.Size)), info.SHA256, info.Leader, info.Index, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
