@@ -101,6 +101,16 @@ type trackedFSM struct {
 	growth  *logGrowth
 	writing sync.Mutex // held by writeState
 	dataDir string     // the node's, for the snapshots' reserveBudget
+	// held, when set, holds every apply until it is closed (tests of a
+	// node that has entries it has not applied yet).
+	held atomic.Pointer[chan struct{}]
+}
+
+// wait waits while a test holds applies (held).
+func (t *trackedFSM) wait() {
+	if h := t.held.Load(); h != nil {
+		<-*h
+	}
 }
 
 // writeState runs write, which writes the whole state (a snapshot's Persist
@@ -114,6 +124,7 @@ func (t *trackedFSM) writeState(write func() error) error {
 }
 
 func (t *trackedFSM) Apply(l *raft.Log) any {
+	t.wait()
 	r := t.FSM.Apply(l)
 	t.applied.set(l.Index)
 	t.growth.add(len(l.Data), 1)
@@ -121,6 +132,7 @@ func (t *trackedFSM) Apply(l *raft.Log) any {
 }
 
 func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
+	t.wait()
 	r := t.FSM.ApplyBatch(logs)
 	if len(logs) > 0 {
 		t.applied.set(logs[len(logs)-1].Index)

@@ -288,3 +288,52 @@ func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
 		t.Errorf("the session saved after the revoke was applied: found %v, %v; the retry ran the revoke again", found, err)
 	}
 }
+
+// TestRevokeRetriedAtALeaderThatHasNotAppliedIt: the retry of a revoke
+// reaches a new leader that holds the first try's entry in its log but has
+// not applied it yet. The barrier in revokeUser makes it apply that first,
+// so the retry is answered with the first count; without it the retry was
+// proposed again, and logged out the session the user made in between.
+func TestRevokeRetriedAtALeaderThatHasNotAppliedIt(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	old := tc.nodes[l]
+	for _, sid := range []string{"s1", "s2", "s3"} {
+		mustSave(t, old, sid, `{"_user":"alice"}`)
+	}
+	next := (l + 1) % 3
+	tc.waitSame()
+	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release)
+	tc.nodes[next].fsm.held.Store(&hold)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := fsm.RequestID{9}
+	if n, err := old.revokeUser(ctx, "alice", id); err != nil || n != 3 {
+		t.Fatalf("revoke: %d, %v", n, err)
+	}
+	mustSave(t, old, "s4", `{"_user":"alice"}`) // alice logs in again
+	tc.transferTo(next)
+	if got := tc.nodes[next].fsm.applied.get(); got >= old.fsm.applied.get() {
+		t.Fatalf("the new leader applied index %d of %d: the test tests nothing", got, old.fsm.applied.get())
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := tc.nodes[next].revokeUser(ctx, "alice", id) // the retry
+		done <- result{n, err}
+	}()
+	time.Sleep(300 * time.Millisecond) // the retry is in revokeUser
+	release()
+	r := <-done
+	if r.err != nil || r.n != 3 {
+		t.Errorf("the retry at a leader that had not applied the first try: %d, %v; want 3, nil", r.n, r.err)
+	}
+	if _, found, err := tc.nodes[next].Restore(ctx, "s4", transport.Linearizable); err != nil || !found {
+		t.Errorf("the session saved after the revoke: found %v, %v; the retry ran the revoke again", found, err)
+	}
+}
