@@ -138,18 +138,22 @@ func (n *Node) write(ctx context.Context, cmd fsm.Command, req *transport.Reques
 		}
 		return fsm.Result{}, err
 	}
-	if cmd.IfExists && n.cachedLogVersion(ctx) < 1 {
-		// Mid-upgrade, with a member whose build predates it, a patch may
-		// create the session again, as it did in that build (logversion.go).
-		cmd.IfExists = false
+	sent := cmd
+	if sent.IfExists {
+		if v, _ := n.cachedLogVersion(ctx); v < 1 {
+			// Mid-upgrade, with a member whose build predates it, a patch
+			// may create the session again, as it did in that build
+			// (logversion.go).
+			sent.IfExists = false
+		}
 	}
-	r, err := n.commit.submit(ctx, cmd)
+	r, err := n.commit.submit(ctx, sent)
 	if err != nil && n.retryElsewhere(ctx, err) {
 		// Deposed while committing: the outcome is unknown, and every
 		// command is idempotent, so send it again to whoever leads now.
 		return n.write(ctx, cmd, req)
 	}
-	if err == nil && cmd.Op == fsm.OpPatch && cmd.IfExists && r.Count == 0 {
+	if err == nil && sent.Op == fsm.OpPatch && sent.IfExists && r.Count == 0 {
 		// Answered here, so that a follower forwarding it passes it on.
 		return r, transport.Errorf(transport.CodeNotFound, "patch of a session that does not exist (deleted or expired): nothing changed")
 	}

@@ -126,3 +126,46 @@ func TestRollingUpgradeKeepsTheOldLogFormat(t *testing.T) {
 		t.Fatalf("upgraded: %d new commands of version 1", got)
 	}
 }
+
+// TestUpgradedClusterKeepsTheNewFormatWithAMemberDown: once every member
+// reported the new version, a member that is down does not take the
+// cluster back to the old format: not at a new leader after the leader
+// crashed, nor at a node restarted meanwhile (its floor is on disk), and a
+// member that does not answer does not slow a revoke. A review's drill saw
+// a new leader drop to version 0 for as long as the crashed one was down.
+func TestUpgradedClusterKeepsTheNewFormatWithAMemberDown(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	for i := range tc.nodes {
+		n := tc.nodes[i]
+		poll(t, func() bool { return n.versionFloor.Load() == fsm.LogVersion }, 10*time.Second, n.ID()+" learning that every member applies version 1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := tc.leader()
+	tc.crash(l)
+	// Restart another member, so that it has heard from no one since.
+	r := (l + 1) % 3
+	tc.stop(r)
+	tc.start(r)
+	tc.transferTo(r)
+	n := tc.nodes[r]
+	if v, behind := n.cachedLogVersion(ctx); v != fsm.LogVersion {
+		t.Fatalf("a restarted leader with a member down: cluster log version %d (%s behind)", v, behind)
+	}
+	err := n.Patch(ctx, "gone", []transport.KV{{Key: "k", Value: []byte(`1`)}}, nil, true)
+	var te *transport.Error
+	if !errors.As(err, &te) || te.Code != transport.CodeNotFound {
+		t.Fatalf("a patch of a loaded session that is gone, with a member down: %v, want not found", err)
+	}
+	mustSave(t, n, "a1", `{"_user":"alice"}`)
+	start := time.Now()
+	if c, err := n.revokeUser(ctx, "alice", fsm.RequestID{5}); err != nil || c != 1 {
+		t.Fatalf("revoke with a member down: %d, %v", c, err)
+	}
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("a revoke with a member down took %s: it waited for that member", took)
+	}
+	if got := logVersionsIn(t, n)[1]; got < 2 {
+		t.Fatalf("with a member down, %d commands of version 1 in the leader's log; want the patch and the revoke", got)
+	}
+}

@@ -291,6 +291,7 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
 	if st.LogVersion < n.ownLogVersion() {
 		return transport.Errorf(transport.CodeBadRequest, "join refused: node %s runs an older build (raft log version %d; this cluster's leader writes version %d): start it from the leader's build", id, st.LogVersion, n.ownLogVersion())
 	}
+	n.versions.seen(raft.ServerID(id), st.LogVersion)
 	// What the node says of itself, for 'kadosession join', whose request
 	// carries no cluster id: added, a node leading a cluster of its own
 	// took this cluster's snapshot over its sessions.

@@ -66,9 +66,12 @@ type Node struct {
 	raftConfMu    sync.Mutex    // one change to raft's ReloadableConfig at a time
 	routine       routineLines  // routine snapshot lines logged at info now and then
 	// versions: the log versions members reported; clusterVersion: the
-	// newest all of them apply, as last found (-1: not yet; logversion.go).
+	// newest all of them apply, as last found (-1: not yet); versionFloor:
+	// the newest all of them once applied at the same time (logversion.go).
 	versions       logVersions
 	clusterVersion atomic.Int32
+	versionFloor   atomic.Int32
+	olderWarned    atomic.Int64         // when revokeUser last warned of an older member (Unix ns)
 	removedAt      map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the
 	// first log index past its removal (0: never told). The leader stops
@@ -290,6 +293,9 @@ func Open(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("data directory %s is in use by another kadosession process", cfg.DataDir)
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
+	}
+	if floor, err := n.bolt.GetUint64(versionFloorKey); err == nil {
+		n.versionFloor.Store(int32(min(floor, uint64(n.ownLogVersion()))))
 	}
 	n.mapped = newMappedPages(n.bolt)
 	// Opening read every page of the file: bbolt rebuilds its freelist by
@@ -873,7 +879,7 @@ func (n *Node) Prune(ctx context.Context) (int, error) {
 		return 0, notLeader(n.raft)
 	}
 	duration := n.cfg.Duration.Milliseconds()
-	if v, _ := n.clusterLogVersion(ctx); v < 1 {
+	if v, _ := n.cachedLogVersion(ctx); v < 1 {
 		// A member's build predates OpExpire: the slower OpPrune, which
 		// scans every session where it is applied (logversion.go).
 		r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpPrune, Duration: duration})

@@ -41,10 +41,10 @@ func (p *peerContacts) get(addr raft.ServerAddress) (time.Time, bool) {
 // current when no reads are confirming leadership.
 const peerProbeInterval = time.Second
 
-// probePeers runs for the node's life: while the node leads, every member
-// not heard from for a probe interval is asked for its term, and the log
-// version all members apply is found again (clusterLogVersion), also as
-// soon as the node takes office.
+// probePeers runs for the node's life: the log version all members apply
+// is found again (clusterLogVersion), and while the node leads, every
+// member not heard from for a probe interval is asked for its term; also
+// as soon as a leader is known.
 func (n *Node) probePeers() {
 	defer n.bg.Done()
 	t := time.NewTicker(peerProbeInterval)
@@ -59,12 +59,12 @@ func (n *Node) probePeers() {
 		case <-t.C:
 		case <-changed:
 		}
-		if n.raft.State() != raft.Leader {
-			continue
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), peerProbeInterval)
 		n.clusterLogVersion(ctx)
 		cancel()
+		if n.raft.State() != raft.Leader {
+			continue
+		}
 		f := n.raft.GetConfiguration()
 		if f.Error() != nil {
 			continue
