@@ -28,33 +28,39 @@ import (
 // last: a member down for a while is not taken for an older build.
 const logVersionFresh = 30 * time.Second
 
-// logVersions is what each member last reported of its log version.
+// logVersions is what each member last reported of its log version, by
+// id and address: a node that takes over a member's id at another address
+// (a join) is another build until it answers there.
 type logVersions struct {
 	mu sync.Mutex
 	of map[raft.ServerID]reportedVersion
 }
 
 type reportedVersion struct {
-	v  int
-	at time.Time
+	addr raft.ServerAddress
+	v    int
+	at   time.Time
 }
 
-func (l *logVersions) seen(id raft.ServerID, v int) {
+func (l *logVersions) seen(id raft.ServerID, addr raft.ServerAddress, v int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.of == nil {
 		l.of = map[raft.ServerID]reportedVersion{}
 	}
-	l.of[id] = reportedVersion{v, time.Now()}
+	l.of[id] = reportedVersion{addr, v, time.Now()}
 }
 
-// known returns the version member id reported last (0 when none), and
-// whether it did lately.
-func (l *logVersions) known(id raft.ServerID) (v int, fresh bool) {
+// known returns the version member id at addr reported last (0 when
+// none), and whether it did lately.
+func (l *logVersions) known(id raft.ServerID, addr raft.ServerAddress) (v int, fresh bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r, ok := l.of[id]
-	return r.v, ok && time.Since(r.at) < logVersionFresh
+	if !ok || r.addr != addr {
+		return 0, false
+	}
+	return r.v, time.Since(r.at) < logVersionFresh
 }
 
 // ownLogVersion is the version this node reports: fsm.LogVersion, or a test's
@@ -77,21 +83,18 @@ func (n *Node) ownLogVersion() int {
 // at once. Members whose report is not fresh, or older than this build's,
 // are asked (at most a second). Once every member's fresh report is at
 // least v, v is the node's floor (versionFloor, kept in the raft log's
-// store): the version never goes back because a member is down or has not
-// answered a new leader yet; without it, a crashed leader took the new
-// format with it for as long as it was down (a review's drill).
+// store), which stands in for the members that have not answered lately:
+// without it, a crashed leader took the new format with it for as long as
+// it was down (a review's drill). A member that answers with an older
+// version than the floor is believed: it would stop at a newer entry.
 func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return int(n.clusterVersion.Load()), ""
-	}
-	servers := f.Configuration().Servers
+	servers := n.raft.GetConfiguration().Configuration().Servers
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	own := n.ownLogVersion()
 	var wg sync.WaitGroup
 	for _, s := range servers {
-		if v, fresh := n.versions.known(s.ID); s.ID == raft.ServerID(n.id) || (fresh && v >= own) {
+		if v, fresh := n.versions.known(s.ID, s.Address); s.ID == raft.ServerID(n.id) || (fresh && v >= own) {
 			continue
 		}
 		wg.Add(1)
@@ -101,25 +104,30 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 		}(s.ID, s.Address)
 	}
 	wg.Wait()
-	least, behind, member, allFresh := own, raft.ServerID(""), false, true
+	floor := int(n.versionFloor.Load())
+	least, behind, reported, member := own, raft.ServerID(""), own, false
 	for _, s := range servers {
 		if s.ID == raft.ServerID(n.id) {
 			member = true
 			continue
 		}
-		v, fresh := n.versions.known(s.ID)
-		allFresh = allFresh && fresh
+		v, fresh := n.versions.known(s.ID, s.Address)
+		if fresh {
+			reported = min(reported, v)
+			if v < floor {
+				n.warnOlder(fmt.Sprintf("member %s answers that it applies raft log version %d, older than the %d every member applied before: was it started from an older build?", s.ID, v, floor))
+			}
+		} else {
+			reported, v = -1, max(v, floor)
+		}
 		if v < least {
 			least, behind = v, s.ID
 		}
 	}
 	// A node not (yet) in its configuration knows too little to raise
 	// its floor: a joining node's is empty.
-	if member && allFresh && least > int(n.versionFloor.Load()) {
-		n.raiseVersionFloor(least)
-	}
-	if floor := int(n.versionFloor.Load()); floor > least {
-		least, behind = floor, ""
+	if member && reported > floor {
+		n.raiseVersionFloor(reported)
 	}
 	n.clusterVersion.Store(int32(least))
 	return least, behind
@@ -128,14 +136,27 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 // versionFloorKey is where the raft log's store keeps the node's floor.
 var versionFloorKey = []byte("kadosession-log-version-floor")
 
-// raiseVersionFloor makes v the node's floor, on disk first.
+// raiseVersionFloor makes v the node's floor, on disk first, if it is
+// higher; one raise at a time.
 func (n *Node) raiseVersionFloor(v int) {
+	n.floorMu.Lock()
+	defer n.floorMu.Unlock()
+	if v <= int(n.versionFloor.Load()) {
+		return
+	}
 	if err := n.bolt.SetUint64(versionFloorKey, uint64(v)); err != nil {
 		n.log.Warn("cannot record that every member applies a raft log version", "log_version", v, "error", err)
 		return
 	}
 	n.versionFloor.Store(int32(v))
 	n.log.Info("every member applies this raft log version; a leader writes it from now on", "log_version", v)
+}
+
+// warnOlder logs msg as a warning, once a minute at most.
+func (n *Node) warnOlder(msg string) {
+	if last := n.olderWarned.Load(); time.Since(time.Unix(0, last)) > time.Minute && n.olderWarned.CompareAndSwap(last, time.Now().UnixNano()) {
+		n.log.Warn(msg + " (logged once a minute)")
+	}
 }
 
 // askLogVersion asks member id for its log version and notes the answer.
@@ -146,7 +167,7 @@ func (n *Node) askLogVersion(ctx context.Context, id raft.ServerID, addr raft.Se
 	}
 	var r termReply
 	if json.Unmarshal(body, &r) == nil && r.ID == string(id) {
-		n.versions.seen(id, r.LogVersion)
+		n.versions.seen(id, addr, r.LogVersion)
 	}
 }
 
@@ -157,23 +178,23 @@ func olderMember(id raft.ServerID, v int) string {
 
 // cachedLogVersion is clusterLogVersion as last found, for the request
 // path (a member that does not answer must not slow requests); found now
-// only when not yet since the node started.
+// only when not yet since the node started, and its floor is older than
+// its build.
 func (n *Node) cachedLogVersion(ctx context.Context) (int, raft.ServerID) {
 	if v := n.clusterVersion.Load(); v >= 0 {
 		return int(v), n.behind()
+	}
+	if v := int(n.versionFloor.Load()); v >= n.ownLogVersion() {
+		return v, ""
 	}
 	return n.clusterLogVersion(ctx)
 }
 
 // behind names, for messages, a member whose last report is the oldest.
 func (n *Node) behind() raft.ServerID {
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return ""
-	}
 	least, who := n.ownLogVersion(), raft.ServerID("")
-	for _, s := range f.Configuration().Servers {
-		if v, _ := n.versions.known(s.ID); s.ID != raft.ServerID(n.id) && v < least {
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if v, _ := n.versions.known(s.ID, s.Address); s.ID != raft.ServerID(n.id) && v < least {
 			least, who = v, s.ID
 		}
 	}

@@ -110,6 +110,26 @@ func TestRollingUpgradeKeepsTheOldLogFormat(t *testing.T) {
 		t.Fatalf("join of an older build: %v", err)
 	}
 	old.Close()
+	// Nor does a new build taking over n3's id at another address (it
+	// holds a cluster of its own): its answer is not n3's.
+	other := startNode(t, Config{ID: "n3"})
+	if _, err := l.Join(ctx, "n3", other.Addr(), ""); err == nil {
+		t.Fatal("a node of another cluster joined")
+	}
+	other.Close()
+	time.Sleep(2 * peerProbeInterval)
+	for _, n := range tc.nodes {
+		if f := n.versionFloor.Load(); f != 0 {
+			t.Fatalf("%s raised its floor to %d with n3 on the old build", n.ID(), f)
+		}
+	}
+	if _, err := l.revokeUser(ctx, "alice", fsm.RequestID{8}); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitSame()
+	if got := logVersionsIn(t, tc.nodes[2]); got[1] != 0 {
+		t.Fatalf("after a refused join under its id, the old build's log holds commands of version 1: %v", got)
+	}
 
 	upgrade(2)
 	l = tc.nodes[tc.leader()]
@@ -168,4 +188,11 @@ func TestUpgradedClusterKeepsTheNewFormatWithAMemberDown(t *testing.T) {
 	if got := logVersionsIn(t, n)[1]; got < 2 {
 		t.Fatalf("with a member down, %d commands of version 1 in the leader's log; want the patch and the revoke", got)
 	}
+	// A member that answers with an older version is believed over the
+	// floor: it would stop at a newer entry.
+	o := 3 - l - r
+	tc.stop(o)
+	tc.cfgs[o].logVersion = -1
+	tc.start(o)
+	poll(t, func() bool { return n.clusterVersion.Load() == 0 }, 10*time.Second, "the leader believing a member that answers with version 0")
 }

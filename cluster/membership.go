@@ -58,7 +58,7 @@ func (n *Node) askTerm(ctx context.Context, id raft.ServerID, addr raft.ServerAd
 		return 0, fmt.Errorf("term asked of %s at %s, answered by %q", id, addr, r.ID)
 	}
 	n.contacts.seen(addr, time.Now())
-	n.versions.seen(id, r.LogVersion)
+	n.versions.seen(id, addr, r.LogVersion)
 	return r.Term, nil
 }
 
@@ -245,7 +245,8 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 			return reply, nil
 		}
 	}
-	if err := n.checkJoiner(ctx, id, addr); err != nil {
+	version, err := n.checkJoiner(ctx, id, addr)
+	if err != nil {
 		return reply, err
 	}
 	for _, s := range f.Configuration().Servers {
@@ -266,36 +267,36 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 		return reply, applyError(err, n.raft)
 	}
 	n.log.Info("node joined", "id", id, "address", addr)
+	n.versions.seen(raft.ServerID(id), raft.ServerAddress(addr), version)
 	reply.Changed = true
 	return reply, nil
 }
 
-// checkJoiner asks the node joining as id at addr who it is before it
-// becomes a voter: a voter nobody can reach counts against the quorum, so a
-// mistyped address given to 'kadosession join' took a three-node cluster's
-// fault tolerance to zero. An address that does not answer is
-// CodeUnavailable (a joining node retries); one that answers with another
-// id is refused.
-func (n *Node) checkJoiner(ctx context.Context, id, addr string) error {
+// checkJoiner asks the node joining as id at addr who it is, and the log
+// version it applies, before it becomes a voter: a voter nobody can reach
+// counts against the quorum, so a mistyped address given to 'kadosession
+// join' took a three-node cluster's fault tolerance to zero. An address
+// that does not answer is CodeUnavailable (a joining node retries); one
+// that answers with another id, or an older build, is refused.
+func (n *Node) checkJoiner(ctx context.Context, id, addr string) (version int, err error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	st, err := n.peerStatus(cctx, addr)
 	if err != nil {
-		return transport.Errorf(transport.CodeUnavailable, "join refused: no node answers at %s (%v): start the node first (a node started with --join joins by itself), or check the address", addr, err)
+		return 0, transport.Errorf(transport.CodeUnavailable, "join refused: no node answers at %s (%v): start the node first (a node started with --join joins by itself), or check the address", addr, err)
 	}
 	if st.ID != id {
-		return transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
+		return 0, transport.Errorf(transport.CodeBadRequest, "join refused: the node at %s is %q, not %q", addr, st.ID, id)
 	}
 	// It would stop at the first entry of a newer version it applies, and
 	// the log or snapshot it is sent may hold one (logversion.go).
 	if st.LogVersion < n.ownLogVersion() {
-		return transport.Errorf(transport.CodeBadRequest, "join refused: node %s runs an older build (raft log version %d; this cluster's leader writes version %d): start it from the leader's build", id, st.LogVersion, n.ownLogVersion())
+		return 0, transport.Errorf(transport.CodeBadRequest, "join refused: node %s runs an older build (raft log version %d; this cluster's leader applies version %d): start it from the leader's build", id, st.LogVersion, n.ownLogVersion())
 	}
-	n.versions.seen(raft.ServerID(id), st.LogVersion)
 	// What the node says of itself, for 'kadosession join', whose request
 	// carries no cluster id: added, a node leading a cluster of its own
 	// took this cluster's snapshot over its sessions.
-	return n.sameCluster(id, st.ClusterID)
+	return st.LogVersion, n.sameCluster(id, st.ClusterID)
 }
 
 // sameCluster refuses a joining node id that holds the data of another

@@ -71,6 +71,7 @@ type Node struct {
 	versions       logVersions
 	clusterVersion atomic.Int32
 	versionFloor   atomic.Int32
+	floorMu        sync.Mutex           // one raiseVersionFloor at a time
 	olderWarned    atomic.Int64         // when revokeUser last warned of an older member (Unix ns)
 	removedAt      map[string]time.Time // ids this node removed lately (noteRemoved); memberMu
 	// removedUntil: once a leader told this node it was removed, the

@@ -68,9 +68,7 @@ func (n *Node) revokeUser(ctx context.Context, user string, id fsm.RequestID) (i
 	if v, behind := n.cachedLogVersion(ctx); v < 1 {
 		// Without its id, as builds before it ran it: a retry through
 		// another leader may run it again (logversion.go).
-		if last := n.olderWarned.Load(); time.Since(time.Unix(0, last)) > time.Minute && n.olderWarned.CompareAndSwap(last, time.Now().UnixNano()) {
-			n.log.Warn("revoke_user runs without its request id until every member is upgraded (logged once a minute)", "reason", olderMember(behind, v))
-		}
+		n.warnOlder("revoke_user runs without its request id until every member is upgraded: " + olderMember(behind, v))
 		id = fsm.RequestID{}
 	}
 	r, err := n.commit.submit(ctx, fsm.Command{Op: fsm.OpDeleteUser, SID: user, ID: id})
