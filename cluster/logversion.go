@@ -17,7 +17,7 @@ import (
 // and in a cluster every member applies every entry, so a leader writes a
 // command of a newer log version (fsm.LogVersion, fsm.Command.LogVersion)
 // only once every member has reported that it applies it; until then the
-// commands that have an older form use it (clusterLogVersion's callers),
+// commands that have an older form use it (cachedLogVersion's callers),
 // and any other is refused (committer.logVersion). Each member reports its
 // version in its answers to {"op":"term"} and {"op":"status"}; a build
 // that reports none is version 0.
