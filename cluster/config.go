@@ -77,9 +77,10 @@ type Config struct {
 	SnapshotLogBytes uint64
 	// TrailingLogs is how many entries a snapshot leaves in the log, for
 	// followers that lag a little and for recognising retried writes after
-	// a restart (0: up to 4096, as many as SnapshotLogBytes's share holds
-	// at the size of the entries seen lately, or those of the last minute
-	// up to twice that; at least 1; loggrowth.go trailingFor).
+	// a restart (0: up to 4096, as many as the log's share of the data
+	// directory's disk holds at the size of the entries seen lately, or
+	// those of the last minute up to twice that; at least 1; loggrowth.go
+	// logBudget, trailingFor).
 	TrailingLogs uint64
 	// HTTP is the HOST:PORT of the admin HTTP endpoint (/metrics, /healthz,
 	// /readyz, /status; see admin_http.go). Empty: off. It has no auth:

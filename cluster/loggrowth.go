@@ -123,7 +123,10 @@ func (g *logGrowth) limit() uint64 { return g.next.Load() }
 
 // overdue reports whether the log applied since the last snapshot has
 // reached limit.
-func (g *logGrowth) overdue(limit uint64) bool { return g.applied.Load()-g.base.Load() >= limit }
+func (g *logGrowth) overdue(limit uint64) bool {
+	base := g.base.Load() // first: applied only grows, and base never passes it
+	return g.applied.Load()-base >= limit
+}
 
 // add counts applied entries and their bytes, and signals when a snapshot
 // is due.

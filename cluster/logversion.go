@@ -76,11 +76,35 @@ func (n *Node) ownLogVersion() int {
 	return fsm.LogVersion
 }
 
+// watchLogVersions runs for the node's life: every second, and as soon as
+// a leader is known, it finds the log version all members apply again
+// (clusterLogVersion). It is a loop of its own so that a member that does
+// not answer does not hold up probePeers.
+func (n *Node) watchLogVersions() {
+	defer n.bg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		n.leaderMu.Lock()
+		changed := n.leaderCh
+		n.leaderMu.Unlock()
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		case <-changed:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		n.clusterLogVersion(ctx)
+		cancel()
+	}
+}
+
 // clusterLogVersion finds the newest log version every member applies
 // (and when it is older than this build's, a member that applies only
 // that one), and keeps it for the request path (cachedLogVersion). Every
-// node runs it every second (probePeers), so that a new leader knows it
-// at once. Members whose report is not fresh, or older than this build's,
+// node runs it every second (watchLogVersions), so that a new leader knows
+// it at once. Members whose report is not fresh, or older than this build's,
 // are asked (at most a second). Once every member's fresh report is at
 // least v, v is the node's floor (versionFloor, kept in the raft log's
 // store), which stands in for the members that have not answered lately:
@@ -185,6 +209,7 @@ func (n *Node) cachedLogVersion(ctx context.Context) (int, raft.ServerID) {
 		return int(v), n.behind()
 	}
 	if v := int(n.versionFloor.Load()); v >= n.ownLogVersion() {
+		n.clusterVersion.CompareAndSwap(-1, int32(v)) // for the committer's check too
 		return v, ""
 	}
 	return n.clusterLogVersion(ctx)

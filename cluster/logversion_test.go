@@ -166,7 +166,9 @@ func TestUpgradedClusterKeepsTheNewFormatWithAMemberDown(t *testing.T) {
 	// Restart another member, so that it has heard from no one since.
 	r := (l + 1) % 3
 	tc.stop(r)
-	tc.start(r)
+	if v := tc.start(r).commit.logVersion(); v != fsm.LogVersion {
+		t.Fatalf("just restarted, the committer allows log version %d; its floor on disk is %d", v, fsm.LogVersion)
+	}
 	tc.transferTo(r)
 	n := tc.nodes[r]
 	if v, behind := n.cachedLogVersion(ctx); v != fsm.LogVersion {

@@ -434,7 +434,12 @@ func Open(cfg Config) (*Node, error) {
 	n.reads.rounds.do = n.reads.confirmRound
 	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	n.leaderCh = make(chan struct{})
-	n.clusterVersion.Store(-1) // not found yet (logversion.go)
+	// Not found yet (logversion.go), unless every member applied this
+	// build's version before.
+	n.clusterVersion.Store(-1)
+	if v := n.versionFloor.Load(); int(v) >= n.ownLogVersion() {
+		n.clusterVersion.Store(v)
+	}
 	obs := make(chan raft.Observation, 16)
 	n.raft.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -444,6 +449,8 @@ func Open(cfg Config) (*Node, error) {
 	go n.watchLeader(obs)
 	n.bg.Add(1)
 	go n.probePeers()
+	n.bg.Add(1)
+	go n.watchLogVersions()
 	n.bg.Add(1)
 	go n.watchCatchUp()
 	n.bg.Add(1)
@@ -872,7 +879,8 @@ func (n *Node) pruneLoop() {
 // Prune removes the sessions expired at this leader's time and returns how
 // many it removed. The expired sessions are found here, off the goroutine
 // that applies, and removed by OpExpire commands naming them (at most
-// pruneBatch each), which check each one again when applied.
+// pruneBatch each), which check each one again when applied; while a
+// member's build predates OpExpire, by one OpPrune (logversion.go).
 func (n *Node) Prune(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -41,27 +41,18 @@ func (p *peerContacts) get(addr raft.ServerAddress) (time.Time, bool) {
 // current when no reads are confirming leadership.
 const peerProbeInterval = time.Second
 
-// probePeers runs for the node's life: the log version all members apply
-// is found again (clusterLogVersion), and while the node leads, every
-// member not heard from for a probe interval is asked for its term; also
-// as soon as a leader is known.
+// probePeers runs for the node's life: while the node leads, every member
+// not heard from for a probe interval is asked for its term.
 func (n *Node) probePeers() {
 	defer n.bg.Done()
 	t := time.NewTicker(peerProbeInterval)
 	defer t.Stop()
 	for {
-		n.leaderMu.Lock()
-		changed := n.leaderCh
-		n.leaderMu.Unlock()
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
-		case <-changed:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), peerProbeInterval)
-		n.clusterLogVersion(ctx)
-		cancel()
 		if n.raft.State() != raft.Leader {
 			continue
 		}
