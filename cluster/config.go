@@ -91,9 +91,6 @@ type Config struct {
 
 	// wrapLogStore lets tests put a failing layer under raft's log.
 	wrapLogStore func(raft.LogStore) raft.LogStore
-	// scaleLog and tuneTrailing: SnapshotLogBytes, TrailingLogs was left
-	// at 0, and is scaled to the data directory's file system (logBudget).
-	scaleLog, tuneTrailing bool
 	// logVersion stands in for another build's log version in tests
 	// (0: fsm.LogVersion; -1: none reported; ownLogVersion).
 	logVersion int
@@ -175,14 +172,6 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.SnapshotThreshold == 0 {
 		out.SnapshotThreshold = 8192
-	}
-	if out.SnapshotLogBytes == 0 {
-		out.SnapshotLogBytes = DefaultSnapshotLogBytes
-		out.scaleLog = true
-	}
-	if out.TrailingLogs == 0 {
-		out.TrailingLogs = DefaultTrailingLogs
-		out.tuneTrailing = true
 	}
 	if out.Logger == nil {
 		out.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: hclog.Info})

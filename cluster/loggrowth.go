@@ -104,7 +104,7 @@ func (g *logGrowth) trailingLogs(now time.Time) uint64 {
 		return 0
 	}
 	bytes, count := g.applied.Load(), g.entries.Load()
-	if count > g.tunedCount && bytes >= g.tunedBytes {
+	if count > g.tunedCount { // both only grow
 		n := count - g.tunedCount
 		g.avgEntry = (bytes - g.tunedBytes) / n
 		if took := now.Sub(g.tunedAt); took > 0 {
@@ -206,19 +206,8 @@ func (n *Node) snapshotOnLogGrowth() {
 // tuneTrailingLogs sets raft's TrailingLogs for the snapshots to come
 // (logGrowth.trailingLogs).
 func (n *Node) tuneTrailingLogs() {
-	t := n.fsm.growth.trailingLogs(time.Now())
-	if t == 0 {
-		return
-	}
-	n.raftConfMu.Lock()
-	defer n.raftConfMu.Unlock()
-	rc := n.raft.ReloadableConfig()
-	if rc.TrailingLogs == t {
-		return
-	}
-	rc.TrailingLogs = t
-	if err := n.raft.ReloadConfig(rc); err != nil {
-		n.log.Warn("cannot change how many entries a snapshot leaves in the raft log", "trailing_logs", t, "error", err)
+	if t := n.fsm.growth.trailingLogs(time.Now()); t != 0 {
+		n.changeRaftConfig("trailing logs (entries a snapshot leaves)", func(rc *raft.ReloadableConfig) { rc.TrailingLogs = t })
 	}
 }
 
@@ -261,22 +250,22 @@ func (c *countingSink) Write(p []byte) (int, error) {
 
 // scaleLogToDisk returns the node's logGrowth, with what Config left of
 // SnapshotLogBytes and TrailingLogs at 0 held to the data directory's
-// logBudget.
+// logBudget (withDefaults leaves them at 0 for this).
 func (n *Node) scaleLogToDisk() *logGrowth {
 	cfg := n.cfg
 	budget, size := uint64(DefaultSnapshotLogBytes), uint64(0)
-	if cfg.scaleLog || cfg.tuneTrailing {
+	if cfg.SnapshotLogBytes == 0 || cfg.TrailingLogs == 0 {
 		if d, err := freeSpace(cfg.DataDir); err == nil {
 			budget, size = logBudget(d.size), d.size
 		}
 	}
 	floor := cfg.SnapshotLogBytes
-	if cfg.scaleLog {
+	if floor == 0 {
 		floor = budget
 	}
 	g := newLogGrowth(floor)
-	if cfg.tuneTrailing {
-		g.trailBudget, g.trailMost = budget, cfg.TrailingLogs
+	if cfg.TrailingLogs == 0 {
+		g.trailBudget, g.trailMost = budget, DefaultTrailingLogs
 	}
 	if budget < DefaultSnapshotLogBytes {
 		args := []any{"file_system", bytesize.Text(size), "snapshot_after_log", bytesize.Text(floor)}

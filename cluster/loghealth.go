@@ -193,15 +193,26 @@ func (n *Node) probeLog() bool {
 // setElectionTimeouts sets raft's heartbeat and election timeouts, when
 // they differ (raft's own configuration is the only record of them).
 func (n *Node) setElectionTimeouts(hb, election time.Duration) {
+	n.changeRaftConfig("election timeouts", func(rc *raft.ReloadableConfig) {
+		rc.HeartbeatTimeout, rc.ElectionTimeout = hb, election
+	})
+}
+
+// changeRaftConfig applies change to raft's reloadable configuration, one
+// change at a time (each reads the whole of it and writes it back), and
+// only when it changes something; what names it in the warning a refused
+// change logs.
+func (n *Node) changeRaftConfig(what string, change func(*raft.ReloadableConfig)) {
 	n.raftConfMu.Lock()
 	defer n.raftConfMu.Unlock()
 	rc := n.raft.ReloadableConfig()
-	if rc.HeartbeatTimeout == hb && rc.ElectionTimeout == election {
+	was := rc
+	change(&rc)
+	if rc == was {
 		return
 	}
-	rc.HeartbeatTimeout, rc.ElectionTimeout = hb, election
 	if err := n.raft.ReloadConfig(rc); err != nil {
-		n.log.Warn("cannot change raft's election timeouts", "heartbeat_timeout", hb, "election_timeout", election, "error", err)
+		n.log.Warn("cannot change raft's "+what, "config", fmt.Sprintf("%+v", rc), "error", err)
 	}
 }
 

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -124,7 +123,7 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 		wg.Add(1)
 		go func(id raft.ServerID, addr raft.ServerAddress) {
 			defer wg.Done()
-			n.askLogVersion(ctx, id, addr)
+			_, _ = n.termOf(ctx, id, addr) // notes the version it reports
 		}(s.ID, s.Address)
 	}
 	wg.Wait()
@@ -153,8 +152,39 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	if member && reported > floor {
 		n.raiseVersionFloor(reported)
 	}
-	n.clusterVersion.Store(int32(least))
+	n.clusterVersion.Store(&foundVersion{least, behind})
 	return least, behind
+}
+
+// foundVersion is what clusterLogVersion found: the version, and a member
+// that applies only that one when it is older than this build's.
+type foundVersion struct {
+	v      int
+	behind raft.ServerID
+}
+
+// foundLogVersion is clusterLogVersion's version as last found, -1 when
+// not yet (the committer's check).
+func (n *Node) foundLogVersion() int {
+	if f := n.clusterVersion.Load(); f != nil {
+		return f.v
+	}
+	return -1
+}
+
+// loadVersionFloor reads the node's floor at start (Open, before anything
+// asks for the version): when it is this build's version, that is what
+// every member applies until found otherwise.
+func (n *Node) loadVersionFloor() {
+	floor, err := n.bolt.GetUint64(versionFloorKey)
+	if err != nil {
+		return
+	}
+	v := min(int(floor), n.ownLogVersion())
+	n.versionFloor.Store(int32(v))
+	if v == n.ownLogVersion() {
+		n.clusterVersion.Store(&foundVersion{v: v})
+	}
 }
 
 // versionFloorKey is where the raft log's store keeps the node's floor.
@@ -183,18 +213,6 @@ func (n *Node) warnOlder(msg string) {
 	}
 }
 
-// askLogVersion asks member id for its log version and notes the answer.
-func (n *Node) askLogVersion(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) {
-	body, err := n.adminCall(ctx, string(addr), []byte(`{"op":"term"}`))
-	if err != nil {
-		return
-	}
-	var r termReply
-	if json.Unmarshal(body, &r) == nil && r.ID == string(id) {
-		n.versions.seen(id, addr, r.LogVersion)
-	}
-}
-
 // olderMember says, for messages, that member id runs an older build.
 func olderMember(id raft.ServerID, v int) string {
 	return fmt.Sprintf("member %s applies raft log version %d only (an older build, or it did not answer), and this build writes version %d; upgrade every member", id, v, fsm.LogVersion)
@@ -202,26 +220,10 @@ func olderMember(id raft.ServerID, v int) string {
 
 // cachedLogVersion is clusterLogVersion as last found, for the request
 // path (a member that does not answer must not slow requests); found now
-// only when not yet since the node started, and its floor is older than
-// its build.
+// only when not yet since the node started.
 func (n *Node) cachedLogVersion(ctx context.Context) (int, raft.ServerID) {
-	if v := n.clusterVersion.Load(); v >= 0 {
-		return int(v), n.behind()
-	}
-	if v := int(n.versionFloor.Load()); v >= n.ownLogVersion() {
-		n.clusterVersion.CompareAndSwap(-1, int32(v)) // for the committer's check too
-		return v, ""
+	if f := n.clusterVersion.Load(); f != nil {
+		return f.v, f.behind
 	}
 	return n.clusterLogVersion(ctx)
-}
-
-// behind names, for messages, a member whose last report is the oldest.
-func (n *Node) behind() raft.ServerID {
-	least, who := n.ownLogVersion(), raft.ServerID("")
-	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
-		if v, _ := n.versions.known(s.ID, s.Address); s.ID != raft.ServerID(n.id) && v < least {
-			least, who = v, s.ID
-		}
-	}
-	return who
 }

@@ -196,5 +196,5 @@ func TestUpgradedClusterKeepsTheNewFormatWithAMemberDown(t *testing.T) {
 	tc.stop(o)
 	tc.cfgs[o].logVersion = -1
 	tc.start(o)
-	poll(t, func() bool { return n.clusterVersion.Load() == 0 }, 10*time.Second, "the leader believing a member that answers with version 0")
+	poll(t, func() bool { return n.foundLogVersion() == 0 }, 10*time.Second, "the leader believing a member that answers with version 0")
 }

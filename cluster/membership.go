@@ -46,20 +46,31 @@ type termReply struct {
 // askTerm asks the member id at addr for its current raft term. An answer
 // from another node (an address reused, a member replaced) is an error.
 func (n *Node) askTerm(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
-	body, err := n.adminCall(ctx, string(addr), []byte(`{"op":"term"}`))
+	r, err := n.termOf(ctx, id, addr)
 	if err != nil {
 		return 0, err
 	}
+	n.contacts.seen(addr, time.Now())
+	return r.Term, nil
+}
+
+// termOf asks the member id at addr for its term reply, and notes the log
+// version it reports (logversion.go). An answer from another node is an
+// error.
+func (n *Node) termOf(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (termReply, error) {
 	var r termReply
+	body, err := n.adminCall(ctx, string(addr), []byte(`{"op":"term"}`))
+	if err != nil {
+		return r, err
+	}
 	if err := json.Unmarshal(body, &r); err != nil {
-		return 0, fmt.Errorf("term reply from %s: %w", addr, err)
+		return r, fmt.Errorf("term reply from %s: %w", addr, err)
 	}
 	if r.ID != string(id) {
-		return 0, fmt.Errorf("term asked of %s at %s, answered by %q", id, addr, r.ID)
+		return r, fmt.Errorf("term asked of %s at %s, answered by %q", id, addr, r.ID)
 	}
-	n.contacts.seen(addr, time.Now())
 	n.versions.seen(id, addr, r.LogVersion)
-	return r.Term, nil
+	return r, nil
 }
 
 // JoinReply answers a join.

@@ -66,10 +66,10 @@ type Node struct {
 	raftConfMu    sync.Mutex    // one change to raft's ReloadableConfig at a time
 	routine       routineLines  // routine snapshot lines logged at info now and then
 	// versions: the log versions members reported; clusterVersion: the
-	// newest all of them apply, as last found (-1: not yet); versionFloor:
+	// newest all of them apply, as last found (nil: not yet); versionFloor:
 	// the newest all of them once applied at the same time (logversion.go).
 	versions       logVersions
-	clusterVersion atomic.Int32
+	clusterVersion atomic.Pointer[foundVersion]
 	versionFloor   atomic.Int32
 	floorMu        sync.Mutex           // one raiseVersionFloor at a time
 	olderWarned    atomic.Int64         // when revokeUser last warned of an older member (Unix ns)
@@ -295,9 +295,7 @@ func Open(cfg Config) (*Node, error) {
 		}
 		return nil, fmt.Errorf("open raft log: %w", err)
 	}
-	if floor, err := n.bolt.GetUint64(versionFloorKey); err == nil {
-		n.versionFloor.Store(int32(min(floor, uint64(n.ownLogVersion()))))
-	}
+	n.loadVersionFloor()
 	n.mapped = newMappedPages(n.bolt)
 	// Opening read every page of the file: bbolt rebuilds its freelist by
 	// walking the tree (NoFreelistSync).
@@ -382,8 +380,8 @@ func Open(cfg Config) (*Node, error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
-	if t := growth.trailingLogs(time.Now()); t != 0 {
-		rc.TrailingLogs = t
+	if cfg.TrailingLogs == 0 {
+		rc.TrailingLogs = growth.trailingLogs(time.Now())
 	}
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
@@ -434,12 +432,6 @@ func Open(cfg Config) (*Node, error) {
 	n.reads.rounds.do = n.reads.confirmRound
 	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	n.leaderCh = make(chan struct{})
-	// Not found yet (logversion.go), unless every member applied this
-	// build's version before.
-	n.clusterVersion.Store(-1)
-	if v := n.versionFloor.Load(); int(v) >= n.ownLogVersion() {
-		n.clusterVersion.Store(v)
-	}
 	obs := make(chan raft.Observation, 16)
 	n.raft.RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.LeaderObservation)
@@ -460,7 +452,7 @@ func Open(cfg Config) (*Node, error) {
 	n.commit = newCommitter(n.raft, 10*time.Second)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
-	n.commit.logVersion = func() int { return int(n.clusterVersion.Load()) }
+	n.commit.logVersion = n.foundLogVersion
 	n.freads = &followerReads{n: n}
 	n.freads.rounds.do = n.freads.ask
 	scfg := cfg.Server

@@ -219,12 +219,8 @@ func TestNativeSaveFollowsTheKeyRules(t *testing.T) {
 // before, it did (adminOnce is per node), logged out a session the user
 // made in between, and answered with its count (1) instead of 3.
 func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
-	tc := newTestCluster(t, 3, nil)
-	l := tc.leader()
+	tc, l := aliceOnThreeNodes(t)
 	old := tc.nodes[l]
-	for _, sid := range []string{"s1", "s2", "s3"} {
-		mustSave(t, old, sid, `{"_user":"alice"}`)
-	}
 	applied, proceed := make(chan struct{}), make(chan struct{})
 	var appliedOnce sync.Once
 	var armed atomic.Bool
@@ -295,12 +291,8 @@ func TestRevokeRetriedThroughANewLeaderRunsOnce(t *testing.T) {
 // so the retry is answered with the first count; without it the retry was
 // proposed again, and logged out the session the user made in between.
 func TestRevokeRetriedAtALeaderThatHasNotAppliedIt(t *testing.T) {
-	tc := newTestCluster(t, 3, nil)
-	l := tc.leader()
+	tc, l := aliceOnThreeNodes(t)
 	old := tc.nodes[l]
-	for _, sid := range []string{"s1", "s2", "s3"} {
-		mustSave(t, old, sid, `{"_user":"alice"}`)
-	}
 	next := (l + 1) % 3
 	tc.waitSame()
 	hold := make(chan struct{})
@@ -336,4 +328,16 @@ func TestRevokeRetriedAtALeaderThatHasNotAppliedIt(t *testing.T) {
 	if _, found, err := tc.nodes[next].Restore(ctx, "s4", transport.Linearizable); err != nil || !found {
 		t.Errorf("the session saved after the revoke: found %v, %v; the retry ran the revoke again", found, err)
 	}
+}
+
+// aliceOnThreeNodes starts three nodes and saves alice's sessions s1, s2
+// and s3 at the leader, whose index it returns.
+func aliceOnThreeNodes(t *testing.T) (*testCluster, int) {
+	t.Helper()
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	for _, sid := range []string{"s1", "s2", "s3"} {
+		mustSave(t, tc.nodes[l], sid, `{"_user":"alice"}`)
+	}
+	return tc, l
 }
