@@ -111,7 +111,9 @@ func (n *Node) watchLogVersions() {
 // it was down (a review's drill). A member that answers with an older
 // version than the floor is believed: it would stop at a newer entry.
 func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
+	commit := n.raft.CommitIndex()
 	servers := n.raft.GetConfiguration().Configuration().Servers
+	committed := n.configurationCommitted(commit)
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	own := n.ownLogVersion()
@@ -148,12 +150,32 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 		}
 	}
 	// A node not (yet) in its configuration knows too little to raise
-	// its floor: a joining node's is empty.
-	if member && reported > floor {
+	// its floor: a joining node's is empty. Nor does one whose
+	// configuration is not committed.
+	if member && committed && reported > floor {
 		n.raiseVersionFloor(reported)
 	}
 	n.clusterVersion.Store(&foundVersion{least, behind})
 	return least, behind
+}
+
+// configurationCommitted tells whether the configuration read after commit
+// was the commit index is committed: whether no configuration entry follows
+// it in the log. raft keeps the index of neither configuration where we
+// can read it (GetConfiguration's Index is always 0). A tail of more than
+// 16 entries counts as not committed: the next round looks again.
+func (n *Node) configurationCommitted(commit uint64) bool {
+	last := n.raft.LastIndex()
+	if last > commit+16 {
+		return false
+	}
+	for i := commit + 1; i <= last; i++ {
+		var e raft.Log
+		if err := n.bolt.GetLog(i, &e); err != nil || e.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
 }
 
 // foundVersion is what clusterLogVersion found: the version, and a member

@@ -198,3 +198,35 @@ func TestUpgradedClusterKeepsTheNewFormatWithAMemberDown(t *testing.T) {
 	tc.start(o)
 	poll(t, func() bool { return n.foundLogVersion() == 0 }, 10*time.Second, "the leader believing a member that answers with version 0")
 }
+
+// TestFloorWaitsForACommittedConfiguration: a leader that appended the
+// removal of the last old member, and cannot commit it (the other
+// upgraded member is down), raises no floor from that configuration: a
+// change of leader may yet discard it, and the old member would then
+// stop at the first newer entry.
+func TestFloorWaitsForACommittedConfiguration(t *testing.T) {
+	tc := newTestCluster(t, 3, func(c *Config) { c.logVersion = -1 })
+	for _, i := range []int{0, 1} {
+		tc.stop(i)
+		tc.cfgs[i].logVersion = 0
+		tc.start(i)
+		tc.waitMembers(3)
+	}
+	tc.transferTo(0)
+	l := tc.nodes[0]
+	// n2's report is fresh (it is asked every second) when it goes down.
+	poll(t, func() bool {
+		v, fresh := l.versions.known("n2", raft.ServerAddress(tc.nodes[1].Addr()))
+		return fresh && v == fsm.LogVersion
+	}, 10*time.Second, "n1 hearing n2's version")
+	tc.stop(1)
+	removal := l.raft.RemoveServer("n3", 0, 0)
+	poll(t, func() bool {
+		cf := l.raft.GetConfiguration()
+		return cf.Error() == nil && len(cf.Configuration().Servers) == 2
+	}, 5*time.Second, "n1 appending n3's removal")
+	time.Sleep(3 * peerProbeInterval)
+	if f := l.versionFloor.Load(); f != 0 {
+		t.Fatalf("n1 raised its floor to %d on a configuration without n3 that it has not committed (%v)", f, removal.Error())
+	}
+}
