@@ -56,12 +56,14 @@ func (p *pendingWrite) finish(r fsm.Result) {
 	}
 }
 
-func newCommitter(r *raft.Raft, timeout time.Duration) *committer {
+// newCommitter starts a committer whose batches hold up to maxBytes of
+// commands (one command may be larger: it goes alone).
+func newCommitter(r *raft.Raft, timeout time.Duration, maxBytes int) *committer {
 	c := &committer{
 		raft:     r,
 		queue:    make(chan *pendingWrite, 4096),
 		inflight: make(chan struct{}, 1),
-		maxBytes: 4 << 20,
+		maxBytes: maxBytes,
 		maxCount: 1024,
 		timeout:  timeout,
 		pending:  map[fsm.RequestID]chan struct{}{},
@@ -180,13 +182,17 @@ func (c *committer) stamp() int64 {
 func (c *committer) loop() {
 	defer c.wg.Done()
 	var buf []byte
+	var carry *pendingWrite // the write that did not fit in the last batch
 	for {
-		var first *pendingWrite
-		select {
-		case first = <-c.queue:
-		case <-c.stop:
-			c.drain(errCommitterStopped)
-			return
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-c.queue:
+			case <-c.stop:
+				c.drain(errCommitterStopped)
+				return
+			}
 		}
 		// Wait for a free slot before cutting the batch, so that everything
 		// that queues while earlier batches are replicated rides in this one.
@@ -200,9 +206,13 @@ func (c *committer) loop() {
 		batch := []*pendingWrite{first}
 		size := first.size
 	fill:
-		for len(batch) < c.maxCount && size < c.maxBytes {
+		for len(batch) < c.maxCount {
 			select {
 			case p := <-c.queue:
+				if size+p.size > c.maxBytes {
+					carry = p
+					break fill
+				}
 				batch = append(batch, p)
 				size += p.size
 			default:

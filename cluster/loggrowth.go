@@ -42,6 +42,20 @@ func logBudget(size uint64) uint64 {
 	return min(max(size/16, minLogBudget), DefaultSnapshotLogBytes)
 }
 
+// maxBatchBytes bounds a batch of writes (one raft log entry).
+const maxBatchBytes = 4 << 20
+
+// batchBytesFor is the most bytes of writes one raft log entry carries
+// where the log's budget is budget: 4 MiB, or a quarter of a small disk's
+// budget. bbolt rewrites the log's last leaf, which holds up to four
+// entries, with each append, and frees the old copy only after it: on a
+// 64 MiB disk, sessions of 1 MB in 4 MiB batches needed 32 MB for that
+// alone, and the disk filled. Sessions of ordinary size never fill a batch
+// that large.
+func batchBytesFor(budget uint64) int {
+	return int(min(budget/4, maxBatchBytes))
+}
+
 // trailingFor is how many entries a snapshot leaves, when entries average
 // avg bytes and recent of them were applied in the last fsm.DedupeWindow:
 // as many as budget holds, or more to reach back that window, up to twice
@@ -87,6 +101,9 @@ type logGrowth struct {
 	recent                 uint64 // entries applied per fsm.DedupeWindow, at their rate then
 	tunedBytes, tunedCount uint64 // applied and entries at the last one
 	tunedAt                time.Time
+
+	// batchBytes bounds the committer's batches (batchBytesFor).
+	batchBytes int
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
@@ -264,6 +281,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		floor = budget
 	}
 	g := newLogGrowth(floor)
+	g.batchBytes = batchBytesFor(budget)
 	if cfg.TrailingLogs == 0 {
 		g.trailBudget, g.trailMost = budget, DefaultTrailingLogs
 	}
@@ -272,6 +290,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		if g.trailBudget != 0 {
 			args = append(args, "log_left_by_a_snapshot", bytesize.Text(budget))
 		}
+		args = append(args, "largest_batch", bytesize.Text(uint64(g.batchBytes)))
 		n.log.Info("the data directory's file system is small; the raft log is kept to about a sixteenth of it", args...)
 	}
 	return g

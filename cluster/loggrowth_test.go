@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -311,4 +312,57 @@ func TestRetryAfterRestartOnASmallDisk(t *testing.T) {
 	if got := roundTrip(t, c, &transport.Request{Op: transport.OpRestore, SID: "s"}); string(got.Data) != `{"v":"later"}` {
 		t.Fatalf("after the retry of a write 6 MiB of log before the snapshot, s = %s; want the later write", got.Data)
 	}
+}
+
+// TestBatchesKeptSmallOnASmallDisk: on a 64 MiB file system a batch of
+// writes (one raft log entry) holds at most a quarter of the log's budget,
+// 1 MiB, not 4 MiB. bbolt rewrites the log's last leaf, up to four entries,
+// with each append: a drill with 16 clients saving 4 sessions of 1 MB
+// filled a 64 MiB disk in a second, and the node stopped serving.
+func TestBatchesKeptSmallOnASmallDisk(t *testing.T) {
+	if got := []int{batchBytesFor(256 << 20), batchBytesFor(16 << 20), batchBytesFor(4 << 20)}; fmt.Sprint(got) != fmt.Sprint([]int{4 << 20, 4 << 20, 1 << 20}) {
+		t.Errorf("batchBytesFor 256 MiB, 16 MiB, 4 MiB of budget: %v", got)
+	}
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	// No snapshot, so that every entry stays to be looked at.
+	n := startNode(t, Config{SaveFrequency: time.Hour, SnapshotLogBytes: 1 << 40})
+	value := `{"p":"` + strings.Repeat("x", 300<<10) + `"}`
+	var wg sync.WaitGroup
+	for c := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 8 {
+				mustSave(t, n, fmt.Sprintf("s%d", (c+i)%4), value)
+			}
+		}()
+	}
+	wg.Wait()
+	first, _ := n.bolt.FirstIndex()
+	last, _ := n.bolt.LastIndex()
+	largest, writes := 0, 0
+	for i := first; i <= last; i++ {
+		var l raft.Log
+		if err := n.bolt.GetLog(i, &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		cmd, err := fsm.DecodeCommand(l.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writes += max(len(cmd.Batch), 1)
+		largest = max(largest, len(l.Data))
+	}
+	if writes < 128 {
+		t.Fatalf("the log holds %d of the 128 saves", writes)
+	}
+	if largest > 1<<20+4<<10 {
+		t.Fatalf("a log entry of %d bytes on a 64 MiB disk; want at most 1 MiB", largest)
+	}
+	t.Logf("128 saves of 300 KiB in %d entries, the largest %d bytes", last-first+1, largest)
 }

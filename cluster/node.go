@@ -449,7 +449,7 @@ func Open(cfg Config) (*Node, error) {
 	go n.snapshotOnLogGrowth()
 	n.bg.Add(1)
 	go n.watchLogHealth()
-	n.commit = newCommitter(n.raft, 10*time.Second)
+	n.commit = newCommitter(n.raft, 10*time.Second, growth.batchBytes)
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
 	n.commit.logVersion = n.foundLogVersion
