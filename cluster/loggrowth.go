@@ -267,14 +267,13 @@ func (c *countingSink) Write(p []byte) (int, error) {
 
 // scaleLogToDisk returns the node's logGrowth, with what Config left of
 // SnapshotLogBytes and TrailingLogs at 0 held to the data directory's
-// logBudget (withDefaults leaves them at 0 for this).
+// logBudget (withDefaults leaves them at 0 for this), and batches held to
+// it whatever Config says.
 func (n *Node) scaleLogToDisk() *logGrowth {
 	cfg := n.cfg
 	budget, size := uint64(DefaultSnapshotLogBytes), uint64(0)
-	if cfg.SnapshotLogBytes == 0 || cfg.TrailingLogs == 0 {
-		if d, err := freeSpace(cfg.DataDir); err == nil {
-			budget, size = logBudget(d.size), d.size
-		}
+	if d, err := freeSpace(cfg.DataDir); err == nil {
+		budget, size = logBudget(d.size), d.size
 	}
 	floor := cfg.SnapshotLogBytes
 	if floor == 0 {

@@ -326,8 +326,9 @@ func TestBatchesKeptSmallOnASmallDisk(t *testing.T) {
 	orig := freeSpace
 	t.Cleanup(func() { freeSpace = orig })
 	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
-	// No snapshot, so that every entry stays to be looked at.
-	n := startNode(t, Config{SaveFrequency: time.Hour, SnapshotLogBytes: 1 << 40})
+	// No snapshot, so that every entry stays to be looked at; the batches
+	// follow the disk also where Config sets the log's sizes.
+	n := startNode(t, Config{SaveFrequency: time.Hour, SnapshotLogBytes: 1 << 40, TrailingLogs: 1 << 20})
 	value := `{"p":"` + strings.Repeat("x", 300<<10) + `"}`
 	var wg sync.WaitGroup
 	for c := range 16 {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -113,7 +114,7 @@ func (n *Node) watchLogVersions() {
 func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	commit := n.raft.CommitIndex()
 	servers := n.raft.GetConfiguration().Configuration().Servers
-	committed := n.configurationCommitted(commit)
+	committed := n.configurationCommitted(commit, servers)
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	own := n.ownLogVersion()
@@ -159,14 +160,19 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	return least, behind
 }
 
-// configurationCommitted tells whether the configuration read after commit
-// was the commit index is committed: whether no configuration entry follows
-// it in the log. raft keeps the index of neither configuration where we
-// can read it (GetConfiguration's Index is always 0). A tail of more than
-// 16 entries counts as not committed: the next round looks again.
-func (n *Node) configurationCommitted(commit uint64) bool {
-	last := n.raft.LastIndex()
-	if last > commit+16 {
+// configurationCommitted tells whether servers, the configuration read
+// after commit was the commit index, is committed: whether no
+// configuration entry follows commit in the log, and the configuration is
+// still the one read. raft keeps the index of neither configuration where
+// we can read it (GetConfiguration's Index is always 0). The last index is
+// the log store's: a follower publishes a configuration after storing it
+// and before raft's last index moves. Reading the configuration again
+// catches a follower's uncommitted tail replaced meanwhile by a new
+// leader's entries. A tail of more than 16 entries counts as not
+// committed: the next round looks again.
+func (n *Node) configurationCommitted(commit uint64, servers []raft.Server) bool {
+	last, err := n.bolt.LastIndex()
+	if err != nil || last > commit+16 {
 		return false
 	}
 	for i := commit + 1; i <= last; i++ {
@@ -175,7 +181,7 @@ func (n *Node) configurationCommitted(commit uint64) bool {
 			return false
 		}
 	}
-	return true
+	return slices.Equal(n.raft.GetConfiguration().Configuration().Servers, servers)
 }
 
 // foundVersion is what clusterLogVersion found: the version, and a member
