@@ -102,8 +102,9 @@ type logGrowth struct {
 	tunedBytes, tunedCount uint64 // applied and entries at the last one
 	tunedAt                time.Time
 
-	// batchBytes bounds the committer's batches (batchBytesFor).
-	batchBytes int
+	// batchBytes bounds the committer's batches (batchBytesFor), and
+	// storeChunk the entries stored in one transaction (chunkedCompaction).
+	batchBytes, storeChunk int
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
@@ -280,7 +281,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		floor = budget
 	}
 	g := newLogGrowth(floor)
-	g.batchBytes = batchBytesFor(budget)
+	g.batchBytes, g.storeChunk = batchBytesFor(budget), int(budget/2)
 	if cfg.TrailingLogs == 0 {
 		g.trailBudget, g.trailMost = budget, DefaultTrailingLogs
 	}
