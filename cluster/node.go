@@ -307,10 +307,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.logHealth.changed = make(chan struct{}, 1)
 	logStore = healthLog{logStore, &n.logHealth}
-	logs, err := raft.NewLogCache(512, logStore)
-	if err != nil {
-		return nil, err
-	}
+	logs := newLogCache(logStore, 512, 64<<20)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{Logger: log.Named("snapshot")})
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
