@@ -177,19 +177,10 @@ const (
 // short and pass through whole.
 //
 // The log store's file stays out of resident memory (mappedPages).
-//
-// Appends are chunked too, by bytes: a follower behind the leader is sent
-// up to MaxAppendEntries entries in one request, and stored in one bbolt
-// transaction they took that much room in the file at once (which bbolt
-// never gives back). A drill on 64 MiB disks with 1 MB sessions saw a
-// follower's raft.db reach 52 MB that way, and the disk fill for good.
-// Storing a prefix is safe: raft accepts a log that ends early after a
-// crash, and a failed append is sent again whole.
 type chunkedCompaction struct {
 	raft.LogStore
-	mapped     *mappedPages // nil: nothing is dropped
-	obs        *metrics     // log_store_duration_seconds; nil: none
-	storeChunk int          // most bytes of entries per transaction (one entry may be larger); 0: no limit
+	mapped *mappedPages // nil: nothing is dropped
+	obs    *metrics     // log_store_duration_seconds; nil: none
 }
 
 func (s chunkedCompaction) DeleteRange(from, to uint64) error {
@@ -227,21 +218,15 @@ func (s chunkedCompaction) StoreLog(l *raft.Log) error {
 }
 
 func (s chunkedCompaction) StoreLogs(logs []*raft.Log) error {
-	for len(logs) > 0 {
-		i, n := 1, len(logs[0].Data)
-		for ; i < len(logs) && (s.storeChunk == 0 || n+len(logs[i].Data) <= s.storeChunk); i++ {
-			n += len(logs[i].Data)
-		}
-		start := time.Now()
-		err := s.LogStore.StoreLogs(logs[:i])
-		s.obs.observeLogStore(time.Since(start))
-		s.mapped.touched(n)
-		if err != nil {
-			return err
-		}
-		logs = logs[i:]
+	start := time.Now()
+	err := s.LogStore.StoreLogs(logs)
+	s.obs.observeLogStore(time.Since(start))
+	n := 0
+	for _, l := range logs {
+		n += len(l.Data)
 	}
-	return nil
+	s.mapped.touched(n)
+	return err
 }
 
 func (s chunkedCompaction) GetLog(index uint64, l *raft.Log) error {

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -254,54 +253,5 @@ func TestObsoleteSnapshotsAreShrunkAway(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "snapshots", first)); !os.IsNotExist(err) {
 		t.Fatalf("the oldest snapshot is still there: %v", err)
-	}
-}
-
-// storeRecorder is a log store that notes the bytes of every StoreLogs.
-type storeRecorder struct {
-	raft.LogStore
-	calls []int
-}
-
-func (s *storeRecorder) StoreLogs(logs []*raft.Log) error {
-	n := 0
-	for _, l := range logs {
-		n += len(l.Data)
-	}
-	s.calls = append(s.calls, n)
-	return s.LogStore.StoreLogs(logs)
-}
-
-// TestAppendsStoredInChunks: the entries of one append (a follower behind
-// is sent up to MaxAppendEntries at once) are stored in transactions of at
-// most storeChunk bytes, one entry larger than that alone, all of them in
-// order. A drill on 64 MiB disks with 1 MB sessions: a follower whose
-// appends went whole filled its disk and stayed behind for good (its
-// raft.db 55 MB); chunked, seven runs peaked at 53 MB of the disk.
-func TestAppendsStoredInChunks(t *testing.T) {
-	rec := &storeRecorder{LogStore: raft.NewInmemStore()}
-	s := chunkedCompaction{LogStore: rec, storeChunk: 2 << 20}
-	var logs []*raft.Log
-	for i, size := range []int{1 << 20, 1 << 20, 512 << 10, 3 << 20, 1, 1 << 20, 1 << 20, 1 << 20} {
-		logs = append(logs, &raft.Log{Index: uint64(i + 1), Term: 1, Data: bytes.Repeat([]byte{byte(i)}, size)})
-	}
-	if err := s.StoreLogs(logs); err != nil {
-		t.Fatal(err)
-	}
-	want := []int{2 << 20, 512 << 10, 3 << 20, 1 + 1<<20, 2 << 20}
-	if fmt.Sprint(rec.calls) != fmt.Sprint(want) {
-		t.Fatalf("an append of 8 entries stored in transactions of %v bytes, want %v", rec.calls, want)
-	}
-	for i, l := range logs {
-		var got raft.Log
-		if err := s.GetLog(uint64(i+1), &got); err != nil || !bytes.Equal(got.Data, l.Data) {
-			t.Fatalf("entry %d after a chunked append: %v", i+1, err)
-		}
-	}
-	// With no limit, one transaction.
-	rec.calls = nil
-	s.storeChunk = 0
-	if err := s.StoreLogs(logs); err != nil || len(rec.calls) != 1 {
-		t.Fatalf("an append with no limit: %v, transactions %v", err, rec.calls)
 	}
 }

@@ -102,9 +102,8 @@ type logGrowth struct {
 	tunedBytes, tunedCount uint64 // applied and entries at the last one
 	tunedAt                time.Time
 
-	// batchBytes bounds the committer's batches (batchBytesFor), and
-	// storeChunk the entries stored in one transaction (chunkedCompaction).
-	batchBytes, storeChunk int
+	// batchBytes bounds the committer's batches (batchBytesFor).
+	batchBytes int
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
@@ -281,7 +280,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		floor = budget
 	}
 	g := newLogGrowth(floor)
-	g.batchBytes, g.storeChunk = batchBytesFor(budget), int(budget/2)
+	g.batchBytes = batchBytesFor(budget)
 	if cfg.TrailingLogs == 0 {
 		g.trailBudget, g.trailMost = budget, DefaultTrailingLogs
 	}

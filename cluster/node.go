@@ -300,8 +300,7 @@ func Open(cfg Config) (*Node, error) {
 	// Opening read every page of the file: bbolt rebuilds its freelist by
 	// walking the tree (NoFreelistSync).
 	n.mapped.drop()
-	growth := n.scaleLogToDisk()
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs, storeChunk: growth.storeChunk}
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
@@ -367,6 +366,7 @@ func Open(cfg Config) (*Node, error) {
 		Timeout: 5 * time.Second,
 		Logger:  quietShutdown{log.Named("raft-net")},
 	})
+	growth := n.scaleLogToDisk()
 	n.fsm = &trackedFSM{FSM: fsm.NewFSM(), applied: newAppliedIndex(), growth: growth, dataDir: cfg.DataDir}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(id)
