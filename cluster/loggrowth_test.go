@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,4 +367,52 @@ func TestBatchesKeptSmallOnASmallDisk(t *testing.T) {
 		t.Fatalf("a log entry of %d bytes on a 64 MiB disk; want at most 1 MiB", largest)
 	}
 	t.Logf("128 saves of 300 KiB in %d entries, the largest %d bytes", last-first+1, largest)
+}
+
+// appendCounter is a log store that notes the most entries one append
+// stored.
+type appendCounter struct {
+	raft.LogStore
+	most *atomic.Int64
+}
+
+func (a appendCounter) StoreLogs(logs []*raft.Log) error {
+	for n := int64(len(logs)); ; {
+		m := a.most.Load()
+		if n <= m || a.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return a.LogStore.StoreLogs(logs)
+}
+
+// TestFollowerSentFewEntriesOnASmallDisk: on a 64 MiB disk raft sends a
+// follower at most 2 entries in one append, which it stores in one bbolt
+// transaction: on three nodes with such disks and 1 MB sessions, a
+// follower behind the leader, sent up to 256 entries of 1 MiB at once,
+// grew its raft.db to 55 MB, filled its disk and stayed behind (a drill,
+// 2 of 6 runs; with 2 entries, 7 of 7 runs peaked at 50 MB).
+func TestFollowerSentFewEntriesOnASmallDisk(t *testing.T) {
+	if got := []int{appendEntriesFor(256 << 20), appendEntriesFor(64 << 20), appendEntriesFor(8 << 20), appendEntriesFor(4 << 20)}; fmt.Sprint(got) != "[256 8 2 2]" {
+		t.Errorf("appendEntriesFor 256 MiB, 64 MiB, 8 MiB, 4 MiB of budget: %v", got)
+	}
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	// No snapshot: the follower catches up from the leader's log.
+	tc := newTestCluster(t, 3, func(c *Config) { c.SaveFrequency = time.Hour; c.SnapshotLogBytes = 1 << 40 })
+	f := tc.follower()
+	tc.stop(f)
+	l := tc.nodes[tc.leader()]
+	value := `{"p":"` + strings.Repeat("x", 100<<10) + `"}`
+	for i := range 40 {
+		mustSave(t, l, fmt.Sprintf("s%d", i), value)
+	}
+	var most atomic.Int64
+	tc.cfgs[f].wrapLogStore = func(s raft.LogStore) raft.LogStore { return appendCounter{s, &most} }
+	tc.start(f)
+	tc.waitSame()
+	if m := most.Load(); m < 1 || m > 2 {
+		t.Fatalf("a follower 40 entries behind, on a 64 MiB disk, stored up to %d entries in one append; want 1 or 2", m)
+	}
 }

@@ -381,7 +381,7 @@ func Open(cfg Config) (*Node, error) {
 		rc.TrailingLogs = growth.trailingLogs(time.Now())
 	}
 	rc.BatchApplyCh = true
-	rc.MaxAppendEntries = 256
+	rc.MaxAppendEntries = growth.appendEntries
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
