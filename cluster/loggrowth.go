@@ -116,10 +116,10 @@ type logGrowth struct {
 	tunedBytes, tunedCount uint64 // applied and entries at the last one
 	tunedAt                time.Time
 
-	// batchBytes bounds the committer's batches (batchBytesFor), and
-	// appendEntries the entries raft sends a follower at once
-	// (appendEntriesFor).
-	batchBytes, appendEntries int
+	// budget is the log's share of its disk (logBudget), which bounds the
+	// committer's batches (batchBytesFor) and the entries raft sends a
+	// follower at once (appendEntriesFor).
+	budget uint64
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
@@ -296,7 +296,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		floor = budget
 	}
 	g := newLogGrowth(floor)
-	g.batchBytes, g.appendEntries = batchBytesFor(budget), appendEntriesFor(budget)
+	g.budget = budget
 	if cfg.TrailingLogs == 0 {
 		g.trailBudget, g.trailMost = budget, DefaultTrailingLogs
 	}
@@ -305,7 +305,7 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 		if g.trailBudget != 0 {
 			args = append(args, "log_left_by_a_snapshot", bytesize.Text(budget))
 		}
-		args = append(args, "largest_batch", bytesize.Text(uint64(g.batchBytes)), "entries_per_append", g.appendEntries)
+		args = append(args, "largest_batch", bytesize.Text(uint64(batchBytesFor(budget))), "entries_per_append", appendEntriesFor(budget))
 		n.log.Info("the data directory's file system is small; the raft log is kept to about a sixteenth of it", args...)
 	}
 	return g

@@ -161,9 +161,8 @@ func TestSnapshotWaitsForSaveFile(t *testing.T) {
 	}
 }
 
-// logHeld returns how many entries the node's raft log holds, and their
-// bytes.
-func logHeld(t *testing.T, n *Node) (entries int, bytes uint64) {
+// logEntries calls fn with each entry of the node's raft log, oldest first.
+func logEntries(t *testing.T, n *Node, fn func(l raft.Log)) {
 	t.Helper()
 	first, err := n.bolt.FirstIndex()
 	if err != nil {
@@ -176,12 +175,45 @@ func logHeld(t *testing.T, n *Node) (entries int, bytes uint64) {
 	for i := first; i <= last && first != 0; i++ {
 		var l raft.Log
 		if err := n.bolt.GetLog(i, &l); err != nil {
-			t.Fatalf("entry %d of %d..%d: %v", i, first, last, err)
+			t.Fatalf("%s: entry %d of %d..%d: %v", n.ID(), i, first, last, err)
 		}
+		fn(l)
+	}
+}
+
+// logCommands calls fn with each command entry of the node's raft log,
+// decoded.
+func logCommands(t *testing.T, n *Node, fn func(l raft.Log, c fsm.Command)) {
+	t.Helper()
+	logEntries(t, n, func(l raft.Log) {
+		if l.Type != raft.LogCommand {
+			return
+		}
+		c, err := fsm.DecodeCommand(l.Data)
+		if err != nil {
+			t.Fatalf("%s: entry %d: %v", n.ID(), l.Index, err)
+		}
+		fn(l, c)
+	})
+}
+
+// logHeld returns how many entries the node's raft log holds, and their
+// bytes.
+func logHeld(t *testing.T, n *Node) (entries int, bytes uint64) {
+	t.Helper()
+	logEntries(t, n, func(l raft.Log) {
 		entries++
 		bytes += uint64(len(l.Data))
-	}
+	})
 	return entries, bytes
+}
+
+// on64MiBDisk makes every data directory look like a 64 MiB file system
+// with 60 MiB free, for the rest of the test.
+func on64MiBDisk(t *testing.T) {
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
 }
 
 // TestLogKeptToASmallDisk: on a file system of 64 MiB a node left with the
@@ -215,9 +247,7 @@ func TestLogKeptToASmallDisk(t *testing.T) {
 		t.Errorf("after restoring a 40 MiB snapshot the next is due after %d bytes of log", g.limit())
 	}
 
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	on64MiBDisk(t)
 	dir := t.TempDir()
 	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
 	// 20 MiB of log over 16 sessions of 32 KiB: each save is an entry.
@@ -284,9 +314,7 @@ func TestFrequentSnapshotsLoggedLower(t *testing.T) {
 // budget's worth (4 MiB here) alone, a review's test saw the retry of a
 // write 6 MiB of log back applied again over a later one.
 func TestRetryAfterRestartOnASmallDisk(t *testing.T) {
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	on64MiBDisk(t)
 	tc := newTestCluster(t, 1, func(c *Config) { c.SaveFrequency = time.Hour })
 	n := tc.nodes[tc.leader()]
 	first := transport.Request{Op: transport.OpSave, SID: "s", Data: []byte(`{"v":"first"}`), Nonce: transport.Nonce{1, 2, 3}}
@@ -324,9 +352,7 @@ func TestBatchesKeptSmallOnASmallDisk(t *testing.T) {
 	if got := []int{batchBytesFor(256 << 20), batchBytesFor(16 << 20), batchBytesFor(4 << 20)}; fmt.Sprint(got) != fmt.Sprint([]int{4 << 20, 4 << 20, 1 << 20}) {
 		t.Errorf("batchBytesFor 256 MiB, 16 MiB, 4 MiB of budget: %v", got)
 	}
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	on64MiBDisk(t)
 	// No snapshot, so that every entry stays to be looked at; the batches
 	// follow the disk also where Config sets the log's sizes.
 	n := startNode(t, Config{SaveFrequency: time.Hour, SnapshotLogBytes: 1 << 40, TrailingLogs: 1 << 20})
@@ -342,31 +368,19 @@ func TestBatchesKeptSmallOnASmallDisk(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	first, _ := n.bolt.FirstIndex()
-	last, _ := n.bolt.LastIndex()
-	largest, writes := 0, 0
-	for i := first; i <= last; i++ {
-		var l raft.Log
-		if err := n.bolt.GetLog(i, &l); err != nil {
-			t.Fatal(err)
-		}
-		if l.Type != raft.LogCommand {
-			continue
-		}
-		cmd, err := fsm.DecodeCommand(l.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
+	largest, writes, entries := 0, 0, 0
+	logCommands(t, n, func(l raft.Log, cmd fsm.Command) {
+		entries++
 		writes += max(len(cmd.Batch), 1)
 		largest = max(largest, len(l.Data))
-	}
+	})
 	if writes < 128 {
 		t.Fatalf("the log holds %d of the 128 saves", writes)
 	}
 	if largest > 1<<20+4<<10 {
 		t.Fatalf("a log entry of %d bytes on a 64 MiB disk; want at most 1 MiB", largest)
 	}
-	t.Logf("128 saves of 300 KiB in %d entries, the largest %d bytes", last-first+1, largest)
+	t.Logf("128 saves of 300 KiB in %d entries, the largest %d bytes", entries, largest)
 }
 
 // appendCounter is a log store that notes the most entries one append
@@ -396,9 +410,7 @@ func TestFollowerSentFewEntriesOnASmallDisk(t *testing.T) {
 	if got := []int{appendEntriesFor(256 << 20), appendEntriesFor(64 << 20), appendEntriesFor(8 << 20), appendEntriesFor(4 << 20)}; fmt.Sprint(got) != "[256 8 2 2]" {
 		t.Errorf("appendEntriesFor 256 MiB, 64 MiB, 8 MiB, 4 MiB of budget: %v", got)
 	}
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	on64MiBDisk(t)
 	// No snapshot: the follower catches up from the leader's log.
 	tc := newTestCluster(t, 3, func(c *Config) { c.SaveFrequency = time.Hour; c.SnapshotLogBytes = 1 << 40 })
 	f := tc.follower()

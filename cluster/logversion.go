@@ -114,7 +114,6 @@ func (n *Node) watchLogVersions() {
 func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	commit := n.raft.CommitIndex()
 	servers := n.raft.GetConfiguration().Configuration().Servers
-	committed := n.configurationCommitted(commit, servers)
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	own := n.ownLogVersion()
@@ -153,7 +152,7 @@ func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	// A node not (yet) in its configuration knows too little to raise
 	// its floor: a joining node's is empty. Nor does one whose
 	// configuration is not committed.
-	if member && committed && reported > floor {
+	if member && reported > floor && n.configurationCommitted(commit, servers) {
 		n.raiseVersionFloor(reported)
 	}
 	n.clusterVersion.Store(&foundVersion{least, behind})

@@ -17,23 +17,8 @@ import (
 // of each log version.
 func logVersionsIn(t *testing.T, n *Node) map[int]int {
 	t.Helper()
-	first, _ := n.bolt.FirstIndex()
-	last, _ := n.bolt.LastIndex()
 	out := map[int]int{}
-	for i := first; i <= last && first != 0; i++ {
-		var l raft.Log
-		if err := n.bolt.GetLog(i, &l); err != nil {
-			t.Fatalf("%s: entry %d: %v", n.ID(), i, err)
-		}
-		if l.Type != raft.LogCommand {
-			continue
-		}
-		c, err := fsm.DecodeCommand(l.Data)
-		if err != nil {
-			t.Fatalf("%s: entry %d: %v", n.ID(), i, err)
-		}
-		out[c.LogVersion()]++
-	}
+	logCommands(t, n, func(_ raft.Log, c fsm.Command) { out[c.LogVersion()]++ })
 	return out
 }
 

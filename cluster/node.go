@@ -381,7 +381,7 @@ func Open(cfg Config) (*Node, error) {
 		rc.TrailingLogs = growth.trailingLogs(time.Now())
 	}
 	rc.BatchApplyCh = true
-	rc.MaxAppendEntries = growth.appendEntries
+	rc.MaxAppendEntries = appendEntriesFor(growth.budget)
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
@@ -446,7 +446,7 @@ func Open(cfg Config) (*Node, error) {
 	go n.snapshotOnLogGrowth()
 	n.bg.Add(1)
 	go n.watchLogHealth()
-	n.commit = newCommitter(n.raft, 10*time.Second, growth.batchBytes)
+	n.commit = newCommitter(n.raft, 10*time.Second, batchBytesFor(growth.budget))
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
 	n.commit.logVersion = n.foundLogVersion
