@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -701,11 +702,7 @@ func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
 	for i := range 20 {
 		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
 	}
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	var free atomic.Uint64
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 1 << 40}, nil }
-	free.Store(saveFileReserve + 1024)
+	free := fakeFreeSpace(t, saveFileReserve+1024)
 	err := n.raft.Snapshot().Error()
 	if err == nil || !strings.Contains(err.Error(), "snapshot not written") {
 		t.Fatalf("a snapshot that would go below the reserve: %v", err)
@@ -718,6 +715,133 @@ func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
 	free.Store(saveFileReserve + 1<<20)
 	if err := n.raft.Snapshot().Error(); err != nil {
 		t.Fatalf("a snapshot with room: %v", err)
+	}
+}
+
+// fakeFreeSpace makes freeSpace report free bytes, until the test changes
+// them, on a disk of 1 TiB (whose reserve is saveFileReserve), for the
+// rest of the test.
+func fakeFreeSpace(t *testing.T, free uint64) *atomic.Uint64 {
+	orig := freeSpace
+	t.Cleanup(func() { freeSpace = orig })
+	var f atomic.Uint64
+	f.Store(free)
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: f.Load(), size: 1 << 40}, nil }
+	return &f
+}
+
+// snapshotIndexes lists the indexes of the snapshots kept in dir, newest
+// first.
+func snapshotIndexes(t *testing.T, dir string) []uint64 {
+	t.Helper()
+	fss, err := raft.NewFileSnapshotStore(dir, snapshotsRetained, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, err := fss.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx []uint64
+	for _, m := range metas {
+		idx = append(idx, m.Index)
+	}
+	return idx
+}
+
+// TestGrowthSnapshotTriedAgainSoon: a snapshot for log growth that failed
+// is tried again within a second or so, on its own timer. After one
+// failure a node waited 10 s, and then for the next applied entry: a
+// follower on a 64 MiB disk, catching up at 20 MB/s after a moment of
+// full disk, filled the disk with log meanwhile, and then had no room for
+// any snapshot (a drill).
+func TestGrowthSnapshotTriedAgainSoon(t *testing.T) {
+	dir := t.TempDir()
+	free := fakeFreeSpace(t, 1<<40)
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour, SnapshotThreshold: 1 << 40, SnapshotLogBytes: 64 << 10})
+	free.Store(saveFileReserve + 1024) // a snapshot would go below the reserve: refused
+	for i := range 60 {
+		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if idx := snapshotIndexes(t, dir); len(idx) != 0 {
+		t.Fatalf("snapshots %v written below the reserve", idx)
+	}
+	// Room again, and nothing more is written.
+	free.Store(1 << 40)
+	start := time.Now()
+	poll(t, func() bool { return len(snapshotIndexes(t, dir)) > 0 }, 4*time.Second, "the failed snapshot to be tried again")
+	t.Logf("tried again and written %s after the disk had room", time.Since(start).Round(time.Millisecond))
+	if got := []time.Duration{snapshotRetryPause(0, 0), snapshotRetryPause(250*time.Millisecond, 0), snapshotRetryPause(8*time.Second, 0), snapshotRetryPause(0, 3*time.Second)}; fmt.Sprint(got) != "[250ms 500ms 10s 3s]" {
+		t.Errorf("pauses after a first failure, a second, a long run of them, a first that took 3 s: %v", got)
+	}
+}
+
+// TestSnapshotUsesTheReserveTheLogTook: where the disk has less free than
+// the reserve, a snapshot may use all of it (refused, a follower whose log
+// had grown into the reserve could never compact it, and stayed behind
+// for good: a drill), and one larger than what is free is stopped with an
+// error that says so.
+func TestSnapshotUsesTheReserveTheLogTook(t *testing.T) {
+	dir := t.TempDir()
+	free := fakeFreeSpace(t, 1<<40)
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	for i := range 20 {
+		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
+	}
+	free.Store(saveFileReserve - 1<<20)
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatalf("a snapshot with less free than the reserve: %v", err)
+	}
+	mustSave(t, n, "more", `{}`)
+	free.Store(1024)
+	if err := n.raft.Snapshot().Error(); err == nil || !strings.Contains(err.Error(), "its disk is full") {
+		t.Fatalf("a snapshot larger than the disk's free space: %v", err)
+	}
+}
+
+// TestOnlyTheNewestSnapshotKeptWhileSpaceIsShort: with less free than the
+// reserve, a snapshot that fails, or one written, leaves only the newest
+// snapshot. A new one is written beside those kept: a node whose disk its
+// log had filled kept two and had no room for a third, neither its own
+// (to compact the log) nor its leader's (a drill on a 64 MiB disk).
+func TestOnlyTheNewestSnapshotKeptWhileSpaceIsShort(t *testing.T) {
+	dir := t.TempDir()
+	free := fakeFreeSpace(t, 1<<40)
+	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	snapshot := func(i int) error {
+		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
+		return n.raft.Snapshot().Error()
+	}
+	for i := range 2 {
+		if err := snapshot(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept := snapshotIndexes(t, dir)
+	if len(kept) != 2 {
+		t.Fatalf("snapshots with room: %v, want 2", kept)
+	}
+	free.Store(1024)
+	if err := snapshot(2); err == nil {
+		t.Fatal("a snapshot larger than the free space was written")
+	}
+	if got := snapshotIndexes(t, dir); fmt.Sprint(got) != fmt.Sprint(kept[:1]) {
+		t.Fatalf("after a snapshot failed for want of space: %v, want only the newest %v", got, kept[:1])
+	}
+	free.Store(saveFileReserve - 1<<20)
+	if err := snapshot(3); err != nil {
+		t.Fatal(err)
+	}
+	if got := snapshotIndexes(t, dir); len(got) != 1 || got[0] <= kept[0] {
+		t.Fatalf("after a snapshot written with less free than the reserve: %v, want only the new one", got)
+	}
+	free.Store(1 << 40)
+	if err := snapshot(4); err != nil {
+		t.Fatal(err)
+	}
+	if got := snapshotIndexes(t, dir); len(got) != 2 {
+		t.Fatalf("with room again: %v, want 2 snapshots", got)
 	}
 }
 

@@ -5,9 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/kadosession/kadosession/internal/bytesize"
 )
 
 // tidySnapshots removes the temporary directories of snapshots that failed.
@@ -26,6 +29,11 @@ type tidySnapshots struct {
 
 	mu      sync.Mutex
 	writing map[string]bool // ids of the sinks open now
+	// makeRoom says what it removed at most once a minute (it may remove
+	// one after every snapshot while space is short): when it last did,
+	// and how many it has removed since.
+	roomSaid    time.Time
+	roomRemoved int
 }
 
 func newTidySnapshots(store raft.SnapshotStore, dataDir string, log hclog.Logger) *tidySnapshots {
@@ -62,6 +70,7 @@ func (t *tidySnapshots) Create(version raft.SnapshotVersion, index, term uint64,
 	sink, err := t.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 	if err != nil {
 		t.sweep()
+		t.makeRoom()
 		return nil, err
 	}
 	t.mu.Lock()
@@ -79,12 +88,15 @@ type tidySink struct {
 func (s *tidySink) Close() error {
 	err := s.SnapshotSink.Close() // removes its directory when it fails
 	s.done(false)
+	s.store.makeRoom()
 	return err
 }
 
+// Cancel ends a snapshot that failed (raft cancels only those).
 func (s *tidySink) Cancel() error {
 	err := s.SnapshotSink.Cancel()
 	s.done(err != nil)
+	s.store.makeRoom()
 	return err
 }
 
@@ -95,5 +107,41 @@ func (s *tidySink) done(failed bool) {
 	s.store.mu.Unlock()
 	if failed {
 		s.store.sweep()
+	}
+}
+
+// makeRoom, after a snapshot failed or was written, removes every snapshot
+// but the newest when the disk has less free than the reserve
+// (diskSpace.reserve). A new
+// snapshot is written beside the ones kept before the oldest goes, so a
+// disk that a node's log had filled held two snapshots and no room for a
+// third: neither the node's own snapshot, which would let its log be
+// compacted, nor its leader's could be written, and it stayed behind for
+// good (a drill on a 64 MiB disk). The newest is all a restart needs; the
+// older one is a fallback should the newest be unreadable, which a full
+// disk cannot afford.
+func (t *tidySnapshots) makeRoom() {
+	d, err := freeSpace(t.dir)
+	if err != nil || d.free >= d.reserve() {
+		return
+	}
+	metas, err := t.SnapshotStore.List() // newest first
+	if err != nil || len(metas) < 2 {
+		return
+	}
+	for _, m := range metas[1:] {
+		if err := os.RemoveAll(filepath.Join(t.dir, m.ID)); err != nil {
+			t.log.Warn("cannot remove an older snapshot to make room", "snapshot", m.ID, "error", err)
+			continue
+		}
+		t.mu.Lock()
+		t.roomRemoved++
+		level, removed := hclog.Debug, t.roomRemoved
+		if time.Since(t.roomSaid) >= time.Minute {
+			level, t.roomSaid, t.roomRemoved = hclog.Warn, time.Now(), 0
+		}
+		t.mu.Unlock()
+		t.log.Log(level, "the disk is nearly full: removed an older snapshot to make room for the next (only the newest is kept while space is short)",
+			"snapshot", m.ID, "free", bytesize.Text(d.free), "kept", metas[0].ID, "removed_since_last_said", removed)
 	}
 }
