@@ -868,3 +868,58 @@ func TestStatusNamesAMemberThatCannotWrite(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusNamesAMemberThatStaysBehind: status names a member that
+// answers but has not applied what the leader had applied behindAfter
+// ago, counts it as a failure, and stops once it has caught up. A
+// follower whose disk had filled answered, heard its leader and never
+// caught up, and status said "1 more may fail" (a drill).
+func TestStatusNamesAMemberThatStaysBehind(t *testing.T) {
+	orig := behindAfter
+	behindAfter = time.Second
+	t.Cleanup(func() { behindAfter = orig })
+	var held atomic.Bool
+	release := make(chan struct{})
+	var once sync.Once
+	let := func() { held.Store(false); once.Do(func() { close(release) }) }
+	tc := newTestCluster(t, 3, func(c *Config) {
+		if c.ID == "n3" {
+			c.wrapLogStore = func(s raft.LogStore) raft.LogStore { return heldLogStore{s, &held, release} }
+		}
+	})
+	t.Cleanup(let) // runs before the cluster is closed
+	if tc.leader() == 2 {
+		tc.transferTo(0)
+	}
+	l := tc.nodes[tc.leader()]
+	status := func() (ClusterStatus, NodeStatus) {
+		mustSave(t, l, fmt.Sprintf("s%d", time.Now().UnixNano()), `{}`)
+		cs := l.ClusterStatus(context.Background())
+		for _, m := range cs.Nodes {
+			if m.ID == "n3" {
+				return cs, m
+			}
+		}
+		t.Fatalf("no n3 in %+v", cs)
+		return cs, NodeStatus{}
+	}
+	time.Sleep(2 * behindAfter)
+	if cs, n3 := status(); n3.Behind != "" || cs.FailuresLeft != 1 {
+		t.Fatalf("before n3 is held: behind %q, %d more may fail", n3.Behind, cs.FailuresLeft)
+	}
+	held.Store(true)
+	var cs ClusterStatus
+	var n3 NodeStatus
+	poll(t, func() bool { cs, n3 = status(); return n3.Behind != "" }, 10*behindAfter, "n3 named behind")
+	t.Logf("n3: %s", n3.Behind)
+	if cs.FailuresLeft != 0 || cs.VotersReachable != 3 || n3.LogFailure != "" {
+		t.Fatalf("with n3 behind: %d reachable, %d more may fail, log failure %q; want 3, 0 and none", cs.VotersReachable, cs.FailuresLeft, n3.LogFailure)
+	}
+	for _, m := range cs.Nodes {
+		if m.ID != "n3" && m.Behind != "" {
+			t.Fatalf("%s named behind too: %s", m.ID, m.Behind)
+		}
+	}
+	let()
+	poll(t, func() bool { cs, n3 = status(); return n3.Behind == "" && cs.FailuresLeft == 1 }, 10*behindAfter, "n3 caught up and no longer named")
+}

@@ -562,6 +562,10 @@ type Status struct {
 	// LogVersion is the newest raft log version this build applies
 	// (fsm.LogVersion; logversion.go).
 	LogVersion int `json:"log_version,omitempty"`
+	// AppliedEarlier is the index the node had applied behindAfter (10 s)
+	// ago, from which status tells a member that is behind; 0 for a node
+	// started since, or of a build that does not say.
+	AppliedEarlier uint64 `json:"applied_index_10s_ago,omitempty"`
 }
 
 // Status returns the node's view of itself.
@@ -585,6 +589,7 @@ func (n *Node) Status() Status {
 		LeaderID: string(id), LeaderAddr: string(addr),
 		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex(),
 		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(), LogVersion: n.ownLogVersion(),
+		AppliedEarlier: n.applied.asOf(time.Now(), behindAfter),
 	}
 }
 

@@ -104,6 +104,13 @@ type NodeStatus struct {
 	// LogVersion is the newest raft log version the member applies (its
 	// build's; 0: a build that does not say, or it did not answer).
 	LogVersion int `json:"log_version,omitempty"`
+	// AppliedEarlier is the member's Status.AppliedEarlier: what it had
+	// applied 10 s ago (the leader's says who is Behind).
+	AppliedEarlier uint64 `json:"applied_index_10s_ago,omitempty"`
+	// Behind: the member answers, but has not applied what the leader had
+	// applied 10 s ago (stuck, or catching up slowly), so it cannot help
+	// commit; it counts as a failure in ClusterStatus.FailuresLeft.
+	Behind string `json:"behind,omitempty"`
 }
 
 // ClusterStatus is the whole cluster as one node sees it.
@@ -512,6 +519,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			out.Nodes[i].Sessions = st.Sessions
 			out.Nodes[i].LogFailure = st.LogFailure
 			out.Nodes[i].LogVersion = st.LogVersion
+			out.Nodes[i].AppliedEarlier = st.AppliedEarlier
 		}()
 	}
 	wg.Wait()
@@ -528,18 +536,18 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	out.Quorum = out.Voters/2 + 1
 	out.FailuresLeft = out.VotersReachable - out.Quorum
 	for _, s := range out.Nodes {
-		if s.Voter && s.State != "unreachable" && s.LogFailure != "" {
-			out.FailuresLeft-- // it answers, but cannot store what it is sent
+		if s.Voter && s.State != "unreachable" && (s.LogFailure != "" || s.Behind != "") {
+			out.FailuresLeft-- // it answers, but cannot store or apply what it is sent
 		}
 	}
 	return out
 }
 
 // SetLags sets each answering member's Lag from the leader's applied
-// index: the leader LeaderID names, or, when the node asked knows none
-// (removed, or cut off), a member that reports leading. ClusterStatus calls
-// it; kadosession status calls it again for an answer from a node that
-// predates Lag.
+// index, and Behind from what the leader had applied 10 s ago: the leader
+// LeaderID names, or, when the node asked knows none (removed, or cut
+// off), a member that reports leading. ClusterStatus calls it; kadosession
+// status calls it again for an answer from a node that predates Lag.
 func (cs *ClusterStatus) SetLags() {
 	var leader *NodeStatus
 	for i := range cs.Nodes {
@@ -554,6 +562,7 @@ func (cs *ClusterStatus) SetLags() {
 		if cs.Nodes[i].State != "unreachable" {
 			lag := leader.Applied - min(cs.Nodes[i].Applied, leader.Applied)
 			cs.Nodes[i].Lag = &lag
+			cs.Nodes[i].Behind = behind(cs.Nodes[i].Applied, leader.AppliedEarlier, leader.Applied)
 		}
 	}
 }

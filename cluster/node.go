@@ -63,6 +63,7 @@ type Node struct {
 	leaderCh      chan struct{} // closed when raft reports a new leader
 	memberMu      sync.Mutex    // one membership change at a time
 	logHealth     logHealth     // whether the raft log can be written
+	applied       appliedTrail  // the applied index over the last behindAfter (status: who is behind)
 	raftConfMu    sync.Mutex    // one change to raft's ReloadableConfig at a time
 	routine       routineLines  // routine snapshot lines logged at info now and then
 	// versions: the log versions members reported; clusterVersion: the
@@ -446,6 +447,8 @@ func Open(cfg Config) (*Node, error) {
 	go n.snapshotOnLogGrowth()
 	n.bg.Add(1)
 	go n.watchLogHealth()
+	n.bg.Add(1)
+	go n.recordApplied()
 	n.commit = newCommitter(n.raft, 10*time.Second, batchBytesFor(growth.budget))
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs

@@ -82,6 +82,9 @@ func status(args []string, stdout, stderr io.Writer) error {
 			if n.LogFailure != "" {
 				fmt.Fprintf(stdout, "note: %s: %s\n", n.ID, n.LogFailure)
 			}
+			if n.Behind != "" {
+				fmt.Fprintf(stdout, "note: %s: %s\n", n.ID, n.Behind)
+			}
 		}
 		if note := mixedBuilds(st.Nodes); note != "" {
 			fmt.Fprintln(stdout, note)
