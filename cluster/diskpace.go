@@ -179,11 +179,20 @@ const (
 // The log store's file stays out of resident memory (mappedPages).
 type chunkedCompaction struct {
 	raft.LogStore
-	mapped *mappedPages // nil: nothing is dropped
-	obs    *metrics     // log_store_duration_seconds; nil: none
+	mapped *mappedPages    // nil: nothing is dropped
+	obs    *metrics        // log_store_duration_seconds; nil: none
+	free   *freePageReturn // after each deletion; nil: none
 }
 
 func (s chunkedCompaction) DeleteRange(from, to uint64) error {
+	err := s.deleteRange(from, to)
+	if err == nil {
+		s.free.ifShort()
+	}
+	return err
+}
+
+func (s chunkedCompaction) deleteRange(from, to uint64) error {
 	first, err := s.FirstIndex()
 	if err != nil || from != first || to-from < compactChunk {
 		return s.LogStore.DeleteRange(from, to)

@@ -301,7 +301,9 @@ func Open(cfg Config) (*Node, error) {
 	// Opening read every page of the file: bbolt rebuilds its freelist by
 	// walking the tree (NoFreelistSync).
 	n.mapped.drop()
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs}
+	freePages := newFreePageReturn(n.mapped, filepath.Join(cfg.DataDir, "raft.db"), cfg.DataDir, log.Named("raft-log"))
+	freePages.ifShort()
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs, free: freePages}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}

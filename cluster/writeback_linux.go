@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"sync"
@@ -113,4 +114,20 @@ func withOwnProc() (restore func()) {
 			runtime.GOMAXPROCS(e.base)
 		}
 	}
+}
+
+// fallocate modes (linux/falloc.h).
+const (
+	fallocKeepSize  = 0x01
+	fallocPunchHole = 0x02
+)
+
+// punchHole gives the file system back the blocks of a range of f, which
+// then reads as zeros; f keeps its size.
+func punchHole(f *os.File, off, n int64) error {
+	err := syscall.Fallocate(int(f.Fd()), fallocPunchHole|fallocKeepSize, off, n)
+	if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) {
+		return errNoPunch
+	}
+	return err
 }

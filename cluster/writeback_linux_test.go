@@ -3,6 +3,7 @@ package cluster
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+
+	"github.com/kadosession/kadosession/transport"
 )
 
 // mappedResident returns how many bytes of the file named name this process
@@ -316,5 +319,75 @@ func TestInBackgroundHasAProcOfItsOwn(t *testing.T) {
 	second()
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Fatalf("GOMAXPROCS %d after both writes, want %d as before", got, before)
+	}
+}
+
+// allocated returns how many bytes of disk the file at path takes.
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+// TestFreePagesGivenBackWhenShort: where the disk has less free than the
+// reserve, a log compaction gives the file system back the raft log
+// file's free pages (bolt never shrinks its file: a follower whose log had
+// filled a 64 MiB disk kept a 59 MB raft.db once its log was compacted,
+// and its disk stayed full: a drill); with room, nothing is given back.
+// Bolt then reuses those pages, and the log reads back after a restart.
+func TestFreePagesGivenBackWhenShort(t *testing.T) {
+	dir := t.TempDir()
+	free := fakeFreeSpace(t, 1<<40)
+	cfg := Config{DataDir: dir, SaveFrequency: time.Hour, SnapshotThreshold: 1 << 40, SnapshotLogBytes: 1 << 40, TrailingLogs: 8}
+	n := startNode(t, cfg)
+	cfg.Listen = n.Addr()
+	save := func(n *Node, from, to int, fill string) {
+		for i := from; i < to; i++ {
+			mustSave(t, n, fmt.Sprintf("s%d", i%20), fmt.Sprintf(`{"i":%d,"v":%q}`, i, strings.Repeat(fill, 64<<10)))
+		}
+	}
+	save(n, 0, 200, "v") // 13 MB of log for 1.3 MB of sessions
+	path := filepath.Join(dir, "raft.db")
+	before := allocated(t, path)
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	if withRoom := allocated(t, path); withRoom < before*3/4 {
+		t.Fatalf("with room on the disk raft.db went from %d to %d bytes: nothing should be given back", before, withRoom)
+	}
+	save(n, 200, 220, "v")
+	free.Store(saveFileReserve - 1)
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	after := allocated(t, path)
+	t.Logf("raft.db took %d bytes of disk; after a compaction short of space, %d", before, after)
+	if after > before/4 {
+		t.Fatalf("short of space, raft.db still takes %d bytes of disk (%d before)", after, before)
+	}
+	save(n, 220, 320, "w") // into the pages given back
+	n.Close()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(func(tx *bbolt.Tx) error {
+		for err := range tx.Check() {
+			t.Errorf("bolt: %v", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	n = startNode(t, cfg)
+	for i := 300; i < 320; i++ {
+		data, found, err := n.Restore(context.Background(), fmt.Sprintf("s%d", i%20), transport.Linearizable)
+		if err != nil || !found || !strings.Contains(string(data), fmt.Sprintf(`"i":%d,`, i)) {
+			t.Fatalf("s%d after a restart: found %v, %v, %.40s", i%20, found, err, data)
+		}
 	}
 }
