@@ -750,7 +750,8 @@ func snapshotIndexes(t *testing.T, dir string) []uint64 {
 }
 
 // TestGrowthSnapshotTriedAgainSoon: a snapshot for log growth that failed
-// is tried again within a second or so, on its own timer. After one
+// is tried again within a second or so, on its own timer, however long
+// the failures lasted (when they cost little). After one
 // failure a node waited 10 s, and then for the next applied entry: a
 // follower on a 64 MiB disk, catching up at 20 MB/s after a moment of
 // full disk, filled the disk with log meanwhile, and then had no room for
@@ -763,29 +764,35 @@ func TestGrowthSnapshotTriedAgainSoon(t *testing.T) {
 	for i := range 60 {
 		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Four seconds of failures: pauses doubling without a bound would now
+	// be 4 s long (a review's drill: 10 s after a long outage, and the log
+	// filled the disk again once space came back).
+	time.Sleep(4 * time.Second)
 	if idx := snapshotIndexes(t, dir); len(idx) != 0 {
 		t.Fatalf("snapshots %v written below the reserve", idx)
 	}
 	// Room again, and nothing more is written.
 	free.Store(1 << 40)
 	start := time.Now()
-	poll(t, func() bool { return len(snapshotIndexes(t, dir)) > 0 }, 4*time.Second, "the failed snapshot to be tried again")
+	poll(t, func() bool { return len(snapshotIndexes(t, dir)) > 0 }, 2*time.Second, "the failed snapshot to be tried again")
 	t.Logf("tried again and written %s after the disk had room", time.Since(start).Round(time.Millisecond))
-	if got := []time.Duration{snapshotRetryPause(0, 0), snapshotRetryPause(250*time.Millisecond, 0), snapshotRetryPause(8*time.Second, 0), snapshotRetryPause(0, 3*time.Second)}; fmt.Sprint(got) != "[250ms 500ms 10s 3s]" {
-		t.Errorf("pauses after a first failure, a second, a long run of them, a first that took 3 s: %v", got)
+	if got := []time.Duration{snapshotRetryPause(0, 0), snapshotRetryPause(250*time.Millisecond, 0), snapshotRetryPause(time.Second, 0),
+		snapshotRetryPause(0, 3*time.Second), snapshotRetryPause(6*time.Second, 3*time.Second)}; fmt.Sprint(got) != "[250ms 500ms 1s 3s 10s]" {
+		t.Errorf("pauses after a first cheap failure, a second, a long run of them; a first that took 3 s, and later ones: %v", got)
 	}
 }
 
 // TestSnapshotUsesTheReserveTheLogTook: where the disk has less free than
-// the reserve, a snapshot may use all of it (refused, a follower whose log
-// had grown into the reserve could never compact it, and stayed behind
-// for good: a drill), and one larger than what is free is stopped with an
-// error that says so.
+// the reserve, a snapshot that may fit uses what is free but an eighth of
+// the reserve (refused, a follower whose log had grown into the reserve
+// could never compact it, and stayed behind for good: a drill); one that
+// turns out larger is stopped with an error that says so, and one that
+// cannot fit (the last was larger than what is free) is refused at once.
 func TestSnapshotUsesTheReserveTheLogTook(t *testing.T) {
 	dir := t.TempDir()
 	free := fakeFreeSpace(t, 1<<40)
 	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
+	keep := uint64(saveFileReserve / 8)
 	for i := range 20 {
 		mustSave(t, n, fmt.Sprintf("s%d", i), `{"v":"`+strings.Repeat("v", 4096)+`"}`)
 	}
@@ -793,10 +800,14 @@ func TestSnapshotUsesTheReserveTheLogTook(t *testing.T) {
 	if err := n.raft.Snapshot().Error(); err != nil {
 		t.Fatalf("a snapshot with less free than the reserve: %v", err)
 	}
-	mustSave(t, n, "more", `{}`)
-	free.Store(1024)
-	if err := n.raft.Snapshot().Error(); err == nil || !strings.Contains(err.Error(), "its disk is full") {
+	mustSave(t, n, "large", `{"v":"`+strings.Repeat("v", 1000<<10)+`"}`)
+	free.Store(keep + 200<<10) // the last snapshot (80 KiB) fits; this one will not
+	if err := n.raft.Snapshot().Error(); err == nil || !strings.Contains(err.Error(), "too little free") {
 		t.Fatalf("a snapshot larger than the disk's free space: %v", err)
+	}
+	free.Store(keep + 10<<10)
+	if err := n.raft.Snapshot().Error(); err == nil || !strings.Contains(err.Error(), "would leave less than") {
+		t.Fatalf("a snapshot that cannot fit (the last was 80 KiB, 10 KiB free): %v", err)
 	}
 }
 

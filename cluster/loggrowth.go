@@ -107,6 +107,10 @@ type logGrowth struct {
 	base    atomic.Uint64 // applied, as of the last snapshot written or restored
 	next    atomic.Uint64 // bytes of log past base that make a snapshot due
 	due     chan struct{} // one pending signal to snapshotOnLogGrowth
+	// size is the last snapshot's, written or restored (0: none yet);
+	// restoredCh signals snapshotOnLogGrowth that one was restored.
+	size       atomic.Uint64
+	restoredCh chan struct{}
 
 	// The entries a snapshot leaves (trailingLogs; 0 budget: not tuned).
 	// The rest is snapshotOnLogGrowth's alone.
@@ -123,7 +127,7 @@ type logGrowth struct {
 }
 
 func newLogGrowth(floor uint64) *logGrowth {
-	g := &logGrowth{floor: floor, due: make(chan struct{}, 1), avgEntry: assumedEntryBytes, tunedAt: time.Now()}
+	g := &logGrowth{floor: floor, due: make(chan struct{}, 1), restoredCh: make(chan struct{}, 1), avgEntry: assumedEntryBytes, tunedAt: time.Now()}
 	g.next.Store(jittered(floor))
 	return g
 }
@@ -182,6 +186,7 @@ func (g *logGrowth) written(mark uint64, size int64) {
 	if mark > g.base.Load() {
 		g.base.Store(mark)
 	}
+	g.size.Store(uint64(size))
 	g.next.Store(jittered(max(g.floor, uint64(size))))
 }
 
@@ -191,16 +196,24 @@ func (g *logGrowth) written(mark uint64, size int64) {
 // restart).
 func (g *logGrowth) restored(size int64) {
 	g.base.Store(g.applied.Load())
+	g.size.Store(uint64(size))
 	g.next.Store(jittered(max(g.floor, uint64(size))))
+	select {
+	case g.restoredCh <- struct{}{}:
+	default:
+	}
 }
 
 // snapshotOnLogGrowth takes a snapshot whenever logGrowth says one is due.
 // A failed snapshot is tried again after a pause (snapshotRetryPause), on
 // its own timer: applies that go on meanwhile do not cut the pause short,
 // and a node whose log stopped growing (its disk full) still tries again.
-// A single pause of 10 s let a follower on a 64 MiB disk, catching up at
-// 20 MB/s after a moment of full disk, fill the disk with log it could
-// then never compact (a drill).
+// A snapshot restored (a leader's, installed) ends a pause: it replaces
+// the log, which then grows afresh. A single pause of 10 s let a follower
+// on a 64 MiB disk, catching up at 20 MB/s after a moment of full disk,
+// fill the disk with log it could then never compact (a drill), and so
+// did the pause of up to 10 s that a long run of failures had reached (a
+// review's drill).
 func (n *Node) snapshotOnLogGrowth() {
 	defer n.bg.Done()
 	g := n.fsm.growth
@@ -208,6 +221,8 @@ func (n *Node) snapshotOnLogGrowth() {
 	var (
 		retry  <-chan time.Time // set while pausing after a failure
 		paused time.Duration    // the last pause; 0 after a success
+		failed int              // failures since the last one logged at warn
+		warned time.Time
 	)
 	for {
 		due := g.due
@@ -220,10 +235,13 @@ func (n *Node) snapshotOnLogGrowth() {
 		case <-due:
 		case <-retry:
 			retry = nil
+		case <-g.restoredCh:
+			retry, paused = nil, 0
 		}
 		limit := g.limit()
 		if !g.overdue(limit) {
-			continue // a snapshot raft took by itself came first
+			paused = 0
+			continue // a snapshot raft took or restored came first
 		}
 		n.tuneTrailingLogs()
 		start := time.Now()
@@ -242,23 +260,36 @@ func (n *Node) snapshotOnLogGrowth() {
 			return
 		default:
 			paused = snapshotRetryPause(paused, time.Since(start))
-			n.log.Warn("snapshot for log growth failed; trying again", "in", paused, "error", err)
 			retry = time.After(paused)
+			failed++
+			level := hclog.Debug
+			if time.Since(warned) >= time.Minute {
+				level, warned = hclog.Warn, time.Now()
+			}
+			n.log.Log(level, "snapshot for log growth failed; trying again", "in", paused, "failures_since_last_said", failed, "error", err)
+			if level == hclog.Warn {
+				failed = 0
+			}
 		}
 	}
 }
 
 // snapshotRetryPause is the pause after a failed snapshot that took took,
 // when the pause before it was last (0: the first failure): double the
-// last, at least snapshotRetryMin and as long as the attempt took (a
-// large state is not rewritten over and over), at most snapshotRetryMax.
+// last, at least snapshotRetryMin and as long as the attempt took, and at
+// most four times that, between snapshotRetryCheap and snapshotRetryMax.
+// A failure that cost little (a disk full: no room for its first bytes)
+// is tried again every second however long it lasts; one of a large
+// state is not rewritten over and over.
 func snapshotRetryPause(last, took time.Duration) time.Duration {
-	return min(max(2*last, snapshotRetryMin, took), snapshotRetryMax)
+	most := min(max(snapshotRetryCheap, 4*took), snapshotRetryMax)
+	return min(max(2*last, snapshotRetryMin, took), most)
 }
 
 const (
-	snapshotRetryMin = 250 * time.Millisecond
-	snapshotRetryMax = 10 * time.Second
+	snapshotRetryMin   = 250 * time.Millisecond
+	snapshotRetryCheap = time.Second
+	snapshotRetryMax   = 10 * time.Second
 )
 
 // tuneTrailingLogs sets raft's TrailingLogs for the snapshots to come
@@ -284,7 +315,7 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	// snapshot that filled the disk failed the log's appends, and so
 	// acknowledged writes, each time raft tried it again (a disk-full
 	// drill); stopped, it leaves the log growing until there is room.
-	budget := snapshotBudget(s.dataDir)
+	budget := snapshotBudget(s.dataDir, s.growth.size.Load())
 	budget.w = sink
 	c := &countingSink{SnapshotSink: sink, w: budget}
 	err := s.writeState(func() error { return s.FSMSnapshot.Persist(c) })
@@ -294,19 +325,27 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	return err
 }
 
-// snapshotBudget is reserveBudget for a snapshot taken here, except where
-// the disk has less free than the reserve (the log, or something else,
-// took it): then the snapshot may use all of it, since only a snapshot,
-// and the compaction after it, gives the log room again. Held to the
-// reserve there, a follower whose log had grown into it could never
-// snapshot: its log filled the disk and it stayed behind for good (a
-// drill).
-func snapshotBudget(dir string) *budgetWriter {
+// snapshotBudget is reserveBudget for a snapshot taken here, whose last
+// one was last bytes (0: not known), except where the disk has less free
+// than the reserve (the log, or something else, took it): then a
+// snapshot that may fit (last, and an eighth more) may use what is free
+// but an eighth of the reserve, left for the log's appends meanwhile,
+// since only a snapshot, and the compaction after it, gives the log room
+// again. Held to the reserve there, a follower whose log had grown into
+// it could never snapshot: its log filled the disk and it stayed behind
+// for good (a drill). One that cannot fit is refused at once, as before,
+// rather than fill the disk while it is written.
+func snapshotBudget(dir string, last uint64) *budgetWriter {
 	b := reserveBudget(dir, "snapshot")
-	if b.left == 0 {
-		if d, err := freeSpace(dir); err == nil {
-			b.left, b.reserve = int64(d.free), 0
-		}
+	if b.left != 0 {
+		return b
+	}
+	d, err := freeSpace(dir)
+	if err != nil {
+		return b
+	}
+	if keep := d.reserve() / 8; d.free > keep && last+last/8 <= d.free-keep {
+		b.left, b.reserve = int64(d.free-keep), 0
 	}
 	return b
 }

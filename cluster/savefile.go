@@ -200,7 +200,7 @@ type budgetWriter struct {
 func (b *budgetWriter) Write(p []byte) (int, error) {
 	if b.left >= 0 {
 		if int64(len(p)) > b.left && b.reserve == 0 {
-			return 0, fmt.Errorf("%s not written: its disk is full", b.what)
+			return 0, fmt.Errorf("%s not written: its disk has too little free for it", b.what)
 		}
 		if int64(len(p)) > b.left {
 			return 0, fmt.Errorf("%s not written: it would leave less than the %s kept free for the raft log's appends on its disk", b.what, bytesize.Text(b.reserve))

@@ -168,6 +168,21 @@ type routineLines struct {
 	mu    sync.Mutex
 	last  time.Time // when a snapshot's lines last went to info
 	quiet bool      // the current snapshot's lines go to debug
+	// failed is when raft's "failed to take snapshot" last went to error:
+	// a node whose disk is full tries every second (snapshotOnLogGrowth)
+	// and says why once a minute.
+	failed time.Time
+}
+
+// failedSnapshot returns the level of raft's "failed to take snapshot".
+func (r *routineLines) failedSnapshot() hclog.Level {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.failed) < time.Minute {
+		return hclog.Debug
+	}
+	r.failed = time.Now()
+	return hclog.Error
 }
 
 func (r *routineLines) level(msg string) hclog.Level {
@@ -217,6 +232,10 @@ func (q quietRaft) Info(msg string, args ...any) {
 func (q quietRaft) Error(msg string, args ...any) {
 	if q.inFailingRound(msg, args) {
 		q.Logger.Debug(msg, args...)
+		return
+	}
+	if msg == "failed to take snapshot" && q.routine != nil {
+		q.Logger.Log(q.routine.failedSnapshot(), msg, args...)
 		return
 	}
 	q.Logger.Error(msg, args...)
