@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,8 +46,17 @@ func newFreePageReturn(m *mappedPages, path, dir string, log hclog.Logger) *free
 	return &freePageReturn{db: m.db, path: path, dir: dir, log: log}
 }
 
-// punchMin is the smallest run of free pages worth a hole.
-const punchMin = 64 << 10
+// punchMin is the smallest run of free pages worth a hole; punchKeep is
+// how many bytes of free pages are left unpunched, the first runs in the
+// file: every bolt transaction, a deletion too, writes new pages before it
+// frees old ones, and on a full disk the pages given back could not be
+// written again. A node whose whole raft.db was log, restarted on a full
+// disk, gave its last 64 KiB of free pages back at start, and could then
+// delete nothing (a drill).
+const (
+	punchMin  = 64 << 10
+	punchKeep = 1 << 20
+)
 
 // ifShort returns the file's free pages to the file system when its disk
 // has less free than the reserve. Safe for concurrent use; does nothing
@@ -88,8 +99,9 @@ func (r *freePageReturn) ifShort() {
 	}
 }
 
-// punch punches a hole for every run of at least punchMin of free pages,
-// and returns how many bytes they cover. It holds bolt's one write
+// punch punches a hole for every run of at least punchMin of free pages
+// past the first punchKeep bytes of them, and returns how many bytes the
+// holes cover. It holds bolt's one write
 // transaction meanwhile: no other writer can take a free page, and a free
 // page (unlike a pending one, freed by a transaction a reader may still
 // see) is in no tree any reader can reach. The transaction is committed
@@ -108,8 +120,12 @@ func (r *freePageReturn) punch() (int64, error) {
 			return errNoPunch
 		}
 		ps := int64(r.db.Info().PageSize)
-		for start, pages := range spans {
-			if int64(pages)*ps < punchMin {
+		starts := slices.Sorted(maps.Keys(spans))
+		kept := int64(0)
+		for _, start := range starts {
+			pages := spans[start]
+			if kept < punchKeep || int64(pages)*ps < punchMin {
+				kept += int64(pages) * ps
 				continue
 			}
 			if err := punchHole(f, int64(start)*ps, int64(pages)*ps); err != nil {
