@@ -181,13 +181,13 @@ type chunkedCompaction struct {
 	raft.LogStore
 	mapped *mappedPages    // nil: nothing is dropped
 	obs    *metrics        // log_store_duration_seconds; nil: none
-	free   *freePageReturn // after each deletion; nil: none
+	free   *freePageReturn // told of each deletion; nil: none
 }
 
 func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 	err := s.deleteRange(from, to)
 	if err == nil {
-		s.free.ifShort()
+		s.free.compacted()
 	}
 	return err
 }

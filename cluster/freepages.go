@@ -31,19 +31,53 @@ type freePageReturn struct {
 	dir  string // the data directory, for its disk's free space
 	log  hclog.Logger
 
+	kick chan struct{} // a compaction happened (capacity 1; run)
+
 	mu          sync.Mutex // one return at a time; what follows
 	said        time.Time  // when a return was last logged at info
 	since       int64      // bytes returned since then
-	unsupported bool       // the file system cannot punch holes
+	unsupported bool       // holes cannot be punched here
 }
 
 // newFreePageReturn returns nil where the store's bolt database cannot be
-// reached (mappedPages found none).
+// reached (mappedPages found none), or holes cannot be punched.
 func newFreePageReturn(m *mappedPages, path, dir string, log hclog.Logger) *freePageReturn {
-	if m == nil {
+	if m == nil || !canPunch {
 		return nil
 	}
-	return &freePageReturn{db: m.db, path: path, dir: dir, log: log}
+	return &freePageReturn{db: m.db, path: path, dir: dir, log: log, kick: make(chan struct{}, 1)}
+}
+
+// compacted tells run that the log lost entries. Does nothing on a nil
+// *freePageReturn.
+func (r *freePageReturn) compacted() {
+	if r == nil {
+		return
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run gives free pages back after compactions (ifShort) until stop is
+// closed, at most once a second: off raft's goroutines (a follower's
+// install deletes its whole log on raft's main one), and not once per
+// compaction (each return commits a transaction: two fsyncs).
+func (r *freePageReturn) run(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-r.kick:
+		}
+		r.ifShort()
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // punchMin is the smallest run of free pages worth a hole; punchKeep is
@@ -76,9 +110,9 @@ func (r *freePageReturn) ifShort() {
 	}
 	n, err := r.punch()
 	switch {
-	case errors.Is(err, errNoPunch):
+	case errors.Is(err, errNoPunch), errors.Is(err, errNoFreelist):
 		r.unsupported = true
-		r.log.Warn("the raft log's file cannot give its free pages back to the file system here; free space by hand", "file", r.path, "free", bytesize.Text(d.free), "error", err)
+		r.log.Warn("the raft log's file cannot give its free pages back to the file system; free space by hand", "file", r.path, "free", bytesize.Text(d.free), "error", err)
 		return
 	case err != nil:
 		r.log.Warn("cannot give the raft log file's free pages back to the file system", "file", r.path, "error", err)
@@ -100,42 +134,47 @@ func (r *freePageReturn) ifShort() {
 }
 
 // punch punches a hole for every run of at least punchMin of free pages
-// past the first punchKeep bytes of them, and returns how many bytes the
-// holes cover. It holds bolt's one write
-// transaction meanwhile: no other writer can take a free page, and a free
-// page (unlike a pending one, freed by a transaction a reader may still
-// see) is in no tree any reader can reach. The transaction is committed
-// empty: a rolled back one makes bolt walk the whole file to rebuild its
-// freelist (NoFreelistSync).
+// past the first punchKeep bytes of them, and returns how many bytes of
+// disk the file takes less (runs punched before count nothing). It holds
+// bolt's one write transaction meanwhile: no other writer can take a free
+// page, and a free page (unlike a pending one, freed by a transaction a
+// reader may still see) is in no tree any reader can reach. The
+// transaction is committed, empty: both meta pages then name the same
+// tree, so even a fall back to the older meta (when the newer is found
+// damaged) reaches no page punched.
 func (r *freePageReturn) punch() (int64, error) {
+	if r.db.FreelistType != bbolt.FreelistMapType {
+		return 0, errNoFreelist
+	}
 	f, err := os.OpenFile(r.path, os.O_WRONLY, 0)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	var n int64
+	before := allocatedBytes(f)
 	err = r.db.Update(func(tx *bbolt.Tx) error {
 		spans, ok := freeSpans(r.db)
 		if !ok {
-			return errNoPunch
+			return errNoFreelist
 		}
 		ps := int64(r.db.Info().PageSize)
-		starts := slices.Sorted(maps.Keys(spans))
 		kept := int64(0)
-		for _, start := range starts {
-			pages := spans[start]
-			if kept < punchKeep || int64(pages)*ps < punchMin {
-				kept += int64(pages) * ps
+		for _, start := range slices.Sorted(maps.Keys(spans)) {
+			off, end := int64(start)*ps, int64(start+spans[start])*ps
+			if kept < punchKeep {
+				keep := min(end-off, (punchKeep-kept+ps-1)/ps*ps)
+				off, kept = off+keep, kept+keep
+			}
+			if end-off < punchMin {
 				continue
 			}
-			if err := punchHole(f, int64(start)*ps, int64(pages)*ps); err != nil {
+			if err := punchHole(f, off, end-off); err != nil {
 				return err
 			}
-			n += int64(pages) * ps
 		}
 		return nil
 	})
-	return n, err
+	return max(0, before-allocatedBytes(f)), err
 }
 
 // freeSpans returns bolt's runs of free pages, first page and length,
@@ -159,5 +198,9 @@ func freeSpans(db *bbolt.DB) (spans map[uint64]uint64, ok bool) {
 	return spans, true
 }
 
-// errNoPunch: the file system, or the platform, cannot punch holes.
-var errNoPunch = errors.New("punching holes in a file is not supported here")
+var (
+	// errNoPunch: the file system cannot punch holes.
+	errNoPunch = errors.New("the file system cannot punch holes in a file")
+	// errNoFreelist: bolt's freelist is not the hashmap this reads.
+	errNoFreelist = errors.New("bolt's freelist cannot be read (is bbolt a version other than the one pinned?)")
+)

@@ -37,12 +37,15 @@ type Node struct {
 	// droppedSaid: when dropCoveredLog last logged at warn (Unix ns).
 	droppedSaid atomic.Int64
 	mapped      *mappedPages // the log store's mapped pages (nil: not dropped)
-	trans       *raft.NetworkTransport
-	stream      *streamLayer
-	server      *transport.Server
-	ln          net.Listener
-	commit      *committer
-	reads       *readIndex
+	// freePages gives the log file's free pages back to the file system
+	// while the disk is short (nil: it cannot here).
+	freePages *freePageReturn
+	trans     *raft.NetworkTransport
+	stream    *streamLayer
+	server    *transport.Server
+	ln        net.Listener
+	commit    *committer
+	reads     *readIndex
 	// freads serves linearizable reads on a follower (follower_read.go).
 	freads *followerReads
 	fwd    *forwarder
@@ -304,9 +307,9 @@ func Open(cfg Config) (*Node, error) {
 	// Opening read every page of the file: bbolt rebuilds its freelist by
 	// walking the tree (NoFreelistSync).
 	n.mapped.drop()
-	freePages := newFreePageReturn(n.mapped, filepath.Join(cfg.DataDir, "raft.db"), cfg.DataDir, log.Named("raft-log"))
-	freePages.ifShort()
-	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs, free: freePages}
+	n.freePages = newFreePageReturn(n.mapped, filepath.Join(cfg.DataDir, "raft.db"), cfg.DataDir, log.Named("raft-log"))
+	n.freePages.ifShort()
+	var logStore raft.LogStore = chunkedCompaction{LogStore: n.bolt, mapped: n.mapped, obs: n.obs, free: n.freePages}
 	if cfg.wrapLogStore != nil {
 		logStore = cfg.wrapLogStore(logStore)
 	}
@@ -457,6 +460,13 @@ func Open(cfg Config) (*Node, error) {
 	go n.watchLogHealth()
 	n.bg.Add(1)
 	go n.recordApplied()
+	if n.freePages != nil {
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			n.freePages.run(n.stop)
+		}()
+	}
 	n.commit = newCommitter(n.raft, 10*time.Second, batchBytesFor(growth.budget))
 	n.commit.applied = n.fsm.State.Applied
 	n.commit.obs = n.obs
