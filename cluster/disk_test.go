@@ -782,44 +782,6 @@ func TestGrowthSnapshotTriedAgainSoon(t *testing.T) {
 	}
 }
 
-// TestCoveredLogDroppedWhenNoSnapshotFits: where a snapshot fails on a
-// disk with less free than the reserve, the log entries the newest
-// snapshot covers are deleted (their pages then go back to the file
-// system), and nothing is lost. A node whose log had filled its disk,
-// with one snapshot and no room for another, had nothing else to free
-// and stayed behind for good (a review's drill).
-func TestCoveredLogDroppedWhenNoSnapshotFits(t *testing.T) {
-	dir := t.TempDir()
-	free := fakeFreeSpace(t, 1<<40)
-	cfg := Config{DataDir: dir, SaveFrequency: time.Hour, SnapshotThreshold: 1 << 40, SnapshotLogBytes: 64 << 10, TrailingLogs: 1 << 20}
-	n := startNode(t, cfg)
-	cfg.Listen = n.Addr()
-	save := func(from, to int) {
-		for i := from; i < to; i++ {
-			mustSave(t, n, fmt.Sprintf("s%d", i%40), fmt.Sprintf(`{"i":%d,"v":%q}`, i, strings.Repeat("v", 4096)))
-		}
-	}
-	save(0, 60)
-	poll(t, func() bool { return len(snapshotIndexes(t, dir)) > 0 }, 5*time.Second, "a snapshot")
-	snap := snapshotIndexes(t, dir)[0]
-	if first, _ := n.bolt.FirstIndex(); first > snap {
-		t.Fatalf("with room, the snapshot at %d left the log from %d: the entries it covers should stay", snap, first)
-	}
-	free.Store(1024)
-	save(60, 120)
-	poll(t, func() bool { first, _ := n.bolt.FirstIndex(); return first > snap }, 5*time.Second, "the entries the snapshot covers deleted")
-	free.Store(1 << 40)
-	save(120, 160)
-	n.Close()
-	n = startNode(t, cfg)
-	for i := 120; i < 160; i++ {
-		data, found, err := n.Restore(context.Background(), fmt.Sprintf("s%d", i%40), transport.Linearizable)
-		if err != nil || !found || !strings.Contains(string(data), fmt.Sprintf(`"i":%d,`, i)) {
-			t.Fatalf("s%d after a restart: found %v, %v, %.40s", i%40, found, err, data)
-		}
-	}
-}
-
 // TestSnapshotUsesTheReserveTheLogTook: where the disk has less free than
 // the reserve, a snapshot that may fit uses what is free but an eighth of
 // the reserve (refused, a follower whose log had grown into the reserve

@@ -194,7 +194,7 @@ func (s chunkedCompaction) DeleteRange(from, to uint64) error {
 
 func (s chunkedCompaction) deleteRange(from, to uint64) error {
 	first, err := s.FirstIndex()
-	if err != nil || from != first || to-from < compactChunk {
+	if err != nil || first == 0 || from != first || to-from < compactChunk {
 		return s.LogStore.DeleteRange(from, to)
 	}
 	// The whole log goes when a follower installs a snapshot, on raft's

@@ -391,31 +391,3 @@ func (n *Node) scaleLogToDisk() *logGrowth {
 	}
 	return g
 }
-
-// dropCoveredLog, after a snapshot failed on a disk with less free than
-// the reserve (tidySnapshots.makeRoom), deletes the log entries that the
-// newest snapshot, at index snap, covers: those a snapshot leaves for
-// followers a little behind (they get a snapshot instead) and for
-// recognising writes retried across a restart. A follower whose log had
-// filled its disk, with one snapshot kept and no room for another, could
-// take neither its own snapshot nor its leader's, and stayed behind for
-// good (a review's drill; restarted, it applied nothing, since raft
-// applies a follower's log only once its leader's appends succeed). The
-// entries deleted free pages in the log's file, which go back to the
-// file system (freePageReturn), and the next snapshot fits.
-func (n *Node) dropCoveredLog(snap uint64) {
-	first, err := n.logs.FirstIndex()
-	if err != nil || first == 0 || first > snap {
-		return
-	}
-	if err := n.logs.DeleteRange(first, snap); err != nil {
-		n.log.Warn("cannot delete the log entries the newest snapshot covers", "from", first, "to", snap, "error", err)
-		return
-	}
-	level := hclog.Debug
-	if now := time.Now().UnixNano(); now-n.droppedSaid.Load() >= int64(time.Minute) {
-		level = hclog.Warn
-		n.droppedSaid.Store(now)
-	}
-	n.log.Log(level, "the disk is nearly full and no snapshot fits: deleted the log entries the newest snapshot covers, to make room", "from", first, "to", snap)
-}

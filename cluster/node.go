@@ -27,16 +27,13 @@ import (
 // Node is one running kadosession node. Its methods are safe for concurrent
 // use. Open starts it; Close stops it.
 type Node struct {
-	cfg  Config
-	id   string
-	log  hclog.Logger
-	fsm  *trackedFSM
-	raft *raft.Raft
-	bolt *raftboltdb.BoltStore
-	logs raft.LogStore // raft's log store, as raft sees it (its cache, over bolt)
-	// droppedSaid: when dropCoveredLog last logged at warn (Unix ns).
-	droppedSaid atomic.Int64
-	mapped      *mappedPages // the log store's mapped pages (nil: not dropped)
+	cfg    Config
+	id     string
+	log    hclog.Logger
+	fsm    *trackedFSM
+	raft   *raft.Raft
+	bolt   *raftboltdb.BoltStore
+	mapped *mappedPages // the log store's mapped pages (nil: not dropped)
 	// freePages gives the log file's free pages back to the file system
 	// while the disk is short (nil: it cannot here).
 	freePages *freePageReturn
@@ -316,7 +313,6 @@ func Open(cfg Config) (*Node, error) {
 	n.logHealth.changed = make(chan struct{}, 1)
 	logStore = healthLog{logStore, &n.logHealth}
 	logs := newLogCache(logStore, 512, 64<<20)
-	n.logs = logs
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{Logger: log.Named("snapshot")})
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
@@ -395,9 +391,7 @@ func Open(cfg Config) (*Node, error) {
 	if err := n.recoverFromPeersJSON(rc, logs, snaps); err != nil {
 		return nil, err
 	}
-	tidy := newTidySnapshots(snaps, cfg.DataDir, log.Named("snapshot"))
-	tidy.short = n.dropCoveredLog
-	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{tidy, cfg.DataDir, snapshotsRetained}), &n.fsm.opened}, noPipeline{n.trans})
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.bolt, indexedSnapshots{n.obs.snapshotStore(pacedSnapshots{newTidySnapshots(snaps, cfg.DataDir, log.Named("snapshot")), cfg.DataDir, snapshotsRetained}), &n.fsm.opened}, noPipeline{n.trans})
 	if err != nil {
 		if strings.Contains(err.Error(), "snapshot") {
 			return nil, fmt.Errorf("start raft: %w: the snapshots in %s are damaged (truncated or corrupt) and none could be loaded; "+

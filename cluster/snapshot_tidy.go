@@ -34,9 +34,6 @@ type tidySnapshots struct {
 	// and how many it has removed since.
 	roomSaid    time.Time
 	roomRemoved int
-	// short, when set, is told the newest snapshot's index whenever a
-	// snapshot failed with less free than the reserve (Node.dropCoveredLog).
-	short func(newest uint64)
 }
 
 func newTidySnapshots(store raft.SnapshotStore, dataDir string, log hclog.Logger) *tidySnapshots {
@@ -73,7 +70,7 @@ func (t *tidySnapshots) Create(version raft.SnapshotVersion, index, term uint64,
 	sink, err := t.SnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 	if err != nil {
 		t.sweep()
-		t.makeRoom(true)
+		t.makeRoom()
 		return nil, err
 	}
 	t.mu.Lock()
@@ -91,7 +88,7 @@ type tidySink struct {
 func (s *tidySink) Close() error {
 	err := s.SnapshotSink.Close() // removes its directory when it fails
 	s.done(false)
-	s.store.makeRoom(err != nil)
+	s.store.makeRoom()
 	return err
 }
 
@@ -99,7 +96,7 @@ func (s *tidySink) Close() error {
 func (s *tidySink) Cancel() error {
 	err := s.SnapshotSink.Cancel()
 	s.done(err != nil)
-	s.store.makeRoom(true)
+	s.store.makeRoom()
 	return err
 }
 
@@ -122,18 +119,15 @@ func (s *tidySink) done(failed bool) {
 // compacted, nor its leader's could be written, and it stayed behind for
 // good (a drill on a 64 MiB disk). The newest is all a restart needs; the
 // older one is a fallback should the newest be unreadable, which a full
-// disk cannot afford. After a failure it also tells short.
-func (t *tidySnapshots) makeRoom(failed bool) {
+// disk cannot afford.
+func (t *tidySnapshots) makeRoom() {
 	d, err := freeSpace(t.dir)
 	if err != nil || d.free >= d.reserve() {
 		return
 	}
 	metas, err := t.SnapshotStore.List() // newest first
-	if err != nil || len(metas) == 0 {
+	if err != nil || len(metas) < 2 {
 		return
-	}
-	if failed && t.short != nil {
-		t.short(metas[0].Index)
 	}
 	for _, m := range metas[1:] {
 		if err := os.RemoveAll(filepath.Join(t.dir, m.ID)); err != nil {
