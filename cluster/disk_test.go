@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,10 +103,7 @@ func TestSaveFileLeavesRoomForTheLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	var free atomic.Uint64
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 1 << 40}, nil }
+	free := fakeFreeSpace(t, 0)
 	unchanged := func(what string) {
 		t.Helper()
 		if after, _ := os.ReadFile(path); string(after) != string(before) {
@@ -193,10 +189,7 @@ func TestSmallDiskKeepsASmallerReserve(t *testing.T) {
 	dir := t.TempDir()
 	n := startNode(t, Config{DataDir: dir, SaveFrequency: time.Hour})
 	mustSave(t, n, "a", `{"v":"`+strings.Repeat("a", 4096)+`"}`)
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	var free atomic.Uint64
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: free.Load(), size: 64 << 20}, nil }
+	free := fakeDisk(t, 64<<20, 0)
 	free.Store(20 << 20) // under the fixed 32 MiB, over 8
 	if err := n.SaveNow(); err != nil {
 		t.Fatalf("a save file with 20 MiB free of 64: %v", err)
@@ -718,32 +711,27 @@ func TestSnapshotLeavesRoomForTheLog(t *testing.T) {
 	}
 }
 
-// fakeFreeSpace makes freeSpace report free bytes, until the test changes
-// them, on a disk of 1 TiB (whose reserve is saveFileReserve), for the
-// rest of the test.
-func fakeFreeSpace(t *testing.T, free uint64) *atomic.Uint64 {
+// fakeDisk makes freeSpace report a disk of size bytes with free bytes
+// free, until the test changes them, for the rest of the test.
+func fakeDisk(t *testing.T, size, free uint64) *atomic.Uint64 {
 	orig := freeSpace
 	t.Cleanup(func() { freeSpace = orig })
 	var f atomic.Uint64
 	f.Store(free)
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: f.Load(), size: 1 << 40}, nil }
+	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: f.Load(), size: size}, nil }
 	return &f
 }
+
+// fakeFreeSpace is fakeDisk on a disk of 1 TiB, whose reserve is
+// saveFileReserve.
+func fakeFreeSpace(t *testing.T, free uint64) *atomic.Uint64 { return fakeDisk(t, 1<<40, free) }
 
 // snapshotIndexes lists the indexes of the snapshots kept in dir, newest
 // first.
 func snapshotIndexes(t *testing.T, dir string) []uint64 {
 	t.Helper()
-	fss, err := raft.NewFileSnapshotStore(dir, snapshotsRetained, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	metas, err := fss.List()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var idx []uint64
-	for _, m := range metas {
+	for _, m := range snapshotMetas(t, dir) {
 		idx = append(idx, m.Index)
 	}
 	return idx

@@ -33,10 +33,9 @@ type freePageReturn struct {
 
 	kick chan struct{} // a compaction happened (capacity 1; run)
 
-	mu          sync.Mutex // one return at a time; what follows
-	said        time.Time  // when a return was last logged at info
-	since       int64      // bytes returned since then
+	mu          sync.Mutex // one return at a time; unsupported
 	unsupported bool       // holes cannot be punched here
+	said        sayEvery   // bytes returned, said once a minute
 }
 
 // newFreePageReturn returns nil where the store's bolt database cannot be
@@ -118,19 +117,12 @@ func (r *freePageReturn) ifShort() {
 		r.log.Warn("cannot give the raft log file's free pages back to the file system", "file", r.path, "error", err)
 		return
 	}
-	r.since += n
 	if n == 0 {
 		return
 	}
-	level := hclog.Debug
-	if time.Since(r.said) >= time.Minute {
-		level = hclog.Info
-	}
+	level, since := r.said.next(hclog.Info, n)
 	r.log.Log(level, "the disk is nearly full: gave the raft log file's free pages back to the file system", "returned", bytesize.Text(uint64(n)),
-		"returned_since_last_said", bytesize.Text(uint64(r.since)), "free_before", bytesize.Text(d.free))
-	if level == hclog.Info {
-		r.said, r.since = time.Now(), 0
-	}
+		"returned_since_last_said", bytesize.Text(uint64(since)), "free_before", bytesize.Text(d.free))
 }
 
 // punch punches a hole for every run of at least punchMin of free pages

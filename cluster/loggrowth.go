@@ -221,8 +221,7 @@ func (n *Node) snapshotOnLogGrowth() {
 	var (
 		retry  <-chan time.Time // set while pausing after a failure
 		paused time.Duration    // the last pause; 0 after a success
-		failed int              // failures since the last one logged at warn
-		warned time.Time
+		failed sayEvery
 	)
 	for {
 		due := g.due
@@ -261,15 +260,8 @@ func (n *Node) snapshotOnLogGrowth() {
 		default:
 			paused = snapshotRetryPause(paused, time.Since(start))
 			retry = time.After(paused)
-			failed++
-			level := hclog.Debug
-			if time.Since(warned) >= time.Minute {
-				level, warned = hclog.Warn, time.Now()
-			}
-			n.log.Log(level, "snapshot for log growth failed; trying again", "in", paused, "failures_since_last_said", failed, "error", err)
-			if level == hclog.Warn {
-				failed = 0
-			}
+			level, failures := failed.next(hclog.Warn, 1)
+			n.log.Log(level, "snapshot for log growth failed; trying again", "in", paused, "failures_since_last_said", failures, "error", err)
 		}
 	}
 }
@@ -336,15 +328,9 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 // for good (a drill). One that cannot fit is refused at once, as before,
 // rather than fill the disk while it is written.
 func snapshotBudget(dir string, last uint64) *budgetWriter {
-	b := reserveBudget(dir, "snapshot")
-	if b.left != 0 {
-		return b
-	}
 	d, err := freeSpace(dir)
-	if err != nil {
-		return b
-	}
-	if keep := d.reserve() / 8; d.free > keep && last+last/8 <= d.free-keep {
+	b := budgetOn(d, err, "snapshot")
+	if keep := d.reserve() / 8; err == nil && b.left == 0 && d.free > keep && last+last/8 <= d.free-keep {
 		b.left, b.reserve = int64(d.free-keep), 0
 	}
 	return b

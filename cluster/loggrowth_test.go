@@ -17,9 +17,9 @@ import (
 	"github.com/kadosession/kadosession/transport"
 )
 
-// latestSnapshot reads the newest snapshot's metadata in a node's data
-// directory (zero when there is none).
-func latestSnapshot(t *testing.T, dir string) raft.SnapshotMeta {
+// snapshotMetas reads the metadata of the snapshots kept in a node's data
+// directory, newest first.
+func snapshotMetas(t *testing.T, dir string) []*raft.SnapshotMeta {
 	t.Helper()
 	fss, err := raft.NewFileSnapshotStore(dir, snapshotsRetained, io.Discard)
 	if err != nil {
@@ -29,6 +29,14 @@ func latestSnapshot(t *testing.T, dir string) raft.SnapshotMeta {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return metas
+}
+
+// latestSnapshot reads the newest snapshot's metadata in a node's data
+// directory (zero when there is none).
+func latestSnapshot(t *testing.T, dir string) raft.SnapshotMeta {
+	t.Helper()
+	metas := snapshotMetas(t, dir)
 	if len(metas) == 0 {
 		return raft.SnapshotMeta{}
 	}
@@ -217,9 +225,7 @@ func logHeld(t *testing.T, n *Node) (entries int, bytes uint64) {
 // on64MiBDisk makes every data directory look like a 64 MiB file system
 // with 60 MiB free, for the rest of the test.
 func on64MiBDisk(t *testing.T) {
-	orig := freeSpace
-	t.Cleanup(func() { freeSpace = orig })
-	freeSpace = func(string) (diskSpace, error) { return diskSpace{free: 60 << 20, size: 64 << 20}, nil }
+	fakeDisk(t, 64<<20, 60<<20)
 }
 
 // TestLogKeptToASmallDisk: on a file system of 64 MiB a node left with the

@@ -179,6 +179,12 @@ func saveFileBudget(path, dataDir string) (*budgetWriter, error) {
 // for the caller to set.
 func reserveBudget(dir, what string) *budgetWriter {
 	d, err := freeSpace(dir)
+	return budgetOn(d, err, what)
+}
+
+// budgetOn is reserveBudget for a file system whose space freeSpace found
+// to be d, or failed to find (err).
+func budgetOn(d diskSpace, err error, what string) *budgetWriter {
 	if err != nil {
 		return &budgetWriter{left: -1, what: what}
 	}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -29,11 +28,9 @@ type tidySnapshots struct {
 
 	mu      sync.Mutex
 	writing map[string]bool // ids of the sinks open now
-	// makeRoom says what it removed at most once a minute (it may remove
-	// one after every snapshot while space is short): when it last did,
-	// and how many it has removed since.
-	roomSaid    time.Time
-	roomRemoved int
+	// room: makeRoom's line (it may remove a snapshot after every one
+	// while space is short).
+	room sayEvery
 }
 
 func newTidySnapshots(store raft.SnapshotStore, dataDir string, log hclog.Logger) *tidySnapshots {
@@ -134,13 +131,7 @@ func (t *tidySnapshots) makeRoom() {
 			t.log.Warn("cannot remove an older snapshot to make room", "snapshot", m.ID, "error", err)
 			continue
 		}
-		t.mu.Lock()
-		t.roomRemoved++
-		level, removed := hclog.Debug, t.roomRemoved
-		if time.Since(t.roomSaid) >= time.Minute {
-			level, t.roomSaid, t.roomRemoved = hclog.Warn, time.Now(), 0
-		}
-		t.mu.Unlock()
+		level, removed := t.room.next(hclog.Warn, 1)
 		t.log.Log(level, "the disk is nearly full: removed an older snapshot to make room for the next (only the newest is kept while space is short)",
 			"snapshot", m.ID, "free", bytesize.Text(d.free), "kept", metas[0].ID, "removed_since_last_said", removed)
 	}

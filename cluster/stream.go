@@ -168,21 +168,34 @@ type routineLines struct {
 	mu    sync.Mutex
 	last  time.Time // when a snapshot's lines last went to info
 	quiet bool      // the current snapshot's lines go to debug
-	// failed is when raft's "failed to take snapshot" last went to error:
-	// a node whose disk is full tries every second (snapshotOnLogGrowth)
-	// and says why once a minute.
-	failed time.Time
+	// failed: raft's "failed to take snapshot". A node whose disk is full
+	// tries every second (snapshotOnLogGrowth) and says why once a minute.
+	failed sayEvery
 }
 
-// failedSnapshot returns the level of raft's "failed to take snapshot".
-func (r *routineLines) failedSnapshot() hclog.Level {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if time.Since(r.failed) < time.Minute {
-		return hclog.Debug
+// sayEvery lets a line that may repeat every second (a failure tried
+// again, a step taken after every snapshot) go out at its own level once
+// a minute and at debug otherwise, and sums an amount over the lines that
+// went to debug (how many, how many bytes) for the next that goes out.
+// The zero value is ready.
+type sayEvery struct {
+	mu    sync.Mutex
+	said  time.Time
+	since int64
+}
+
+// next notes one more line, of amount, and returns its level (loud, once
+// a minute) and the amount since the last loud line, this one's included.
+func (s *sayEvery) next(loud hclog.Level, amount int64) (hclog.Level, int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.since += amount
+	total := s.since
+	if time.Since(s.said) < time.Minute {
+		return hclog.Debug, total
 	}
-	r.failed = time.Now()
-	return hclog.Error
+	s.said, s.since = time.Now(), 0
+	return loud, total
 }
 
 func (r *routineLines) level(msg string) hclog.Level {
@@ -235,7 +248,8 @@ func (q quietRaft) Error(msg string, args ...any) {
 		return
 	}
 	if msg == "failed to take snapshot" && q.routine != nil {
-		q.Logger.Log(q.routine.failedSnapshot(), msg, args...)
+		level, _ := q.routine.failed.next(hclog.Error, 1)
+		q.Logger.Log(level, msg, args...)
 		return
 	}
 	q.Logger.Error(msg, args...)

@@ -325,11 +325,12 @@ func TestInBackgroundHasAProcOfItsOwn(t *testing.T) {
 // allocated returns how many bytes of disk the file at path takes.
 func allocated(t *testing.T, path string) int64 {
 	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
+	f, err := os.Open(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Blocks * 512
+	defer f.Close()
+	return allocatedBytes(f)
 }
 
 // TestFreePagesGivenBackWhenShort: where the disk has less free than the
