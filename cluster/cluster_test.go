@@ -337,6 +337,28 @@ type heldLogStore struct {
 
 func (h heldLogStore) StoreLog(l *raft.Log) error { return h.StoreLogs([]*raft.Log{l}) }
 
+// logHold holds a node's log writes (heldLogStore) from its start until let
+// is called, which the test's cleanup also does.
+type logHold struct {
+	held    atomic.Bool
+	release chan struct{}
+	once    sync.Once
+}
+
+func holdLog(t testing.TB) *logHold {
+	h := &logHold{release: make(chan struct{})}
+	h.held.Store(true)
+	t.Cleanup(h.let)
+	return h
+}
+
+// wrap is a Config.wrapLogStore.
+func (h *logHold) wrap(s raft.LogStore) raft.LogStore {
+	return heldLogStore{s, &h.held, h.release}
+}
+
+func (h *logHold) let() { h.held.Store(false); h.once.Do(func() { close(h.release) }) }
+
 func (h heldLogStore) StoreLogs(logs []*raft.Log) error {
 	if h.held.Load() {
 		<-h.release

@@ -455,7 +455,12 @@ func (n *Node) learnCatchUpTarget() uint64 {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	st, err := n.peerStatusOnce(ctx, string(addr))
-	if err != nil || st.State != "leader" {
+	if err != nil || st.State != "leader" || (st.CaughtUp != nil && !*st.CaughtUp) {
+		// A leader that has not committed an entry of its term may not
+		// know what was committed before: after every node restarted, its
+		// commit index is 0 (raft keeps none on disk), and a follower with
+		// a snapshot called itself caught up on it at once. A leader of an
+		// older build does not say (nil): its figure is taken as before.
 		return 0
 	}
 	t := max(st.CommitIndex, 1)
@@ -470,7 +475,7 @@ func (n *Node) catchingUp() string {
 	}
 	target := n.catchUpTarget.Load()
 	if target == 0 {
-		return "this node has not yet learnt the leader's commit index since it started"
+		return "this node has not yet learnt the leader's commit index since it started (no leader known, or the leader has not yet committed an entry of its term)"
 	}
 	return fmt.Sprintf("this node is catching up after its start (applied %d of the %d the leader had committed)", n.appliedIndex(), target)
 }
@@ -480,14 +485,17 @@ func (n *Node) catchingUp() string {
 func (n *Node) appliedIndex() uint64 { return max(n.fsm.applied.get(), n.raft.AppliedIndex()) }
 
 // watchCatchUp settles isCaughtUp after the start without waiting for a
-// read to ask: readiness (/readyz) reads it too.
+// read to ask: readiness (/readyz) reads it too. It also runs a leader's
+// barrier in each of its terms, which followers catching up after their
+// start wait for (Status.CaughtUp): a leader serving only writes and stale
+// reads runs none of its own.
 func (n *Node) watchCatchUp() {
 	defer n.bg.Done()
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for !n.isCaughtUp(true) {
-		// A leader serving only stale reads runs no barrier of its own.
+	for {
 		n.leaderCatchUp()
+		n.isCaughtUp(true)
 		select {
 		case <-n.stop:
 			return
@@ -566,6 +574,11 @@ type Status struct {
 	// ago, from which status tells a member that is behind; 0 for a node
 	// started since, or of a build that does not say.
 	AppliedEarlier uint64 `json:"applied_index_10s_ago,omitempty"`
+	// CaughtUp, on a leader, says that an entry of its term has committed,
+	// so that its CommitIndex covers everything committed before it was
+	// elected (a follower catching up after its start waits for it); nil
+	// elsewhere, and from builds that do not say.
+	CaughtUp *bool `json:"caught_up,omitempty"`
 }
 
 // Status returns the node's view of itself.
@@ -583,7 +596,13 @@ func (n *Node) Status() Status {
 	if f := n.logHealth.failing.Load(); f != nil {
 		logFailure = f.String()
 	}
-	return Status{
+	// Read before the commit index, which it vouches for.
+	var caughtUp *bool
+	if n.raft.State() == raft.Leader {
+		c := n.reads.barrierTerm.Load() == n.raft.CurrentTerm()
+		caughtUp = &c
+	}
+	return Status{CaughtUp: caughtUp,
 		ClusterID: n.ClusterID(), LastContact: lastContact, LogFailure: logFailure,
 		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
 		LeaderID: string(id), LeaderAddr: string(addr),

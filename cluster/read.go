@@ -40,7 +40,8 @@ type readIndex struct {
 	askTerm func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error)
 
 	barrierTerm atomic.Uint64
-	barrierSem  chan struct{} // one barrier at a time (capacity 1)
+	barrierSem  chan struct{}   // one barrier at a time (capacity 1)
+	pending     *pendingBarrier // the last barrier asked of raft, until a caller has its answer (barrierSem)
 
 	// lastFSMIndex caches fsmIndex's last answer from the log: every read
 	// asked it for the same commit index, and each GetLog took the log
@@ -184,10 +185,18 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	if ri.barrierTerm.Load() == term {
 		return nil
 	}
-	done := make(chan error, 1)
-	go func() { done <- ri.raft.Barrier(5 * time.Second).Error() }()
+	// A barrier whose caller gave up is still in raft's log: the next
+	// caller of the term waits for it rather than add another (the leader
+	// runs one a second while it cannot commit: watchCatchUp).
+	p := ri.pending
+	if p == nil || p.term != term {
+		p = &pendingBarrier{term: term, done: make(chan error, 1)}
+		ri.pending = p
+		go func() { p.done <- ri.raft.Barrier(5 * time.Second).Error() }()
+	}
 	select {
-	case err := <-done:
+	case err := <-p.done:
+		ri.pending = nil
 		if err != nil {
 			return applyError(err, ri.raft)
 		}
@@ -196,6 +205,12 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	}
 	ri.barrierTerm.Store(term)
 	return nil
+}
+
+// pendingBarrier is a raft barrier asked in term, answered on done.
+type pendingBarrier struct {
+	term uint64
+	done chan error
 }
 
 // verify joins a confirmation round (see rounds) and returns the term it
