@@ -494,11 +494,13 @@ func (n *Node) watchCatchUp() {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		changed := n.leaderChanges() // at once on election, not at the next tick
 		n.leaderCatchUp()
 		n.isCaughtUp(true)
 		select {
 		case <-n.stop:
 			return
+		case <-changed:
 		case <-tick.C:
 		}
 	}
@@ -584,8 +586,12 @@ type Status struct {
 // Status returns the node's view of itself.
 func (n *Node) Status() Status {
 	addr, id := n.raft.LeaderWithID()
+	// One reading of the state, for every field: a node that became leader
+	// between two readings said "leader" without caught_up, which a
+	// follower takes for an older build's leader (a review).
+	state := n.raft.State()
 	lastContact := "0s"
-	if n.raft.State() != raft.Leader {
+	if state != raft.Leader {
 		if t := n.raft.LastContact(); t.IsZero() {
 			lastContact = "never"
 		} else {
@@ -598,13 +604,13 @@ func (n *Node) Status() Status {
 	}
 	// Read before the commit index, which it vouches for.
 	var caughtUp *bool
-	if n.raft.State() == raft.Leader {
+	if state == raft.Leader {
 		c := n.reads.barrierTerm.Load() == n.raft.CurrentTerm()
 		caughtUp = &c
 	}
 	return Status{CaughtUp: caughtUp,
 		ClusterID: n.ClusterID(), LastContact: lastContact, LogFailure: logFailure,
-		ID: n.id, Address: n.cfg.Advertise, State: stateName(n.raft.State()),
+		ID: n.id, Address: n.cfg.Advertise, State: stateName(state),
 		LeaderID: string(id), LeaderAddr: string(addr),
 		Term: n.raft.CurrentTerm(), CommitIndex: n.raft.CommitIndex(), Applied: n.appliedIndex(),
 		Sessions: n.fsm.State.Len(), Ready: n.ready.Load(), LogVersion: n.ownLogVersion(),

@@ -185,10 +185,24 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	if ri.barrierTerm.Load() == term {
 		return nil
 	}
-	// A barrier whose caller gave up is still in raft's log: the next
-	// caller of the term waits for it rather than add another (the leader
-	// runs one a second while it cannot commit: watchCatchUp).
+	// A barrier whose caller gave up may still be in raft's queue or log:
+	// the next caller of the term waits for it rather than add another
+	// (the leader tries one a second while it cannot commit: watchCatchUp).
+	// One that has already failed, with no one waiting, is not handed on:
+	// raft may be well again (a review: an enqueue timeout from seconds
+	// before failed a read at once).
 	p := ri.pending
+	if p != nil && p.term == term {
+		select {
+		case err := <-p.done:
+			ri.pending, p = nil, nil
+			if err == nil {
+				ri.barrierTerm.Store(term)
+				return nil
+			}
+		default:
+		}
+	}
 	if p == nil || p.term != term {
 		p = &pendingBarrier{term: term, done: make(chan error, 1)}
 		ri.pending = p

@@ -558,3 +558,27 @@ func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
 		t.Fatalf("with %s paused, 40 reads took %v and asked %v: want it asked a few times at most, not every round", paused, took, c)
 	}
 }
+
+// A barrier that failed while no one waited for it (its caller had given
+// up) is not handed to the next caller of the term as its answer: raft may
+// be well again, and a read failed at once with an enqueue timeout from
+// seconds before (a review).
+func TestBarrierFailedEarlierIsNotHandedOn(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	ri := tc.nodes[0].reads
+	term := tc.nodes[0].raft.CurrentTerm()
+	ri.barrierSem <- struct{}{} // as barrier holds it, while the stage is set
+	failed := &pendingBarrier{term: term, done: make(chan error, 1)}
+	failed.done <- raft.ErrEnqueueTimeout
+	ri.pending = failed
+	ri.barrierTerm.Store(0)
+	<-ri.barrierSem
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ri.barrier(ctx, term); err != nil {
+		t.Fatalf("a barrier with raft well, after one that failed unheard: %v", err)
+	}
+	if got := ri.barrierTerm.Load(); got != term {
+		t.Fatalf("barrier term %d after the barrier, want %d", got, term)
+	}
+}
