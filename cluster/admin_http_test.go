@@ -396,7 +396,7 @@ func TestRestartedFollowerReadyOnceCaughtUp(t *testing.T) {
 // serving stale reads (a helper's stress run: 378 stale values) and
 // readiness without what was acknowledged before the restart.
 func TestFollowerAfterFullRestartWaitsForTheLeadersFirstCommit(t *testing.T) {
-	tc := newTestCluster(t, 3, withHTTP)
+	tc := newTestCluster(t, 3, nil)
 	l := tc.leader()
 	f, other := (l+1)%3, (l+2)%3
 	mustSave(t, tc.nodes[l], "before", `{}`)

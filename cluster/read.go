@@ -41,7 +41,7 @@ type readIndex struct {
 
 	barrierTerm atomic.Uint64
 	barrierSem  chan struct{}   // one barrier at a time (capacity 1)
-	pending     *pendingBarrier // the last barrier asked of raft, until a caller has its answer (barrierSem)
+	pending     *pendingBarrier // the last barrier asked of raft (barrierSem)
 
 	// lastFSMIndex caches fsmIndex's last answer from the log: every read
 	// asked it for the same commit index, and each GetLog took the log
@@ -188,31 +188,19 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	// A barrier whose caller gave up may still be in raft's queue or log:
 	// the next caller of the term waits for it rather than add another
 	// (the leader tries one a second while it cannot commit: watchCatchUp).
-	// One that has already failed, with no one waiting, is not handed on:
-	// raft may be well again (a review: an enqueue timeout from seconds
-	// before failed a read at once).
+	// One that has already failed is not waited on again: raft may be
+	// well again (a review: an enqueue timeout from seconds before failed
+	// a read at once).
 	p := ri.pending
-	if p != nil && p.term == term {
-		select {
-		case err := <-p.done:
-			ri.pending, p = nil, nil
-			if err == nil {
-				ri.barrierTerm.Store(term)
-				return nil
-			}
-		default:
-		}
-	}
-	if p == nil || p.term != term {
-		p = &pendingBarrier{term: term, done: make(chan error, 1)}
+	if p == nil || p.term != term || p.failed() {
+		p = &pendingBarrier{term: term, done: make(chan struct{})}
 		ri.pending = p
-		go func() { p.done <- ri.raft.Barrier(5 * time.Second).Error() }()
+		go func() { p.err = ri.raft.Barrier(5 * time.Second).Error(); close(p.done) }()
 	}
 	select {
-	case err := <-p.done:
-		ri.pending = nil
-		if err != nil {
-			return applyError(err, ri.raft)
+	case <-p.done:
+		if p.err != nil {
+			return applyError(p.err, ri.raft)
 		}
 	case <-ctx.Done():
 		return transport.Errorf(transport.CodeTimeout, "timed out waiting for the leader's first entry of term %d to commit: %v", term, ctx.Err())
@@ -221,10 +209,22 @@ func (ri *readIndex) barrier(ctx context.Context, term uint64) error {
 	return nil
 }
 
-// pendingBarrier is a raft barrier asked in term, answered on done.
+// pendingBarrier is a raft barrier asked in term: err is its answer once
+// done is closed.
 type pendingBarrier struct {
 	term uint64
-	done chan error
+	done chan struct{}
+	err  error
+}
+
+// failed reports whether the barrier has answered with an error.
+func (p *pendingBarrier) failed() bool {
+	select {
+	case <-p.done:
+		return p.err != nil
+	default:
+		return false
+	}
 }
 
 // verify joins a confirmation round (see rounds) and returns the term it

@@ -568,8 +568,8 @@ func TestBarrierFailedEarlierIsNotHandedOn(t *testing.T) {
 	ri := tc.nodes[0].reads
 	term := tc.nodes[0].raft.CurrentTerm()
 	ri.barrierSem <- struct{}{} // as barrier holds it, while the stage is set
-	failed := &pendingBarrier{term: term, done: make(chan error, 1)}
-	failed.done <- raft.ErrEnqueueTimeout
+	failed := &pendingBarrier{term: term, done: make(chan struct{}), err: raft.ErrEnqueueTimeout}
+	close(failed.done)
 	ri.pending = failed
 	ri.barrierTerm.Store(0)
 	<-ri.barrierSem
