@@ -181,7 +181,6 @@ func (c *committer) stamp() int64 {
 
 func (c *committer) loop() {
 	defer c.wg.Done()
-	var buf []byte
 	var carry *pendingWrite // the write that did not fit in the last batch
 	for {
 		first := carry
@@ -225,8 +224,8 @@ func (c *committer) loop() {
 			p.cmd.Time = now
 			cmd.Batch[i] = p.cmd
 		}
-		buf = cmd.Encode(buf[:0])
-		data := append([]byte(nil), buf...)
+		// Raft keeps the entry: a buffer of its own, of exactly its size.
+		data := cmd.Encode(make([]byte, 0, cmd.EncodedLen()))
 		start := time.Now()
 		f := c.raft.Apply(data, c.timeout)
 		c.wg.Add(1)

@@ -719,7 +719,7 @@ func (n *Node) importRecords(records map[string]*fsm.Record) error {
 		if len(batch.Batch) == 0 {
 			return nil
 		}
-		err := n.raft.Apply(batch.Encode(nil), 30*time.Second).Error()
+		err := n.raft.Apply(batch.Encode(make([]byte, 0, batch.EncodedLen())), 30*time.Second).Error()
 		batch.Batch, size = batch.Batch[:0], 0
 		return err
 	}

@@ -148,15 +148,23 @@ type Command struct {
 	Batch []Command
 }
 
-// Encode appends the command's log encoding to dst.
-func (c *Command) Encode(dst []byte) []byte {
-	op := c.Op
+// logOp is the command's op byte in the log: OpPatch with IfExists and
+// OpDeleteUser with an ID have bytes of their own.
+func (c *Command) logOp() Op {
 	switch {
 	case c.Op == OpPatch && c.IfExists:
-		op = opPatchIfExists
+		return opPatchIfExists
 	case c.Op == OpDeleteUser && c.ID != (RequestID{}):
-		op = opDeleteUserOnce
+		return opDeleteUserOnce
 	}
+	return c.Op
+}
+
+// Encode appends the command's log encoding to dst. A batch's commands are
+// encoded in place, after their lengths (EncodedLen), not into a buffer
+// each and copied: a batch of 1 MB sessions was encoded twice over.
+func (c *Command) Encode(dst []byte) []byte {
+	op := c.logOp()
 	dst = append(dst, byte(op))
 	dst = binary.AppendVarint(dst, c.Time)
 	if op.carriesID() {
@@ -189,13 +197,69 @@ func (c *Command) Encode(dst []byte) []byte {
 		dst = appendStrings(dst, c.Del)
 	case OpBatch:
 		dst = binary.AppendUvarint(dst, uint64(len(c.Batch)))
-		var sub []byte
 		for i := range c.Batch {
-			sub = c.Batch[i].Encode(sub[:0])
-			dst = appendBytes(dst, sub)
+			dst = binary.AppendUvarint(dst, uint64(c.Batch[i].EncodedLen()))
+			dst = c.Batch[i].Encode(dst)
 		}
 	}
 	return dst
+}
+
+// EncodedLen is len(c.Encode(nil)), without encoding: a caller can encode
+// into a buffer of exactly that size.
+func (c *Command) EncodedLen() int {
+	op := c.logOp()
+	n := 1 + varintLen(c.Time)
+	if op.carriesID() {
+		n += len(c.ID)
+	}
+	switch c.Op {
+	case OpSave:
+		n += bytesLen(len(c.SID)) + bytesLen(len(c.Data))
+	case OpPatch:
+		n += bytesLen(len(c.SID)) + varintLen(c.Duration) + varintLen(c.MaxSize) + varintLen(c.MaxKeys)
+		n += uvarintLen(len(c.Set))
+		for _, f := range c.Set {
+			n += bytesLen(len(f.Key)) + bytesLen(len(f.Value))
+		}
+		n += stringsLen(c.Del)
+	case OpDelete, OpDeleteUser:
+		n += bytesLen(len(c.SID))
+	case OpTouch:
+		n += bytesLen(len(c.SID)) + varintLen(c.Duration)
+	case OpPrune:
+		n += varintLen(c.Duration)
+	case OpExpire:
+		n += varintLen(c.Duration) + stringsLen(c.Del)
+	case OpBatch:
+		n += uvarintLen(len(c.Batch))
+		for i := range c.Batch {
+			n += bytesLen(c.Batch[i].EncodedLen())
+		}
+	}
+	return n
+}
+
+func varintLen(v int64) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutVarint(b[:], v)
+}
+
+func uvarintLen(n int) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], uint64(n))
+}
+
+// bytesLen is the length of appendBytes's encoding of n bytes.
+func bytesLen(n int) int { return uvarintLen(n) + n }
+
+// stringsLen is the length of appendStrings's encoding of ss.
+func stringsLen(ss []string) int {
+	n := uvarintLen(len(ss))
+	for _, s := range ss {
+		n += bytesLen(len(s))
+	}
+	return n
 }
 
 // appendStrings appends a count and then each string (decoder.strings).

@@ -87,6 +87,9 @@ func TestCommandRoundTrip(t *testing.T) {
 	for _, tc := range sampleCommands() {
 		t.Run(tc.name, func(t *testing.T) {
 			enc := tc.cmd.Encode(nil)
+			if n := tc.cmd.EncodedLen(); n != len(enc) {
+				t.Fatalf("EncodedLen = %d, Encode wrote %d bytes", n, len(enc))
+			}
 			got, err := DecodeCommand(enc)
 			if err != nil {
 				t.Fatalf("DecodeCommand: %v", err)
@@ -110,6 +113,20 @@ func TestCommandEncodingStable(t *testing.T) {
 	want := append(append([]byte{byte(OpSave), 6}, RequestID{1, 2}.bytes()...), 2, 'a', 'b', 2, '{', '}')
 	if got := c.Encode(nil); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Encode = %v, want %v", got, want)
+	}
+	// A batch (with a flagged patch and a nested empty batch), as the
+	// encoder wrote it before it encoded the batch's commands in place.
+	b := Command{Op: OpBatch, Time: 300, Batch: []Command{
+		{Op: OpSave, Time: 300, ID: RequestID{7}, SID: "s", Data: []byte(`{"a":1}`)},
+		{Op: OpPatch, Time: 300, SID: "p", Duration: 60000, Set: []Field{{Key: "k", Value: []byte(`2`)}}, Del: []string{"d"}, IfExists: true},
+		{Op: OpBatch, Time: 300},
+	}}
+	want = []byte{0x6, 0xd8, 0x4, 0x3, 0x1d, 0x1, 0xd8, 0x4, 0x7, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+		0x0, 0x0, 0x1, 0x73, 0x7, 0x7b, 0x22, 0x61, 0x22, 0x3a, 0x31, 0x7d, 0x22, 0x9, 0xd8, 0x4, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0,
+		0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x0, 0x1, 0x70, 0xc0, 0xa9, 0x7, 0x0, 0x0, 0x1, 0x1, 0x6b, 0x1, 0x32, 0x1, 0x1, 0x64,
+		0x4, 0x6, 0xd8, 0x4, 0x0}
+	if got := b.Encode(nil); !reflect.DeepEqual(got, want) {
+		t.Fatalf("batch Encode = %#v, want %#v", got, want)
 	}
 }
 
@@ -212,7 +229,11 @@ func checkDecodeRoundTrip(t *testing.T, b []byte) {
 		}
 		return
 	}
-	again, err := DecodeCommand(c.Encode(nil))
+	enc := c.Encode(nil)
+	if n := c.EncodedLen(); n != len(enc) {
+		t.Fatalf("DecodeCommand(%x) = %+v: EncodedLen %d, Encode wrote %d bytes", b, c, n, len(enc))
+	}
+	again, err := DecodeCommand(enc)
 	if err != nil {
 		t.Fatalf("DecodeCommand(%x) = %+v, which re-encodes to something undecodable: %v", b, c, err)
 	}
