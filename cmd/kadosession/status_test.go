@@ -115,6 +115,12 @@ func TestHealthSaysWhyNotReady(t *testing.T) {
 		t.Fatalf("health of %s: exit %d, %s%s; want exit %d saying %q", addr, code, out.String(), errOut.String(), want, text)
 	}
 	until(nodes[1].Addr(), 0, "ok: node n2")
+	// n3 too must be a member that has served before it is removed: its
+	// join granted but the configuration naming it not yet replicated to
+	// it, removed then, it never gets that configuration, and says it is
+	// starting for good (not what this test is about; about 1 run in 40
+	// under CPU load).
+	until(nodes[2].Addr(), 0, "ok: node n3")
 	if err := nodes[0].Remove(context.Background(), nodes[2].ID()); err != nil {
 		t.Fatal(err)
 	}
