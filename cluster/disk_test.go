@@ -765,8 +765,8 @@ func TestGrowthSnapshotTriedAgainSoon(t *testing.T) {
 	// state's), and a failure refused at its first bytes still takes what
 	// its thread, at nice 19, gets of the CPU: 70-560 ms under -race beside
 	// a CPU hog, a pause of 2 s, and the snapshot then written in up to
-	// 0.7 s more (it failed the 2 s this waited before, about 1 run in 10
-	// of the package under -race on a loaded machine).
+	// 0.7 s more (the 2 s this waited before failed 1 of 4 runs of the
+	// package under -race beside a CPU hog).
 	free.Store(1 << 40)
 	start := time.Now()
 	poll(t, func() bool { return len(snapshotIndexes(t, dir)) > 0 }, 5*time.Second, "the failed snapshot to be tried again")
