@@ -158,6 +158,8 @@ func (n *Node) Readiness() Readiness {
 	return rd
 }
 
+const removedReason = "not a member of the cluster's configuration (removed, or not joined yet)"
+
 func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since time.Duration, never bool) string {
 	select {
 	case <-n.stop:
@@ -165,6 +167,11 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 	default:
 	}
 	if !n.ready.Load() {
+		if n.toldRemoved() {
+			// Added and removed at once: the configuration naming it never
+			// reached it, and it would say "starting" for good.
+			return removedReason
+		}
 		return "starting: waiting for a leader, to join, or to import the save file"
 	}
 	if f := n.logHealth.failing.Load(); f != nil {
@@ -172,7 +179,7 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 	}
 	switch {
 	case n.removed():
-		return "not a member of the cluster's configuration (removed, or not joined yet)"
+		return removedReason
 	case st == raft.Candidate:
 		return "candidate: an election is under way"
 	case leader == "":

@@ -931,3 +931,28 @@ func TestJoiningNodeIsNotTakenForRemoved(t *testing.T) {
 		t.Fatalf("a read on the new node as soon as it is ready: %v", err)
 	}
 }
+
+// A node told it was removed before it was ever ready (added and removed
+// at once, so the configuration naming it never reached it) says it is not
+// a member, not "starting" for good (a flaky test's failure showed it).
+func TestRemovedBeforeReadySaysNotAMember(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // nothing answers there: the joiner stays starting
+	leader := startNode(t, Config{ID: "a"})
+	b, err := Open(Config{ID: "b", DataDir: t.TempDir(), Listen: "127.0.0.1:0", Join: []string{deadAddr}, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if r := b.Readiness(); r.Ready || !strings.HasPrefix(r.Reason, "starting") {
+		t.Fatalf("a node whose join is unanswered: %+v, want not ready, starting", r)
+	}
+	leader.tellRemoved("b", raft.ServerAddress(b.Addr()), 5)
+	if r := b.Readiness(); r.Ready || r.Reason != removedReason {
+		t.Fatalf("told it was removed: %+v, want not ready: %s", r, removedReason)
+	}
+}

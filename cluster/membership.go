@@ -677,11 +677,18 @@ func (n *Node) member() (raft.Server, bool, error) {
 // and it holds no log entry past its removal (a join that re-admits it
 // sends some). A configuration it cannot read says nothing.
 func (n *Node) removed() bool {
-	if until := n.removedUntil.Load(); until != 0 && n.raft.LastIndex() < until {
+	if n.toldRemoved() {
 		return true
 	}
 	_, ok, err := n.member()
 	return err == nil && !ok
+}
+
+// toldRemoved reports whether a leader told this node it was removed and it
+// holds no log entry past its removal.
+func (n *Node) toldRemoved() bool {
+	until := n.removedUntil.Load()
+	return until != 0 && n.raft.LastIndex() < until
 }
 
 // isMember reports whether the latest configuration this node knows names

@@ -614,7 +614,11 @@ func (n *Node) awaitAdmission() bool {
 		case <-t.C:
 		}
 		if time.Since(since) >= 10*time.Second {
-			n.log.Warn("admitted to the cluster, but the configuration naming this node has not reached it yet; it serves once it has")
+			if n.toldRemoved() {
+				n.log.Warn("removed from the cluster before the configuration admitting this node reached it; it serves once a join re-admits it")
+			} else {
+				n.log.Warn("admitted to the cluster, but the configuration naming this node has not reached it yet; it serves once it has")
+			}
 			since = time.Now()
 		}
 	}
