@@ -111,9 +111,6 @@ type logGrowth struct {
 	// restoredCh signals snapshotOnLogGrowth that one was restored.
 	size       atomic.Uint64
 	restoredCh chan struct{}
-	// wrote is what the last snapshot that failed here wrote before it
-	// failed (-1: none failed since snapshotOnLogGrowth asked for one).
-	wrote atomic.Int64
 
 	// The entries a snapshot leaves (trailingLogs; 0 budget: not tuned).
 	// The rest is snapshotOnLogGrowth's alone.
@@ -246,7 +243,6 @@ func (n *Node) snapshotOnLogGrowth() {
 			continue // a snapshot raft took or restored came first
 		}
 		n.tuneTrailingLogs()
-		g.wrote.Store(-1)
 		start := time.Now()
 		err := n.raft.Snapshot().Error()
 		switch {
@@ -262,15 +258,7 @@ func (n *Node) snapshotOnLogGrowth() {
 		case errors.Is(err, raft.ErrRaftShutdown):
 			return
 		default:
-			// A snapshot refused before its first byte cost nothing, however
-			// long its thread, at nice 19, waited for the CPU (70-560 ms
-			// under -race beside a CPU hog: pauses of 2 s, and up to 4 times
-			// that wait, where a cheap failure's are 1 s).
-			took := time.Since(start)
-			if g.wrote.Load() == 0 {
-				took = 0
-			}
-			paused = snapshotRetryPause(paused, took)
+			paused = snapshotRetryPause(paused, time.Since(start))
 			retry = time.After(paused)
 			level, failures := failed.next(hclog.Warn, 1)
 			n.log.Log(level, "snapshot for log growth failed; trying again", "in", paused, "failures_since_last_said", failures, "error", err)
@@ -325,8 +313,6 @@ func (s *countedSnapshot) Persist(sink raft.SnapshotSink) error {
 	err := s.writeState(func() error { return s.FSMSnapshot.Persist(c) })
 	if err == nil {
 		s.growth.written(s.mark, c.n)
-	} else {
-		s.growth.wrote.Store(c.n)
 	}
 	return err
 }
