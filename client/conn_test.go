@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/internal/testnet"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -90,7 +91,7 @@ func TestPipeliningOnOneConnection(t *testing.T) {
 }
 
 func TestConnectionRefused(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testnet.ClosedAddr(t)
 	s := newStore(t, client.Config{Addrs: []string{addr}, MaxRetries: -1})
 	err := s.Ping(context.Background())
 	if want := "kadosession: connect to " + addr + ": connection refused"; err == nil || err.Error() != want {

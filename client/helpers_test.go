@@ -187,16 +187,4 @@ func poll(t testing.TB, cond func() bool, timeout time.Duration) {
 	}
 }
 
-// freeAddr returns a loopback address nothing listens on.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func raw(s string) json.RawMessage { return json.RawMessage(s) }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/internal/testnet"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -89,7 +90,7 @@ func TestUnavailableMovesToNextNode(t *testing.T) {
 func TestDeadNodeIsSkipped(t *testing.T) {
 	goodH := newMemHandler()
 	good := startServer(t, "127.0.0.1:0", goodH)
-	s := newStore(t, client.Config{Addrs: []string{freeAddr(t), good.addr}})
+	s := newStore(t, client.Config{Addrs: []string{testnet.ClosedAddr(t), good.addr}})
 	if err := s.Delete(context.Background(), "sid"); err != nil {
 		t.Fatalf("Delete with the first node down: %v", err)
 	}
@@ -106,7 +107,7 @@ func TestNoRetriesStillMovesOn(t *testing.T) {
 		name string
 		bad  func(t *testing.T) string
 	}{
-		{"dead node", func(t *testing.T) string { return freeAddr(t) }},
+		{"dead node", func(t *testing.T) string { return testnet.ClosedAddr(t) }},
 		{"removed node", func(t *testing.T) string {
 			return startServer(t, "127.0.0.1:0", followerHandler(transport.Errorf(transport.CodeUnavailable, "node is not a member of the cluster (it was removed)"))).addr
 		}},
@@ -415,7 +416,7 @@ func TestDeadFollowerReadsGoElsewhere(t *testing.T) {
 	h := newMemHandler()
 	h.data["sid"] = []byte(`{}`)
 	leader := startServer(t, "127.0.0.1:0", h)
-	s := newStore(t, client.Config{Addrs: []string{leader.addr, freeAddr(t)}, Reads: client.ReadFollower})
+	s := newStore(t, client.Config{Addrs: []string{leader.addr, testnet.ClosedAddr(t)}, Reads: client.ReadFollower})
 	for range 5 {
 		if _, found, err := s.Restore(context.Background(), "sid"); err != nil || !found {
 			t.Fatalf("Restore with the only follower down: %v, %v", found, err)

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/internal/testnet"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -832,14 +833,8 @@ func TestStoppingLeaderLogsTheHandover(t *testing.T) {
 // no cluster knows it: the corrected rerun may use another --id. A data
 // directory that did become a member keeps refusing another id.
 func TestUnjoinedDataDirectoryTakesANewID(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close() // nothing answers there
 	dir := t.TempDir()
-	n, err := Open(Config{ID: "typo", DataDir: dir, Listen: "127.0.0.1:0", Join: []string{deadAddr}, Logger: testLogger()})
+	n, err := Open(Config{ID: "typo", DataDir: dir, Listen: "127.0.0.1:0", Join: []string{testnet.ClosedAddr(t)}, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -936,14 +931,9 @@ func TestJoiningNodeIsNotTakenForRemoved(t *testing.T) {
 // at once, so the configuration naming it never reached it) says it is not
 // a member, not "starting" for good (a flaky test's failure showed it).
 func TestRemovedBeforeReadySaysNotAMember(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close() // nothing answers there: the joiner stays starting
 	leader := startNode(t, Config{ID: "a"})
-	b, err := Open(Config{ID: "b", DataDir: t.TempDir(), Listen: "127.0.0.1:0", Join: []string{deadAddr}, Logger: testLogger()})
+	// Its join goes unanswered: it stays starting.
+	b, err := Open(Config{ID: "b", DataDir: t.TempDir(), Listen: "127.0.0.1:0", Join: []string{testnet.ClosedAddr(t)}, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

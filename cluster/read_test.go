@@ -444,15 +444,6 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	l := tc.leader()
 	leader := tc.node(l)
 	counts := askCounter(leader)
-	var orderMu sync.Mutex
-	var order []raft.ServerID // the peers asked, in turn
-	askTerm := leader.reads.askTerm
-	leader.reads.askTerm = func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
-		orderMu.Lock()
-		order = append(order, id)
-		orderMu.Unlock()
-		return askTerm(ctx, id, addr)
-	}
 	mustSave(t, leader, "sid", `{"a":1}`)
 	read := func(n int) { t.Helper(); readN(t, leader, "sid", `{"a":1}`, n) }
 	var peers []raft.ServerID
@@ -463,19 +454,9 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 			index[raft.ServerID(cfg.ID)] = i
 		}
 	}
-	orderMu.Lock()
-	order = nil
-	orderMu.Unlock()
+	counts() // from here on
 	read(50)
-	c := counts()
-	orderMu.Lock()
-	changes := 0 // of the peer asked, from one request to the next
-	for i := 1; i < len(order); i++ {
-		if order[i] != order[i-1] {
-			changes++
-		}
-	}
-	orderMu.Unlock()
+	c, changes := counts()
 	// A round late on a loaded machine (the race detector) may ask both:
 	// run 16 times in a row under -race, up to 10 of 50 did. And a slow
 	// answer there (its average more than twice the other's) hands the
@@ -506,7 +487,7 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	// on the paused peer, and a round whose answer is late (hedgeAfter)
 	// asks every peer, the paused one too: a few times at most, not every
 	// round.
-	if c = counts(); c[first] > 5 || c[other] < 19 {
+	if c, _ = counts(); c[first] > 5 || c[other] < 19 {
 		t.Fatalf("with %s paused, 20 reads asked %v: want the paused peer asked once (a few times under load), the other every round", first, c)
 	}
 	fn.healAll()
@@ -514,29 +495,38 @@ func TestConfirmAsksOnlyThePeersTheQuorumLacks(t *testing.T) {
 	// first at once.
 	tc.stop(index[other])
 	read(20)
-	if c = counts(); c[other] > 4 || c[first] < 20 {
+	if c, _ = counts(); c[other] > 4 || c[first] < 20 {
 		t.Fatalf("after %s stopped, 20 reads asked %v: want the stopped peer asked once (a few times when rounds are late under load), the other every round", other, c)
 	}
 }
 
 // askCounter counts the term requests n's confirmation rounds make, by
-// peer; the function it returns reports the counts so far and clears them.
-func askCounter(n *Node) func() map[raft.ServerID]int {
+// peer; the function it returns reports the counts so far, and how many
+// times the peer asked changed from one request to the next, and clears
+// them.
+func askCounter(n *Node) func() (map[raft.ServerID]int, int) {
 	var mu sync.Mutex
 	asked := map[raft.ServerID]int{}
+	var last raft.ServerID
+	changes := 0
 	askTerm := n.reads.askTerm
 	n.reads.askTerm = func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error) {
 		mu.Lock()
 		asked[id]++
+		if last != "" && id != last {
+			changes++
+		}
+		last = id
 		mu.Unlock()
 		return askTerm(ctx, id, addr)
 	}
-	return func() map[raft.ServerID]int {
+	return func() (map[raft.ServerID]int, int) {
 		mu.Lock()
 		defer mu.Unlock()
-		c := maps.Clone(asked)
+		c, k := maps.Clone(asked), changes
 		clear(asked)
-		return c
+		last, changes = "", 0
+		return c, k
 	}
 }
 
@@ -564,7 +554,7 @@ func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
 	counts := askCounter(leader)
 	mustSave(t, leader, "sid", `{"a":1}`)
 	readN(t, leader, "sid", `{"a":1}`, 40)
-	c := counts()
+	c, _ := counts()
 	var paused raft.ServerID
 	for id, k := range c {
 		if k > c[paused] {
@@ -579,7 +569,7 @@ func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
 	start := time.Now()
 	readN(t, leader, "sid", `{"a":1}`, 40)
 	took := time.Since(start)
-	c = counts()
+	c, _ = counts()
 	fn.healAll()
 	t.Logf("40 reads with %s paused took %v, asked %v", paused, took, c)
 	// A round whose answers are late on a loaded machine asks every peer,

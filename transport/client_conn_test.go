@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kadosession/kadosession/internal/testnet"
 )
 
 // dialConn dials addr with cfg and closes the Conn when the test ends.
@@ -39,18 +41,6 @@ func waitBlocked(t *testing.T, h *memHandler, n int) {
 			t.Fatalf("only %d of %d requests reached the handler together", i, n)
 		}
 	}
-}
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }
 
 func TestConnPipelinedRoundTrips(t *testing.T) {
@@ -292,7 +282,7 @@ func TestConnNodeRefusesConnection(t *testing.T) {
 }
 
 func TestDialErrors(t *testing.T) {
-	addr := closedAddr(t)
+	addr := testnet.ClosedAddr(t)
 	_, err := Dial(context.Background(), addr, ConnConfig{})
 	var de *DialError
 	if !errors.As(err, &de) || de.Addr != addr || !errors.Is(err, syscall.ECONNREFUSED) {
