@@ -946,3 +946,37 @@ func TestRemovedBeforeReadySaysNotAMember(t *testing.T) {
 		t.Fatalf("told it was removed: %+v, want not ready: %s", r, removedReason)
 	}
 }
+
+// A node that has known no leader for many election timeouts (the cluster
+// lost its quorum) fails requests at once with an error that says so: it
+// held every request until its deadline (the Go client's 5 s), and a
+// client with other nodes to try was kept from them meanwhile.
+func TestRequestsFailAtOnceWhenNoLeaderForLong(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	l := tc.leader()
+	f := (l + 1) % 3
+	survivor := tc.nodes[f]
+	mustSave(t, survivor, "before", `{}`)
+	tc.stop((l + 2) % 3)
+	tc.stop(l)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := survivor.Save(ctx, "during", []byte(`{}`))
+	waited := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "no leader for") || !errors.Is(err, transport.ErrUnavailable) {
+		t.Fatalf("a save with no quorum: %v, want unavailable: no leader for …", err)
+	}
+	if bound := survivor.leaderlessBound(); waited > bound+2*time.Second {
+		t.Fatalf("the save waited %s, the bound is %s", waited, bound)
+	}
+	start = time.Now()
+	if _, _, err := survivor.Restore(ctx, "before", transport.Linearizable); err == nil || !strings.Contains(err.Error(), "no leader for") {
+		t.Fatalf("a read with no quorum: %v", err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("the next request waited %s", waited)
+	}
+	tc.start(l)
+	poll(t, func() bool { return survivor.Save(ctx, "after", []byte(`{}`)) == nil }, 15*time.Second, "saves served once a quorum is back")
+}

@@ -184,8 +184,18 @@ func (n *Node) watchLeader(obs chan raft.Observation) {
 			close(n.leaderCh)
 			n.leaderCh = make(chan struct{})
 			n.leaderMu.Unlock()
+			lo, ok := o.Data.(raft.LeaderObservation)
+			if !ok {
+				continue
+			}
+			switch {
+			case lo.LeaderAddr == "":
+				n.leaderLostAt.CompareAndSwap(0, time.Now().UnixNano())
+			default:
+				n.leaderLostAt.Store(0)
+			}
 			// When this node took office, for kadosession_peer_last_contact_seconds.
-			if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID == raft.ServerID(n.id) {
+			if lo.LeaderID == raft.ServerID(n.id) {
 				n.ledSince.Store(time.Now().UnixNano())
 			}
 		}

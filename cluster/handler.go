@@ -56,6 +56,14 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 	if n.failingAlone() {
 		return notLeader(n.raft)
 	}
+	// Without a leader for many election timeouts, the cluster has lost
+	// its quorum (or this node is cut off from it): a client waiting out
+	// its deadline here learnt nothing in 5 s, and one with other nodes to
+	// try was kept from them. Fail at once; an election that ends
+	// meanwhile serves the client's next try.
+	if err := n.noLeaderFor(); err != nil {
+		return err
+	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -75,7 +83,34 @@ func (n *Node) awaitLeader(ctx context.Context) error {
 		if n.failingAlone() {
 			return notLeader(n.raft)
 		}
+		if err := n.noLeaderFor(); err != nil {
+			return err
+		}
 	}
+}
+
+// noLeaderFor returns an error saying how long this node has known no
+// leader when that is longer than leaderlessBound, and nil otherwise (also
+// before its first leader: start-up waits as before).
+func (n *Node) noLeaderFor() error {
+	lost := n.leaderLostAt.Load()
+	if lost == 0 || !n.ready.Load() {
+		return nil
+	}
+	since := time.Since(time.Unix(0, lost))
+	if since < n.leaderlessBound() {
+		return nil
+	}
+	return transport.Errorf(transport.CodeUnavailable,
+		"no leader for %s: this node cannot reach a quorum of the cluster's voters, or they cannot elect one (see kadosession status); requests fail at once until a leader is elected",
+		since.Round(100*time.Millisecond))
+}
+
+// leaderlessBound is how long a node goes without a leader before requests
+// stop waiting for one: many election timeouts (an election on a busy
+// machine ends well within it).
+func (n *Node) leaderlessBound() time.Duration {
+	return max(3*time.Second, 10*n.cfg.ElectionTimeout)
 }
 
 // failingAlone reports whether this node is its cluster's only voter and

@@ -62,13 +62,16 @@ type Node struct {
 	catchUpTried  time.Time  // its last try (catchUpMu)
 	catchUpTarget atomic.Uint64
 	ledSince      atomic.Int64 // when this node last took office (Unix ns); 0: never
-	leaderMu      sync.Mutex
-	leaderCh      chan struct{} // closed when raft reports a new leader
-	memberMu      sync.Mutex    // one membership change at a time
-	logHealth     logHealth     // whether the raft log can be written
-	applied       appliedTrail  // the applied index over the last behindAfter (status: who is behind)
-	raftConfMu    sync.Mutex    // one change to raft's ReloadableConfig at a time
-	routine       routineLines  // routine snapshot lines logged at info now and then
+	// leaderLostAt is when raft last reported no leader (Unix ns), 0 while
+	// it knows one or has not yet reported (noLeaderFor).
+	leaderLostAt atomic.Int64
+	leaderMu     sync.Mutex
+	leaderCh     chan struct{} // closed when raft reports a new leader
+	memberMu     sync.Mutex    // one membership change at a time
+	logHealth    logHealth     // whether the raft log can be written
+	applied      appliedTrail  // the applied index over the last behindAfter (status: who is behind)
+	raftConfMu   sync.Mutex    // one change to raft's ReloadableConfig at a time
+	routine      routineLines  // routine snapshot lines logged at info now and then
 	// versions: the log versions members reported; clusterVersion: the
 	// newest all of them apply, as last found (nil: not yet); versionFloor:
 	// the newest all of them once applied at the same time (logversion.go).
