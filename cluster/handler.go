@@ -396,6 +396,13 @@ func (n *Node) Restore(ctx context.Context, sid string, c transport.Consistency)
 		if !n.ready.Load() {
 			return nil, false, errStarting
 		}
+		// A leader's read index is in the log of whichever node leads
+		// next, and a follower asks only the leader: an index beyond this
+		// node's log is not one (each such read waited out its deadline,
+		// and a peer sending 2^62 held a goroutine per read).
+		if last := n.raft.LastIndex(); index > last {
+			return nil, false, transport.Errorf(transport.CodeBadRequest, "at-index read at %d, past this node's last log entry %d", index, last)
+		}
 		// The index is committed, so it will be applied here: wait as long
 		// as the request may (like the leader's own reads), not less.
 		if err := n.fsm.applied.waitFor(ctx, index); err != nil {

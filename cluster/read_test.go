@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -363,14 +364,17 @@ func TestAtIndexFallsBackForOlderLeader(t *testing.T) {
 }
 
 // TestAtIndexWaitsOnABehindNode: a node asked for a read at an index it
-// has not applied yet (here a follower that learns of commits only with
-// the leader's next append, seconds away) waits for it, and answers with
-// the write.
+// holds but has not applied yet (here a follower that learns of commits
+// only with the leader's next append, seconds away) waits for it, and
+// answers with the write; one past its log is refused.
 func TestAtIndexWaitsOnABehindNode(t *testing.T) {
 	tc := newTestCluster(t, 3, func(c *Config) { c.CommitTimeout = 5 * time.Second })
 	leader, follower := tc.node(tc.leader()), tc.node(tc.follower())
 	mustSave(t, leader, "behind", `{"v":1}`)
 	index := leader.fsm.applied.get()
+	// Stored, not yet known to be committed (a node refuses an index past
+	// its log: only a leader's read index comes, and a leader holds it).
+	poll(t, func() bool { return follower.raft.LastIndex() >= index }, 5*time.Second, "the save in the follower's log")
 	if follower.fsm.applied.get() >= index {
 		t.Fatal("the follower already applied the save: the commit timeout did not hold its next append back")
 	}
@@ -387,6 +391,17 @@ func TestAtIndexWaitsOnABehindNode(t *testing.T) {
 	}
 	if got := follower.fsm.applied.get(); got < index {
 		t.Errorf("answered with applied index %d < %d", got, index)
+	}
+
+	// An index past the node's log is no leader's read index: refused at
+	// once, where it waited out the request's deadline.
+	start := time.Now()
+	resp, err = c.RoundTrip(ctx, &transport.Request{Op: transport.OpRestore, Consistency: transport.AtIndex, Index: 1 << 62, SID: "behind"})
+	if err != nil || resp.Err == nil || resp.Err.Code != transport.CodeBadRequest || !strings.Contains(resp.Err.Message, "past this node's last log entry") {
+		t.Fatalf("at-index read past the log: %+v, %v; want a bad request", resp, err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the refusal took %s", took)
 	}
 }
 
