@@ -256,6 +256,20 @@ func (s *Server) track(c net.Conn) bool {
 	return true
 }
 
+// routedConn is a connection handed to a route: closing it frees its slot
+// among MaxConns, once.
+type routedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (r *routedConn) Close() error {
+	err := r.Conn.Close()
+	r.once.Do(r.release)
+	return err
+}
+
 func (s *Server) untrack(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
@@ -289,9 +303,15 @@ func (s *Server) Close() error {
 func (s *Server) serveConn(c net.Conn) {
 	handedOff := false
 	defer func() {
-		if !handedOff {
-			c.Close()
+		if handedOff {
+			// The route's connection keeps its slot until it is closed
+			// (routedConn): raft's transport reads it with no deadline, and
+			// connections that bypassed MaxConns let anyone who may speak
+			// raft hold every descriptor the process has.
+			s.handlers.Done()
+			return
 		}
+		c.Close()
 		s.untrack(c)
 	}()
 	_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
@@ -345,7 +365,7 @@ func (s *Server) serveConn(c net.Conn) {
 		delete(s.conns, c) // the route owns it now
 		s.mu.Unlock()
 		handedOff = true
-		s.cfg.Routes[first[0]](conn)
+		s.cfg.Routes[first[0]](&routedConn{Conn: conn, release: func() { <-s.slots }})
 	default:
 		// Kado JSON, or something that is not a request at all (null,
 		// garbage): the Kado handler reads it to the end and answers with a

@@ -301,6 +301,47 @@ func TestRoutes(t *testing.T) {
 	}
 }
 
+// TestRoutedConnsCountTowardMaxConns: connections handed to a route (raft,
+// which reads them with no deadline) hold their slot until the route closes
+// them. They were let go at the handoff: 20 000 idle raft connections from a
+// client of a node without a token used every descriptor the process had,
+// and the node accepted nothing else until they closed.
+func TestRoutedConnsCountTowardMaxConns(t *testing.T) {
+	routed := make(chan net.Conn, 2)
+	ts := startServer(t, newMemHandler(), ServerConfig{
+		MaxConns: 2,
+		Routes:   map[byte]func(net.Conn){MagicRaft: func(c net.Conn) { routed <- c }},
+	})
+	var held []net.Conn
+	for range 2 {
+		c := dial(t, ts.addr)
+		if _, err := c.Write([]byte{MagicRaft}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case sc := <-routed:
+			held = append(held, sc)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the route never got the connection")
+		}
+	}
+	if msg := kadoError(t, kado(t, ts.addr, kadoRestore)); !strings.Contains(msg, "too many connections") {
+		t.Fatalf("with MaxConns routed connections open, a client got %q, want too many connections", msg)
+	}
+	held[0].Close()
+	held[0].Close() // a second Close frees nothing more
+	poll(t, func() bool {
+		return kado(t, ts.addr, `{"restore":{"sid":"s"}}`) == `{"status":"ok","result":{}}`
+	}, 5*time.Second)
+	// One slot was freed, not two: a connection taking it fills the node.
+	n := dialNative(t, ts.addr)
+	n.call(Request{ID: 1, Op: OpPing})
+	if msg := kadoError(t, kado(t, ts.addr, kadoRestore)); !strings.Contains(msg, "too many connections") {
+		t.Fatalf("a routed connection closed twice freed two slots: a client got %q", msg)
+	}
+	held[1].Close()
+}
+
 func TestMaxConns(t *testing.T) {
 	ts := startServer(t, newMemHandler(), ServerConfig{MaxConns: 2})
 	a, b := dialNative(t, ts.addr), dialNative(t, ts.addr)
