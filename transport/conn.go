@@ -165,6 +165,15 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 		}
 	}
 	defer dispatch()
+	// A connection that must present the token has ReadTimeout from its
+	// start to do so, not IdleTimeout per wait: without it, clients that
+	// knew no token held every one of MaxConns' slots for 5 minutes with
+	// two bytes each ("N", the version), and the node refused the clients
+	// that had the token.
+	var authBy time.Time
+	if !authed {
+		authBy = time.Now().Add(s.cfg.ReadTimeout)
+	}
 	var buf []byte
 	for {
 		if !frameBuffered(r) {
@@ -175,15 +184,26 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 			if len(inflight) > 0 {
 				idle = max(idle, s.cfg.RequestTimeout)
 			}
-			_ = c.SetReadDeadline(time.Now().Add(idle))
+			deadline := time.Now().Add(idle)
+			if !authed {
+				deadline = authBy
+			}
+			_ = c.SetReadDeadline(deadline)
 			if _, err := r.Peek(1); err != nil {
+				if !authed && errors.Is(err, os.ErrDeadlineExceeded) {
+					w.send(OpAuth, &Response{Err: errTokenRequired})
+				}
 				return
 			}
 		}
 		// Every frame gets ReadTimeout from here, also when the buffer
 		// already holds its start: a busy pipelined stream may never leave
 		// the buffer empty, and must not inherit an old deadline.
-		_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		if authed {
+			_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		} else {
+			_ = c.SetReadDeadline(authBy)
+		}
 		frame, err := ReadFrame(r, buf, s.cfg.MaxFrame)
 		if err != nil {
 			var tooLarge *FrameTooLargeError

@@ -115,6 +115,59 @@ func TestKadoServerToken(t *testing.T) {
 	}
 }
 
+// TestNativeTokenDeadline: on a node that requires a token, a native
+// connection has ReadTimeout from its start to present it, whatever it
+// sends meanwhile; IdleTimeout is for connections that did. Clients without
+// the token held every slot of MaxConns for IdleTimeout (5 minutes) with
+// two bytes each, and the node refused the clients that had it.
+func TestNativeTokenDeadline(t *testing.T) {
+	const readTimeout = 300 * time.Millisecond
+	ts := startServer(t, newMemHandler(), ServerConfig{Token: []byte("secret"), ReadTimeout: readTimeout, IdleTimeout: time.Hour})
+	t.Run("silent", func(t *testing.T) {
+		n := dialNative(t, ts.addr)
+		start := time.Now()
+		resp, err := n.tryRecv()
+		if err != nil || resp.Err == nil || resp.Err.Code != CodeUnauthorized {
+			t.Fatalf("response %+v, %v; want CodeUnauthorized", resp, err)
+		}
+		expectClosed(t, n.r)
+		if held := time.Since(start); held > 3*readTimeout {
+			t.Fatalf("a connection without the token was held %s (ReadTimeout %s)", held, readTimeout)
+		}
+	})
+	t.Run("pinging without the token", func(t *testing.T) {
+		n := dialNative(t, ts.addr)
+		start := time.Now()
+		closed := make(chan struct{})
+		go func() { defer close(closed); _, _ = io.Copy(io.Discard, n.r) }()
+		for id := uint64(1); ; id++ {
+			select {
+			case <-closed:
+				if held := time.Since(start); held > 3*readTimeout {
+					t.Fatalf("a connection without the token was held %s (ReadTimeout %s)", held, readTimeout)
+				}
+				return
+			case <-time.After(readTimeout / 4):
+			}
+			if time.Since(start) > 10*readTimeout {
+				t.Fatal("a connection sending requests without the token was never closed")
+			}
+			var buf []byte
+			_, _ = n.c.Write(AppendRequest(buf, &Request{ID: id, Op: OpPing}))
+		}
+	})
+	t.Run("authenticated stays", func(t *testing.T) {
+		n := dialNative(t, ts.addr)
+		if resp := n.call(Request{ID: 1, Op: OpAuth, Data: []byte("secret")}); resp.Err != nil {
+			t.Fatal(resp.Err)
+		}
+		time.Sleep(2 * readTimeout)
+		if resp := n.call(Request{ID: 2, Op: OpRestore, SID: "a"}); resp.Err != nil {
+			t.Fatalf("an authenticated connection idle for less than IdleTimeout: %v", resp.Err)
+		}
+	})
+}
+
 // TestKadoServerOneByteWrites sends a request one byte per TCP write.
 func TestKadoServerOneByteWrites(t *testing.T) {
 	ts := startServer(t, newMemHandler(), ServerConfig{})
