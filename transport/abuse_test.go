@@ -404,3 +404,56 @@ func memFigures() (int, uint64) {
 	runtime.ReadMemStats(&ms)
 	return runtime.NumGoroutine(), ms.HeapInuse
 }
+
+// countingHandler is a memHandler that counts restores served.
+type countingHandler struct {
+	*memHandler
+	restores atomic.Int64
+}
+
+func (h *countingHandler) Restore(ctx context.Context, sid string, c Consistency) ([]byte, bool, error) {
+	h.restores.Add(1)
+	return h.memHandler.Restore(ctx, sid, c)
+}
+
+// TestPipelinerThatDoesNotRead: a client that pipelines restores of a large
+// session and reads no answers stops being served once a bounded amount of
+// answers waits for it; it is not answered as fast as the node can copy
+// until the write deadline gives up on it (one such connection buffered
+// 1.3 GB of a 1 MB session's copies). When it reads, every request is
+// answered, in full.
+func TestPipelinerThatDoesNotRead(t *testing.T) {
+	const total, size = 400, 256 << 10
+	h := &countingHandler{memHandler: newMemHandler()}
+	h.sessions["big"] = []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
+	ts := startServer(t, h, ServerConfig{ReadTimeout: 20 * time.Second, MaxInflight: 8})
+	n := dialNative(t, ts.addr)
+	_ = n.c.SetDeadline(time.Now().Add(2 * time.Minute))
+	reqs := make([]Request, total)
+	for i := range reqs {
+		reqs[i] = Request{ID: uint64(i + 1), Op: OpRestore, SID: "big", Consistency: Stale}
+	}
+	go func() {
+		var buf []byte
+		for i := range reqs {
+			buf = AppendRequest(buf, &reqs[i])
+		}
+		_, _ = n.c.Write(buf)
+	}()
+	for i := range reqs {
+		n.ops[reqs[i].ID] = OpRestore
+	}
+	time.Sleep(2 * time.Second)
+	// What the kernel's socket buffers hold, a bounded queue and what is
+	// in flight: a few dozen answers, not all of them.
+	if served := h.restores.Load(); served > total/5 {
+		t.Fatalf("%d of %d restores served (%d MiB of answers) to a client that read none", served, total, served*size>>20)
+	}
+	t.Logf("restores served before the client read: %d of %d", h.restores.Load(), total)
+	for range total {
+		resp := n.recv()
+		if resp.Err != nil || len(resp.Data) < size {
+			t.Fatalf("response %d: %v, %d bytes", resp.ID, resp.Err, len(resp.Data))
+		}
+	}
+}
