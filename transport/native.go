@@ -348,14 +348,16 @@ func DecodeRequest(frame []byte) (Request, error) {
 		req.Data = d.rest()
 	case OpPatch:
 		req.SID = d.string()
+		// Capacity follows what arrives, not what the count claims: a
+		// 2 MB frame claiming 2M keys had 80 MB allocated for them.
 		n := d.count()
-		req.Set = make([]KV, 0, n)
+		req.Set = make([]KV, 0, min(n, maxPrealloc))
 		for i := 0; i < n && d.err == nil; i++ {
 			k := d.string()
 			req.Set = append(req.Set, KV{Key: k, Value: d.bytes()})
 		}
 		n = d.count()
-		req.Del = make([]string, 0, n)
+		req.Del = make([]string, 0, min(n, maxPrealloc))
 		for i := 0; i < n && d.err == nil; i++ {
 			req.Del = append(req.Del, d.string())
 		}
@@ -397,6 +399,10 @@ func DecodeResponse(frame []byte, op Op) (Response, error) {
 	}
 	return resp, d.err
 }
+
+// maxPrealloc bounds the room DecodeRequest makes for a patch's keys
+// before they are read.
+const maxPrealloc = 1024
 
 // wire decodes the fields of a frame body.
 type wire struct {

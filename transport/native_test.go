@@ -466,3 +466,28 @@ func TestReadFrameMemoryFollowsTheBytes(t *testing.T) {
 		t.Fatalf("reading 64 KiB of a frame announcing %d bytes allocated %d bytes", max, took)
 	}
 }
+
+// TestDecodePatchCountClaimsNoMemory: a patch frame's key counts claim
+// what they like; the decoder's allocations follow the keys that are there.
+// A 2 MB frame claiming 2M keys (and holding none) had 80 MB allocated:
+// four connections sending such frames took a node to 750 MB.
+func TestDecodePatchCountClaimsNoMemory(t *testing.T) {
+	const claimed = 1 << 20
+	frame := binary.BigEndian.AppendUint64(nil, 1)
+	frame = append(frame, byte(OpPatch))
+	frame = append(frame, make([]byte, 16)...) // nonce
+	frame = appendString(frame, "sid")
+	frame = binary.AppendUvarint(frame, claimed)
+	frame = append(frame, bytes.Repeat([]byte{0xff}, claimed)...) // room the count check wants; no key
+	allocs := testing.Benchmark(func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			if _, err := DecodeRequest(frame); err == nil {
+				b.Fatal("a patch claiming keys it does not hold decoded")
+			}
+		}
+	})
+	if per := allocs.AllocedBytesPerOp(); per > 4<<20 {
+		t.Fatalf("decoding a %d KiB frame that claims %d keys allocated %d MiB", len(frame)>>10, claimed, per>>20)
+	}
+}
