@@ -457,3 +457,28 @@ func TestPipelinerThatDoesNotRead(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelinerDroppedServesNoMore: once the write to a client that reads
+// nothing fails, the requests still in the connection's read buffer are
+// not served: a 64 KiB buffer holds 1400 restores, whose answers went to a
+// queue nobody would read (four such connections to a node holding a 1 MB
+// session took it to 2 GB after their writes had failed).
+func TestPipelinerDroppedServesNoMore(t *testing.T) {
+	const total, size = 5000, 256 << 10
+	h := &countingHandler{memHandler: newMemHandler()}
+	h.sessions["big"] = []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
+	ts := startServer(t, h, ServerConfig{ReadTimeout: 300 * time.Millisecond, MaxInflight: 8})
+	c := dial(t, ts.addr)
+	buf := []byte{MagicNative, VersionNative}
+	for i := range total {
+		buf = AppendRequest(buf, &Request{ID: uint64(i + 1), Op: OpRestore, SID: "big", Consistency: Stale})
+	}
+	go func() { _, _ = c.Write(buf) }()
+	poll(t, func() bool { return ts.OpenConns() == 1 }, 5*time.Second)
+	poll(t, func() bool { return ts.OpenConns() == 0 }, 10*time.Second)
+	served := h.restores.Load()
+	if served > total/10 {
+		t.Fatalf("%d of %d restores served to a client that read none", served, total)
+	}
+	t.Logf("restores served to a client that read none: %d of %d", served, total)
+}

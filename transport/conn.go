@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -176,6 +177,13 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 	}
 	var buf []byte
 	for {
+		if w.broken() {
+			// Its write failed (a client that reads nothing): frames still
+			// in the read buffer (a 64 KiB one holds 1400 restores) were
+			// served into a queue nobody would read, 1.3 GB of copies of a
+			// 1 MB session.
+			return
+		}
 		if !frameBuffered(r) {
 			dispatch()
 		}
@@ -519,7 +527,8 @@ type frameWriter struct {
 	spare   []byte // the other buffer, while one is written
 	pending bool
 	failed  bool
-	room    sync.Cond // signalled when a write takes the queue, or fails
+	room    sync.Cond   // signalled when a write takes the queue, or fails
+	dead    atomic.Bool // failed, read without the lock
 }
 
 func newFrameWriter(c net.Conn, timeout time.Duration) *frameWriter {
@@ -527,6 +536,10 @@ func newFrameWriter(c net.Conn, timeout time.Duration) *frameWriter {
 	w.room.L = &w.mu
 	return w
 }
+
+// broken reports whether a write failed: the connection is closed, and
+// what is left in its read buffer is not worth serving.
+func (w *frameWriter) broken() bool { return w.dead.Load() }
 
 // maxQueued bounds the responses queued behind a write in progress: a
 // response that would add to a longer queue waits until the write takes
@@ -549,6 +562,10 @@ func (w *frameWriter) waitRoom() {
 func (w *frameWriter) send(op Op, resp *Response) {
 	w.mu.Lock()
 	w.waitRoom()
+	if w.failed { // the connection is gone: nobody will read it
+		w.mu.Unlock()
+		return
+	}
 	w.buf = AppendResponse(w.buf, op, resp)
 	if w.pending {
 		w.mu.Unlock()
@@ -566,6 +583,10 @@ func (w *frameWriter) send(op Op, resp *Response) {
 func (w *frameWriter) queue(op Op, resp *Response) {
 	w.mu.Lock()
 	w.waitRoom()
+	if w.failed {
+		w.mu.Unlock()
+		return
+	}
 	w.buf = AppendResponse(w.buf, op, resp)
 	full := len(w.buf) >= maxQueued
 	w.mu.Unlock()
@@ -601,6 +622,7 @@ func (w *frameWriter) writeOut() {
 		w.mu.Lock()
 		if err != nil {
 			w.failed = true
+			w.dead.Store(true)
 			w.c.Close()
 		}
 		if cap(out) <= maxSpare {
