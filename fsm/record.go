@@ -75,7 +75,8 @@ func ValidateSID(sid string) error {
 	return nil
 }
 
-// ValidateKey checks one data key.
+// ValidateKey checks one data key: non-empty, at most MaxKeyLen bytes, valid
+// UTF-8, and not WrittenKey.
 func ValidateKey(key string) error {
 	switch {
 	case key == "":
@@ -84,6 +85,12 @@ func ValidateKey(key string) error {
 		return fmt.Errorf("%w: key is %d bytes, the limit is %d", ErrBadKey, len(key), MaxKeyLen)
 	case key == WrittenKey:
 		return fmt.Errorf("%w: %q is reserved for the save time", ErrBadKey, WrittenKey)
+	case !utf8.ValidString(key):
+		// Stored data is JSON, whose encoder turns each invalid byte
+		// into U+FFFD: the key would come back as another one (and
+		// "\xff" and "\xfe" as the same), so refuse it, as ValidateSID
+		// refuses such an id.
+		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrBadKey, key)
 	}
 	return nil
 }

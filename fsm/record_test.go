@@ -192,6 +192,8 @@ func TestValidateKey(t *testing.T) {
 		{"empty", "", false},
 		{"over the limit", strings.Repeat("k", MaxKeyLen+1), false},
 		{"reserved", WrittenKey, false},
+		{"invalid UTF-8", "a\xffb", false},
+		{"U+FFFD itself", "a\ufffdb", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -438,3 +438,22 @@ func TestMemoryStoreSubMillisecondDuration(t *testing.T) {
 		t.Fatal("a session of a 0.5 ms store is alive an hour later")
 	}
 }
+
+// A key that is not valid UTF-8 would be stored as JSON with U+FFFD in its
+// place, so that it came back as another key (and "\xff" and "\xfe" as one):
+// the store refuses it, as a node does, instead of renaming it.
+func TestMemoryStoreRefusesKeyNotUTF8(t *testing.T) {
+	ctx := context.Background()
+	m := NewMemoryStore(MemoryOptions{PruneFrequency: -1})
+	sid := GenerateID("", "")
+	err := m.Patch(ctx, sid, map[string]json.RawMessage{"\xff": json.RawMessage(`1`)}, nil)
+	if !errors.Is(err, fsm.ErrBadKey) {
+		t.Fatalf("Patch with key \"\\xff\" = %v, want fsm.ErrBadKey", err)
+	}
+	if err := m.Save(ctx, sid, map[string]json.RawMessage{"\xfe": json.RawMessage(`1`)}); !errors.Is(err, fsm.ErrBadKey) {
+		t.Fatalf("Save with key \"\\xfe\" = %v, want fsm.ErrBadKey", err)
+	}
+	if _, found, _ := m.Restore(ctx, sid); found {
+		t.Fatal("the session was stored")
+	}
+}

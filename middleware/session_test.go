@@ -130,6 +130,8 @@ func TestSessionInvalidValueSurfacesAtSave(t *testing.T) {
 		{"unencodable value", "f", func() {}},
 		{"empty key", "", 1},
 		{"reserved key", "_written", 1},
+		// Stored as JSON, it would come back as "\ufffd", another key.
+		{"key not valid UTF-8", "\xff", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

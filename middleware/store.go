@@ -18,7 +18,7 @@ import (
 // A sid is any string fsm.ValidateSID accepts; the middleware only ever
 // passes 40-hex ids from GenerateID, and such an id followed by ":moved"
 // (the record Session.Regenerate leaves under a login's old id). Session data maps a key to one JSON
-// value; keys follow fsm.ValidateKey (non-empty, not "_written"). A Store
+// value; keys follow fsm.ValidateKey (non-empty, valid UTF-8, not "_written"). A Store
 // must not keep the maps or slices it is handed after the call returns, and
 // the caller may keep and modify the maps a Store returns.
 //

@@ -77,7 +77,7 @@ func (GobSerializer) Deserialize(data map[string]json.RawMessage, values map[any
 // JSONSerializer stores each value as a JSON field of the session under its
 // key, so the session is readable by kadosession's middleware and by Kado.
 // Keys must be strings kadosession accepts (non-empty, at most 1024 bytes,
-// not "_written"); a non-string key makes Serialize fail with ErrEncode, an
+// valid UTF-8, not "_written"); a non-string key makes Serialize fail with ErrEncode, an
 // invalid string key makes the store refuse the save. Values come back as
 // encoding/json decodes them into an interface (float64, string, bool,
 // []any, map[string]any, nil). It is safe for concurrent use.
