@@ -55,7 +55,12 @@ type Options struct {
 	// or a Path other than "/" is set.
 	HostPrefix bool
 	// Timeout bounds each store call made for a request; 0 means
-	// DefaultTimeout, a negative value means no bound beyond the request's.
+	// DefaultTimeout, a negative value means no bound of the middleware's
+	// own. The request's cancellation and deadline do not bound the calls
+	// made without a context argument (the load, the middleware's saves),
+	// so that a save that started finishes when the client leaves: with a
+	// negative Timeout only the store's own limits apply (for the Go
+	// client, Config.RequestTimeout per attempt, and its retries).
 	Timeout time.Duration
 	// IdleTimeout ends a session no request has used for this long (OWASP
 	// Session Management: idle timeout), however long the store would keep
