@@ -980,3 +980,23 @@ func TestRequestsFailAtOnceWhenNoLeaderForLong(t *testing.T) {
 	tc.start(l)
 	poll(t, func() bool { return survivor.Save(ctx, "after", []byte(`{}`)) == nil }, 15*time.Second, "saves served once a quorum is back")
 }
+
+// A second node started with a running member's id (a copied data
+// directory, or a mistyped --id) asked to join under a new address, and the
+// leader moved the id there: the running member was dropped from the
+// cluster without a word. It is refused while the member answers.
+func TestJoinRefusesIDOfRunningMember(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	ctx := context.Background()
+	openRefused(t, Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger(), Join: []string{tc.nodes[0].Addr()}},
+		"a second node n2", "n2 is a member at "+tc.nodes[1].Addr(), "still running")
+	for _, n := range tc.nodes[tc.leader()].ClusterStatus(ctx).Nodes {
+		if n.ID == "n2" && n.Address != tc.nodes[1].Addr() {
+			t.Fatalf("n2 moved to %s while it ran at %s", n.Address, tc.nodes[1].Addr())
+		}
+	}
+	// The member itself, restarted on the same address, is still a member.
+	tc.stop(1)
+	tc.start(1)
+	tc.waitMembers(3)
+}

@@ -275,6 +275,11 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 				return reply, transport.Errorf(transport.CodeBadRequest,
 					"join refused: %s is the leader's own %s; pick another", map[bool]string{true: id, false: addr}[sameID], map[bool]string{true: "id", false: "address"}[sameID])
 			}
+			if sameID {
+				if err := n.checkReplaced(ctx, id, string(s.Address)); err != nil {
+					return reply, err
+				}
+			}
 			n.log.Info("replacing member before join", "old_id", s.ID, "old_address", s.Address, "id", id, "address", addr)
 			if err := n.raft.RemoveServer(s.ID, 0, remaining(ctx)).Error(); err != nil {
 				return reply, applyError(err, n.raft)
@@ -315,6 +320,25 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) (version int, e
 	// carries no cluster id: added, a node leading a cluster of its own
 	// took this cluster's snapshot over its sessions.
 	return st.LogVersion, n.sameCluster(id, st.ClusterID)
+}
+
+// checkReplaced refuses to move member id away from oldAddr while a node
+// still serves there as that id, advertising oldAddr: two processes would
+// share the id (a second node started with a member's --id, or with a copy
+// of its data directory), and the running member would be dropped from the
+// cluster without a word. A member restarted on a new port no longer
+// answers at the old one (or answers there with its new address, when only
+// its --advertise changed), and is moved as before.
+func (n *Node) checkReplaced(ctx context.Context, id, oldAddr string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := n.peerStatus(cctx, oldAddr)
+	if err != nil || st.ID != id || st.Address != oldAddr {
+		return nil
+	}
+	return transport.Errorf(transport.CodeBadRequest,
+		"join refused: node %s is a member at %s, and it is still running there: two nodes cannot share an id; start the new node with another --id (and an empty --data: a copied data directory carries its node's id), or stop the node at %s first to move %s to the new address",
+		id, oldAddr, oldAddr, id)
 }
 
 // sameCluster refuses a joining node id that holds the data of another
