@@ -165,3 +165,29 @@ func TestJoiningLogsNoRoutineWarnings(t *testing.T) {
 		}
 	}
 }
+
+// A removed member restarted without --join served nothing, and said why
+// only in raft's warnings ("not part of a stable
+// configuration"); it now says it was removed and how to re-admit it.
+func TestRemovedMemberRestartedWithoutJoinSaysSo(t *testing.T) {
+	tc, logs := newLoggedCluster(t, 3)
+	f := tc.follower()
+	id := tc.nodes[f].ID()
+	if err := tc.nodes[tc.leader()].Remove(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitMembers(2)
+	poll(t, func() bool { _, ok, _ := tc.nodes[f].member(); return !ok }, 10*time.Second, "the removed node to learn it")
+	tc.stop(f)
+	logs[id].mu.Lock()
+	logs[id].buf.Reset()
+	logs[id].mu.Unlock()
+	tc.cfgs[f].Join = nil
+	tc.start(f)
+	poll(t, func() bool {
+		return strings.Contains(logs[id].String(), "this node is not a member of its cluster's configuration (it was removed)")
+	}, 10*time.Second, "the restarted node to say it was removed")
+	if s := logs[id].String(); !strings.Contains(s, "kadosession join --cluster <a member> --id "+id) {
+		t.Fatalf("no way back named:\n%s", s)
+	}
+}

@@ -695,6 +695,20 @@ func (n *Node) member() (raft.Server, bool, error) {
 	return raft.Server{}, false, nil
 }
 
+// memberList names the members of the latest configuration this node
+// knows, for its log ("n1 (HOST:PORT), …"); empty when it cannot read it.
+func (n *Node) memberList() string {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return ""
+	}
+	var out []string
+	for _, s := range f.Configuration().Servers {
+		out = append(out, fmt.Sprintf("%s (%s)", s.ID, s.Address))
+	}
+	return strings.Join(out, ", ")
+}
+
 // removed reports whether the latest configuration this node knows lacks
 // its id altogether (a member under another address, after a restart on a
 // new port, is not removed), or whether a leader told it it was removed

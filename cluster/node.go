@@ -521,6 +521,13 @@ const soleVoterJoinCheck = 10 * time.Second
 // first start, then lets client requests in and starts the timers.
 func (n *Node) startup(needImport bool, records map[string]*fsm.Record, markerPath string, mustJoin bool) {
 	defer n.bg.Done()
+	if len(n.cfg.Join) == 0 && !mustJoin && n.removed() {
+		// Removed while it was down (or after the leader's notice was
+		// lost), and restarted without --join: nothing else says why it
+		// serves nothing, but raft's own warnings.
+		n.log.Warn("this node is not a member of its cluster's configuration (it was removed): it serves no requests until it is a member again (kadosession join --cluster <a member> --id "+n.id+" --address "+n.cfg.Advertise+" re-admits it, or restart it with --join <a member>); a node removed for good should be stopped",
+			"id", n.id, "members", n.memberList())
+	}
 	if len(n.cfg.Join) > 0 {
 		// ok reports whether err is nil; a join error is fatal to the node.
 		ok := func(err error) bool {
