@@ -42,6 +42,18 @@ func status(args []string, stdout, stderr io.Writer) error {
 			note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
 		}
 	}
+	if note != "" {
+		// Its configuration may be stale too (removed while it was down,
+		// it still lists itself as a voter): the leader's view is the
+		// cluster's membership and tolerance, not the asked node's.
+		if lb, err := adminCall(leaderAddr, &cf, []byte(`{"op":"cluster"}`)); err == nil {
+			var ls cluster.ClusterStatus
+			if json.Unmarshal(lb, &ls) == nil && ls.LeaderID == leaderID && ls.ClusterID == st.ClusterID {
+				body, st = lb, ls
+				note = strings.TrimSuffix(note, "\n") + fmt.Sprintf("; the cluster as %s sees it:\n", leaderID)
+			}
+		}
+	}
 	st.SetLags() // a node from before NodeStatus.Lag sends none
 	if len(st.Nodes) == 0 && !*asJSON {
 		// No configuration yet: a node started with --join that its

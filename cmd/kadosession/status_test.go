@@ -173,3 +173,46 @@ func TestMixedBuildsNoted(t *testing.T) {
 		t.Fatalf("one build: %q", got)
 	}
 }
+
+// A member removed while it was down, restarted without --join, still
+// lists itself as a voter: status through it printed its stale
+// configuration ("voters: 3 of 3 reachable, quorum 2: 1 more may fail")
+// where the cluster has two voters and tolerates no failure. It now prints
+// the leader's.
+func TestStatusThroughANodeRemovedWhileDown(t *testing.T) {
+	var nodes []*cluster.Node
+	var cfgs []cluster.Config
+	for i := range 3 {
+		cfg := cluster.Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger()}
+		if i > 0 {
+			cfg.Join = []string{nodes[0].Addr()}
+		}
+		n, err := cluster.Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		cfg.Listen = n.Addr()
+		nodes, cfgs = append(nodes, n), append(cfgs, cfg)
+	}
+	statusOf(t, nodes[0])("voters: 3 of 3 reachable", 0)
+	nodes[2].Close()
+	if err := nodes[0].Remove(context.Background(), "n3"); err != nil {
+		t.Fatal(err)
+	}
+	cfgs[2].Join = nil
+	time.Sleep(4 * time.Second) // past the leader's notice to the removed node (tellRemoved)
+	var n3 *cluster.Node
+	var err error
+	for try := 0; try < 50; try++ { // the old listener's port may linger briefly
+		if n3, err = cluster.Open(cfgs[2]); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n3.Close() })
+	statusOf(t, n3)("voters: 2 of 2 reachable, quorum 2: no further failure tolerated", 0)
+}
