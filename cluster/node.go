@@ -279,6 +279,15 @@ func Open(cfg Config) (*Node, error) {
 		if moved > 0 {
 			log.Warn("sessions of the save file were saved in the future by this node's clock; they count as saved now", "file", cfg.SaveFile, "sessions", moved)
 		}
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "raft.db")); len(cfg.Join) > 0 && len(imported) > 0 && errors.Is(err, os.ErrNotExist) {
+			// A new node joining a cluster takes its sessions from the
+			// cluster and rewrites its save file with them: a Kado save
+			// file copied in for it was lost without a word.
+			return nil, fmt.Errorf("save file %s holds %d sessions, but a node started with --join takes its sessions from the cluster it joins, and would overwrite the file: "+
+				"load them into the cluster with kadosession restore --cluster %s --in FILE (add --replace if it holds sessions) from a copy kept elsewhere, "+
+				"then move %s away and start again; or start without --join to seed a new cluster from it",
+				cfg.SaveFile, len(imported), cfg.Join[0], cfg.SaveFile)
+		}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)

@@ -369,3 +369,37 @@ func TestLostImportRecordDoesNotImportAgain(t *testing.T) {
 		t.Fatalf("the import record was not written again: %v", err)
 	}
 }
+
+// A Kado save file copied into the data directory of a new node started
+// with --join was neither imported (a joining node takes its sessions from
+// the cluster) nor kept: the node rewrote it with the cluster's sessions
+// at its first save, without a word. The start is refused, the file and
+// the data directory untouched.
+func TestJoiningNodeRefusesASaveFileItWouldOverwrite(t *testing.T) {
+	tc := newTestCluster(t, 1, nil)
+	dir := t.TempDir()
+	kado := `{"kado-1":{"x":1}}`
+	if err := os.WriteFile(filepath.Join(dir, "sessions.json"), []byte(kado), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := Open(Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: dir, Logger: testLogger(), Join: []string{tc.nodes[0].Addr()}})
+	if err == nil {
+		n.Close()
+		t.Fatal("a joining node with a save file of sessions started")
+	}
+	for _, want := range []string{"holds 1 sessions", "--join", "kadosession restore"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("refusal does not say %q: %v", want, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "sessions.json")); string(b) != kado {
+		t.Fatalf("save file changed: %s", b)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("data directory touched: %d entries", len(entries))
+	}
+	// With the file moved away, it joins.
+	os.Remove(filepath.Join(dir, "sessions.json"))
+	n2 := startNode(t, Config{ID: "n2", DataDir: dir, Join: []string{tc.nodes[0].Addr()}})
+	poll(t, func() bool { return n2.isMember() }, 10*time.Second, "n2 to join")
+}
