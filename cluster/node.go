@@ -285,7 +285,7 @@ func Open(cfg Config) (*Node, error) {
 			// file copied in for it was lost without a word.
 			return nil, fmt.Errorf("save file %s holds %d sessions, but a node started with --join takes its sessions from the cluster it joins, and would overwrite the file: "+
 				"load them into the cluster with kadosession restore --cluster %s --in FILE (add --replace if it holds sessions) from a copy kept elsewhere, "+
-				"then move %s away and start again; or start without --join to seed a new cluster from it",
+				"then move %s away and start again (move it away too if the cluster already holds them: this node's own save file from before its raft data was lost); or start without --join to seed a new cluster from it",
 				cfg.SaveFile, len(imported), cfg.Join[0], cfg.SaveFile)
 		}
 	}
