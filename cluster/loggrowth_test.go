@@ -320,6 +320,29 @@ func TestFrequentSnapshotsLoggedLower(t *testing.T) {
 	}
 }
 
+// TestSnapshotStoreErrorsOncePerMinute: the snapshot store's error lines
+// go out once a minute each, the repeats to debug, and the next that goes
+// out counts them. On a full disk a node tries a snapshot every second,
+// and the store logged "failed to write metadata" at error every time (an
+// operator's drill).
+func TestSnapshotStoreErrorsOncePerMinute(t *testing.T) {
+	var out logCapture
+	q := quietRaft{Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: &out}), errors: new(sayEachEvery)}
+	for range 5 {
+		q.Error("failed to write metadata", "error", "no space left on device")
+	}
+	q.Error("failed to move snapshot into place", "error", "x")
+	got := out.String()
+	if strings.Count(got, "failed to write metadata") != 1 || strings.Count(got, "failed to move snapshot into place") != 1 {
+		t.Fatalf("five failures of one kind and one of another: want one line each, got:\n%s", got)
+	}
+	q.errors.of("failed to write metadata").said = time.Now().Add(-time.Minute)
+	q.Error("failed to write metadata", "error", "no space left on device")
+	if got := out.String()[len(got):]; strings.Count(got, "\n") != 1 || !strings.Contains(got, "failures_since_last_said=5") {
+		t.Fatalf("a minute later: want one line counting the 5 failures since, got:\n%s", got)
+	}
+}
+
 // TestRetryAfterRestartOnASmallDisk: on a small disk a snapshot still
 // leaves the entries of the dedupe window, up to twice the log's budget,
 // so that a write retried across a restart is recognised. Leaving the

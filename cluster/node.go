@@ -325,7 +325,7 @@ func Open(cfg Config) (*Node, error) {
 	n.logHealth.changed = make(chan struct{}, 1)
 	logStore = healthLog{logStore, &n.logHealth}
 	logs := newLogCache(logStore, 512, 64<<20)
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{Logger: log.Named("snapshot")})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, snapshotsRetained, quietRaft{Logger: log.Named("snapshot"), errors: new(sayEachEvery)})
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store: %w", err)
 	}

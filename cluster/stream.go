@@ -143,6 +143,31 @@ type quietRaft struct {
 	// routine, when set, holds raft's lines about a snapshot
 	// (routineSnapshot) to one snapshot's at info every routineEvery.
 	routine *routineLines
+	// errors, when set, lets each of this logger's error lines out once a
+	// minute (the snapshot store's: a node whose disk is full tries a
+	// snapshot every second, and its "failed to write metadata" came every
+	// time).
+	errors *sayEachEvery
+}
+
+// sayEachEvery is a sayEvery for each message. The zero value is ready.
+type sayEachEvery struct {
+	mu sync.Mutex
+	m  map[string]*sayEvery
+}
+
+func (s *sayEachEvery) of(msg string) *sayEvery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]*sayEvery{}
+	}
+	e := s.m[msg]
+	if e == nil {
+		e = new(sayEvery)
+		s.m[msg] = e
+	}
+	return e
 }
 
 // routineSnapshot is what raft logs about each snapshot it takes.
@@ -249,6 +274,14 @@ func (q quietRaft) Error(msg string, args ...any) {
 	}
 	if msg == "failed to take snapshot" && q.routine != nil {
 		level, _ := q.routine.failed.next(hclog.Error, 1)
+		q.Logger.Log(level, msg, args...)
+		return
+	}
+	if q.errors != nil {
+		level, n := q.errors.of(msg).next(hclog.Error, 1)
+		if level == hclog.Error && n > 1 {
+			args = append(args, "failures_since_last_said", n)
+		}
 		q.Logger.Log(level, msg, args...)
 		return
 	}
