@@ -335,3 +335,23 @@ func TestProcessFlagsFromEnvironmentAndBadFlags(t *testing.T) {
 		})
 	}
 }
+
+// A start refused for --listen 0.0.0.0 without --advertise says why, and
+// not first that anyone who reaches the address can forge sessions (the
+// warning came before the refusal: an operator's walkthrough).
+func TestProcessRefusedStartDoesNotWarnOfExposure(t *testing.T) {
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	p := startServe(t, "--listen", "0.0.0.0:"+port, "--data", t.TempDir())
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a node on 0.0.0.0 without --advertise started")
+	}
+	msg := p.log()
+	if p.cmd.ProcessState.ExitCode() == 0 || !strings.Contains(msg, "advertise") {
+		t.Fatalf("want a refusal naming --advertise:\n%s", msg)
+	}
+	if strings.Contains(msg, "anyone who reaches") {
+		t.Fatalf("a refused start warned that anyone could forge sessions:\n%s", msg)
+	}
+}

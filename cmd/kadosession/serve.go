@@ -153,7 +153,6 @@ func serve(args []string, stderr io.Writer) error {
 		defer close(gcStop)
 		go gcpace.Run(gcStop, *gcPercent, gcFloor, time.Second)
 	}
-	warnIfExposed(&cfg, cfg.Logger)
 	// pprof first, so that a slow start (restoring a large snapshot,
 	// replaying the log) can be profiled too.
 	// A busy address stops the start, as for --listen and --http.
@@ -175,6 +174,9 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w%s", err, envNote(fs, err))
 	}
+	// Once it serves: a start refused (--listen 0.0.0.0 without
+	// --advertise, say) said first that anyone could forge sessions.
+	warnIfExposed(&cfg, cfg.Logger)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
