@@ -29,8 +29,13 @@
 // gorilla's own stores, a session loaded from the store and deleted
 // meanwhile (a logout in another request, RevokeUser) is not brought back:
 // Save returns an error wrapping middleware.ErrSessionGone and sets no
-// cookie. Save with Options.MaxAge < 0 deletes the session and expires the
-// cookie.
+// cookie. Nor is a session whose load failed because the store could not
+// answer (New's error wraps middleware.ErrStoreUnavailable): gorilla's
+// stores hand back a new session, which a handler that ignores Get's error
+// then saved under a new id, logging its user out after one failed read;
+// here Save refuses it (middleware.ErrStoreUnavailable), as kadosession's
+// middleware refuses to save a session it could not load. Save with
+// Options.MaxAge < 0 deletes the session and expires the cookie.
 //
 // Errors from the underlying store are classified by middleware.StoreError
 // (middleware.ErrStoreUnavailable when it could not answer,

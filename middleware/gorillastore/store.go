@@ -92,8 +92,8 @@ func (s *Store) Get(r *http.Request, name string) (*sessions.Session, error) {
 // whose id the store does not hold, it returns a new empty session (IsNew,
 // ID "") and a nil error: Save gives it a fresh id. With a cookie that
 // fails verification it returns a new session and an error wrapping
-// ErrInvalidCookie; when the store cannot answer, a new session and an
-// error wrapping middleware.ErrStoreUnavailable; when the stored data
+// ErrInvalidCookie; when the store cannot answer, a new session that Save
+// refuses and an error wrapping middleware.ErrStoreUnavailable; when the stored data
 // cannot be decoded, a new session and an error wrapping ErrDecode. The
 // store call uses r's context.
 func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
@@ -115,7 +115,9 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	}
 	data, found, err := s.store.Restore(r.Context(), id)
 	if err != nil {
-		return session, fmt.Errorf("%w: gorillastore: load session: %w", middleware.ErrStoreUnavailable, err)
+		err = fmt.Errorf("%w: gorillastore: load session: %w", middleware.ErrStoreUnavailable, err)
+		session.Values[loadFailed{}] = err
+		return session, err
 	}
 	if !found {
 		return session, nil // strict: never adopt an unknown id
@@ -129,6 +131,11 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 	return session, nil
 }
 
+// loadFailed is the key under which New leaves, in the Values of the new
+// session it returns when the store could not answer, the error it
+// returned: Save refuses such a session.
+type loadFailed struct{}
+
 // Save stores session and sets its cookie on w. With session.Options.MaxAge
 // < 0 it instead deletes the stored session (when it has an id) and sets a
 // cookie that expires the browser's; the cookie is expired even when the
@@ -139,7 +146,12 @@ func (s *Store) New(r *http.Request, name string) (*sessions.Session, error) {
 // error wrapping ErrEncode means the values cannot be serialized;
 // middleware.ErrSessionGone that the session was loaded from the store and
 // has been deleted since (a logout elsewhere), so nothing was saved;
-// middleware.ErrStoreUnavailable that the save may not have happened;
+// middleware.ErrStoreUnavailable that the save may not have happened, or
+// that session is the new one New returned when the store could not
+// answer, which is not saved (gorilla's usual `s, _ := store.Get(r, name)`
+// then saving would replace the user's stored session under a new id, and
+// log the user out, after one failed read; give it new Values,
+// session.Values = map[any]any{}, to save it as a new session anyway);
 // middleware.ErrSessionTooLarge or ErrInvalidValue that the store refused
 // the values; a securecookie error that the id could not be encoded (no
 // hash key). No cookie is set on an error. The store call uses r's context. Save must
@@ -160,6 +172,9 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 		return err
 	}
 
+	if err, ok := session.Values[loadFailed{}].(error); ok {
+		return fmt.Errorf("gorillastore: save session: not saved, since loading it failed (saved, it would have replaced the stored one under a new id and logged its user out): %w", err)
+	}
 	data, err := s.serializer().Serialize(session.Values)
 	if err != nil {
 		return err

@@ -349,6 +349,39 @@ func TestStoreUnavailable(t *testing.T) {
 	if len(w2.Result().Cookies()) != 0 {
 		t.Fatal("a cookie was set for a session that was not saved")
 	}
+
+	// Back up, a session whose load failed is still not saved: gorilla's
+	// usual `s, _ := store.Get(r, name)` then saving gave the user a new id
+	// and cookie after one failed read, and logged them out.
+	fs.down.Store(false)
+	s2.Values["flash"] = "hi"
+	w3 := httptest.NewRecorder()
+	if err := gs.Save(r2, w3, s2); !errors.Is(err, middleware.ErrStoreUnavailable) || !errors.Is(err, errDown) {
+		t.Fatalf("Save of a session whose load failed = %v", err)
+	}
+	if len(w3.Result().Cookies()) != 0 {
+		t.Fatal("a cookie was set for a session whose load failed")
+	}
+	if s3, err := gs.New(r2, name); err != nil || s3.IsNew {
+		t.Fatalf("the stored session after the refused save: %+v, %v", s3, err)
+	}
+	// New Values: saved as a new session.
+	s2.Values = map[any]any{"fresh": true}
+	w5 := httptest.NewRecorder()
+	if err := gs.Save(r2, w5, s2); err != nil || len(w5.Result().Cookies()) != 1 || s2.ID == "" {
+		t.Fatalf("Save of the session given new Values = %v", err)
+	}
+	// A logout while the store is down still expires the cookie.
+	fs.down.Store(true)
+	s4, err := gs.New(r2, name)
+	if !errors.Is(err, middleware.ErrStoreUnavailable) {
+		t.Fatalf("New with the store down again = %v", err)
+	}
+	s4.Options.MaxAge = -1
+	w4 := httptest.NewRecorder()
+	if err := gs.Save(r2, w4, s4); err != nil || len(w4.Result().Cookies()) != 1 || w4.Result().Cookies()[0].MaxAge >= 0 {
+		t.Fatalf("a logout after a failed load = %v, cookies %v", err, w4.Result().Cookies())
+	}
 }
 
 // TestUndecodableData: data the serializer cannot read gives a new session
