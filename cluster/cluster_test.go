@@ -1000,3 +1000,30 @@ func TestJoinRefusesIDOfRunningMember(t *testing.T) {
 	tc.start(1)
 	tc.waitMembers(3)
 }
+
+// A member removed while it was down never heard the leader's notice:
+// restarted (without --join) it listed itself, stood in elections for
+// ever, and its readiness said an election was under way. The leader now
+// tells a node that asks for votes without being a member that it was
+// removed, and the node says so.
+func TestRemovedWhileDownIsToldWhenItAsksForVotes(t *testing.T) {
+	tc := newTestCluster(t, 3, nil)
+	f := tc.follower()
+	id := tc.nodes[f].ID()
+	tc.stop(f)
+	if err := tc.nodes[tc.leader()].Remove(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitMembers(2)
+	// Long enough for the leader to have stopped sending it anything: a
+	// restart at once got the entry removing it from the leader's
+	// replication, still trying to reach it.
+	time.Sleep(3 * time.Second)
+	tc.cfgs[f].Join = nil
+	n := tc.start(f)
+	poll(t, func() bool { return n.Readiness().Reason == removedReason }, 20*time.Second, "the restarted node to say it is not a member")
+	if _, ok, _ := n.member(); !ok {
+		t.Fatal("the test tested nothing: the restarted node's own configuration does not name it")
+	}
+	mustSave(t, tc.nodes[tc.leader()], "still-writable", `{}`)
+}

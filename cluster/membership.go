@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -418,6 +419,57 @@ func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress, index uint
 	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID(), Index: index})
 	if _, err := n.adminCall(ctx, string(addr), body); err != nil {
 		n.log.Debug("could not tell the removed node", "id", id, "address", addr, "error", err)
+	}
+}
+
+// strayNoticeEvery is how often a leader tells a node that asks for votes
+// but is not in its configuration that it was removed.
+const strayNoticeEvery = 10 * time.Second
+
+// tellStrayVoters has the leader tell a node that asks for votes (raft's
+// pre-vote or vote requests, observed on votes) without being in its
+// configuration that it was removed. A member removed while it was down
+// never heard the leader's notice (tellRemoved): restarted, it still
+// listed itself, stood in elections for ever, and its readiness and
+// health said an election was under way.
+func (n *Node) tellStrayVoters(votes chan raft.Observation) {
+	defer n.bg.Done()
+	told := map[raft.ServerID]time.Time{}
+	for {
+		var o raft.Observation
+		select {
+		case <-n.stop:
+			return
+		case o = <-votes:
+		}
+		var h raft.RPCHeader
+		switch r := o.Data.(type) {
+		case raft.RequestVoteRequest:
+			h = r.RPCHeader
+		case raft.RequestPreVoteRequest:
+			h = r.RPCHeader
+		}
+		id, addr := raft.ServerID(h.ID), raft.ServerAddress(h.Addr)
+		if id == "" || addr == "" || n.raft.State() != raft.Leader || time.Since(told[id]) < strayNoticeEvery {
+			continue
+		}
+		f := n.raft.GetConfiguration()
+		if f.Error() != nil || slices.ContainsFunc(f.Configuration().Servers, func(s raft.Server) bool { return s.ID == id }) {
+			continue
+		}
+		now := time.Now()
+		for k, at := range told {
+			if now.Sub(at) >= strayNoticeEvery {
+				delete(told, k)
+			}
+		}
+		told[id] = now
+		n.log.Info("a node that is not a member asks for votes: telling it it was removed", "id", id, "address", addr)
+		n.bg.Add(1)
+		go func() {
+			defer n.bg.Done()
+			n.tellRemoved(id, addr, f.Index())
+		}()
 	}
 }
 

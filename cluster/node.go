@@ -454,6 +454,16 @@ func Open(cfg Config) (*Node, error) {
 	}))
 	n.bg.Add(1)
 	go n.watchLeader(obs)
+	votes := make(chan raft.Observation, 16)
+	n.raft.RegisterObserver(raft.NewObserver(votes, false, func(o *raft.Observation) bool {
+		switch o.Data.(type) {
+		case raft.RequestVoteRequest, raft.RequestPreVoteRequest:
+			return true
+		}
+		return false
+	}))
+	n.bg.Add(1)
+	go n.tellStrayVoters(votes)
 	n.bg.Add(1)
 	go n.probePeers()
 	n.bg.Add(1)
