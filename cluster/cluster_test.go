@@ -977,6 +977,20 @@ func TestRequestsFailAtOnceWhenNoLeaderForLong(t *testing.T) {
 	if waited := time.Since(start); waited > time.Second {
 		t.Fatalf("the next request waited %s", waited)
 	}
+	// What an app sees through the Go client: ErrUnavailable, after its
+	// retries, not its 5 s RequestTimeout.
+	c, err := client.New(client.Config{Addrs: []string{survivor.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start = time.Now()
+	if err := c.SaveRaw(ctx, "via-client", []byte(`{}`)); !errors.Is(err, client.ErrUnavailable) || !strings.Contains(err.Error(), "no leader for") {
+		t.Fatalf("a save through the Go client with no quorum: %v, want client.ErrUnavailable", err)
+	}
+	if waited := time.Since(start); waited > 3*time.Second {
+		t.Fatalf("the Go client's save took %s", waited)
+	}
 	tc.start(l)
 	poll(t, func() bool { return survivor.Save(ctx, "after", []byte(`{}`)) == nil }, 15*time.Second, "saves served once a quorum is back")
 }
