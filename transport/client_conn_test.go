@@ -404,12 +404,24 @@ func TestConnToAnHTTPServerSaysSo(t *testing.T) {
 // connection stays usable once the node reads again.
 func TestWritingCallerKeepsItsDeadline(t *testing.T) {
 	// More than the loopback socket buffers hold while the node reads
-	// nothing (the send buffer grows to tcp_wmem's 4 MiB at most; the
-	// receive buffer grows only as the application reads). Buffers shrunk
-	// with SO_SNDBUF/SO_RCVBUF would do with less, but below one segment
-	// (64 KiB on loopback) the window reopens only by the sender's
-	// backed-off probes, and the drained writes crawl.
-	big := &Request{Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 24<<20)}
+	// nothing: the client's send buffer is set to 256 KiB (512 KiB as the
+	// kernel counts it; left alone it grows to tcp_wmem's 4 MiB) and the
+	// receive buffer grows only as the application reads, so some 600 KiB
+	// fit. Not below one segment (64 KiB on loopback): there the window
+	// reopens only by the sender's backed-off probes, and the drained
+	// writes crawl. The frame is kept small because building it is part
+	// of the call: a 24 MiB frame in fresh memory took 0.7-4.8 s to build
+	// under -race on a loaded machine, past the bound below, before any
+	// write began.
+	big := &Request{Op: OpSave, SID: "s", Data: bytes.Repeat([]byte("x"), 4<<20)}
+	smallSendBuffer := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			err = nc.(*net.TCPConn).SetWriteBuffer(256 << 10)
+		}
+		return nc, err
+	}
 	for _, tc := range []struct {
 		name string
 		call func(c *Conn) error
@@ -441,7 +453,7 @@ func TestWritingCallerKeepsItsDeadline(t *testing.T) {
 				}
 				accepted <- nc
 			}()
-			c := dialConn(t, ln.Addr().String(), ConnConfig{WriteTimeout: 10 * time.Second})
+			c := dialConn(t, ln.Addr().String(), ConnConfig{WriteTimeout: 10 * time.Second, Dialer: smallSendBuffer})
 			srv := <-accepted
 			defer srv.Close()
 
@@ -454,6 +466,12 @@ func TestWritingCallerKeepsItsDeadline(t *testing.T) {
 			}
 			if err := c.Err(); err != nil {
 				t.Fatalf("a caller's deadline broke the connection: %v", err)
+			}
+			c.mu.Lock()
+			handedOver := c.writing
+			c.mu.Unlock()
+			if !handedOver {
+				t.Fatal("the frame was written whole to a node that reads nothing: it fit the socket buffers, and the test tested nothing")
 			}
 			// The node reads again: the handed-over write finishes whole
 			// and the connection stays healthy.
