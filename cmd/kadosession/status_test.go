@@ -47,6 +47,12 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 func TestStatusThroughARemovedNode(t *testing.T) {
 	nodes := startStatusCluster(t)
 	statusOf(t, nodes[0])("voters: 3 of 3 reachable", 0)
+	// n3 must hold the configuration naming it before it is removed: n1
+	// counts it reachable as soon as its join is granted, and removed
+	// before that configuration reached it, it never gets one, and says
+	// it is in no cluster yet (once in 9 runs of the package beside CPU
+	// hogs), as TestHealthSaysWhyNotReady found.
+	statusOf(t, nodes[2])("voters: 3 of 3 reachable", 0)
 	if err := nodes[0].Remove(context.Background(), nodes[2].ID()); err != nil {
 		t.Fatal(err)
 	}
