@@ -271,8 +271,12 @@ func TestPeerContactCoversTheCrashedLeader(t *testing.T) {
 	old := tc.leader()
 	oldID := tc.cfgs[old].ID
 	tc.crash(old)
-	lead := tc.nodes[tc.leader()] // among the two left
 	poll(t, func() bool {
+		// Whichever of the two left leads now: on a loaded machine the
+		// first elected may lose office to the other (seen once in 25
+		// runs under -race beside CPU hogs), and a follower reports no
+		// such series.
+		lead := tc.nodes[tc.leader()]
 		v, ok := metricValue(scrape(t, lead), "kadosession_peer_last_contact_seconds", map[string]string{"peer": oldID})
 		return ok && v > 2*peerProbeInterval.Seconds()
 	}, 15*time.Second, "the new leader's last contact with the crashed one, growing")
