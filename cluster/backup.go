@@ -115,6 +115,9 @@ func (n *Node) backupAdmin(ctx context.Context, body []byte) (out []byte, handle
 	default:
 		return nil, false, nil
 	}
+	if err := adminOnly(ctx, req.Op); err != nil {
+		return nil, true, err
+	}
 	if err := n.awaitLeader(ctx); err != nil {
 		return nil, true, err
 	}

@@ -51,8 +51,8 @@ type Config struct {
 	// MaxKeys bounds the keys of one session (1024).
 	MaxKeys int
 	// Server holds the connection limits (frame size, deadlines, counts),
-	// and Server.TLS / Server.Token / Server.AllowPlaintext the security of
-	// the node's port.
+	// and Server.TLS / Server.Token / Server.PeerToken /
+	// Server.AllowPlaintext the security of the node's port.
 	Server transport.ServerConfig
 	// Dialer, when set, replaces the TCP dial for every connection this node
 	// opens to a peer (raft and forwarding): the fault-injection hook of the
@@ -177,6 +177,15 @@ func (c *Config) withDefaults() Config {
 		out.Logger = hclog.New(&hclog.LoggerOptions{Name: "kadosession", Level: hclog.Info})
 	}
 	return out
+}
+
+// peerToken is the token this node presents to its peers (raft and
+// forwarding): Server.PeerToken, or Server.Token where none is set.
+func (c *Config) peerToken() []byte {
+	if len(c.Server.PeerToken) > 0 {
+		return c.Server.PeerToken
+	}
+	return c.Server.Token
 }
 
 // Validate reports every problem with the configuration (after defaults).

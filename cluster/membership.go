@@ -163,6 +163,16 @@ func newClusterID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// adminOnly refuses op (a membership change, a backup or a restore) to a
+// client that presented the client token where a peer token sets admin
+// requests apart (transport.AdminAllowed).
+func adminOnly(ctx context.Context, op string) error {
+	if transport.AdminAllowed(ctx) {
+		return nil
+	}
+	return transport.Errorf(transport.CodeUnauthorized, "unauthorized: %s is an admin request, and this node's client token does not admit those: give the admin command the peer token (the file of the nodes' --peer-token-file)", op)
+}
+
 // adminJSON answers cluster administration requests: status (this node),
 // cluster (every member), join and remove (on the leader; a follower
 // forwards them).
@@ -187,6 +197,11 @@ func (n *Node) adminJSON(ctx context.Context, body []byte) ([]byte, error) {
 	case "list":
 		return n.adminList(ctx, body) // cluster/list.go
 	case "join", "remove", "user_sessions", "revoke_user":
+		if req.Op == "join" || req.Op == "remove" {
+			if err := adminOnly(ctx, req.Op); err != nil {
+				return nil, err
+			}
+		}
 		if err := n.awaitLeader(ctx); err != nil {
 			return nil, err
 		}

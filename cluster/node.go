@@ -294,7 +294,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
-		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.Token), Dialer: cfg.Dialer})
+		TLSConfig: cfg.PeerTLS, Token: string(cfg.peerToken()), Dialer: cfg.Dialer})
 	clusterID, err := loadClusterID(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -369,7 +369,7 @@ func Open(cfg Config) (*Node, error) {
 		n.setClusterID(clusterID)
 	}
 
-	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.Token)
+	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.peerToken())
 	n.stream.verify = n.verifyPeerCluster
 	if cfg.Dialer != nil {
 		n.stream.dialer = func(address string, timeout time.Duration) (net.Conn, error) {

@@ -11,11 +11,13 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/kadosession/kadosession/client"
+	"github.com/kadosession/kadosession/internal/testnet"
 	"github.com/kadosession/kadosession/transport"
 )
 
@@ -161,5 +163,94 @@ func TestClientTokenRequired(t *testing.T) {
 	time.Sleep(time.Second)
 	if v := tc.nodes[tc.leader()].voters(); v != 3 {
 		t.Fatalf("a node without the token was admitted: %d voters", v)
+	}
+}
+
+// With a peer token the client token admits session operations only: raft
+// and peer connections need the peer token, and so do admin requests
+// (membership changes, backups, restores). An adversarial review showed a
+// holder of the client token, which every app server has, could vote and
+// append to the log (a planted entry overwrote an acknowledged save), and
+// join or remove members.
+func TestPeerTokenSetsNodesAndAdminApart(t *testing.T) {
+	clientTok, peerTok := "client-token-0123456789", "peer-token-0123456789ab"
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Server.Token, c.Server.PeerToken = []byte(clientTok), []byte(peerTok)
+	})
+	l, f := tc.nodes[tc.leader()], tc.nodes[tc.follower()]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Nodes joined, and forward writes, with the peer token.
+	c, _ := client.New(client.Config{Addrs: []string{f.Addr()}, Token: clientTok})
+	defer c.Close()
+	if err := c.SaveRaw(ctx, "s", []byte(`{"a":1}`)); err != nil {
+		t.Fatalf("a save through a follower with the client token: %v", err)
+	}
+
+	// Raft with the client token is refused; with the peer token kept.
+	raftConn := func(tok string) error {
+		conn, err := net.Dial("tcp", l.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.Write(transport.AppendRaftToken([]byte{transport.MagicRaft}, []byte(tok)))
+		conn.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		return err
+	}
+	if err := raftConn(clientTok); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a raft connection with the client token: %v, want it closed", err)
+	}
+	if err := raftConn(peerTok); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a raft connection with the peer token: %v, want it kept open", err)
+	}
+
+	// A peer connection with the client token is refused.
+	pc, err := transport.Dial(ctx, f.Addr(), transport.ConnConfig{Magic: transport.MagicPeer, Token: clientTok})
+	if err == nil {
+		resp, rerr := pc.RoundTrip(ctx, &transport.Request{Op: transport.OpRestore, Consistency: transport.Stale, SID: "s"})
+		pc.Close()
+		if rerr == nil && resp.Err == nil {
+			t.Fatalf("a peer connection with the client token served a read: %+v", resp)
+		}
+	}
+
+	// Admin requests: refused with the client token, taken with the peer one.
+	join := []byte(`{"op":"join","id":"x","address":"` + testnet.ClosedAddr(t) + `"}`)
+	for _, tc := range []struct {
+		tok  string
+		body []byte
+		want string
+	}{
+		{clientTok, join, "admin request"},
+		{clientTok, []byte(`{"op":"remove","id":"n3"}`), "admin request"},
+		{clientTok, []byte(`{"op":"backup-begin"}`), "admin request"},
+		{peerTok, join, "no node answers"},
+	} {
+		conn, err := transport.Dial(ctx, f.Addr(), transport.ConnConfig{Token: tc.tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := conn.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: tc.body})
+		conn.Close()
+		if err != nil || resp.Err == nil || !strings.Contains(resp.Err.Message, tc.want) {
+			t.Fatalf("%s with the %s token: %+v, %v; want %q", tc.body, map[bool]string{true: "client", false: "peer"}[tc.tok == clientTok], resp, err, tc.want)
+		}
+	}
+	if v := l.voters(); v != 3 {
+		t.Fatalf("%d voters after the refused requests", v)
+	}
+
+	// A node that knows only the client token is not admitted.
+	n, err := Open(Config{ID: "intruder", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger(), Join: []string{f.Addr()},
+		Server: transport.ServerConfig{Token: []byte(clientTok)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	time.Sleep(time.Second)
+	if v := l.voters(); v != 3 {
+		t.Fatalf("a node with the client token only was admitted: %d voters", v)
 	}
 }

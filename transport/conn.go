@@ -137,7 +137,7 @@ func readAll(r io.Reader, first byte, max int) ([]byte, error) {
 // matched by request id.
 // tracked is the connection as accepted (c may be a TLS connection over
 // it), the key under which InFlight counts its requests.
-func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
+func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 	r := bufio.NewReaderSize(c, 64<<10)
 	w := newFrameWriter(c, s.cfg.ReadTimeout)
 
@@ -160,8 +160,8 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 	dispatch := func() {
 		if len(group) > 0 {
 			wg.Add(1)
-			g := group
-			s.workers.run(func() { defer wg.Done(); s.serveRestores(w, g, peer, inflight, &wg) })
+			g, rt := group, rt
+			s.workers.run(func() { defer wg.Done(); s.serveRestores(w, g, rt, inflight, &wg) })
 			group = nil
 		}
 	}
@@ -171,6 +171,7 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 	// knew no token held every one of MaxConns' slots for 5 minutes with
 	// two bytes each ("N", the version), and the node refused the clients
 	// that had the token.
+	authed := rt != rightsNone
 	var authBy time.Time
 	if !authed {
 		authBy = time.Now().Add(s.cfg.ReadTimeout)
@@ -242,7 +243,7 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 			continue
 		}
 		if req.Op == OpAuth {
-			if !TokenMatches(s.cfg.Token, string(req.Data)) {
+			if rt = s.authenticate(string(req.Data), peer); rt == rightsNone {
 				w.send(OpAuth, &Response{ID: req.ID, Err: errTokenRequired})
 				return
 			}
@@ -278,7 +279,8 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 		// case, are kept by value in their group.
 		ar := &arrivedRequest{req, time.Now()}
 		wg.Add(1)
-		s.workers.run(func() { defer wg.Done(); s.answer(w, ar, peer, inflight) })
+		rt := rt
+		s.workers.run(func() { defer wg.Done(); s.answer(w, ar, rt, inflight) })
 	}
 }
 
@@ -287,8 +289,8 @@ func (s *Server) serveNative(c, tracked net.Conn, peer, authed bool) {
 const skipFrames = 8
 
 // answer serves req, sends its answer and frees its in-flight slot.
-func (s *Server) answer(w *frameWriter, req *arrivedRequest, peer bool, inflight chan struct{}) {
-	w.send(req.Op, s.handle(&req.Request, peer, req.arrived))
+func (s *Server) answer(w *frameWriter, req *arrivedRequest, rt rights, inflight chan struct{}) {
+	w.send(req.Op, s.handle(&req.Request, rt, req.arrived))
 	<-inflight
 }
 
@@ -321,9 +323,9 @@ var restoreGroupWait = time.Millisecond
 // for a leader) must not hold up the others: after restoreGroupWait, the
 // ones not started yet are handed to workers of their own. Each request
 // holds one of inflight's slots until its answer is queued.
-func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool, inflight chan struct{}, wg *sync.WaitGroup) {
+func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, rt rights, inflight chan struct{}, wg *sync.WaitGroup) {
 	if len(group) == 1 {
-		s.answer(w, &group[0], peer, inflight)
+		s.answer(w, &group[0], rt, inflight)
 		putGroup(group)
 		return
 	}
@@ -340,7 +342,7 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 		wg.Add(len(rest)) // before the group's worker can see next and finish
 		mu.Unlock()
 		for i := range rest {
-			s.workers.run(func() { defer wg.Done(); s.answer(w, &rest[i], peer, inflight) })
+			s.workers.run(func() { defer wg.Done(); s.answer(w, &rest[i], rt, inflight) })
 		}
 		w.flush() // the answers queued so far
 	})
@@ -357,7 +359,7 @@ func (s *Server) serveRestores(w *frameWriter, group []arrivedRequest, peer bool
 		}
 		next++
 		mu.Unlock()
-		w.queue(OpRestore, s.handle(&group[i].Request, peer, group[i].arrived))
+		w.queue(OpRestore, s.handle(&group[i].Request, rt, group[i].arrived))
 		<-inflight
 	}
 }
@@ -380,10 +382,10 @@ func frameBuffered(r *bufio.Reader) bool {
 }
 
 // handle serves one request, read off its connection at arrived.
-func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
+func (s *Server) handle(req *Request, rt rights, arrived time.Time) *Response {
 	// The request's info, its context and its response in one allocation
 	// (three were a quarter of a busy node's allocations).
-	h := &handling{info: requestInfo{peer: peer, nonce: req.Nonce, arrived: arrived}, resp: Response{ID: req.ID}}
+	h := &handling{info: requestInfo{peer: rt == rightsPeer, client: rt == rightsClient, nonce: req.Nonce, arrived: arrived}, resp: Response{ID: req.ID}}
 	info := &h.info
 	if req.Op == OpRestore && req.Consistency == AtIndex {
 		info.index, info.atIndex = req.Index, true
@@ -421,6 +423,7 @@ func (s *Server) handle(req *Request, peer bool, arrived time.Time) *Response {
 // requestInfo is what a native request's context carries, in one value.
 type requestInfo struct {
 	peer    bool
+	client  bool // may not ask admin requests (AdminAllowed)
 	atIndex bool
 	index   uint64
 	nonce   Nonce
@@ -482,6 +485,15 @@ func RequestNonce(ctx context.Context) (Nonce, bool) {
 func FromPeer(ctx context.Context) bool {
 	info := infoOf(ctx)
 	return info != nil && info.peer
+}
+
+// AdminAllowed reports whether ctx may ask admin requests (membership
+// changes, backups and restores): false only for a native request whose
+// connection presented the client token where ServerConfig.PeerToken sets
+// admin requests apart. Calls made in-process may.
+func AdminAllowed(ctx context.Context) bool {
+	info := infoOf(ctx)
+	return info == nil || !info.client
 }
 
 // FromKado reports whether ctx belongs to a Kado JSON request this

@@ -89,8 +89,46 @@ func (s *Server) readRaftToken(c net.Conn) error {
 	if _, err := io.ReadFull(c, tok); err != nil {
 		return err
 	}
-	if !TokenMatches(s.cfg.Token, string(tok)) {
+	if !TokenMatches(s.cfg.peerToken(), string(tok)) {
 		return errors.New("wrong token")
 	}
 	return nil
+}
+
+// rights is what a native connection may ask.
+type rights uint8
+
+const (
+	rightsNone   rights = iota // nothing yet: it must authenticate
+	rightsClient               // session operations
+	rightsAdmin                // also admin requests (AdminAllowed)
+	rightsPeer                 // a peer's connection: admin, and FromPeer
+)
+
+// clientRights is what a client that presented Token (or needed none) may
+// ask: admin requests too unless a PeerToken sets them apart.
+func (s *Server) clientRights() rights {
+	if len(s.cfg.PeerToken) > 0 {
+		return rightsClient
+	}
+	return rightsAdmin
+}
+
+// authenticate returns the rights a native connection's OpAuth token
+// gives, rightsNone for a wrong one. On a peer connection only the peer
+// token counts.
+func (s *Server) authenticate(token string, peer bool) rights {
+	if peer {
+		if TokenMatches(s.cfg.peerToken(), token) {
+			return rightsPeer
+		}
+		return rightsNone
+	}
+	if len(s.cfg.PeerToken) > 0 && TokenMatches(s.cfg.PeerToken, token) {
+		return rightsAdmin
+	}
+	if TokenMatches(s.cfg.Token, token) {
+		return s.clientRights()
+	}
+	return rightsNone
 }

@@ -72,6 +72,20 @@ type ServerConfig struct {
 	// send OpAuth first, Kado JSON requests carry a top-level "token", raft
 	// connections without a verified certificate send a token frame.
 	Token []byte
+	// PeerToken, when set, is what nodes present to each other (raft and
+	// peer connections without a verified certificate: Token is refused
+	// there) and what admin requests need (AdminAllowed): a native client
+	// that sends it with OpAuth may ask them; one that sends Token may ask
+	// only session operations. Empty: Token serves for both.
+	PeerToken []byte
+}
+
+// peerToken is the token raft and peer connections present.
+func (c *ServerConfig) peerToken() []byte {
+	if len(c.PeerToken) > 0 {
+		return c.PeerToken
+	}
+	return c.Token
 }
 
 func (c *ServerConfig) withDefaults() ServerConfig {
@@ -342,19 +356,27 @@ func (s *Server) serveConn(c net.Conn) {
 	needsCert := s.cfg.TLS != nil // peers prove membership with a CA-signed certificate
 	switch {
 	case first[0] == MagicNative:
-		s.serveNative(conn, c, false, len(s.cfg.Token) == 0)
+		r := rightsNone
+		if len(s.cfg.Token) == 0 {
+			r = s.clientRights()
+		}
+		s.serveNative(conn, c, false, r)
 	case first[0] == MagicPeer:
 		if needsCert && !verified {
 			s.cfg.Logger.Warn("peer connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		s.serveNative(conn, c, true, len(s.cfg.Token) == 0 || verified)
+		r := rightsNone
+		if len(s.cfg.peerToken()) == 0 || verified {
+			r = rightsPeer
+		}
+		s.serveNative(conn, c, true, r)
 	case s.cfg.Routes[first[0]] != nil:
 		if needsCert && !verified {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		if len(s.cfg.Token) > 0 && !verified {
+		if len(s.cfg.peerToken()) > 0 && !verified {
 			if err := s.readRaftToken(conn); err != nil {
 				s.cfg.Logger.Warn("raft connection refused: bad token", "remote", c.RemoteAddr())
 				return

@@ -18,7 +18,7 @@ import (
 // connFlags are the flags every command that talks to a node shares: how to
 // reach a node that has TLS or a token on.
 type connFlags struct {
-	ca, cert, key, tokenFile string
+	ca, cert, key, tokenFile, peerTokenFile string
 }
 
 func (c *connFlags) register(fs *flag.FlagSet) {
@@ -26,6 +26,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.cert, "tls-cert", "", "client certificate `FILE` (PEM), if the node asks for one")
 	fs.StringVar(&c.key, "tls-key", "", "client key `FILE` (PEM)")
 	fs.StringVar(&c.tokenFile, "auth-token-file", "", "`FILE` holding the node's client token")
+	fs.StringVar(&c.peerTokenFile, "peer-token-file", "", "`FILE` holding the nodes' peer token (their --peer-token-file), sent instead of the client token: join, remove, backup and restore need it where the nodes have one")
 }
 
 func (c *connFlags) config() (transport.ConnConfig, error) {
@@ -48,12 +49,15 @@ func (c *connFlags) config() (transport.ConnConfig, error) {
 			cfg.TLSConfig.Certificates = []tls.Certificate{pair}
 		}
 	}
-	if c.tokenFile != "" {
-		b, err := os.ReadFile(c.tokenFile)
-		if err != nil {
-			return cfg, fmt.Errorf("--auth-token-file: %v", err)
+	for _, f := range []struct{ flag, file string }{{"--auth-token-file", c.tokenFile}, {"--peer-token-file", c.peerTokenFile}} {
+		if f.file == "" {
+			continue
 		}
-		cfg.Token = strings.TrimSpace(string(b))
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			return cfg, fmt.Errorf("%s: %v", f.flag, err)
+		}
+		cfg.Token = strings.TrimSpace(string(b)) // the peer token, the later, wins
 	}
 	return cfg, nil
 }

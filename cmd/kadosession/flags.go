@@ -68,12 +68,13 @@ func setFlags(fs *flag.FlagSet) map[string]bool {
 }
 
 // fromEnv reports whether flag f of fs may come from the environment:
-// every serve flag, and the connection flags (--tls-*, --auth-token-file)
+// every serve flag, and the connection flags (--tls-*, --auth-token-file,
+// --peer-token-file)
 // of the other commands, which a node's environment sets for them too. The
 // rest of theirs may not: a node's KADOSESSION_DURATION=6h made bench's
 // --duration, another flag of the same name, out of range.
 func fromEnv(fs *flag.FlagSet, f *flag.Flag) bool {
-	return fs.Name() == "serve" || strings.HasPrefix(f.Name, "tls-") || f.Name == "auth-token-file"
+	return fs.Name() == "serve" || strings.HasPrefix(f.Name, "tls-") || f.Name == "auth-token-file" || f.Name == "peer-token-file"
 }
 
 // usageWithEnv prints a flag set's usage noting the environment variables.
@@ -83,7 +84,7 @@ func usageWithEnv(fs *flag.FlagSet, synopsis, about string) func() {
 		if fs.Name() == "serve" {
 			fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (each also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("listen"))
 		} else {
-			fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (--tls-* and --auth-token-file also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("auth-token-file"))
+			fmt.Fprintf(out, "Usage: %s\n\n%s\n\nFlags (--tls-*, --auth-token-file and --peer-token-file also read from KADOSESSION_<FLAG>, e.g. %s):\n", synopsis, about, envName("auth-token-file"))
 		}
 		fs.PrintDefaults()
 	}

@@ -355,3 +355,49 @@ func TestProcessRefusedStartDoesNotWarnOfExposure(t *testing.T) {
 		t.Fatalf("a refused start warned that anyone could forge sessions:\n%s", msg)
 	}
 }
+
+// --peer-token-file sets nodes and admin commands apart from clients: the
+// client token still serves status and sessions, but remove needs the peer
+// token (an admin command given --peer-token-file sends it), and a peer
+// token equal to the client token is refused at start.
+func TestProcessPeerToken(t *testing.T) {
+	dir := t.TempDir()
+	clientFile, peerFile := filepath.Join(dir, "client"), filepath.Join(dir, "peer")
+	os.WriteFile(clientFile, []byte("client-token-0123456789\n"), 0o600)
+	os.WriteFile(peerFile, []byte("peer-token-0123456789ab\n"), 0o600)
+
+	same := startServe(t, "--listen", freeAddr(t), "--data", t.TempDir(), "--auth-token-file", clientFile, "--peer-token-file", clientFile)
+	select {
+	case <-same.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a node whose peer token is its client token started")
+	}
+	if msg := same.log(); same.cmd.ProcessState.ExitCode() == 0 || !strings.Contains(msg, "--peer-token-file") || !strings.Contains(msg, "differs") {
+		t.Fatalf("want a refusal naming --peer-token-file:\n%s", msg)
+	}
+
+	addr := freeAddr(t)
+	startServe(t, "--listen", addr, "--data", filepath.Join(dir, "data"), "--auth-token-file", clientFile, "--peer-token-file", peerFile)
+	cmd := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(args, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, out := cmd("status", "--cluster", addr, "--auth-token-file", clientFile)
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status with the client token: exit %d\n%s", code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, out := cmd("remove", "--cluster", addr, "--id", "nobody", "--auth-token-file", clientFile); code == 0 || !strings.Contains(out, "admin request") {
+		t.Fatalf("remove with the client token: exit %d\n%s", code, out)
+	}
+	if code, out := cmd("remove", "--cluster", addr, "--id", "nobody", "--peer-token-file", peerFile); code == 0 || strings.Contains(out, "unauthorized") || !strings.Contains(out, "nobody") {
+		t.Fatalf("remove with the peer token: exit %d\n%s; want it taken (and refused for the unknown id)", code, out)
+	}
+}

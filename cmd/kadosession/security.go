@@ -18,6 +18,7 @@ type securityFlags struct {
 	cert, key, ca  string
 	allowPlaintext bool
 	tokenFile      string
+	peerTokenFile  string
 }
 
 // apply loads the files named by the flags into cfg. Every problem names
@@ -55,22 +56,41 @@ func (f *securityFlags) apply(cfg *cluster.Config) error {
 		return fmt.Errorf("--tls-allow-plaintext only makes sense with TLS on (--tls-cert, --tls-key, --tls-ca)")
 	}
 	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
+		tok, err := readToken("--auth-token-file", f.tokenFile)
 		if err != nil {
-			return fmt.Errorf("--auth-token-file: %v", err)
-		}
-		tok := bytes.TrimSpace(b)
-		switch {
-		case len(tok) == 0:
-			return fmt.Errorf("--auth-token-file %s is empty", f.tokenFile)
-		case len(tok) > 4096:
-			return fmt.Errorf("--auth-token-file %s: the token is over 4096 bytes", f.tokenFile)
-		case len(tok) < 16:
-			return fmt.Errorf("--auth-token-file %s: the token is only %d bytes; use at least 16 random bytes", f.tokenFile, len(tok))
+			return err
 		}
 		cfg.Server.Token = tok
 	}
+	if f.peerTokenFile != "" {
+		tok, err := readToken("--peer-token-file", f.peerTokenFile)
+		if err != nil {
+			return err
+		}
+		if bytes.Equal(tok, cfg.Server.Token) {
+			return fmt.Errorf("--peer-token-file %s holds the client token of --auth-token-file: the peer token sets nodes and admin commands apart from clients only if it differs", f.peerTokenFile)
+		}
+		cfg.Server.PeerToken = tok
+	}
 	return nil
+}
+
+// readToken reads the token in the file that flag names.
+func readToken(flag, file string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", flag, err)
+	}
+	tok := bytes.TrimSpace(b)
+	switch {
+	case len(tok) == 0:
+		return nil, fmt.Errorf("%s %s is empty", flag, file)
+	case len(tok) > 4096:
+		return nil, fmt.Errorf("%s %s: the token is over 4096 bytes", flag, file)
+	case len(tok) < 16:
+		return nil, fmt.Errorf("%s %s: the token is only %d bytes; use at least 16 random bytes", flag, file, len(tok))
+	}
+	return tok, nil
 }
 
 // warnIfExposed logs loudly when the node listens beyond loopback with

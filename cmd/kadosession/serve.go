@@ -65,6 +65,7 @@ func serve(args []string, stderr io.Writer) error {
 	fs.StringVar(&sec.ca, "tls-ca", "", "CA certificate `FILE` (PEM): peers must present a certificate it signed (mutual TLS)")
 	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
 	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
+	fs.StringVar(&sec.peerTokenFile, "peer-token-file", "", "`FILE` holding the token nodes present to each other (raft, forwarding) and admin commands (join, remove, backup, restore) must carry; the client token then admits session operations only (default: the client token serves for all)")
 	fs.StringVar(&cfg.HTTP, "http", "", "serve /metrics (Prometheus), /healthz, /readyz and /status on `HOST:PORT` (off by default; no auth: keep it on loopback or a private network)")
 	gcPercent := fs.Int("gc-percent", 25, "Go garbage collector target: how far (`PERCENT`) the heap may grow over the live sessions before a collection, "+
 		"and at least 64 MiB; lower keeps resident memory closer to the data, at some CPU (a GOGC environment variable, when set, wins)")
