@@ -568,16 +568,27 @@ func TestConfirmWithFiveVotersRanksAPausedPeerLast(t *testing.T) {
 	leader := tc.node(l)
 	counts := askCounter(leader)
 	mustSave(t, leader, "sid", `{"a":1}`)
-	readN(t, leader, "sid", `{"a":1}`, 40)
-	c, _ := counts()
+	// The peer asked first, found by reading: on a loaded machine a
+	// round whose answers are late asks every peer, and a few of those
+	// spread the asks evenly (21 each of four, once under two CPU hogs),
+	// so a try that finds none asked nearly every round is made again.
+	var c map[raft.ServerID]int
 	var paused raft.ServerID
-	for id, k := range c {
-		if k > c[paused] {
-			paused = id
+	for try := 0; ; try++ {
+		readN(t, leader, "sid", `{"a":1}`, 40)
+		c, _ = counts()
+		paused = ""
+		for id, k := range c {
+			if k > c[paused] {
+				paused = id
+			}
 		}
-	}
-	if c[paused] < 36 {
-		t.Fatalf("40 reads asked %v: want two peers asked nearly every round", c)
+		if c[paused] >= 36 {
+			break
+		}
+		if try == 2 {
+			t.Fatalf("40 reads asked %v, three times over: want two peers asked nearly every round", c)
+		}
 	}
 	idx := slices.IndexFunc(tc.cfgs, func(cfg Config) bool { return cfg.ID == string(paused) })
 	fn.cut(l, idx, faultHold)
