@@ -370,6 +370,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 
 	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.peerToken())
+	n.stream.tokenToo = len(cfg.Server.PeerToken) > 0
 	n.stream.verify = n.verifyPeerCluster
 	if cfg.Dialer != nil {
 		n.stream.dialer = func(address string, timeout time.Duration) (net.Conn, error) {

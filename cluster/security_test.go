@@ -254,3 +254,60 @@ func TestPeerTokenSetsNodesAndAdminApart(t *testing.T) {
 		t.Fatalf("a node with the client token only was admitted: %d voters", v)
 	}
 }
+
+// With TLS and a peer token, a certificate the cluster's CA signed does not
+// make a node by itself: an app server given one for mutual TLS could, on
+// a raft or peer connection, vote and remove members (a review of the peer
+// token). The peer token is needed as well.
+func TestPeerTokenWithTLSNeedsTheTokenToo(t *testing.T) {
+	ca := newTestCA(t)
+	clientTok, peerTok := "client-token-0123456789", "peer-token-0123456789ab"
+	tc := newTestCluster(t, 3, func(c *Config) {
+		tlsNode(c, ca, ca.issue(t, c.ID))
+		c.Server.Token, c.Server.PeerToken = []byte(clientTok), []byte(peerTok)
+	})
+	l, f := tc.nodes[tc.leader()], tc.nodes[tc.follower()]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, _ := client.New(client.Config{Addrs: []string{f.Addr()}, Token: clientTok, TLSConfig: &tls.Config{RootCAs: ca.pool}})
+	defer c.Close()
+	if err := c.SaveRaw(ctx, "s", []byte(`{"a":1}`)); err != nil {
+		t.Fatalf("a save through a follower: %v", err)
+	}
+	app := &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{ca.issue(t, "app")}}
+
+	// Raft with the app's certificate and the client token: closed.
+	conn, err := tls.Dial("tcp", l.Addr(), app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write(transport.AppendRaftToken([]byte{transport.MagicRaft}, []byte(clientTok)))
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a raft connection with the app's certificate and the client token: %v, want it closed", err)
+	}
+	conn.Close()
+
+	// A peer connection with the app's certificate and the client token:
+	// refused; with the peer token: a peer.
+	for _, tc := range []struct {
+		tok  string
+		want bool
+	}{{clientTok, false}, {"", false}, {peerTok, true}} {
+		pc, err := transport.Dial(ctx, f.Addr(), transport.ConnConfig{Magic: transport.MagicPeer, TLSConfig: app, Token: tc.tok})
+		var got error = err
+		if err == nil {
+			resp, rerr := pc.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"remove","id":"nobody"}`)})
+			pc.Close()
+			if got = rerr; rerr == nil && resp.Err != nil {
+				got = resp.Err
+			}
+		}
+		if refused := got != nil && strings.Contains(got.Error(), "unauthorized"); refused == tc.want {
+			t.Fatalf("a peer connection with the app's certificate and token %q: %v; want taken %v", tc.tok, got, tc.want)
+		}
+	}
+	if v := l.voters(); v != 3 {
+		t.Fatalf("%d voters", v)
+	}
+}

@@ -18,13 +18,16 @@ import (
 // connections announce themselves with transport.MagicRaft, and the
 // transport.Server routes incoming connections that start with it here.
 type streamLayer struct {
-	addr   net.Addr
-	tls    *tls.Config // dial peers with TLS (and our certificate) when set
-	token  []byte      // sent after MagicRaft when set and TLS is not
-	conns  chan net.Conn
-	done   chan struct{}
-	once   sync.Once
-	dialer func(address string, timeout time.Duration) (net.Conn, error)
+	addr  net.Addr
+	tls   *tls.Config // dial peers with TLS (and our certificate) when set
+	token []byte      // sent after MagicRaft when set and TLS is not, or always (tokenToo)
+	// tokenToo sends the token over TLS as well (a peer token: a
+	// certificate alone does not make a node then).
+	tokenToo bool
+	conns    chan net.Conn
+	done     chan struct{}
+	once     sync.Once
+	dialer   func(address string, timeout time.Duration) (net.Conn, error)
 	// verify, when set, may refuse a peer before it is dialed
 	// (Node.verifyPeerCluster).
 	verify func(address string, timeout time.Duration) error
@@ -98,7 +101,8 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 			return nil, fmt.Errorf("TLS handshake with %s: %w", address, err)
 		}
 		c = tc
-	} else if len(s.token) > 0 {
+	}
+	if len(s.token) > 0 && (s.tls == nil || s.tokenToo) {
 		preamble = transport.AppendRaftToken(preamble, s.token)
 	}
 	_ = c.SetDeadline(time.Time{})

@@ -385,7 +385,7 @@ func frameBuffered(r *bufio.Reader) bool {
 func (s *Server) handle(req *Request, rt rights, arrived time.Time) *Response {
 	// The request's info, its context and its response in one allocation
 	// (three were a quarter of a busy node's allocations).
-	h := &handling{info: requestInfo{peer: rt == rightsPeer, client: rt == rightsClient, nonce: req.Nonce, arrived: arrived}, resp: Response{ID: req.ID}}
+	h := &handling{info: requestInfo{peer: rt == rightsPeer, admin: rt >= rightsAdmin, nonce: req.Nonce, arrived: arrived}, resp: Response{ID: req.ID}}
 	info := &h.info
 	if req.Op == OpRestore && req.Consistency == AtIndex {
 		info.index, info.atIndex = req.Index, true
@@ -423,7 +423,7 @@ func (s *Server) handle(req *Request, rt rights, arrived time.Time) *Response {
 // requestInfo is what a native request's context carries, in one value.
 type requestInfo struct {
 	peer    bool
-	client  bool // may not ask admin requests (AdminAllowed)
+	admin   bool // may ask admin requests (AdminAllowed)
 	atIndex bool
 	index   uint64
 	nonce   Nonce
@@ -493,7 +493,7 @@ func FromPeer(ctx context.Context) bool {
 // admin requests apart. Calls made in-process may.
 func AdminAllowed(ctx context.Context) bool {
 	info := infoOf(ctx)
-	return info == nil || !info.client
+	return info == nil || info.admin
 }
 
 // FromKado reports whether ctx belongs to a Kado JSON request this

@@ -72,11 +72,13 @@ type ServerConfig struct {
 	// send OpAuth first, Kado JSON requests carry a top-level "token", raft
 	// connections without a verified certificate send a token frame.
 	Token []byte
-	// PeerToken, when set, is what nodes present to each other (raft and
-	// peer connections without a verified certificate: Token is refused
-	// there) and what admin requests need (AdminAllowed): a native client
-	// that sends it with OpAuth may ask them; one that sends Token may ask
-	// only session operations. Empty: Token serves for both.
+	// PeerToken, when set, is what nodes present to each other on raft
+	// and peer connections (Token is refused there; with TLS, a verified
+	// certificate is needed as well, not instead) and what admin requests
+	// need (AdminAllowed): a native client that sends it with OpAuth may
+	// ask them; one that sends Token may ask only session operations.
+	// Empty: Token serves for both, and a verified certificate stands for
+	// it on raft and peer connections.
 	PeerToken []byte
 }
 
@@ -366,8 +368,11 @@ func (s *Server) serveConn(c net.Conn) {
 			s.cfg.Logger.Warn("peer connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
+		// A certificate signed by the cluster's CA makes a peer, unless a
+		// PeerToken is set: then the token too (an app server given a
+		// certificate by the same CA is no node).
 		r := rightsNone
-		if len(s.cfg.peerToken()) == 0 || verified {
+		if len(s.cfg.peerToken()) == 0 || verified && len(s.cfg.PeerToken) == 0 {
 			r = rightsPeer
 		}
 		s.serveNative(conn, c, true, r)
@@ -376,7 +381,7 @@ func (s *Server) serveConn(c net.Conn) {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		if len(s.cfg.peerToken()) > 0 && !verified {
+		if len(s.cfg.peerToken()) > 0 && (!verified || len(s.cfg.PeerToken) > 0) {
 			if err := s.readRaftToken(conn); err != nil {
 				s.cfg.Logger.Warn("raft connection refused: bad token", "remote", c.RemoteAddr())
 				return
