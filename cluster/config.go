@@ -179,15 +179,6 @@ func (c *Config) withDefaults() Config {
 	return out
 }
 
-// peerToken is the token this node presents to its peers (raft and
-// forwarding): Server.PeerToken, or Server.Token where none is set.
-func (c *Config) peerToken() []byte {
-	if len(c.Server.PeerToken) > 0 {
-		return c.Server.PeerToken
-	}
-	return c.Server.Token
-}
-
 // Validate reports every problem with the configuration (after defaults).
 func (c *Config) Validate() error {
 	d := c.withDefaults()

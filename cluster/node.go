@@ -294,7 +294,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.obs, n.backups = newMetrics(n), newBackupStore()
 	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
-		TLSConfig: cfg.PeerTLS, Token: string(cfg.peerToken()), Dialer: cfg.Dialer})
+		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.PeersToken()), Dialer: cfg.Dialer})
 	clusterID, err := loadClusterID(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -369,7 +369,7 @@ func Open(cfg Config) (*Node, error) {
 		n.setClusterID(clusterID)
 	}
 
-	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.peerToken())
+	n.stream = newStreamLayer(advertisedAddr(cfg.Advertise), cfg.PeerTLS, cfg.Server.PeersToken())
 	n.stream.tokenToo = len(cfg.Server.PeerToken) > 0
 	n.stream.verify = n.verifyPeerCluster
 	if cfg.Dialer != nil {

@@ -424,25 +424,14 @@ func (h *countingHandler) Restore(ctx context.Context, sid string, c Consistency
 // answered, in full.
 func TestPipelinerThatDoesNotRead(t *testing.T) {
 	const total, size = 400, 256 << 10
-	h := &countingHandler{memHandler: newMemHandler()}
-	h.sessions["big"] = []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
-	ts := startServer(t, h, ServerConfig{ReadTimeout: 20 * time.Second, MaxInflight: 8})
+	h, ts := bigSessionServer(t, size, ServerConfig{ReadTimeout: 20 * time.Second, MaxInflight: 8})
 	n := dialNative(t, ts.addr)
 	_ = n.c.SetDeadline(time.Now().Add(2 * time.Minute))
 	reqs := make([]Request, total)
 	for i := range reqs {
 		reqs[i] = Request{ID: uint64(i + 1), Op: OpRestore, SID: "big", Consistency: Stale}
 	}
-	go func() {
-		var buf []byte
-		for i := range reqs {
-			buf = AppendRequest(buf, &reqs[i])
-		}
-		_, _ = n.c.Write(buf)
-	}()
-	for i := range reqs {
-		n.ops[reqs[i].ID] = OpRestore
-	}
+	n.sendAsync(reqs...)
 	time.Sleep(2 * time.Second)
 	// What the kernel's socket buffers hold, a bounded queue and what is
 	// in flight: a few dozen answers, not all of them.
@@ -465,9 +454,7 @@ func TestPipelinerThatDoesNotRead(t *testing.T) {
 // session took it to 2 GB after their writes had failed).
 func TestPipelinerDroppedServesNoMore(t *testing.T) {
 	const total, size = 5000, 256 << 10
-	h := &countingHandler{memHandler: newMemHandler()}
-	h.sessions["big"] = []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
-	ts := startServer(t, h, ServerConfig{ReadTimeout: 300 * time.Millisecond, MaxInflight: 8})
+	h, ts := bigSessionServer(t, size, ServerConfig{ReadTimeout: 300 * time.Millisecond, MaxInflight: 8})
 	c := dial(t, ts.addr)
 	buf := []byte{MagicNative, VersionNative}
 	for i := range total {

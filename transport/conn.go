@@ -171,9 +171,8 @@ func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 	// knew no token held every one of MaxConns' slots for 5 minutes with
 	// two bytes each ("N", the version), and the node refused the clients
 	// that had the token.
-	authed := rt != rightsNone
 	var authBy time.Time
-	if !authed {
+	if rt == rightsNone {
 		authBy = time.Now().Add(s.cfg.ReadTimeout)
 	}
 	var buf []byte
@@ -194,12 +193,12 @@ func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 				idle = max(idle, s.cfg.RequestTimeout)
 			}
 			deadline := time.Now().Add(idle)
-			if !authed {
+			if rt == rightsNone {
 				deadline = authBy
 			}
 			_ = c.SetReadDeadline(deadline)
 			if _, err := r.Peek(1); err != nil {
-				if !authed && errors.Is(err, os.ErrDeadlineExceeded) {
+				if rt == rightsNone && errors.Is(err, os.ErrDeadlineExceeded) {
 					w.send(OpAuth, &Response{Err: errTokenRequired})
 				}
 				return
@@ -208,7 +207,7 @@ func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 		// Every frame gets ReadTimeout from here, also when the buffer
 		// already holds its start: a busy pipelined stream may never leave
 		// the buffer empty, and must not inherit an old deadline.
-		if authed {
+		if rt != rightsNone {
 			_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 		} else {
 			_ = c.SetReadDeadline(authBy)
@@ -247,11 +246,10 @@ func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 				w.send(OpAuth, &Response{ID: req.ID, Err: errTokenRequired})
 				return
 			}
-			authed = true
 			w.send(OpAuth, &Response{ID: req.ID})
 			continue
 		}
-		if !authed {
+		if rt == rightsNone {
 			w.send(req.Op, &Response{ID: req.ID, Err: errTokenRequired})
 			continue
 		}

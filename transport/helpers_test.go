@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -210,6 +211,26 @@ func (n *nativeConn) send(reqs ...Request) {
 	if _, err := n.c.Write(buf); err != nil {
 		n.t.Fatal(err)
 	}
+}
+
+// sendAsync sends reqs from another goroutine, so that the server may
+// answer while they are being sent (a pipelining client), and returns at
+// once.
+func (n *nativeConn) sendAsync(reqs ...Request) {
+	var buf []byte
+	for i := range reqs {
+		n.ops[reqs[i].ID] = reqs[i].Op
+		buf = AppendRequest(buf, &reqs[i])
+	}
+	go func() { _, _ = n.c.Write(buf) }()
+}
+
+// bigSessionServer serves a session "big" of about size bytes, counting
+// its restores.
+func bigSessionServer(t *testing.T, size int, cfg ServerConfig) (*countingHandler, *testServer) {
+	h := &countingHandler{memHandler: newMemHandler()}
+	h.sessions["big"] = []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
+	return h, startServer(t, h, cfg)
 }
 
 func (n *nativeConn) recv() Response {

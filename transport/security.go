@@ -89,7 +89,7 @@ func (s *Server) readRaftToken(c net.Conn) error {
 	if _, err := io.ReadFull(c, tok); err != nil {
 		return err
 	}
-	if !TokenMatches(s.cfg.peerToken(), string(tok)) {
+	if !TokenMatches(s.cfg.PeersToken(), string(tok)) {
 		return errors.New("wrong token")
 	}
 	return nil
@@ -119,7 +119,7 @@ func (s *Server) clientRights() rights {
 // token counts.
 func (s *Server) authenticate(token string, peer bool) rights {
 	if peer {
-		if TokenMatches(s.cfg.peerToken(), token) {
+		if TokenMatches(s.cfg.PeersToken(), token) {
 			return rightsPeer
 		}
 		return rightsNone

@@ -82,8 +82,9 @@ type ServerConfig struct {
 	PeerToken []byte
 }
 
-// peerToken is the token raft and peer connections present.
-func (c *ServerConfig) peerToken() []byte {
+// PeersToken is the token raft and peer connections present: PeerToken,
+// or Token where none is set.
+func (c *ServerConfig) PeersToken() []byte {
 	if len(c.PeerToken) > 0 {
 		return c.PeerToken
 	}
@@ -372,7 +373,7 @@ func (s *Server) serveConn(c net.Conn) {
 		// PeerToken is set: then the token too (an app server given a
 		// certificate by the same CA is no node).
 		r := rightsNone
-		if len(s.cfg.peerToken()) == 0 || verified && len(s.cfg.PeerToken) == 0 {
+		if len(s.cfg.PeersToken()) == 0 || verified && len(s.cfg.PeerToken) == 0 {
 			r = rightsPeer
 		}
 		s.serveNative(conn, c, true, r)
@@ -381,7 +382,7 @@ func (s *Server) serveConn(c net.Conn) {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		if len(s.cfg.peerToken()) > 0 && (!verified || len(s.cfg.PeerToken) > 0) {
+		if len(s.cfg.PeersToken()) > 0 && (!verified || len(s.cfg.PeerToken) > 0) {
 			if err := s.readRaftToken(conn); err != nil {
 				s.cfg.Logger.Warn("raft connection refused: bad token", "remote", c.RemoteAddr())
 				return

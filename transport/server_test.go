@@ -514,17 +514,7 @@ func TestNativeManyPipelined(t *testing.T) {
 			reqs = append(reqs, Request{ID: id, Op: OpPing})
 		}
 	}
-	go func() {
-		// Write from another goroutine: the server answers while we send.
-		var buf []byte
-		for i := range reqs {
-			buf = AppendRequest(buf, &reqs[i])
-		}
-		_, _ = n.c.Write(buf)
-	}()
-	for i := range reqs {
-		n.ops[reqs[i].ID] = reqs[i].Op
-	}
+	n.sendAsync(reqs...) // the server answers while we send
 	seen := map[uint64]bool{}
 	for range total {
 		resp := n.recv()

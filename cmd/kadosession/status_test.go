@@ -18,7 +18,7 @@ import (
 // status shows how many more voters may fail, and exits 1 when the
 // cluster has no leader, after printing what the node sees.
 func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
-	nodes := startStatusCluster(t)
+	nodes, _ := startStatusCluster(t)
 	status := statusOf(t, nodes[0])
 	status("voters: 3 of 3 reachable, quorum 2: 1 more may fail", 0)
 	status("LAG", 0)
@@ -45,7 +45,7 @@ func TestStatusShowsQuorumAndFailsWithoutLeader(t *testing.T) {
 // members' leader and says why, instead of failing as if the cluster had
 // none.
 func TestStatusThroughARemovedNode(t *testing.T) {
-	nodes := startStatusCluster(t)
+	nodes, _ := startStatusCluster(t)
 	statusOf(t, nodes[0])("voters: 3 of 3 reachable", 0)
 	// n3 must hold the configuration naming it before it is removed: n1
 	// counts it reachable as soon as its join is granted, and removed
@@ -59,10 +59,13 @@ func TestStatusThroughARemovedNode(t *testing.T) {
 	statusOf(t, nodes[2])("note: the node at "+nodes[2].Addr()+" knows no leader, but n1 reports leading", 0)
 }
 
-// startStatusCluster starts three in-process nodes, n1 leading.
-func startStatusCluster(t *testing.T) []*cluster.Node {
+// startStatusCluster starts three in-process nodes, n1 leading, and
+// returns them with their configurations (Listen their bound address, to
+// open one again).
+func startStatusCluster(t *testing.T) ([]*cluster.Node, []cluster.Config) {
 	t.Helper()
 	var nodes []*cluster.Node
+	var cfgs []cluster.Config
 	for i := range 3 {
 		cfg := cluster.Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
 			HeartbeatTimeout: 200 * time.Millisecond, ElectionTimeout: 200 * time.Millisecond, LeaderLeaseTimeout: 200 * time.Millisecond}
@@ -74,9 +77,10 @@ func startStatusCluster(t *testing.T) []*cluster.Node {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { n.Close() })
-		nodes = append(nodes, n)
+		cfg.Listen = n.Addr()
+		nodes, cfgs = append(nodes, n), append(cfgs, cfg)
 	}
-	return nodes
+	return nodes, cfgs
 }
 
 // statusOf returns a check that `status --cluster` at n exits wantCode
@@ -105,7 +109,7 @@ func statusOf(t *testing.T, n *cluster.Node) func(want string, wantCode int) {
 // health says what /readyz says: ok on a member that knows its leader; on a
 // removed node, that it is not a member (it said the node knew no leader).
 func TestHealthSaysWhyNotReady(t *testing.T) {
-	nodes := startStatusCluster(t)
+	nodes, _ := startStatusCluster(t)
 	// health until it exits want with text in its output, for 10 s.
 	until := func(addr string, want int, text string) {
 		t.Helper()
@@ -186,21 +190,7 @@ func TestMixedBuildsNoted(t *testing.T) {
 // where the cluster has two voters and tolerates no failure. It now prints
 // the leader's.
 func TestStatusThroughANodeRemovedWhileDown(t *testing.T) {
-	var nodes []*cluster.Node
-	var cfgs []cluster.Config
-	for i := range 3 {
-		cfg := cluster.Config{ID: fmt.Sprintf("n%d", i+1), Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger()}
-		if i > 0 {
-			cfg.Join = []string{nodes[0].Addr()}
-		}
-		n, err := cluster.Open(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		cfg.Listen = n.Addr()
-		nodes, cfgs = append(nodes, n), append(cfgs, cfg)
-	}
+	nodes, cfgs := startStatusCluster(t)
 	statusOf(t, nodes[0])("voters: 3 of 3 reachable", 0)
 	nodes[2].Close()
 	if err := nodes[0].Remove(context.Background(), "n3"); err != nil {
