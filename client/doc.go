@@ -16,7 +16,12 @@
 // jittered exponential backoff.
 //
 // Every call is bounded by its context and by Config.RequestTimeout per
-// attempt. Errors say what happened and where: a refused or timed-out
+// attempt. A node that stops answering without closing the connection (a
+// frozen process or VM, a host gone without a reset) does not hold calls
+// for their whole RequestTimeout: after a fifth of it (at least 200 ms)
+// without an answer, the Store asks another node who leads, and when that
+// node names a leader other than the silent one, the waiting calls move
+// there, as after a not-leader answer. Errors say what happened and where: a refused or timed-out
 // connection, a lost connection, a timeout, or the node's own error, kept as
 // a *transport.Error so that errors.Is(err, client.ErrBadRequest) and
 // errors.As work.

@@ -120,7 +120,7 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 	dialFailed := err != nil
 	var resp transport.Response
 	if err == nil {
-		resp, err = c.RoundTripDeadline(ctx, deadline, req)
+		resp, err = c.RoundTripChecked(ctx, deadline, req, s.stallEvery(), s.watch(n).check)
 	}
 	switch {
 	case err == nil && resp.Err != nil:
@@ -130,6 +130,15 @@ func (s *Store) attempt(ctx context.Context, n *transport.Pool, req *transport.R
 			s.followHint(n, resp.Leader)
 		}
 		return resp, nil
+	}
+	if errors.Is(err, transport.ErrMoved) {
+		e := &callError{cause: err, class: classFollow}
+		e.leader, e.text = s.watch(n).movedTo()
+		if e.leader == "" { // a newer question replaced the one that moved it
+			e.class = classNext
+		}
+		e.text = fmt.Sprintf("kadosession: %s on %s: no answer for %s or more, and %s", req.Op, n.Addr(), s.stallEvery(), e.text)
+		return resp, e
 	}
 	err = s.callErr(req.Op, n.Addr(), err)
 	if ce := (*callError)(nil); dialFailed && ctx.Err() == nil && errors.As(err, &ce) && ce.class == classNext {

@@ -45,6 +45,8 @@ type Store struct {
 	// unreachable holds the nodes this Store failed to connect to lately,
 	// with when (UnixNano) that stops counting (see hintPause).
 	unreachable map[string]int64
+	// watches holds each node's stallWatch (*transport.Pool → *stallWatch).
+	watches sync.Map
 }
 
 // New returns a Store for the cluster cfg names. It checks cfg (see

@@ -279,28 +279,67 @@ func (c *Conn) Done() <-chan struct{} { return c.failed }
 // error: the caller reads resp.Err. The error is ctx.Err(), a *ConnError or
 // a *ResponseError. Safe for concurrent use.
 func (c *Conn) RoundTrip(ctx context.Context, req *Request) (Response, error) {
-	return c.roundTrip(ctx, time.Time{}, nil, req)
+	return c.roundTrip(ctx, time.Time{}, nil, checker{}, req)
 }
 
 // RoundTripDeadline is RoundTrip that also gives up at deadline (none when
 // zero) with ErrDeadline. It saves the caller a derived context: the timer
 // is pooled.
 func (c *Conn) RoundTripDeadline(ctx context.Context, deadline time.Time, req *Request) (Response, error) {
-	if deadline.IsZero() {
-		return c.roundTrip(ctx, time.Time{}, nil, req)
+	return c.RoundTripChecked(ctx, deadline, req, 0, nil)
+}
+
+// ErrMoved is returned by Conn.RoundTripChecked when the call's check said
+// the answer should be sought elsewhere.
+var ErrMoved = errors.New("transport: call moved elsewhere")
+
+// RoundTripChecked is RoundTripDeadline that, each time the call has waited
+// every without an answer (and before its deadline), calls check, which
+// returns a channel that is closed if the call should stop waiting (or one
+// that never is, or nil). Once it is closed, the call stops waiting and
+// returns ErrMoved: a node that stopped answering (a frozen process, a
+// host gone without a reset) may have been replaced, which check finds out
+// by asking elsewhere. Every zero or check nil: no checks. The one pooled
+// timer serves the deadline and the checks.
+func (c *Conn) RoundTripChecked(ctx context.Context, deadline time.Time, req *Request, every time.Duration, check func() <-chan struct{}) (Response, error) {
+	if check == nil || every <= 0 {
+		if deadline.IsZero() {
+			return c.roundTrip(ctx, time.Time{}, nil, checker{}, req)
+		}
+		every = 0
 	}
 	t := deadlineTimers.Get().(*time.Timer)
-	t.Reset(time.Until(deadline))
-	resp, err := c.roundTrip(ctx, deadline, t.C, req)
+	t.Reset(nextWake(deadline, every))
+	resp, err := c.roundTrip(ctx, deadline, t, checker{every, check}, req)
 	t.Stop()
 	deadlineTimers.Put(t)
 	return resp, err
 }
 
+// checker is RoundTripChecked's check and its interval (zero: none).
+type checker struct {
+	every time.Duration
+	check func() <-chan struct{}
+}
+
+// nextWake is how long to sleep until the deadline (zero: none) or the next
+// check (every zero: none), whichever is first.
+func nextWake(deadline time.Time, every time.Duration) time.Duration {
+	if deadline.IsZero() {
+		return every
+	}
+	d := time.Until(deadline)
+	if every > 0 && every < d {
+		return every
+	}
+	return d
+}
+
 // roundTrip sends req and waits for the response, for ctx to end or for
-// expired (nil for none), the timer of deadline, to fire. A response that
-// comes after the caller stopped waiting is discarded by the reader.
-func (c *Conn) roundTrip(ctx context.Context, deadline time.Time, expired <-chan time.Time, req *Request) (Response, error) {
+// deadline (zero: none; t is its timer, nil when there is neither a
+// deadline nor checks) to pass, running ch's checks meanwhile. A response
+// that comes after the caller stopped waiting is discarded by the reader.
+func (c *Conn) roundTrip(ctx context.Context, deadline time.Time, t *time.Timer, ch checker, req *Request) (Response, error) {
 	cl := pendingCalls.Get().(*pendingCall)
 	cl.op = req.Op
 
@@ -317,28 +356,44 @@ func (c *Conn) roundTrip(ctx context.Context, deadline time.Time, expired <-chan
 	c.pending[id] = cl
 	c.wbuf = AppendRequest(c.wbuf, req)
 	if !c.writing {
-		if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-			deadline = d
+		until := deadline
+		if d, ok := ctx.Deadline(); ok && (until.IsZero() || d.Before(until)) {
+			until = d
 		}
-		c.flushLocked(deadline)
+		c.flushLocked(until)
 	}
 	c.mu.Unlock()
 	sent, seen := time.Now(), c.frames.Load()
 
-	select {
-	case res := <-cl.done:
-		pendingCalls.Put(cl)
-		return res.resp, res.err
-	case <-ctx.Done():
-		c.abandon(id, cl)
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	var wake <-chan time.Time
+	if t != nil {
+		wake = t.C
+	}
+	var moved <-chan struct{} // closed when the last check says to stop
+	for {
+		select {
+		case res := <-cl.done:
+			pendingCalls.Put(cl)
+			return res.resp, res.err
+		case <-ctx.Done():
+			c.abandon(id, cl)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				c.silentFor(sent, seen)
+			}
+			return Response{}, ctx.Err()
+		case <-moved:
+			c.abandon(id, cl)
 			c.silentFor(sent, seen)
+			return Response{}, ErrMoved
+		case <-wake:
+			if ch.check == nil || !deadline.IsZero() && !time.Now().Before(deadline) {
+				c.abandon(id, cl)
+				c.silentFor(sent, seen)
+				return Response{}, ErrDeadline
+			}
+			moved = ch.check()
+			t.Reset(nextWake(deadline, ch.every))
 		}
-		return Response{}, ctx.Err()
-	case <-expired:
-		c.abandon(id, cl)
-		c.silentFor(sent, seen)
-		return Response{}, ErrDeadline
 	}
 }
 

@@ -499,3 +499,53 @@ func TestWritingCallerKeepsItsDeadline(t *testing.T) {
 		})
 	}
 }
+
+// RoundTripChecked asks its check each time the call has waited its
+// interval: a check whose channel is never closed leaves the call waiting
+// (until its deadline, or its answer), one whose channel is closed ends it
+// with ErrMoved; an answer before the first interval asks nothing.
+func TestConnRoundTripChecked(t *testing.T) {
+	h := newMemHandler()
+	ts := startServer(t, h, ServerConfig{})
+	c := dialConn(t, ts.addr, ConnConfig{})
+	bg := context.Background()
+	var asked atomic.Int32
+	never := make(chan struct{})
+	stay := func() <-chan struct{} { asked.Add(1); return never }
+
+	if resp, err := c.RoundTripChecked(bg, time.Now().Add(5*time.Second), &Request{Op: OpSave, SID: "s", Data: []byte(`{}`)}, time.Second, stay); err != nil || resp.Err != nil {
+		t.Fatalf("a quick call: %+v, %v", resp, err)
+	}
+	if n := asked.Load(); n != 0 {
+		t.Fatalf("a call answered at once was checked %d times", n)
+	}
+
+	start := time.Now()
+	if _, err := c.RoundTripChecked(bg, start.Add(300*time.Millisecond), &Request{Op: OpRestore, SID: "block"}, 40*time.Millisecond, stay); err != ErrDeadline {
+		t.Fatalf("a blocked call whose checks say stay: %v; want ErrDeadline", err)
+	}
+	if n := asked.Load(); n < 2 || n > 8 {
+		t.Fatalf("a call blocked 300 ms with checks every 40 ms was checked %d times", n)
+	}
+
+	moved := make(chan struct{})
+	checks := 0
+	moveSecond := func() <-chan struct{} {
+		checks++
+		if checks == 2 {
+			close(moved)
+		}
+		return moved
+	}
+	start = time.Now()
+	if _, err := c.RoundTripChecked(bg, start.Add(5*time.Second), &Request{Op: OpRestore, SID: "block"}, 50*time.Millisecond, moveSecond); err != ErrMoved {
+		t.Fatalf("a blocked call whose second check says move: %v; want ErrMoved", err)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond || waited > 2*time.Second {
+		t.Fatalf("the call moved after %v; want about 100 ms", waited)
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("Err() = %v after calls moved; want nil (the node answers others)", err)
+	}
+	close(h.unblock)
+}
