@@ -222,6 +222,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := d.Server.CheckPeerTokens(); err != nil {
+		errs = append(errs, err)
+	}
 	if d.Server.TLS != nil && d.PeerTLS == nil {
 		errs = append(errs, errors.New("TLS is on for the port but no peer TLS configuration is given: peers could not be reached"))
 	}

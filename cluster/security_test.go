@@ -187,6 +187,26 @@ func TestPeerTokenSetsNodesAndAdminApart(t *testing.T) {
 		t.Fatalf("a save through a follower with the client token: %v", err)
 	}
 
+	assertPeerTokenApart(t, ctx, l, f, clientTok, peerTok)
+
+	// A node that knows only the client token is not admitted.
+	n, err := Open(Config{ID: "intruder", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger(), Join: []string{f.Addr()},
+		Server: transport.ServerConfig{Token: []byte(clientTok)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	time.Sleep(time.Second)
+	if v := l.voters(); v != 3 {
+		t.Fatalf("a node with the client token only was admitted: %d voters", v)
+	}
+}
+
+// assertPeerTokenApart checks that the cluster of leader l and follower f
+// refuses the client token on raft and peer connections and for admin
+// requests, and takes the peer token on raft and for admin requests.
+func assertPeerTokenApart(t *testing.T, ctx context.Context, l, f *Node, clientTok, peerTok string) {
+	t.Helper()
 	// Raft with the client token is refused; with the peer token kept.
 	raftConn := func(tok string) error {
 		conn, err := net.Dial("tcp", l.Addr())
@@ -242,17 +262,6 @@ func TestPeerTokenSetsNodesAndAdminApart(t *testing.T) {
 		t.Fatalf("%d voters after the refused requests", v)
 	}
 
-	// A node that knows only the client token is not admitted.
-	n, err := Open(Config{ID: "intruder", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: testLogger(), Join: []string{f.Addr()},
-		Server: transport.ServerConfig{Token: []byte(clientTok)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	time.Sleep(time.Second)
-	if v := l.voters(); v != 3 {
-		t.Fatalf("a node with the client token only was admitted: %d voters", v)
-	}
 }
 
 // With TLS and a peer token, a certificate the cluster's CA signed does not

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 )
 
@@ -89,8 +90,86 @@ func (s *Server) readRaftToken(c net.Conn) error {
 	if _, err := io.ReadFull(c, tok); err != nil {
 		return err
 	}
-	if !TokenMatches(s.cfg.PeersToken(), string(tok)) {
+	if !s.peerTokenMatches(string(tok)) {
 		return errors.New("wrong token")
+	}
+	return nil
+}
+
+// peerTokenMatches reports whether token is one a node may present on a
+// raft or peer connection: PeersToken, or AcceptPeerToken during a rolling
+// change.
+func (s *Server) peerTokenMatches(token string) bool {
+	if TokenMatches(s.cfg.PeersToken(), token) {
+		return true
+	}
+	return len(s.cfg.AcceptPeerToken) > 0 && TokenMatches(s.cfg.AcceptPeerToken, token)
+}
+
+// certAlone reports whether, with TLS, a certificate signed by the CA makes
+// a peer without a token: without a peer token, and while a cluster moves
+// from the client token to one (AcceptPeerToken is the client token), for
+// the nodes that do not present a peer token yet.
+func (s *Server) certAlone() bool {
+	if len(s.cfg.PeerToken) == 0 {
+		return true
+	}
+	return len(s.cfg.AcceptPeerToken) > 0 && subtle.ConstantTimeCompare(s.cfg.AcceptPeerToken, s.cfg.Token) == 1
+}
+
+// peekPeerTokenFrame tells, on a raft connection over verified TLS where
+// a certificate alone would do (certAlone), whether a token frame comes
+// anyway: while a cluster moves from the client token to a peer token, the
+// nodes that present the peer token send one and the others do not. It
+// reads the two bytes after MagicRaft and returns conn with them put back.
+// A frame starts with the length of a peer token; raft's first message
+// starts with its type (below 16) and then a msgpack map or nil (0x80 and
+// above), which no accepted length matches (CheckPeerTokens refuses the
+// lengths that could). With no peer token to look for, nothing is read.
+func (s *Server) peekPeerTokenFrame(c net.Conn) (net.Conn, bool) {
+	var lens []int
+	for _, t := range [][]byte{s.cfg.PeerToken, s.cfg.AcceptPeerToken} {
+		if len(t) > 0 && subtle.ConstantTimeCompare(t, s.cfg.Token) != 1 {
+			lens = append(lens, len(t))
+		}
+	}
+	if len(lens) == 0 {
+		return c, false
+	}
+	_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	var b [2]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return c, true // what came is no raft message: readRaftToken refuses it
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	l := int(binary.BigEndian.Uint16(b[:]))
+	return &prefixConn{Conn: c, prefix: b[:]}, slices.Contains(lens, l)
+}
+
+// CheckPeerTokens reports a PeerToken / AcceptPeerToken combination that
+// cannot work: AcceptPeerToken with neither (there is no token the nodes
+// present now, to change from), or equal to the token the node presents
+// (nothing changes), or, while a certificate alone still makes a peer with
+// TLS (certAlone), a peer token whose length raft's first bytes could be
+// taken for (peekPeerTokenFrame).
+func (c *ServerConfig) CheckPeerTokens() error {
+	if len(c.AcceptPeerToken) == 0 {
+		return nil
+	}
+	if len(c.PeersToken()) == 0 {
+		return errors.New("a second peer token to accept is for a rolling change of the token nodes present to each other, and they present none: set the client token (--auth-token-file) on every node first, or set the peer token on every node together")
+	}
+	if subtle.ConstantTimeCompare(c.AcceptPeerToken, c.PeersToken()) == 1 {
+		return errors.New("the second peer token to accept is the token this node presents already: give the other one (the client token or old peer token being replaced, or the new peer token)")
+	}
+	s := Server{cfg: *c}
+	if c.TLS == nil || !s.certAlone() {
+		return nil
+	}
+	for _, t := range [][]byte{c.PeerToken, c.AcceptPeerToken} {
+		if len(t)%256 >= 128 && subtle.ConstantTimeCompare(t, c.Token) != 1 {
+			return fmt.Errorf("with TLS, while nodes move from the client token to a peer token, the peer token's length must not be 128-255 bytes more than a multiple of 256 (it is %d): raft's first bytes could read as it; make it shorter or longer", len(t))
+		}
 	}
 	return nil
 }
@@ -116,16 +195,19 @@ func (s *Server) clientRights() rights {
 
 // authenticate returns the rights a native connection's OpAuth token
 // gives, rightsNone for a wrong one. On a peer connection only the peer
-// token counts.
+// token counts (and AcceptPeerToken, which also gives admin rights: while
+// it is the client token, operators' admin commands keep working with it).
 func (s *Server) authenticate(token string, peer bool) rights {
 	if peer {
-		if TokenMatches(s.cfg.PeersToken(), token) {
+		if s.peerTokenMatches(token) {
 			return rightsPeer
 		}
 		return rightsNone
 	}
-	if len(s.cfg.PeerToken) > 0 && TokenMatches(s.cfg.PeerToken, token) {
-		return rightsAdmin
+	for _, t := range [][]byte{s.cfg.PeerToken, s.cfg.AcceptPeerToken} {
+		if len(t) > 0 && TokenMatches(t, token) {
+			return rightsAdmin
+		}
 	}
 	if TokenMatches(s.cfg.Token, token) {
 		return s.clientRights()

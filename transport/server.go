@@ -80,6 +80,14 @@ type ServerConfig struct {
 	// Empty: Token serves for both, and a verified certificate stands for
 	// it on raft and peer connections.
 	PeerToken []byte
+	// AcceptPeerToken, when set, is accepted wherever the token nodes
+	// present to each other is (raft and peer connections, and it gives
+	// admin rights), beside it: a rolling change of that token, one node
+	// restarted at a time, with nodes that present it and nodes that do
+	// not yet. While it equals Token (a cluster moving from the client
+	// token to PeerToken), or PeerToken is unset, a verified certificate
+	// alone still makes a peer with TLS, as on nodes without a peer token.
+	AcceptPeerToken []byte
 }
 
 // PeersToken is the token raft and peer connections present: PeerToken,
@@ -373,7 +381,7 @@ func (s *Server) serveConn(c net.Conn) {
 		// PeerToken is set: then the token too (an app server given a
 		// certificate by the same CA is no node).
 		r := rightsNone
-		if len(s.cfg.PeersToken()) == 0 || verified && len(s.cfg.PeerToken) == 0 {
+		if len(s.cfg.PeersToken()) == 0 || verified && s.certAlone() {
 			r = rightsPeer
 		}
 		s.serveNative(conn, c, true, r)
@@ -382,7 +390,11 @@ func (s *Server) serveConn(c net.Conn) {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		if len(s.cfg.PeersToken()) > 0 && (!verified || len(s.cfg.PeerToken) > 0) {
+		needToken := len(s.cfg.PeersToken()) > 0 && (!verified || !s.certAlone())
+		if !needToken && verified && len(s.cfg.PeersToken()) > 0 {
+			conn, needToken = s.peekPeerTokenFrame(conn)
+		}
+		if needToken {
 			if err := s.readRaftToken(conn); err != nil {
 				s.cfg.Logger.Warn("raft connection refused: bad token", "remote", c.RemoteAddr())
 				return

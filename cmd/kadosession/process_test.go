@@ -401,3 +401,111 @@ func TestProcessPeerToken(t *testing.T) {
 		t.Fatalf("remove with the peer token: exit %d\n%s; want it taken (and refused for the unknown id)", code, out)
 	}
 }
+
+// TestProcessPeerTokenRollingChange: --accept-peer-token-file refuses
+// combinations that cannot work, and real processes in the middle of a
+// rolling change (README: TLS and a client token) form a cluster, forward
+// writes and keep admin commands working with the client token until the
+// last round, which sets them apart.
+func TestProcessPeerTokenRollingChange(t *testing.T) {
+	dir := t.TempDir()
+	clientFile, peerFile := filepath.Join(dir, "client"), filepath.Join(dir, "peer")
+	const clientTok = "client-token-0123456789"
+	os.WriteFile(clientFile, []byte(clientTok+"\n"), 0o600)
+	os.WriteFile(peerFile, []byte("peer-token-0123456789ab\n"), 0o600)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no token to change from", []string{"--accept-peer-token-file", peerFile}, "presents none"},
+		{"the client token it presents", []string{"--auth-token-file", clientFile, "--accept-peer-token-file", clientFile}, "holds the client token of --auth-token-file"},
+		{"the peer token it presents", []string{"--auth-token-file", clientFile, "--peer-token-file", peerFile, "--accept-peer-token-file", peerFile}, "holds the token of --peer-token-file"},
+		{"a missing file", []string{"--auth-token-file", clientFile, "--accept-peer-token-file", filepath.Join(dir, "none")}, "--accept-peer-token-file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startServe(t, append([]string{"--listen", freeAddr(t), "--data", t.TempDir()}, tc.args...)...)
+			select {
+			case <-p.done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the node started")
+			}
+			if msg := p.log(); p.cmd.ProcessState.ExitCode() == 0 || !strings.Contains(msg, tc.want) {
+				t.Fatalf("want a refusal saying %q:\n%s", tc.want, msg)
+			}
+		})
+	}
+
+	cmd := func(args ...string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run(args, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	save := func(addr, sid string) string {
+		return kado(addr, `{"token":"`+clientTok+`","save":{"sid":"`+sid+`","data":{"a":1}}}`)
+	}
+	waitTwo := func(addr string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			code, out := cmd("status", "--cluster", addr, "--json", "--auth-token-file", clientFile)
+			var st statusJSON
+			up := 0
+			if code == 0 && json.Unmarshal([]byte(out), &st) == nil {
+				for _, n := range st.Nodes {
+					if n.Voter && (n.State == "leader" || n.State == "follower") {
+						up++
+					}
+				}
+			}
+			if up == 2 && st.LeaderID != "" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("two nodes not both up through %s: exit %d\n%s", addr, code, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	// n1 in the first round (accepts the peer token, presents the client
+	// token), n2 in the second (presents the peer token, accepts the client
+	// token): they must talk both ways.
+	a, b := freeAddr(t), freeAddr(t)
+	round1 := []string{"--id", "n1", "--listen", a, "--data", filepath.Join(dir, "n1"), "--log-level", "warn",
+		"--auth-token-file", clientFile, "--accept-peer-token-file", peerFile}
+	n1 := startServe(t, round1...)
+	startServe(t, "--id", "n2", "--listen", b, "--data", filepath.Join(dir, "n2"), "--log-level", "warn", "--join", a,
+		"--auth-token-file", clientFile, "--peer-token-file", peerFile, "--accept-peer-token-file", clientFile)
+	waitTwo(b)
+	for i, addr := range []string{a, b} {
+		if got := save(addr, fmt.Sprintf("mid-%d", i)); got != `{"status":"ok"}` {
+			t.Fatalf("a save through %s mid-change: %s", addr, got)
+		}
+	}
+	// Mid-change, admin commands work with either token.
+	for _, tok := range []string{"--auth-token-file", "--peer-token-file"} {
+		file := map[string]string{"--auth-token-file": clientFile, "--peer-token-file": peerFile}[tok]
+		if code, out := cmd("remove", "--cluster", b, "--id", "nobody", tok, file); code == 0 || strings.Contains(out, "unauthorized") || strings.Contains(out, "admin request") || !strings.Contains(out, "nobody") {
+			t.Fatalf("remove mid-change with %s: exit %d\n%s; want it taken (and refused for the unknown id)", tok, code, out)
+		}
+	}
+	// n1 to the last round: only the peer token.
+	n1.cmd.Process.Signal(syscall.SIGTERM)
+	<-n1.done
+	startServe(t, "--id", "n1", "--listen", a, "--data", filepath.Join(dir, "n1"), "--log-level", "warn",
+		"--auth-token-file", clientFile, "--peer-token-file", peerFile)
+	waitTwo(a)
+	for i, addr := range []string{a, b} {
+		if got := save(addr, fmt.Sprintf("late-%d", i)); got != `{"status":"ok"}` {
+			t.Fatalf("a save through %s after n1's last restart: %s", addr, got)
+		}
+	}
+	for _, sid := range []string{"mid-0", "mid-1"} {
+		if got := kado(a, `{"token":"`+clientTok+`","restore":{"sid":"`+sid+`"}}`); got != `{"status":"ok","result":{"a":1}}` {
+			t.Fatalf("%s after n1's restart: %s", sid, got)
+		}
+	}
+	if code, out := cmd("remove", "--cluster", a, "--id", "nobody", "--auth-token-file", clientFile); code == 0 || !strings.Contains(out, "admin request") {
+		t.Fatalf("remove with the client token on a node in the last round: exit %d\n%s", code, out)
+	}
+}

@@ -19,6 +19,9 @@ type securityFlags struct {
 	allowPlaintext bool
 	tokenFile      string
 	peerTokenFile  string
+	// acceptPeerTokenFile is a second token accepted from nodes and admin
+	// commands, for a rolling change of the peer token.
+	acceptPeerTokenFile string
 }
 
 // apply loads the files named by the flags into cfg. Every problem names
@@ -71,6 +74,24 @@ func (f *securityFlags) apply(cfg *cluster.Config) error {
 			return fmt.Errorf("--peer-token-file %s holds the client token of --auth-token-file: the peer token sets nodes and admin commands apart from clients only if it differs", f.peerTokenFile)
 		}
 		cfg.Server.PeerToken = tok
+	}
+	if f.acceptPeerTokenFile != "" {
+		tok, err := readToken("--accept-peer-token-file", f.acceptPeerTokenFile)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(cfg.Server.PeersToken()) == 0:
+			return fmt.Errorf("--accept-peer-token-file is for a rolling change of the token nodes present to each other, and this node presents none: give it --auth-token-file (moving from the client token to a peer token) or --peer-token-file (replacing a peer token)")
+		case bytes.Equal(tok, cfg.Server.PeerToken):
+			return fmt.Errorf("--accept-peer-token-file %s holds the token of --peer-token-file: give the token being replaced (after the first round of restarts) or the new one (in the first round)", f.acceptPeerTokenFile)
+		case len(cfg.Server.PeerToken) == 0 && bytes.Equal(tok, cfg.Server.Token):
+			return fmt.Errorf("--accept-peer-token-file %s holds the client token of --auth-token-file, which this node presents and accepts already: in the first round give the new peer token", f.acceptPeerTokenFile)
+		}
+		cfg.Server.AcceptPeerToken = tok
+		if err := cfg.Server.CheckPeerTokens(); err != nil {
+			return fmt.Errorf("--accept-peer-token-file %s: %v", f.acceptPeerTokenFile, err)
+		}
 	}
 	return nil
 }

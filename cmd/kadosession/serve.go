@@ -66,6 +66,8 @@ func serve(args []string, stderr io.Writer) error {
 	fs.BoolVar(&sec.allowPlaintext, "tls-allow-plaintext", false, "with TLS on, still accept plaintext clients (not peers)")
 	fs.StringVar(&sec.tokenFile, "auth-token-file", "", "`FILE` holding the client token every request must carry (never logged)")
 	fs.StringVar(&sec.peerTokenFile, "peer-token-file", "", "`FILE` holding the token nodes present to each other (raft, forwarding) and admin commands (join, remove, backup, restore) must carry; the client token then admits session operations only (default: the client token serves for all)")
+	fs.StringVar(&sec.acceptPeerTokenFile, "accept-peer-token-file", "", "`FILE` holding a second token accepted from nodes and admin commands beside the one this node presents (--peer-token-file, else --auth-token-file), "+
+		"for a rolling change: the new peer token in the first round of restarts, the token it replaces in the second, none in the third (README: TLS and a client token)")
 	fs.StringVar(&cfg.HTTP, "http", "", "serve /metrics (Prometheus), /healthz, /readyz and /status on `HOST:PORT` (off by default; no auth: keep it on loopback or a private network)")
 	gcPercent := fs.Int("gc-percent", 25, "Go garbage collector target: how far (`PERCENT`) the heap may grow over the live sessions before a collection, "+
 		"and at least 64 MiB; lower keeps resident memory closer to the data, at some CPU (a GOGC environment variable, when set, wins)")
