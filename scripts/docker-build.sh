@@ -19,6 +19,15 @@ mkdir -p "$build_dir/rootfs/data" "$build_dir/rootfs/tmp"
 chmod 0700 "$build_dir/rootfs/data"
 chmod 1777 "$build_dir/rootfs/tmp"
 
+# The peer token scripts/compose.yml hands each node (a file secret, bind
+# mounted: readable by the node's uid, hence 0644 in this private build
+# directory). Kept across builds: a running cluster's nodes must share it.
+if [ ! -s "$build_dir/peer-token" ]; then
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$build_dir/peer-token"
+  echo "docker-build: made a peer token in $build_dir/peer-token"
+fi
+chmod 0644 "$build_dir/peer-token"
+
 echo "docker-build: docker build -> $image"
 old_id=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
 if ! out=$(DOCKER_BUILDKIT=0 timeout 300 docker build -t "$image" -f "$scripts_dir/Dockerfile" "$scripts_dir" 2>&1); then

@@ -2,7 +2,9 @@
 # Docker end-to-end test of the three-node cluster (scripts/compose.yml):
 # build the static binary and the FROM-scratch image, compose up under a
 # unique project name on free loopback ports, wait until all three nodes are
-# healthy, write through one node and read through another, `docker kill` the
+# healthy (their raft and forwarding carry the peer token compose.yml hands
+# them; admin commands without it are refused), write through one node and
+# read through another, `docker kill` the
 # leader while a client keeps writing through a survivor, check that writes
 # continue within a bound and that no acknowledged write is lost, restart the
 # killed node and check it catches up. Then two more faults, each while a
@@ -190,6 +192,14 @@ elif [ "$voters" = "n1,n2,n3" ]; then
 else
   fail "status: voters are '$voters', want n1,n2,n3 (status: $st)"
 fi
+
+# The nodes present the peer token to each other (compose.yml): an admin
+# command without it is refused, one with it is taken.
+out=$(timeout 15 "$bin" remove --cluster "$(addr n1)" --id nobody 2>&1) && fail "remove without the peer token was taken: $out"
+case $out in *"admin request"*) ;; *) fail "remove without the peer token: want a refusal of the admin request, got: $out" ;; esac
+out=$(timeout 15 "$bin" remove --cluster "$(addr n1)" --id nobody --peer-token-file "$build_dir/peer-token" 2>&1) && fail "remove of an unknown node was taken: $out"
+case $out in *unauthorized* | *"admin request"*) fail "remove with the peer token refused: $out" ;; *nobody*) ;; *) fail "remove with the peer token: $out" ;; esac
+pass "peer token: the nodes formed their cluster with it; admin commands need it"
 
 # Writes through one node, reads through each of the others.
 python3 "$kado" "$(addr n2)" saves before 200 >/dev/null || fail "write 200 sessions through n2"
