@@ -887,13 +887,16 @@ func adminAnswer(resp transport.Response, err error) ([]byte, error) {
 // (raft retries later, as after a failed dial): while a node starts, the
 // port is bound before the node serves, and a connection made then reached
 // it before it could be asked. Raft keeps its connections, so a peer is
-// asked when raft connects, not for every message.
+// asked when raft connects, not for every message. It has the time raft
+// gives the dial (timeout, the transport's 5 s): capped at 1 s, a link
+// where a new connection takes longer (80 ms round trips and a SYN sent
+// again after 1 s) never carried raft, and the cluster never formed.
 func (n *Node) verifyPeerCluster(addr string, timeout time.Duration) error {
 	ours := n.ClusterID()
 	if ours == "" {
 		return nil // joining: the cluster's id comes with the join
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	st, err := n.peerStatusOnce(ctx, addr)
 	if err != nil {
