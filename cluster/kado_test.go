@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"strings"
@@ -186,5 +187,76 @@ func TestPatchCopiesValues(t *testing.T) {
 	got, err := compactJSON(v)
 	if err != nil || &got[0] == &v[0] {
 		t.Fatalf("compactJSON returned the caller's slice (err %v)", err)
+	}
+}
+
+// kadoChunkedReply sends req as Kado's SessionStoreLocal does and reads the
+// reply as it does: each chunk read from the socket (here at most 999
+// bytes) decoded as UTF-8 on its own, the texts joined.
+func kadoChunkedReply(t *testing.T, addr, req string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	var text strings.Builder
+	buf := make([]byte, 999) // not a multiple of the test text's 10-byte unit
+	for {
+		n, err := c.Read(buf)
+		text.WriteString(strings.ToValidUTF8(string(buf[:n]), "\uFFFD")) // Node's chunk.toString('utf8')
+		if err == io.EOF {
+			return text.String()
+		}
+		if err != nil {
+			t.Fatalf("read reply: %v", err)
+		}
+	}
+}
+
+// TestKadoRepliesSurviveChunkedDecoding: a Kado app gets back the unicode
+// it saved, however the reply is cut into TCP segments. Kado's client
+// decodes every chunk separately, so a multi-byte character cut between two
+// came back as U+FFFD before replies were made ASCII (a 1 MB session through
+// Node.js over loopback: 30 of them).
+func TestKadoRepliesSurviveChunkedDecoding(t *testing.T) {
+	n := startNode(t, Config{})
+	addr := n.Addr()
+	text := strings.Repeat("aé中😀", 3000) + "\u2028\x7f" // 1-, 2-, 3- and 4-byte characters
+	save, _ := json.Marshal(map[string]any{"save": map[string]any{"sid": "ünï", "data": map[string]any{"t": text, "ключ": "значение"}}})
+	if got := kadoChunkedReply(t, addr, string(save)); got != `{"status":"ok"}` {
+		t.Fatalf("save reply = %s", got)
+	}
+	reply := kadoChunkedReply(t, addr, `{"restore":{"sid":"ünï","_written":1}}`)
+	var got struct {
+		Status string
+		Result map[string]string
+	}
+	if err := json.Unmarshal([]byte(reply), &got); err != nil {
+		t.Fatalf("restore reply is not JSON: %v", err)
+	}
+	if got.Status != "ok" || got.Result["ключ"] != "значение" {
+		t.Fatalf("restore reply = %.200s", reply)
+	}
+	if got.Result["t"] != text {
+		t.Fatalf("restored text differs from the saved one: %d U+FFFD in it", strings.Count(got.Result["t"], "\uFFFD"))
+	}
+	// Error replies too (the empty request's message holds "…").
+	for _, req := range []string{``, `{"save":{"sid":"ü","data":[1]}}`} {
+		r := kadoChunkedReply(t, addr, req)
+		for i := 0; i < len(r); i++ {
+			if r[i] >= 0x80 {
+				t.Fatalf("reply to %q is not ASCII: %s", req, r)
+			}
+		}
+		var e struct{ Status, Message string }
+		if err := json.Unmarshal([]byte(r), &e); err != nil || e.Status != "error" || e.Message == "" {
+			t.Fatalf("reply to %q = %s (%v)", req, r, err)
+		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Kado JSON protocol: one JSON document per connection, written by the client
@@ -143,6 +145,15 @@ func kind(b []byte) string {
 // KadoOK is the reply to a successful save.
 var KadoOK = []byte(`{"status":"ok"}`)
 
+// Every Kado reply is plain ASCII: a character beyond it is sent as a \u
+// escape (two for one outside the BMP). Kado's SessionStoreLocal decodes each
+// chunk it reads as UTF-8 on its own and joins the text, so a character
+// whose bytes arrived in two TCP segments became two U+FFFD in the
+// restored session (a 1 MB session of accented text came back with 16 of
+// them over loopback; across a network, any reply longer than one segment
+// may). An escape is ASCII and cannot be cut that way, and JSON.parse reads
+// it back as the same character.
+
 // KadoResult builds the reply to a successful restore: data is the session's
 // JSON object, or nil for an unknown session (which answers "result":{}).
 func KadoResult(data []byte) []byte {
@@ -151,12 +162,42 @@ func KadoResult(data []byte) []byte {
 	}
 	out := make([]byte, 0, len(data)+32)
 	out = append(out, `{"status":"ok","result":`...)
-	out = append(out, data...)
+	out = appendASCIIJSON(out, data)
 	return append(out, '}')
 }
 
 // KadoError builds an error reply whose message says what was wrong.
 func KadoError(msg string) []byte {
 	quoted, _ := json.Marshal(msg) // a string always marshals
-	return append(append([]byte(`{"status":"error","message":`), quoted...), '}')
+	out := append(make([]byte, 0, len(quoted)+32), `{"status":"error","message":`...)
+	return append(appendASCIIJSON(out, quoted), '}')
+}
+
+// appendASCIIJSON appends the JSON text src to dst with every non-ASCII
+// character written as a \u escape. It is meant for valid JSON, where such
+// characters occur only inside strings, so the escape means the same; a
+// byte that is not valid UTF-8 becomes \ufffd, as a UTF-8 decoder would
+// read it anyway.
+func appendASCIIJSON(dst, src []byte) []byte {
+	const hex = "0123456789abcdef"
+	esc := func(dst []byte, r rune) []byte {
+		return append(dst, '\\', 'u', hex[r>>12&0xf], hex[r>>8&0xf], hex[r>>4&0xf], hex[r&0xf])
+	}
+	start := 0
+	for i := 0; i < len(src); {
+		if src[i] < utf8.RuneSelf {
+			i++
+			continue
+		}
+		dst = append(dst, src[start:i]...)
+		r, size := utf8.DecodeRune(src[i:])
+		if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+			dst = esc(esc(dst, r1), r2)
+		} else {
+			dst = esc(dst, r) // in the BMP, or RuneError for a bad byte
+		}
+		i += size
+		start = i
+	}
+	return append(dst, src[start:]...)
 }

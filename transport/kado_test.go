@@ -117,6 +117,9 @@ func TestKadoReplies(t *testing.T) {
 		{"empty result", KadoResult([]byte{}), `{"status":"ok","result":{}}`},
 		{"error", KadoError(`bad "sid"`), `{"status":"error","message":"bad \"sid\""}`},
 		{"error with control chars", KadoError("a\nb"), `{"status":"error","message":"a\nb"}`},
+		{"result, non-ASCII escaped", KadoResult([]byte(`{"é":"中😀\u00e9"}`)), `{"status":"ok","result":{"\u00e9":"\u4e2d\ud83d\ude00\u00e9"}}`},
+		{"error, non-ASCII escaped", KadoError("sid «x»"), `{"status":"error","message":"sid \u00abx\u00bb"}`},
+		{"error, invalid UTF-8", KadoError("bad \xff"), `{"status":"error","message":"bad \ufffd"}`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
