@@ -59,17 +59,25 @@ func TestMain(m *testing.M) {
 // ports: one of them could take a port this package freed before its node
 // bound it, and the node under test would then be a stranger (CI once
 // restored a backup into another package's cluster that way).
+// KADOSESSION_TEST_PORTS=LOW-HIGH narrows the range, for a machine whose
+// users share out ports.
 func freeAddr(t *testing.T) string {
 	t.Helper()
+	low, high := 20000, 31999
+	if r := os.Getenv("KADOSESSION_TEST_PORTS"); r != "" {
+		if _, err := fmt.Sscanf(r, "%d-%d", &low, &high); err != nil || low < 1 || high < low || high > 65535 {
+			t.Fatalf("KADOSESSION_TEST_PORTS=%q: want LOW-HIGH, such as 20000-21999", r)
+		}
+	}
 	for range 100 {
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", low+rand.IntN(high-low+1)))
 		if err != nil {
 			continue
 		}
 		defer l.Close()
 		return l.Addr().String()
 	}
-	t.Fatal("no free loopback port in 20000-31999 after 100 tries")
+	t.Fatalf("no free loopback port in %d-%d after 100 tries", low, high)
 	return ""
 }
 
