@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -171,4 +173,38 @@ func FuzzDecodeKado(f *testing.F) {
 			t.Fatalf("DecodeKado(%q) accepted an empty sid", doc)
 		}
 	})
+}
+
+// TestKadoReplyEscapesKeepMeaning: escaping a restore's JSON for the wire
+// leaves only ASCII and changes no value, for random text of every width
+// (and bytes that are not UTF-8, which read as U+FFFD either way).
+func TestKadoReplyEscapesKeepMeaning(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	pick := []rune{'a', '"', '\\', '\n', 0x7f, 0xe9, 0x2028, 0x4e2d, 0xfffd, 0xffff, 0x1f600, 0x10ffff}
+	for i := 0; i < 2000; i++ {
+		var b strings.Builder
+		for n := rng.IntN(40); n > 0; n-- {
+			if rng.IntN(20) == 0 {
+				b.WriteByte(0x80 + byte(rng.IntN(0x40))) // a stray continuation byte
+				continue
+			}
+			b.WriteRune(pick[rng.IntN(len(pick))])
+		}
+		doc, _ := json.Marshal(map[string]string{b.String(): b.String()})
+		reply := KadoResult(doc)
+		for _, c := range reply {
+			if c >= 0x80 {
+				t.Fatalf("reply for %q is not ASCII: %q", b.String(), reply)
+			}
+		}
+		var got struct{ Result map[string]string }
+		var want map[string]string
+		if err := json.Unmarshal(reply, &got); err != nil {
+			t.Fatalf("reply for %q is not JSON: %v: %q", b.String(), err, reply)
+		}
+		json.Unmarshal(doc, &want)
+		if !reflect.DeepEqual(got.Result, want) {
+			t.Fatalf("escaped %q reads back as %q, want %q", doc, got.Result, want)
+		}
+	}
 }
