@@ -111,7 +111,7 @@ func TestNodeKadoApp(t *testing.T) {
 	t.Run("expiry", func(t *testing.T) {
 		addr := freeAddr(t)
 		p := startServe(t, "--listen", addr, "--data", t.TempDir(), "--log-level", "warn",
-			"--duration", "1s", "--prune-frequency", "200ms")
+			"--duration", "2s", "--prune-frequency", "200ms") // 2 s: the first restore must come before it ends
 		waitServing(t, p, addr)
 		kadoApp(t, 2, "expire", addr, "15")
 	})
