@@ -52,7 +52,8 @@ type Config struct {
 	MaxKeys int
 	// Server holds the connection limits (frame size, deadlines, counts),
 	// and Server.TLS / Server.Token / Server.PeerToken /
-	// Server.AllowPlaintext the security of the node's port.
+	// Server.AllowPlaintext the security of the node's port. The node sets
+	// Server.MaxKeys to MaxKeys.
 	Server transport.ServerConfig
 	// Dialer, when set, replaces the TCP dial for every connection this node
 	// opens to a peer (raft and forwarding): the fault-injection hook of the

@@ -263,7 +263,9 @@ func (n *Node) Patch(ctx context.Context, sid string, set []transport.KV, del []
 	// A session holds at most MaxKeys keys, so a patch naming more cannot
 	// be meant; refused here, it never reaches the log (150k keys in one
 	// patch once held the state machine for minutes, and again at every
-	// restart that replayed it).
+	// restart that replayed it). The transport's decoder refuses such a
+	// frame first, by its counts (Server.MaxKeys); this holds for callers
+	// that hand the node a patch directly.
 	if len(set) > n.cfg.MaxKeys || len(del) > n.cfg.MaxKeys {
 		return transport.Errorf(transport.CodeTooLarge, "the patch sets %d and deletes %d keys; a session holds at most %d", len(set), len(del), n.cfg.MaxKeys)
 	}

@@ -492,6 +492,7 @@ func Open(cfg Config) (*Node, error) {
 	n.freads.rounds.do = n.freads.ask
 	scfg := cfg.Server
 	scfg.Logger = log.Named("server")
+	scfg.MaxKeys = cfg.MaxKeys
 	scfg.Routes = map[byte]func(net.Conn){transport.MagicRaft: n.stream.handoff}
 	n.server = transport.NewServer(observedHandler{n}, scfg)
 	go func() {

@@ -236,7 +236,7 @@ func (s *Server) serveNative(c, tracked net.Conn, peer bool, rt rights) {
 			return
 		}
 		buf = frame
-		req, err := DecodeRequest(frame)
+		req, err := decodeRequest(frame, s.cfg.MaxKeys)
 		if err != nil {
 			w.send(req.Op, &Response{ID: req.ID, Err: AsError(err)})
 			continue

@@ -315,7 +315,12 @@ func unexpectedEOF(err error) error {
 // DecodeRequest decodes a frame returned by ReadFrame. Strings and data are
 // copied, so the frame buffer may be reused. The id is returned even when
 // the body is malformed, so the error can be answered.
-func DecodeRequest(frame []byte) (Request, error) {
+func DecodeRequest(frame []byte) (Request, error) { return decodeRequest(frame, 0) }
+
+// decodeRequest is DecodeRequest refusing, with CodeTooLarge, a patch that
+// counts more than maxKeys keys to set, or to delete, before it decodes
+// them (maxKeys <= 0: no bound).
+func decodeRequest(frame []byte, maxKeys int) (Request, error) {
 	if len(frame) < frameHeader-4 {
 		return Request{}, Errorf(CodeBadRequest, "malformed frame: %d bytes is shorter than the header", len(frame))
 	}
@@ -351,12 +356,18 @@ func DecodeRequest(frame []byte) (Request, error) {
 		// Capacity follows what arrives, not what the count claims: a
 		// 2 MB frame claiming 2M keys had 80 MB allocated for them.
 		n := d.count()
+		if tooMany(n, maxKeys) {
+			return req, Errorf(CodeTooLarge, "the patch sets %d keys; a session holds at most %d", n, maxKeys)
+		}
 		req.Set = make([]KV, 0, min(n, maxPrealloc))
 		for i := 0; i < n && d.err == nil; i++ {
 			k := d.string()
 			req.Set = append(req.Set, KV{Key: k, Value: d.bytes()})
 		}
 		n = d.count()
+		if tooMany(n, maxKeys) {
+			return req, Errorf(CodeTooLarge, "the patch deletes %d keys; a session holds at most %d", n, maxKeys)
+		}
 		req.Del = make([]string, 0, min(n, maxPrealloc))
 		for i := 0; i < n && d.err == nil; i++ {
 			req.Del = append(req.Del, d.string())
@@ -399,6 +410,11 @@ func DecodeResponse(frame []byte, op Op) (Response, error) {
 	}
 	return resp, d.err
 }
+
+// tooMany reports whether a patch's count of n keys exceeds maxKeys (a
+// bound when positive): a frame of 2 MB holds a million empty keys, 40 MB
+// decoded, which the node would refuse only then.
+func tooMany(n, maxKeys int) bool { return maxKeys > 0 && n > maxKeys }
 
 // maxPrealloc bounds the room DecodeRequest makes for a patch's keys
 // before they are read.

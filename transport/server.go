@@ -54,6 +54,11 @@ type ServerConfig struct {
 	MaxConns int
 	// MaxInflight bounds requests in flight on one native connection (256).
 	MaxInflight int
+	// MaxKeys, when positive, bounds the keys one patch may set, and those
+	// it may delete: a session holds no more (the node's --max-keys). A
+	// frame counting more is answered CodeTooLarge before its keys are
+	// decoded, and the connection goes on. 0: no bound here.
+	MaxKeys int
 	// Routes hands connections whose first byte is a key to its function
 	// (raft's stream layer). The function owns the connection; the byte has
 	// been consumed.
