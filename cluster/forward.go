@@ -62,8 +62,22 @@ func (f *forwarder) call(ctx context.Context, addr string, req *transport.Reques
 	if errors.As(err, &te) {
 		return transport.Response{}, err
 	}
+	if errors.Is(err, transport.ErrHTTPPort) {
+		return transport.Response{}, httpPortError{transport.Errorf(transport.CodeUnavailable,
+			"%s to %s: the server there %v: is that a node's --http (admin) port? Give its --listen port", req.Op, addr, transport.ErrHTTPPort)}
+	}
 	return transport.Response{}, transport.Errorf(transport.CodeUnavailable, "%s to the node at %s: %v", req.Op, addr, err)
 }
+
+// httpPortError is the forwarder's error for an address where an HTTP
+// server answered: CodeUnavailable, as any peer it cannot reach (a node
+// started with --join retries), and transport.ErrHTTPPort for a caller
+// that knows the address is wrong rather than down (join's check of the
+// address it is given).
+type httpPortError struct{ te *transport.Error }
+
+func (e httpPortError) Error() string   { return e.te.Error() }
+func (e httpPortError) Unwrap() []error { return []error{e.te, transport.ErrHTTPPort} }
 
 // callOnce sends req to addr on a connection of its own, closed after it:
 // for a call that must not share, nor wait behind, the pooled connections'

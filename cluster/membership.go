@@ -321,6 +321,10 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) (version int, e
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	st, err := n.peerStatus(cctx, addr)
+	if errors.Is(err, transport.ErrHTTPPort) {
+		// A wrong address, not a node still starting: refused at once.
+		return 0, transport.Errorf(transport.CodeBadRequest, "join refused: %v", err)
+	}
 	if err != nil {
 		return 0, transport.Errorf(transport.CodeUnavailable, "join refused: no node answers at %s (%v): start the node first (a node started with --join joins by itself), or check the address", addr, err)
 	}
@@ -925,7 +929,10 @@ func (n *Node) peerStatus(ctx context.Context, addr string) (Status, error) {
 	return decodeStatus(n.adminCall(ctx, addr, statusRequest))
 }
 
-var statusRequest = []byte(`{"op":"status"}`)
+// statusRequest ends in a newline: asked of an address given to join,
+// which may be a node's --http port, it has an HTTP server answer at once
+// (transport.ErrHTTPPort).
+var statusRequest = transport.AdminProbe(`{"op":"status"}`)
 
 func decodeStatus(body []byte, err error) (Status, error) {
 	var st Status

@@ -89,6 +89,20 @@ func (c *ConnConfig) withDefaults() ConnConfig {
 // returns it after Close.
 var ErrClosed = errors.New("transport: connection closed")
 
+// ErrHTTPPort is why a Conn whose server answered in HTTP failed (most
+// likely a node's --http admin port, given where its --listen port was
+// meant): its requests fail with a *ConnError wrapping it. An HTTP server
+// answers once it has read a line, so a connection whose first request
+// holds a newline learns this at once: an OpAdmin body sent to an address
+// not yet known to be a node's (a probe) ends its JSON with one (see
+// AdminProbe); without it, the HTTP server's header timeout decides when.
+var ErrHTTPPort = errors.New("answered in HTTP")
+
+// AdminProbe returns body, a JSON admin request, ending in a newline (JSON
+// white space a node ignores), for a first request to an address that may
+// be an HTTP server's: see ErrHTTPPort.
+func AdminProbe(body string) []byte { return []byte(body + "\n") }
+
 // ErrDeadline is returned by Conn.RoundTripDeadline and Pool.GetDeadline
 // when their deadline passes first. The connection stays usable; a request
 // that timed out may or may not have been served.
@@ -521,7 +535,7 @@ func (c *Conn) readLoop() {
 		frame, err := ReadFrame(r, buf, c.maxFrame)
 		if err != nil {
 			if fe := (*FrameTooLargeError)(nil); errors.As(err, &fe) && fe.Size == httpAsFrameSize {
-				err = fmt.Errorf("the server at %s answered in HTTP: is that a node's --http (admin) port? Give its --listen port", c.addr)
+				err = fmt.Errorf("the server at %s %w: is that a node's --http (admin) port? Give its --listen port", c.addr, ErrHTTPPort)
 			}
 			c.fail(err)
 			return

@@ -392,7 +392,7 @@ func TestConnToAnHTTPServerSaysSo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := c.RoundTrip(ctx, &Request{Op: OpPing})
-	if err == nil || !strings.Contains(err.Error(), "answered in HTTP") || !strings.Contains(err.Error(), "--listen port") {
+	if !errors.Is(err, ErrHTTPPort) || !strings.Contains(err.Error(), "answered in HTTP") || !strings.Contains(err.Error(), "--listen port") {
 		t.Fatalf("a request to an HTTP server: %v", err)
 	}
 }

@@ -101,11 +101,12 @@ const probeWait = 5 * time.Second
 // nobody else (its raft term; an error answer will do too), so that an
 // admin command pointed at some other server's port says so within
 // probeWait instead of waiting out its whole deadline (minutes for a
-// backup) or quoting a "frame" size read from that server's banner.
+// backup) or quoting a "frame" size read from that server's banner; a
+// node's --http port, at once (transport.AdminProbe).
 func probeNode(c *transport.Conn, addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), probeWait)
 	defer cancel()
-	_, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"term"}`)})
+	_, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: transport.AdminProbe(`{"op":"term"}`)})
 	var answer *transport.Error
 	switch {
 	case err == nil:
@@ -114,6 +115,8 @@ func probeNode(c *transport.Conn, addr string) error {
 		// A node's own refusal of the connection (too many connections,
 		// shutting down): the protocol is right, the error says the rest.
 		return fmt.Errorf("%s: %w", addr, err)
+	case errors.Is(err, transport.ErrHTTPPort):
+		return fmt.Errorf("%s: the server there %v: is that a node's --http (admin) port? Give its --listen port", addr, transport.ErrHTTPPort)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: no answer within %s: is it a kadosession node's port (its --listen), and is the node running?", addr, probeWait)
 	}

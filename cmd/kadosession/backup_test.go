@@ -173,6 +173,43 @@ func TestAdminCommandsOnAForeignPort(t *testing.T) {
 	}
 }
 
+// TestAdminCommandsOnANodesHTTPPort: a node's --http port given where its
+// --listen port was meant, to any admin command, or as the address join
+// adds, is named as such at once. join --address said "no node answers
+// (… context deadline exceeded)" after 3 s; status and the others waited
+// for the HTTP server's 5 s header timeout, racing their own 5 s probe.
+func TestAdminCommandsOnANodesHTTPPort(t *testing.T) {
+	addr, httpAddr := freeAddr(t), freeAddr(t)
+	p := startServe(t, "--id", "n1", "--listen", addr, "--http", httpAddr, "--data", t.TempDir(), "--log-level", "error")
+	waitServing(t, p, addr)
+	backup := filepath.Join(t.TempDir(), "backup.json")
+	if err := os.WriteFile(backup, []byte(`{"s1":{"a":1,"_written":1795629654509}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"status", "--cluster", httpAddr},
+		{"health", "--cluster", httpAddr},
+		{"remove", "--cluster", httpAddr, "--id", "n2"},
+		{"backup", "--cluster", httpAddr, "--out", filepath.Join(t.TempDir(), "b.json")},
+		{"restore", "--cluster", httpAddr, "--in", backup},
+		{"join", "--cluster", httpAddr, "--id", "n2", "--address", addr},
+		{"join", "--cluster", addr, "--id", "n2", "--address", httpAddr},
+	} {
+		start := time.Now()
+		_, stderr, err := runCLI(t, args...)
+		took := time.Since(start)
+		if err == nil || !strings.Contains(stderr, httpAddr+": the server there answered in HTTP: is that a node's --http (admin) port? Give its --listen port") {
+			t.Fatalf("%s: %v after %s, stderr %s; want it to name %s an HTTP port", strings.Join(args, " "), err, took, stderr, httpAddr)
+		}
+		if took > 2500*time.Millisecond {
+			t.Fatalf("%s took %s to say so", strings.Join(args, " "), took)
+		}
+	}
+	if _, _, err := runCLI(t, "status", "--cluster", addr); err != nil {
+		t.Fatalf("status of the node after: %v", err)
+	}
+}
+
 // TestAdminCommandOnAFullNode: a node that refuses the connection itself
 // (over --max-conns) is a kadosession node: the command says what the node
 // said, not that the port speaks another protocol.
