@@ -167,7 +167,7 @@ func (n *Node) notReadyReason(st raft.RaftState, leader raft.ServerID, since tim
 	default:
 	}
 	if !n.ready.Load() {
-		if n.toldRemoved() {
+		if n.notMember() {
 			// Added and removed at once: the configuration naming it never
 			// reached it, and it would say "starting" for good.
 			return removedReason

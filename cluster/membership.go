@@ -127,6 +127,12 @@ type ClusterStatus struct {
 	VotersReachable int `json:"voters_reachable"`
 	Quorum          int `json:"quorum"`
 	FailuresLeft    int `json:"failures_tolerated"`
+	// NotMember is set when the node asked knows it is not a member (its
+	// readiness says so too): removed, maybe before the configuration
+	// admitting it ever reached it (Nodes is then empty), or not in the
+	// configuration it knows. Nodes is then this node's view, not the
+	// cluster's.
+	NotMember bool `json:"not_member,omitempty"`
 }
 
 // loadClusterID returns the id of the cluster this data directory belongs
@@ -572,7 +578,7 @@ func remaining(ctx context.Context) time.Duration {
 // a second; a member that does not answer is "unreachable".
 func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	addr, id := n.raft.LeaderWithID()
-	out := ClusterStatus{ClusterID: n.ClusterID(), LeaderID: string(id), Leader: string(addr)}
+	out := ClusterStatus{ClusterID: n.ClusterID(), LeaderID: string(id), Leader: string(addr), NotMember: n.notMember()}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return out
@@ -791,6 +797,15 @@ func (n *Node) removed() bool {
 	}
 	_, ok, err := n.member()
 	return err == nil && !ok
+}
+
+// notMember reports whether this node knows it is not a member of the
+// cluster: a leader told it it was removed, or, once it is ready, the
+// configuration it knows lacks it. (One not yet admitted knows no
+// configuration, and is not taken for removed before it is ready.)
+// Readiness and ClusterStatus.NotMember say it alike.
+func (n *Node) notMember() bool {
+	return n.toldRemoved() || n.ready.Load() && n.removed()
 }
 
 // toldRemoved reports whether a leader told this node it was removed and it

@@ -39,7 +39,11 @@ func status(args []string, stdout, stderr io.Writer) error {
 	for _, n := range st.Nodes {
 		if leaderID == "" && n.State == "leader" {
 			leaderID, leaderAddr = n.ID, n.Address
-			note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (is %s removed or cut off?)\n", *addr, n.ID, *addr)
+			why := fmt.Sprintf("is %s removed or cut off?", *addr)
+			if st.NotMember {
+				why = "it is not a member: removed"
+			}
+			note = fmt.Sprintf("note: the node at %s knows no leader, but %s reports leading (%s)\n", *addr, n.ID, why)
 		}
 	}
 	if note != "" {
@@ -55,6 +59,11 @@ func status(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	st.SetLags() // a node from before NodeStatus.Lag sends none
+	if st.NotMember && len(st.Nodes) == 0 && !*asJSON {
+		// Added and removed before the configuration admitting it
+		// reached it: its readiness and health say it is not a member.
+		return fmt.Errorf("the node at %s is not a member of the cluster: it was removed (before it received the cluster's configuration) and serves no requests; ask another node, or re-admit it with kadosession join", *addr)
+	}
 	if len(st.Nodes) == 0 && !*asJSON {
 		// No configuration yet: a node started with --join that its
 		// cluster has not admitted (a table of no voters read as a lost

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kadosession/kadosession/cluster"
+	"github.com/kadosession/kadosession/transport"
 )
 
 // status shows how many more voters may fail, and exits 1 when the
@@ -155,6 +156,47 @@ func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
 	code := run([]string{"status", "--cluster", n.Addr()}, &out, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "is in no cluster yet") || strings.Contains(out.String(), "LOST") {
 		t.Fatalf("status of a node not yet admitted: exit %d, %s%s", code, out.String(), errOut.String())
+	}
+}
+
+// TestStatusOfANodeRemovedBeforeAdmitted: a node removed before the
+// configuration admitting it reached it says, in status as in its health,
+// that it is not a member: status said it was in no cluster yet and waited
+// to be admitted. The leader's notice is sent as a leader sends it (a
+// peer connection's "removed"): a node added and removed at once gets it
+// before the configuration only now and then.
+func TestStatusOfANodeRemovedBeforeAdmitted(t *testing.T) {
+	nowhere, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers: the join waits
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nowhere.Close()
+	n, err := cluster.Open(cluster.Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
+		Join: []string{nowhere.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := transport.Dial(ctx, n.Addr(), transport.ConnConfig{Magic: transport.MagicPeer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := c.RoundTrip(ctx, &transport.Request{Op: transport.OpAdmin, Data: []byte(`{"op":"removed","id":"n2","by":"n1","address":"127.0.0.1:1","cluster_id":"c1"}`)})
+	if err != nil || resp.Err != nil {
+		t.Fatalf("telling n2 it was removed: %v %v", err, resp.Err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"health", "--cluster", n.Addr()}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "not a member") {
+		t.Fatalf("health of a node removed before it was admitted: exit %d, %s%s", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	code := run([]string{"status", "--cluster", n.Addr()}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "is not a member of the cluster: it was removed") {
+		t.Fatalf("status of a node removed before it was admitted: exit %d, %s%s", code, out.String(), errOut.String())
 	}
 }
 
