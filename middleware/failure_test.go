@@ -307,3 +307,105 @@ func TestStoreErrorSaysWhatFailed(t *testing.T) {
 		}
 	}
 }
+
+// gatedLoadStore is a real store whose Restore first waits until released
+// or its context ends: a slow network store.
+type gatedLoadStore struct {
+	Store
+	started chan struct{}
+	release chan struct{}
+	ended   chan error // what each gated Restore returned
+}
+
+func (g *gatedLoadStore) Restore(ctx context.Context, sid string) (map[string]json.RawMessage, bool, error) {
+	g.started <- struct{}{}
+	select {
+	case <-ctx.Done():
+		g.ended <- ctx.Err()
+		return nil, false, ctx.Err()
+	case <-g.release:
+	}
+	data, found, err := g.Store.Restore(ctx, sid)
+	g.ended <- err
+	return data, found, err
+}
+
+// TestLoadStopsWhenTheClientLeaves: the session's load runs under the
+// request's context, so a client that disconnects stops it (it ran on to
+// Options.Timeout, holding the handler and a store call for nobody); a
+// save still runs without the request's cancellation, and finishes after
+// the client has gone.
+func TestLoadStopsWhenTheClientLeaves(t *testing.T) {
+	st := newStore(t)
+	sid := GenerateID("", "")
+	if err := st.Save(context.Background(), sid, map[string]json.RawMessage{"a": json.RawMessage(`"1"`)}); err != nil {
+		t.Fatal(err)
+	}
+	gated := &gatedLoadStore{Store: st, started: make(chan struct{}, 1), release: make(chan struct{}), ended: make(chan error, 1)}
+	handlerErr, setDone := make(chan error, 1), make(chan struct{}, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/load", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		_ = s.Get("a")
+		handlerErr <- s.Err()
+	})
+	mux.HandleFunc("/set", func(w http.ResponseWriter, r *http.Request) {
+		s := FromContext(r.Context())
+		s.Set("b", "2") // loaded: released at once
+		setDone <- struct{}{}
+		<-r.Context().Done()
+		// Returns after its client left: the middleware saves now.
+	})
+	srv := newServer(t, Options{Store: gated, Timeout: 30 * time.Second}, mux)
+	srv.setSID(t, "session", sid)
+
+	// leave requests path and disconnects once ready says so.
+	leave := func(path string, ready <-chan struct{}) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+path, nil)
+		done := make(chan error, 1)
+		go func() {
+			resp, err := srv.client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		select {
+		case <-ready:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("GET %s: the handler did not get there", path)
+		}
+		cancel()
+		if err := <-done; err == nil {
+			t.Fatalf("GET %s: answered, though the client left", path)
+		}
+	}
+
+	leave("/load", gated.started)
+	left := time.Now()
+	select {
+	case err := <-gated.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the load of a request whose client left ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the load ran on for %s after the client left", time.Since(left).Round(time.Millisecond))
+	}
+	if err := <-handlerErr; !errors.Is(err, ErrStoreUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("the handler's session error: %v, want ErrStoreUnavailable and context.Canceled", err)
+	}
+
+	close(gated.release)
+	leave("/set", setDone)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		data, _, err := st.Restore(context.Background(), sid)
+		if err == nil && string(data["b"]) == `"2"` {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a change made before the client left was not saved: %v %v", data, err)
+		}
+	}
+}

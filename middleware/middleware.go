@@ -110,6 +110,7 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 	s.dirty.fields = q.dirtyBuf[:0]
 	s.store = c.Store
 	s.base = context.WithoutCancel(r.Context()) // a save that started must finish even if the client left
+	s.req = r.Context()                         // a load stops when the client has gone
 	s.timeout = c.Timeout
 	s.web = web
 	s.id, web.hadCookie = sessionCookie(r.Header, c.Name)

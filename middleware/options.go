@@ -56,11 +56,15 @@ type Options struct {
 	HostPrefix bool
 	// Timeout bounds each store call made for a request; 0 means
 	// DefaultTimeout, a negative value means no bound of the middleware's
-	// own. The request's cancellation and deadline do not bound the calls
-	// made without a context argument (the load, the middleware's saves),
-	// so that a save that started finishes when the client leaves: with a
-	// negative Timeout only the store's own limits apply (for the Go
-	// client, Config.RequestTimeout per attempt, and its retries).
+	// own. The session's load, on its first use, runs under the request's
+	// context too: it stops when the client has gone (r.Context() is
+	// cancelled), and the session then fails with an error wrapping
+	// ErrStoreUnavailable and context.Canceled. The middleware's saves
+	// (and the writes a load makes: deleting a session past its lifetime)
+	// do not take the request's cancellation or deadline, so that a save
+	// that started finishes when the client leaves: with a negative
+	// Timeout only the store's own limits apply (for the Go client,
+	// Config.RequestTimeout per attempt, and its retries).
 	Timeout time.Duration
 	// IdleTimeout ends a session no request has used for this long (OWASP
 	// Session Management: idle timeout), however long the store would keep

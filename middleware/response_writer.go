@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -36,10 +37,13 @@ func (w *responseWriter) commit() bool {
 	if err != nil {
 		w.err = err
 		level := hclog.Error
-		if errors.Is(err, ErrSessionTooLarge) {
-			level = hclog.Warn // this request's data, not an outage
-		}
 		web := w.s.web
+		switch {
+		case errors.Is(err, ErrSessionTooLarge):
+			level = hclog.Warn // this request's data, not an outage
+		case errors.Is(err, context.Canceled) && web.req.Context().Err() != nil:
+			level = hclog.Debug // the client left while the session loaded
+		}
 		web.log(level, "the session failed before the response; answering with Options.ErrorFunc", w.s.sidForLog(), err)
 		clear(w.ResponseWriter.Header()) // none of the handler's headers (Location, caching…) fit an error
 		web.cfg.ErrorFunc(w.ResponseWriter, web.req, err)

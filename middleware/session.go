@@ -21,8 +21,11 @@ import (
 // the request (any method but Err) and is saved by the middleware; a Session
 // from NewSession is loaded and saved by explicit Restore and Save calls.
 // Methods without a context argument do their store I/O, when there is any,
-// under the request's context (without its cancellation) bounded by
-// Options.Timeout, or under context.Background for a Session from NewSession.
+// bounded by Options.Timeout: the lazy load under the request's context, so
+// that it stops when the client has gone (nothing would read its answer),
+// and the middleware's saves under the request's context without its
+// cancellation, so that a save that started finishes; under
+// context.Background for a Session from NewSession.
 //
 // A Session is safe for concurrent use by the goroutines of one request:
 // every method holds the Session's lock, store calls included. Errors from
@@ -33,7 +36,8 @@ import (
 type Session struct {
 	mu      sync.Mutex
 	store   Store
-	base    context.Context // context of the lazy load and the middleware's saves
+	base    context.Context // context of the middleware's saves: the request's, without its cancellation
+	req     context.Context // context of the lazy load: the request's own; nil outside a request
 	timeout time.Duration   // bound on each store call; <= 0 none
 	web     *webRequest     // nil unless the session belongs to the middleware
 
@@ -78,7 +82,7 @@ func (s *Session) ID() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.web != nil {
-		s.loadLocked(s.base)
+		s.loadLocked(s.loadCtx())
 	}
 	return s.id
 }
@@ -90,7 +94,7 @@ func (s *Session) ID() string {
 func (s *Session) Get(key string) any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	raw, ok := s.data.get(key)
 	if !ok {
 		return nil
@@ -110,7 +114,7 @@ func (s *Session) Get(key string) any {
 func (s *Session) GetInto(key string, v any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	return s.getIntoLocked(key, v)
 }
 
@@ -236,7 +240,7 @@ func (s *Session) Set(key string, value any) *Session {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	if err != nil {
 		if s.valueErr == nil {
 			s.valueErr = err
@@ -253,7 +257,7 @@ func (s *Session) Set(key string, value any) *Session {
 func (s *Session) Delete(key string) *Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	if s.data.remove(key) {
 		s.markDirty(key)
 	}
@@ -267,7 +271,7 @@ func (s *Session) Delete(key string) *Session {
 func (s *Session) Clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	for _, f := range s.data.fields {
 		s.markDirty(f.Key)
 	}
@@ -278,7 +282,7 @@ func (s *Session) Clear() {
 func (s *Session) Keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	keys := make([]string, 0, len(s.data.fields))
 	for _, f := range s.data.fields {
 		keys = append(keys, f.Key)
@@ -312,6 +316,16 @@ func (s *Session) markDirty(key string) {
 // seen.
 func (s *Session) modifiedLocked() bool {
 	return len(s.dirty.fields) > 0
+}
+
+// loadCtx is the context of the lazy load: the request's own in a
+// middleware request (a client gone stops it; saves use base), base
+// otherwise.
+func (s *Session) loadCtx() context.Context {
+	if s.req != nil {
+		return s.req
+	}
+	return s.base
 }
 
 // callCtx bounds one store call by the session's timeout.

@@ -71,7 +71,8 @@ func (s *Session) loadLocked(ctx context.Context) {
 		s.isNew = false
 		s.takeMetaLocked()
 		if why := s.endedLocked(); why != "" {
-			s.endLocked(ctx, why) // treated as absent: a fresh id, as in strict mode
+			// A write: it finishes even if the client has gone.
+			s.endLocked(context.WithoutCancel(ctx), why) // treated as absent: a fresh id, as in strict mode
 		}
 	}
 }
@@ -121,7 +122,9 @@ func (s *Session) movedLocked(ctx context.Context) moved {
 	if age := s.web.cfg.now().UnixMilli() - at; age > -movedGrace.Milliseconds() && age < movedGrace.Milliseconds() {
 		return movedLately
 	}
-	if err := s.store.Delete(cctx, marker); err != nil {
+	dctx, dcancel := s.callCtx(context.WithoutCancel(ctx)) // a write: it finishes even if the client has gone
+	defer dcancel()
+	if err := s.store.Delete(dctx, marker); err != nil {
 		s.web.log(hclog.Debug, "could not delete an old login's marker", s.id, err)
 	}
 	return movedNot

@@ -38,7 +38,7 @@ func (s *Session) SetUser(id string) *Session {
 func (s *Session) User() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.loadLocked(s.base)
+	s.loadLocked(s.loadCtx())
 	return s.userLocked()
 }
 
