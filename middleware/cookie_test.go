@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -225,5 +226,47 @@ func TestVaryCookieWhenTheSessionIsUsed(t *testing.T) {
 		if got := resp.Header.Get("Vary"); got != tc.want || len(resp.Cookies()) != 0 {
 			t.Fatalf("%s: Vary %q, cookies %v; want Vary %q and no cookie", tc.name, got, resp.Cookies(), tc.want)
 		}
+	}
+}
+
+// A request may carry several cookies of our name: a browser sends every
+// one whose domain and path match, the most specific path first, so a
+// stale cookie, or one a sibling subdomain set for the parent domain with
+// a longer path, can come before ours. When the first names no session,
+// the others are tried: the user keeps their session, and no cookie is
+// expired. When none names one, the request is a dead cookie's, as before.
+func TestOtherCookiesOfOurNameTried(t *testing.T) {
+	store := newStore(t)
+	opts := Options{Store: store}
+	ours := serve(opts, setHandler("user", "alice"), httptest.NewRequest("GET", "/", nil)).Cookies()[0].Value
+	planted := GenerateID("203.0.113.9", "evil") // the shape of an id; no session
+
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Add("Cookie", "session="+planted+"; other=1")
+	req.Header.Add("Cookie", "session=not-an-id; session="+ours)
+	resp := serve(opts, getHandler("user"), req)
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "alice" {
+		t.Fatalf("with a planted cookie first, the session read %q; want alice's", body)
+	}
+	if cs := resp.Cookies(); len(cs) != 0 {
+		t.Fatalf("with a planted cookie first, the response set %v; want no cookie (ours must not be expired)", cs)
+	}
+	// A write goes to the session found, under its id.
+	req = httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("Cookie", "session="+planted+"; session="+ours)
+	if cs := serve(opts, setHandler("seen", "yes"), req).Cookies(); len(cs) != 0 {
+		t.Fatalf("a write with a planted cookie first set %v; want none", cs)
+	}
+	if got := restoreString(t, store, ours, "seen"); got != "yes" {
+		t.Fatalf("the write reached a session holding seen=%q; want it in alice's", got)
+	}
+
+	// None of them names a session: a dead cookie, expired.
+	req = httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("Cookie", "session="+planted+"; session="+GenerateID("198.51.100.1", "x"))
+	cs := serve(opts, getHandler("user"), req).Cookies()
+	if len(cs) != 1 || cs[0].MaxAge >= 0 {
+		t.Fatalf("two dead cookies: the response set %v; want our cookie expired", cs)
 	}
 }

@@ -2,6 +2,7 @@ package middleware
 
 import (
 	"context"
+	"iter"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -127,27 +128,66 @@ func (c *config) newRequest(w http.ResponseWriter, r *http.Request) *request {
 // every cookie of a request that carries more than 3,000 (net/http's cap
 // against the allocations this scanner does not make).
 func sessionCookie(h http.Header, name string) (id string, had bool) {
-	for _, line := range h["Cookie"] {
-		for line != "" {
-			var part string
-			part, line, _ = strings.Cut(line, ";")
-			k, v, _ := strings.Cut(textproto.TrimString(part), "=")
-			if textproto.TrimString(k) != name {
-				continue
-			}
-			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
-				v = v[1 : len(v)-1]
-			}
-			if !validCookieValue(v) {
-				continue // CookiesNamed drops it
-			}
-			had = true
-			if validID(v) {
-				return v, true
-			}
+	for v := range cookieValues(h, name) {
+		had = true
+		if validID(v) {
+			return v, true
 		}
 	}
 	return "", had
+}
+
+// cookieValues yields the values of the cookies called name in the Cookie
+// headers h, in order, as http.Request.CookiesNamed reads them (the same
+// trimming, unquoting and value check), without allocating.
+func cookieValues(h http.Header, name string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, line := range h["Cookie"] {
+			for line != "" {
+				var part string
+				part, line, _ = strings.Cut(line, ";")
+				k, v, _ := strings.Cut(textproto.TrimString(part), "=")
+				if textproto.TrimString(k) != name {
+					continue
+				}
+				if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+					v = v[1 : len(v)-1]
+				}
+				if validCookieValue(v) && !yield(v) { // CookiesNamed drops a value that fails the check
+					return
+				}
+			}
+		}
+	}
+}
+
+// otherCookie looks, when the request's first session cookie names no
+// session, at the other cookies of our name it carries, in order, and
+// makes the first one the store holds the session's. A browser sends every
+// cookie of a name whose domain and path match, the most specific path
+// first: a stale or planted one (a sibling subdomain's "session" cookie
+// for the parent domain, set with a longer path) came before ours, and
+// the user was logged out (the request got a fresh id, and our cookie
+// was expired). What it finds for none is the first cookie's answer:
+// not found, and no error.
+func (w *webRequest) otherCookie(ctx context.Context, s *Session) (sessionData, bool, error) {
+	first := true
+	for v := range cookieValues(w.req.Header, w.cfg.Name) {
+		if !validID(v) || v == w.cookieID {
+			continue
+		}
+		if first {
+			w.log(hclog.Debug, "the request's first session cookie names no session; trying its other cookies of that name", w.cookieID, nil)
+			first = false
+		}
+		data, found, err := restore(ctx, s.store, v)
+		if err != nil || !found {
+			continue // the first cookie's answer stands
+		}
+		s.id, w.cookieID = v, v
+		return data, true, nil
+	}
+	return sessionData{}, false, nil
 }
 
 // validCookieValue reports whether net/http accepts v as a cookie's value.

@@ -31,6 +31,9 @@ func (s *Session) loadLocked(ctx context.Context) {
 	cctx, cancel := s.callCtx(ctx)
 	defer cancel()
 	data, found, err := restore(cctx, s.store, s.id)
+	if err == nil && !found && s.web != nil && s.id == s.web.cookieID {
+		data, found, err = s.web.otherCookie(cctx, s)
+	}
 	s.data.reset(data) // the store's answer when it found the session: no copy made
 	if err != nil || !found {
 		s.data.clear()
