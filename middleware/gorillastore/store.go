@@ -154,8 +154,9 @@ type loadFailed struct{}
 // session.Values = map[any]any{}, to save it as a new session anyway);
 // middleware.ErrSessionTooLarge or ErrInvalidValue that the store refused
 // the values; a securecookie error that the id could not be encoded (no
-// hash key). No cookie is set on an error. The store call uses r's context. Save must
-// be called before the response's headers are written.
+// hash key). No cookie is set on an error. The store calls use r's context
+// without its cancellation (writeContext). Save must be called before the
+// response's headers are written.
 func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.Session) error {
 	opts := session.Options
 	if opts == nil {
@@ -164,7 +165,7 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	if opts.MaxAge < 0 {
 		var err error
 		if session.ID != "" {
-			if derr := s.store.Delete(r.Context(), session.ID); derr != nil {
+			if derr := s.store.Delete(writeContext(r), session.ID); derr != nil {
 				err = middleware.StoreError("gorillastore: delete session", derr)
 			}
 		}
@@ -186,12 +187,19 @@ func (s *Store) Save(r *http.Request, w http.ResponseWriter, session *sessions.S
 	if err != nil {
 		return fmt.Errorf("gorillastore: encode cookie: %w", err)
 	}
-	if err := s.write(r.Context(), session, data); err != nil {
+	if err := s.write(writeContext(r), session, data); err != nil {
 		return err
 	}
 	http.SetCookie(w, sessions.NewCookie(session.Name(), encoded, opts))
 	return nil
 }
+
+// writeContext is the context of Save's store calls: r's, without its
+// cancellation, so that a save or a logout that started finishes when the
+// client leaves (a logout cancelled halfway left the session alive), as
+// the middleware's saves do; the store's own limits bound it (for the Go
+// client, Config.RequestTimeout per attempt, and its retries).
+func writeContext(r *http.Request) context.Context { return context.WithoutCancel(r.Context()) }
 
 // write stores data as session's values. A session loaded from the store
 // is written only if it still exists, with the store's PatchExisting when

@@ -498,3 +498,35 @@ func TestLogoutIsNotUndoneByARacingSave(t *testing.T) {
 		})
 	}
 }
+
+// A client that leaves (its request's context cancelled) does not stop
+// Save halfway: a save, and a logout's delete, still reach the store.
+func TestSaveFinishesWhenTheClientLeaves(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, store middleware.Store) {
+		gs := gorillastore.New(store, hashKey)
+		gone := func() *http.Request {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			return httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+		}
+		r := gone()
+		s, err := gs.New(r, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Values["user"] = "alice"
+		if err := gs.Save(r, httptest.NewRecorder(), s); err != nil {
+			t.Fatalf("save after the client left: %v", err)
+		}
+		if _, found, err := store.Restore(context.Background(), s.ID); err != nil || !found {
+			t.Fatalf("the session saved after the client left: found %v, %v", found, err)
+		}
+		s.Options = &sessions.Options{MaxAge: -1}
+		if err := gs.Save(gone(), httptest.NewRecorder(), s); err != nil {
+			t.Fatalf("logout after the client left: %v", err)
+		}
+		if _, found, err := store.Restore(context.Background(), s.ID); err != nil || found {
+			t.Fatalf("the session after a logout whose client left: found %v, %v; want it deleted", found, err)
+		}
+	})
+}
