@@ -37,15 +37,23 @@ func rollPeerTokens(t *testing.T, tc *testCluster, clientTLS *tls.Config, client
 	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	var (
-		mu    sync.Mutex
-		acked []string
-		fails atomic.Int64
-		wg    sync.WaitGroup
+		mu     sync.Mutex
+		acked  []string
+		fails  atomic.Int64
+		wg     sync.WaitGroup
+		paused atomic.Bool // the load holds off, so that the replicas can be compared
+		idle   atomic.Bool // the load holds off, no write of it in flight
 	)
 	wg.Add(1)
 	go func() { // the steady load: one write after another
 		defer wg.Done()
 		for i := 0; ctx.Err() == nil; i++ {
+			if paused.Load() {
+				idle.Store(true)
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			idle.Store(false)
 			sid := fmt.Sprintf("load-%d", i)
 			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 			err := c.SaveRaw(wctx, sid, []byte(fmt.Sprintf(`{"i":%d}`, i)))
@@ -88,7 +96,13 @@ func rollPeerTokens(t *testing.T, tc *testCluster, clientTLS *tls.Config, client
 				}
 			}
 		}
+		// Compared while writes keep coming, followers are always an
+		// entry or so behind the leader and the replicas never agree at
+		// one moment.
+		paused.Store(true)
+		poll(t, idle.Load, 15*time.Second, "the load to hold off")
 		tc.waitSame()
+		paused.Store(false)
 	}
 	stopLoad()
 	mu.Lock()
