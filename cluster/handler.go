@@ -496,7 +496,7 @@ func (n *Node) learnCatchUpTarget() uint64 {
 		return 0
 	}
 	n.catchUpTried = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(time.Second))
 	defer cancel()
 	st, err := n.peerStatusOnce(ctx, string(addr))
 	if err != nil || st.State != "leader" || (st.CaughtUp != nil && !*st.CaughtUp) {

@@ -575,7 +575,8 @@ func remaining(ctx context.Context) time.Duration {
 }
 
 // ClusterStatus asks every member for its status, in parallel, each within
-// a second; a member that does not answer is "unreachable".
+// a second (peerWait: longer with longer raft timeouts); a member that does
+// not answer is "unreachable".
 func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 	addr, id := n.raft.LeaderWithID()
 	out := ClusterStatus{ClusterID: n.ClusterID(), LeaderID: string(id), Leader: string(addr), NotMember: n.notMember()}
@@ -595,7 +596,7 @@ func (n *Node) ClusterStatus(ctx context.Context) ClusterStatus {
 			if s.ID == raft.ServerID(n.id) {
 				st = n.Status()
 			} else {
-				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				cctx, cancel := context.WithTimeout(ctx, n.peerWait(time.Second))
 				defer cancel()
 				var err error
 				if st, err = n.peerStatus(cctx, string(s.Address)); err != nil {

@@ -998,7 +998,7 @@ func (n *Node) Close() error {
 // that has just stopped, and the transfer then failed, leaving an election
 // to the others (operator review: 3 of 9 trials).
 func (n *Node) handOver() (raft.ServerID, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(500*time.Millisecond))
 	defer cancel()
 	cs := n.ClusterStatus(ctx)
 	var best *NodeStatus
