@@ -51,7 +51,7 @@ func (fr *followerReads) ask() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(confirmTimeout))
 	defer cancel()
 	answer, err := n.adminCall(ctx, string(addr), body)
 	if err != nil {

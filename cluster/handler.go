@@ -556,7 +556,7 @@ func (n *Node) leaderCatchUp() {
 	if n.raft.State() != raft.Leader {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(time.Second))
 	defer cancel()
 	_ = n.reads.caughtUp(ctx)
 }
@@ -576,7 +576,7 @@ func (n *Node) checkStaleness(ctx context.Context) error {
 		// (a barrier of its term), within a bound: a stale read is asked
 		// for an answer now, and one that waited out its deadline behind a
 		// barrier that could not commit (a full disk) said only "timed out".
-		bctx, cancel := context.WithTimeout(ctx, staleCatchUpWait)
+		bctx, cancel := context.WithTimeout(ctx, n.peerWait(staleCatchUpWait))
 		defer cancel()
 		err := n.reads.caughtUp(bctx)
 		if err != nil && ctx.Err() == nil && bctx.Err() != nil {

@@ -94,7 +94,7 @@ func (n *Node) watchLogVersions() {
 		case <-t.C:
 		case <-changed:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(time.Second))
 		n.clusterLogVersion(ctx)
 		cancel()
 	}
@@ -105,7 +105,7 @@ func (n *Node) watchLogVersions() {
 // that one), and keeps it for the request path (cachedLogVersion). Every
 // node runs it every second (watchLogVersions), so that a new leader knows
 // it at once. Members whose report is not fresh, or older than this build's,
-// are asked (at most a second). Once every member's fresh report is at
+// are asked (at most a second; peerWait: longer with longer raft timeouts). Once every member's fresh report is at
 // least v, v is the node's floor (versionFloor, kept in the raft log's
 // store), which stands in for the members that have not answered lately:
 // without it, a crashed leader took the new format with it for as long as
@@ -114,7 +114,7 @@ func (n *Node) watchLogVersions() {
 func (n *Node) clusterLogVersion(ctx context.Context) (int, raft.ServerID) {
 	commit := n.raft.CommitIndex()
 	servers := n.raft.GetConfiguration().Configuration().Servers
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, n.peerWait(time.Second))
 	defer cancel()
 	own := n.ownLogVersion()
 	var wg sync.WaitGroup

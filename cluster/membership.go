@@ -324,7 +324,7 @@ func (n *Node) Join(ctx context.Context, id, addr, clusterID string) (JoinReply,
 // that does not answer is CodeUnavailable (a joining node retries); one
 // that answers with another id, or an older build, is refused.
 func (n *Node) checkJoiner(ctx context.Context, id, addr string) (version int, err error) {
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, n.peerWait(3*time.Second))
 	defer cancel()
 	st, err := n.peerStatus(cctx, addr)
 	if errors.Is(err, transport.ErrHTTPPort) {
@@ -356,7 +356,7 @@ func (n *Node) checkJoiner(ctx context.Context, id, addr string) (version int, e
 // answers at the old one (or answers there with its new address, when only
 // its --advertise changed), and is moved as before.
 func (n *Node) checkReplaced(ctx context.Context, id, oldAddr string) error {
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	cctx, cancel := context.WithTimeout(ctx, n.peerWait(time.Second))
 	defer cancel()
 	st, err := n.peerStatus(cctx, oldAddr)
 	if err != nil || st.ID != id || st.Address != oldAddr {
@@ -439,7 +439,7 @@ func (n *Node) noteRemoved(id string) {
 // only logs, over and over, that it hears from no leader. It ends within
 // seconds, or when the node stops (its closed forwarder fails the call).
 func (n *Node) tellRemoved(id raft.ServerID, addr raft.ServerAddress, index uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(3*time.Second))
 	defer cancel()
 	body, _ := json.Marshal(adminRequest{Op: "removed", ID: string(id), By: n.id, Address: n.cfg.Advertise, ClusterID: n.ClusterID(), Index: index})
 	if _, err := n.adminCall(ctx, string(addr), body); err != nil {

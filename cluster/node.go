@@ -293,7 +293,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	n.obs, n.backups = newMetrics(n), newBackupStore()
-	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: 2 * time.Second,
+	n.fwd = newForwarder(transport.ConnConfig{Magic: transport.MagicPeer, DialTimeout: n.peerWait(2 * time.Second),
 		TLSConfig: cfg.PeerTLS, Token: string(cfg.Server.PeersToken()), Dialer: cfg.Dialer})
 	clusterID, err := loadClusterID(cfg.DataDir)
 	if err != nil {
@@ -444,7 +444,7 @@ func Open(cfg Config) (*Node, error) {
 
 	// Before the goroutines below: watchCatchUp reads it (isCaughtUp).
 	n.reads = &readIndex{raft: n.raft, logs: logs, applied: n.fsm.applied, self: raft.ServerID(id), askTerm: n.askTerm,
-		barrierSem: make(chan struct{}, 1)}
+		confirmWait: n.peerWait(confirmTimeout), barrierSem: make(chan struct{}, 1)}
 	n.reads.rounds.do = n.reads.confirmRound
 	n.reads.rounds.holds = func(term uint64) bool { return term == n.raft.CurrentTerm() }
 	n.leaderCh = make(chan struct{})

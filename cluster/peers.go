@@ -71,7 +71,7 @@ func (n *Node) probePeers() {
 			wg.Add(1)
 			go func(id raft.ServerID, addr raft.ServerAddress) {
 				defer wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), peerProbeInterval)
+				ctx, cancel := context.WithTimeout(context.Background(), n.peerWait(peerProbeInterval))
 				defer cancel()
 				// askTerm records the contact; a peer in a later term is
 				// for raft itself to act on.

@@ -38,6 +38,9 @@ type readIndex struct {
 	self    raft.ServerID
 	// askTerm asks the member id at addr for its current raft term.
 	askTerm func(ctx context.Context, id raft.ServerID, addr raft.ServerAddress) (uint64, error)
+	// confirmWait bounds one confirmation round (confirmTimeout when
+	// zero; the node's peerWait of it).
+	confirmWait time.Duration
 
 	barrierTerm atomic.Uint64
 	barrierSem  chan struct{}   // one barrier at a time (capacity 1)
@@ -60,7 +63,8 @@ type readIndex struct {
 	steppingDown atomic.Bool
 }
 
-// confirmTimeout bounds one confirmation round.
+// confirmTimeout bounds one confirmation round with the default raft
+// timeouts (peerWait stretches it with longer ones).
 const confirmTimeout = 2 * time.Second
 
 // wait returns nil once a read made now would be linearizable, or an error
@@ -296,7 +300,7 @@ func (ri *readIndex) confirm(term uint64) error {
 	if acks >= need {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), confirmTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(ri.confirmWait, confirmTimeout))
 	defer cancel()
 	// Only as many peers as the quorum lacks are asked at first, the
 	// quickest to answer lately first: with three voters, one peer. Asking

@@ -146,3 +146,27 @@ func dropPeerConns(n *Node) {
 	}
 	f.pools = map[string]*transport.Pool{}
 }
+
+// TestPeerWaitFollowsTheRaftTimeouts: the bounds of calls between nodes
+// keep their values with the default timeouts (and shorter ones, as in
+// tests), and grow with the slower of the heartbeat and election timeouts.
+func TestPeerWaitFollowsTheRaftTimeouts(t *testing.T) {
+	for _, tt := range []struct {
+		name                string
+		heartbeat, election time.Duration
+		d, want             time.Duration
+	}{
+		{"defaults", DefaultHeartbeatTimeout, DefaultElectionTimeout, time.Second, time.Second},
+		{"shorter", 50 * time.Millisecond, 50 * time.Millisecond, 500 * time.Millisecond, 500 * time.Millisecond},
+		{"README's WAN", time.Second, time.Second, time.Second, 5 * time.Second},
+		{"election only", DefaultHeartbeatTimeout, 400 * time.Millisecond, 500 * time.Millisecond, time.Second},
+		{"both 300 ms", 300 * time.Millisecond, 300 * time.Millisecond, 2 * time.Second, 3 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{cfg: Config{HeartbeatTimeout: tt.heartbeat, ElectionTimeout: tt.election}}
+			if got := n.peerWait(tt.d); got != tt.want {
+				t.Fatalf("peerWait(%s) with heartbeat %s, election %s = %s, want %s", tt.d, tt.heartbeat, tt.election, got, tt.want)
+			}
+		})
+	}
+}
