@@ -123,13 +123,13 @@ func TestProcessThreeNodeCluster(t *testing.T) {
 
 // startProcessCluster starts three nodes as OS processes and waits until
 // they form a cluster; it returns their addresses, the processes and the
-// index of the leader.
-func startProcessCluster(t *testing.T) ([]string, []*proc, int) {
+// index of the leader. extra is given to every node's serve.
+func startProcessCluster(t *testing.T, extra ...string) ([]string, []*proc, int) {
 	t.Helper()
 	addrs := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
 	procs := make([]*proc, 3)
 	for i := range procs {
-		a := []string{"--id", fmt.Sprintf("n%d", i+1), "--listen", addrs[i], "--data", t.TempDir(), "--log-level", "warn"}
+		a := append([]string{"--id", fmt.Sprintf("n%d", i+1), "--listen", addrs[i], "--data", t.TempDir(), "--log-level", "warn"}, extra...)
 		if i > 0 {
 			a = append(a, "--join", addrs[0])
 		}

@@ -117,7 +117,13 @@ func TestNodeKadoApp(t *testing.T) {
 	})
 
 	t.Run("follower of three", func(t *testing.T) {
-		addrs, _, leader := startProcessCluster(t)
+		// A Kado client cannot retry: a request that meets an election
+		// fails. CI runs this beside other packages' clusters on 2 cores,
+		// where the 200 ms default let a starved leader lose its lease
+		// (the app's interleaved check failed: "the leader … stopped
+		// answering and lost its leadership"); the README's timeouts for
+		// slow links keep this one leader through the run.
+		addrs, _, leader := startProcessCluster(t, "--heartbeat-timeout", "1s", "--election-timeout", "1s", "--leader-lease-timeout", "500ms")
 		follower := addrs[(leader+1)%3]
 		kadoApp(t, flowChecks, "flow", follower, "--scale", "100")
 	})
