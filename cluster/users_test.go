@@ -198,6 +198,60 @@ func TestPatchNamingTooManyKeysNeverReachesTheLog(t *testing.T) {
 	}
 }
 
+// TestPatchOverTheSizeLimitNeverReachesTheLog: a patch whose sets alone
+// make a session over MaxSessionSize is refused before it is proposed, as
+// fast as any bad request (a 2 MiB one was written to the log and fsynced
+// to be refused, and timed out in CI's TestREADMEApp under load); a key it
+// sets and deletes does not count, and sets that just fit are applied.
+func TestPatchOverTheSizeLimitNeverReachesTheLog(t *testing.T) {
+	const limit = 1024
+	n := startNode(t, Config{MaxSessionSize: limit})
+	c, err := client.New(client.Config{Addrs: []string{n.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	str := func(size int) json.RawMessage { // a JSON string of size bytes
+		return json.RawMessage(`"` + strings.Repeat("x", size-2) + `"`)
+	}
+	before := n.raft.LastIndex()
+	for _, tc := range []struct {
+		name string
+		set  map[string]json.RawMessage
+		del  []string
+	}{
+		{"one value over the limit", map[string]json.RawMessage{"big": str(2 * limit)}, nil},
+		{"two values over it together", map[string]json.RawMessage{"a": str(limit / 2), "b": str(limit / 2)}, []string{"c"}},
+		// {"k":<1019 bytes>} is 1025 bytes.
+		{"one byte over", map[string]json.RawMessage{"k": str(limit - 5)}, nil},
+	} {
+		if err := c.Patch(ctx, "s", tc.set, tc.del); !errors.Is(err, client.ErrTooLarge) {
+			t.Fatalf("%s: %v; want ErrTooLarge", tc.name, err)
+		}
+	}
+	// Only commands count (see TestPatchNamingTooManyKeysNeverReachesTheLog).
+	for i := before + 1; i <= n.raft.LastIndex(); i++ {
+		var e raft.Log
+		if err := n.bolt.GetLog(i, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Type == raft.LogCommand {
+			t.Fatalf("refused patches reached the log: a command at index %d, after %d", i, before)
+		}
+	}
+	if err := c.Patch(ctx, "s", map[string]json.RawMessage{"k": str(limit - 6)}, nil); err != nil {
+		t.Fatalf("patch leaving a session of exactly the limit: %v", err)
+	}
+	if err := c.Patch(ctx, "s", map[string]json.RawMessage{"big": str(2 * limit), "small": str(4)}, []string{"big", "k"}); err != nil {
+		t.Fatalf("patch setting and deleting a big key: %v", err)
+	}
+	data, _, err := n.Restore(ctx, "s", transport.Linearizable)
+	if err != nil || string(data) != `{"small":"xx"}` {
+		t.Fatalf("session %s (%v), want {\"small\":\"xx\"}", data, err)
+	}
+}
+
 // TestNativeSaveFollowsTheKeyRules: a native client's save is held to the
 // key rules its patches and MemoryStore follow (an empty key, an overlong
 // one, "_written": refused; the last was dropped without a word), through
