@@ -829,6 +829,36 @@ func TestStoppingLeaderLogsTheHandover(t *testing.T) {
 	}
 }
 
+// A leader whose transfer raft gives up on ("leadership transfer timeout":
+// the successor was not elected within raft's election timeout, 200 ms,
+// which a busy CI machine overran, and took over 18 ms later) still logs
+// the handover when the successor takes over a moment later, and names it.
+// Here the transfer is started, and reported failed at once.
+func TestStoppingLeaderLogsALateHandover(t *testing.T) {
+	tc, logs := newLoggedCluster(t, 3)
+	l := tc.leader()
+	n := tc.nodes[l]
+	id := n.ID()
+	late := make(chan error, 1)
+	n.transferHook = func(to raft.ServerID, addr raft.ServerAddress) error {
+		go func() { late <- n.raft.LeadershipTransferToServer(to, addr).Error() }()
+		return errors.New("leadership transfer timeout")
+	}
+	tc.stop(l)
+	if err := <-late; err != nil {
+		t.Fatalf("the transfer itself failed: %v", err)
+	}
+	out := logs[id].String()
+	i := strings.Index(out, "handed leadership over before stopping")
+	if i < 0 {
+		t.Fatalf("the stopping leader did not log the handover:\n%s", out)
+	}
+	line, _, _ := strings.Cut(out[i:], "\n")
+	if !strings.Contains(line, "to=n") || strings.Contains(line, "to="+id) {
+		t.Fatalf("the handover line does not name the successor: %s", line)
+	}
+}
+
 // A node started with --join that never reached a cluster kept its id, but
 // no cluster knows it: the corrected rerun may use another --id. A data
 // directory that did become a member keeps refusing another id.

@@ -71,7 +71,10 @@ type Node struct {
 	logHealth    logHealth     // whether the raft log can be written
 	applied      appliedTrail  // the applied index over the last behindAfter (status: who is behind)
 	raftConfMu   sync.Mutex    // one change to raft's ReloadableConfig at a time
-	routine      routineLines  // routine snapshot lines logged at info now and then
+	// transferHook, when a test sets it, stands in for raft's leadership
+	// transfer in handOver.
+	transferHook func(raft.ServerID, raft.ServerAddress) error
+	routine      routineLines // routine snapshot lines logged at info now and then
 	// versions: the log versions members reported; clusterVersion: the
 	// newest all of them apply, as last found (nil: not yet); versionFloor:
 	// the newest all of them once applied at the same time (logversion.go).
@@ -1011,8 +1014,41 @@ func (n *Node) handOver() (raft.ServerID, error) {
 		return "", errors.New("no other voter answers")
 	}
 	id := raft.ServerID(best.ID)
-	return id, n.raft.LeadershipTransferToServer(id, raft.ServerAddress(best.Address)).Error()
+	var err error
+	if n.transferHook != nil {
+		err = n.transferHook(id, raft.ServerAddress(best.Address))
+	} else {
+		err = n.raft.LeadershipTransferToServer(id, raft.ServerAddress(best.Address)).Error()
+	}
+	if err == nil {
+		return id, nil
+	}
+	// Raft gives up on a transfer after an election timeout (200 ms) for
+	// its TimeoutNow to be answered, and another for the target's election
+	// to depose this node: on a busy machine the target then takes over a
+	// moment later (-race beside busy loops: this node was deposed 18 ms
+	// after it logged that the transfer failed). This node deposed
+	// meanwhile has handed over; it names the new leader once it hears
+	// from it, else the target.
+	deadline := time.Now().Add(handOverGrace * max(n.cfg.ElectionTimeout, n.raft.ReloadableConfig().ElectionTimeout))
+	for n.raft.State() == raft.Leader {
+		if time.Now().After(deadline) {
+			return id, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for time.Now().Before(deadline) {
+		if _, lid := n.raft.LeaderWithID(); lid != "" && lid != raft.ServerID(n.id) {
+			return lid, nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return id, nil
 }
+
+// handOverGrace is how many election timeouts a stopping leader waits, after
+// raft gave up on its transfer, to be deposed all the same.
+const handOverGrace = 3
 
 func (n *Node) voters() int {
 	f := n.raft.GetConfiguration()
