@@ -110,11 +110,11 @@ func (s *Server) peerTokenMatches(token string) bool {
 // a peer without a token: without a peer token, and while a cluster moves
 // from the client token to one (AcceptPeerToken is the client token), for
 // the nodes that do not present a peer token yet.
-func (s *Server) certAlone() bool {
-	if len(s.cfg.PeerToken) == 0 {
+func (c *ServerConfig) certAlone() bool {
+	if len(c.PeerToken) == 0 {
 		return true
 	}
-	return len(s.cfg.AcceptPeerToken) > 0 && subtle.ConstantTimeCompare(s.cfg.AcceptPeerToken, s.cfg.Token) == 1
+	return len(c.AcceptPeerToken) > 0 && subtle.ConstantTimeCompare(c.AcceptPeerToken, c.Token) == 1
 }
 
 // peekPeerTokenFrame tells, on a raft connection over verified TLS where
@@ -162,8 +162,7 @@ func (c *ServerConfig) CheckPeerTokens() error {
 	if subtle.ConstantTimeCompare(c.AcceptPeerToken, c.PeersToken()) == 1 {
 		return errors.New("the second peer token to accept is the token this node presents already: give the other one (the client token or old peer token being replaced, or the new peer token)")
 	}
-	s := Server{cfg: *c}
-	if c.TLS == nil || !s.certAlone() {
+	if c.TLS == nil || !c.certAlone() {
 		return nil
 	}
 	for _, t := range [][]byte{c.PeerToken, c.AcceptPeerToken} {

@@ -386,7 +386,7 @@ func (s *Server) serveConn(c net.Conn) {
 		// PeerToken is set: then the token too (an app server given a
 		// certificate by the same CA is no node).
 		r := rightsNone
-		if len(s.cfg.PeersToken()) == 0 || verified && s.certAlone() {
+		if len(s.cfg.PeersToken()) == 0 || verified && s.cfg.certAlone() {
 			r = rightsPeer
 		}
 		s.serveNative(conn, c, true, r)
@@ -395,7 +395,7 @@ func (s *Server) serveConn(c net.Conn) {
 			s.cfg.Logger.Warn("raft connection refused: no certificate signed by the cluster CA", "remote", c.RemoteAddr())
 			return
 		}
-		needToken := len(s.cfg.PeersToken()) > 0 && (!verified || !s.certAlone())
+		needToken := len(s.cfg.PeersToken()) > 0 && (!verified || !s.cfg.certAlone())
 		if !needToken && verified && len(s.cfg.PeersToken()) > 0 {
 			conn, needToken = s.peekPeerTokenFrame(conn)
 		}

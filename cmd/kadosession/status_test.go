@@ -138,20 +138,28 @@ func TestHealthSaysWhyNotReady(t *testing.T) {
 	until(nodes[2].Addr(), 1, "is not ready: not a member")
 }
 
-// status of a node waiting to be admitted says so, where it printed an
-// empty cluster whose quorum was "LOST".
-func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
-	nowhere, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers: the join waits
+// waitingToJoin opens a node whose --join names a server that accepts and
+// never answers: it waits to be admitted for as long as the test runs.
+func waitingToJoin(t *testing.T) *cluster.Node {
+	t.Helper()
+	nowhere, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nowhere.Close()
+	t.Cleanup(func() { nowhere.Close() })
 	n, err := cluster.Open(cluster.Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
 		Join: []string{nowhere.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer n.Close()
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// status of a node waiting to be admitted says so, where it printed an
+// empty cluster whose quorum was "LOST".
+func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
+	n := waitingToJoin(t)
 	var out, errOut bytes.Buffer
 	code := run([]string{"status", "--cluster", n.Addr()}, &out, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "is in no cluster yet") || strings.Contains(out.String(), "LOST") {
@@ -166,17 +174,7 @@ func TestStatusOfANodeNotYetAdmitted(t *testing.T) {
 // peer connection's "removed"): a node added and removed at once gets it
 // before the configuration only now and then.
 func TestStatusOfANodeRemovedBeforeAdmitted(t *testing.T) {
-	nowhere, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers: the join waits
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nowhere.Close()
-	n, err := cluster.Open(cluster.Config{ID: "n2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Logger: hclog.NewNullLogger(),
-		Join: []string{nowhere.Addr().String()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n := waitingToJoin(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := transport.Dial(ctx, n.Addr(), transport.ConnConfig{Magic: transport.MagicPeer})
